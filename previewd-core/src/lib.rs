@@ -1,0 +1,29 @@
+//! Pure domain core of previewd: the phase machine, TTL and expiry, cost and budget,
+//! resource tiers, naming rules, the service catalogue, and the provider traits that
+//! adapters (Kubernetes, GitHub, AI models) implement.
+//!
+//! This crate performs no I/O and depends on neither kube nor tokio.
+
+pub mod ai;
+pub mod catalogue;
+pub mod clock;
+pub mod cost;
+pub mod naming;
+pub mod phase;
+pub mod source_control;
+pub mod tier;
+pub mod ttl;
+
+pub use catalogue::{CatalogueService, ServiceCatalogue};
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use cost::{
+    Budget, BudgetLimit, BudgetVerdict, CostBreakdown, CostEstimate, Money, MoneyError, Pricing,
+    QuantityError, ResourceRequests, actual_cost, parse_cpu, parse_memory,
+};
+pub use naming::{
+    NameError, environment_name, ingress_host, is_dns1123_label, namespace_name,
+    validate_dns1123_subdomain,
+};
+pub use phase::{Observation, Phase, Transition, TransitionError, transition};
+pub use tier::{Tier, use_spot};
+pub use ttl::{DO_NOT_EXPIRE_LABEL, ExpiryPolicy, ExpiryPolicyError, Ttl, TtlError};
