@@ -1,1 +1,17 @@
-//! previewd
+//! Kubernetes adapter of previewd: the custom resources, the controller that drives
+//! each `PreviewEnvironment` through its phases, one module per child resource (a pure
+//! `desired_*` function plus a small apply), and the cleanup sweep.
+
+pub mod children;
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod error;
+pub mod metrics;
+pub mod render;
+pub mod report;
+
+pub use controller::{Context, ControllerConfig, Readiness};
+pub use crd::{PreviewEnvironment, PreviewEnvironmentSpec, PreviewEnvironmentStatus};
+pub use crd::{PreviewRepository, PreviewRepositorySpec};
+pub use error::Error;

@@ -1,0 +1,322 @@
+//! The `PreviewEnvironment` controller: drives each environment through its phases.
+//!
+//! Every reconcile reads the environment and its children, applies what differs with
+//! server-side apply (one field manager, forced), derives the next phase from
+//! `previewd-core`, writes the status only when it changed, and requeues at the earliest
+//! of: expiry, the next readiness poll, the periodic resync.
+
+mod cleanup;
+mod config;
+mod observe;
+mod reconcile;
+pub mod status;
+mod sweep;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use previewd_core::{Clock, SystemClock};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::ControllerConfig;
+pub use sweep::{SweepReport, sweep_once};
+
+use crate::children::LABEL_ENV_NAMESPACE;
+use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::report::{EnvironmentReporter, NoopReporter};
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Settings.
+    pub config: ControllerConfig,
+    /// Event recorder (one per process; it deduplicates repeated events).
+    pub recorder: Recorder,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Reports phase changes to the source-control system.
+    pub reporter: Arc<dyn EnvironmentReporter>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Creates a context with the system clock and no reporter.
+    pub fn new(client: Client, config: ControllerConfig) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "previewd".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            config,
+            recorder,
+            clock: Arc::new(SystemClock),
+            reporter: Arc::new(NoopReporter),
+            metrics: Arc::new(Metrics::default()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Replaces the reporter.
+    pub fn with_reporter(mut self, reporter: Arc<dyn EnvironmentReporter>) -> Self {
+        self.reporter = reporter;
+        self
+    }
+
+    /// Replaces the metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Api for environments in the object's namespace.
+    pub(crate) fn env_api(
+        &self,
+        env: &PreviewEnvironment,
+    ) -> Result<Api<PreviewEnvironment>, Error> {
+        let ns = env.namespace().ok_or(Error::MissingField("namespace"))?;
+        Ok(Api::namespaced(self.client.clone(), &ns))
+    }
+
+    /// Publishes an event on the environment; failures are logged, never fatal.
+    pub(crate) async fn publish(
+        &self,
+        env: &PreviewEnvironment,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &env.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = (*n - 1).min(20);
+        let base = self.config.backoff_base.as_millis() as u64;
+        let delay = base.saturating_mul(1u64 << exp);
+        let max = self.config.backoff_max.as_millis() as u64;
+        let delay = delay.min(max);
+        // Deterministic jitter of up to 10 % derived from the key, so retries of many
+        // objects spread out.
+        let jitter = key
+            .bytes()
+            .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
+            % (delay / 10 + 1);
+        Duration::from_millis(delay + jitter)
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(key);
+    }
+
+    /// Consecutive failures recorded for an object (0 after a success).
+    pub fn failure_count(&self, env: &PreviewEnvironment) -> u32 {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(&backoff_key(env)).copied().unwrap_or(0)
+    }
+}
+
+fn backoff_key(env: &PreviewEnvironment) -> String {
+    env.uid()
+        .unwrap_or_else(|| format!("{}/{}", env.namespace().unwrap_or_default(), env.name_any()))
+}
+
+/// Reconciles one environment. Public so that embedding operators and tests can drive it.
+pub async fn reconcile(env: Arc<PreviewEnvironment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "reconcile",
+        env = %env.name_any(),
+        namespace = %env.namespace().unwrap_or_default(),
+        generation = env.metadata.generation.unwrap_or_default(),
+    );
+    let _entered = span.enter();
+    drop(_entered);
+    let result = {
+        use tracing::Instrument;
+        reconcile::reconcile(env.clone(), ctx.clone())
+            .instrument(span)
+            .await
+    };
+    ctx.metrics.observe(started.elapsed());
+    if result.is_ok() {
+        ctx.reset_backoff(&backoff_key(&env));
+    }
+    result
+}
+
+/// Decides when to retry after a failed reconcile: exponential backoff per object, and a
+/// Warning event with the error.
+pub fn error_policy(env: Arc<PreviewEnvironment>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&backoff_key(&env));
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabels {
+            error: error.category().to_string(),
+        })
+        .inc();
+    warn!(env = %env.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    let note = error.to_string();
+    let ctx2 = ctx.clone();
+    let env2 = env.clone();
+    tokio::spawn(async move {
+        ctx2.publish(&env2, EventType::Warning, "ReconcileError", note)
+            .await;
+    });
+    Action::requeue(delay)
+}
+
+/// Handle to a running controller.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// True once the controller's caches are synced.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn set(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Checks that the `PreviewEnvironment` CRD is installed and readable.
+pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
+    let api: Api<PreviewEnvironment> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    api.list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Kube {
+            action: "list PreviewEnvironments (is the CRD installed? run `previewd crd | kubectl apply -f -`)".into(),
+            source,
+        })
+}
+
+/// Runs the controller and the cleanup sweep until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let config = &ctx.config;
+    let envs: Api<PreviewEnvironment> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let child_selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+    let watch_namespace = config.watch_namespace.clone();
+
+    let controller = Controller::new(envs, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let controller = controller
+        .watches(
+            deployments,
+            watcher::Config::default().labels(&child_selector),
+            move |d: Deployment| {
+                let labels = d.labels();
+                let env = labels.get(LABEL_ENV)?;
+                let env_ns = labels.get(LABEL_ENV_NAMESPACE)?;
+                if let Some(watched) = &watch_namespace
+                    && watched != env_ns
+                {
+                    return None;
+                }
+                Some(ObjectRef::<PreviewEnvironment>::new(env).within(env_ns))
+            },
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+
+    let ready_store = store.clone();
+    let readiness_task = {
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Re-arm the wait every 250 ms: a waiter registered before the store is
+            // initialised is not always woken, a fresh one after initialisation returns
+            // at once.
+            loop {
+                tokio::select! {
+                    r = tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready()) => {
+                        match r {
+                            Ok(Ok(())) => {
+                                readiness.set();
+                                info!("controller caches synced");
+                                return;
+                            }
+                            Ok(Err(_)) => return,
+                            Err(_) => continue,
+                        }
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let sweep_ctx = ctx.clone();
+    let sweep_shutdown = shutdown.clone();
+    let sweeper = tokio::spawn(async move {
+        sweep::run_periodically(sweep_ctx, sweep_shutdown).await;
+    });
+
+    let metrics = ctx.metrics.clone();
+    let gauge_store = store.clone();
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            metrics.environments.set(gauge_store.len() as i64);
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => tracing::debug!(error = %other, "controller event"),
+                }
+            }
+            futures::future::ready(())
+        })
+        .await;
+    readiness_task.abort();
+    let _ = sweeper.await;
+    info!("controller stopped");
+}

@@ -1,0 +1,481 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use previewd_core::{Money, Phase, Tier, Ttl};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of one preview environment: a pull request's services, running in a
+/// namespace of their own until the PR closes or the TTL expires.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "previewd.io",
+    version = "v1alpha1",
+    kind = "PreviewEnvironment",
+    plural = "previewenvironments",
+    singular = "previewenvironment",
+    shortname = "pe",
+    category = "previewd",
+    namespaced,
+    status = "PreviewEnvironmentStatus",
+    derive = "PartialEq",
+    doc = "A short-lived, isolated environment for one pull request.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "PR", type_ = "integer", json_path = ".spec.prNumber"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewEnvironmentSpec {
+    /// Repository as `owner/name`. Immutable.
+    #[schemars(
+        length(min = 3, max = 140),
+        regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("repository is immutable"))]
+    pub repository: String,
+    /// Pull request number. Immutable.
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("prNumber is immutable"))]
+    pub pr_number: i64,
+    /// Head branch of the pull request (any name GitHub allows).
+    #[schemars(length(min = 1, max = 255))]
+    pub branch: String,
+    /// Head commit to deploy.
+    #[serde(rename = "headSHA")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{7,64}$"))]
+    pub head_sha: String,
+    /// Base branch the PR merges into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub base_branch: Option<String>,
+    /// Login of the PR's author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub author: Option<String>,
+    /// Name of the `PreviewRepository` (same namespace) this environment was rendered from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_ref: Option<String>,
+    /// Services to deploy. Names are unique (a list map keyed by name: the API server
+    /// rejects duplicates).
+    #[serde(default)]
+    #[schemars(length(max = 50))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub services: Vec<ServiceSpec>,
+    /// Synthetic test data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_data: Option<TestDataSpec>,
+    /// Tests run against the environment once it is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsSpec>,
+    /// Size of the environment.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Time to live, e.g. `4h`, `30m`, `7d`, `1w`. Default 4h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Ttl>,
+    /// Renew the TTL from the last activity (push) instead of from creation.
+    #[serde(default)]
+    pub auto_extend: bool,
+    /// Hard cap on the environment's life, counted from creation, that no extension and
+    /// no opt-out label escapes. Default 7d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifespan: Option<Ttl>,
+    /// Spending limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_budget: Option<CostBudget>,
+    /// HTTP exposure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// Namespace quota; defaults are cpu 2, memory 4Gi, storage 10Gi, 5 PVCs, 20 pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSpec>,
+}
+
+/// One service of the environment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service name, a DNS-1123 label; names the Deployment and the Service.
+    #[schemars(
+        length(min = 1, max = 50),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Container image.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Container and Service port.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Replicas.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 10))]
+    pub replicas: i32,
+    /// HTTP path prefix on the environment host (default `/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9/._~-]*$"))]
+    pub ingress_path: Option<String>,
+    /// Set when the service was selected by affected-service detection rather than
+    /// listed by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_detected: Option<bool>,
+    /// Extra environment variables for the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// How test data is produced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestDataStrategy {
+    /// Generated from the database schema, reproducible from the seed.
+    #[default]
+    Synthetic,
+    /// A masked snapshot of production.
+    ProductionSnapshot,
+    /// Only what migrations create.
+    Minimal,
+}
+
+/// Synthetic test data settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestDataSpec {
+    /// Seed the environment's database.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Strategy.
+    #[serde(default)]
+    pub strategy: TestDataStrategy,
+    /// Let a model pick column generators (`true`), or use heuristics only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_model: Option<bool>,
+    /// Rows to generate per table (table name → count); tables not listed get `defaultRows`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, i64>,
+    /// Rows per table when not listed in `counts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub default_rows: Option<i64>,
+    /// Seed of the generator; the same seed gives the same data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub seed: Option<i64>,
+}
+
+/// How tests are selected.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestSelector {
+    /// Every test.
+    #[default]
+    All,
+    /// Tests mapped from the changed files, plus the smoke set.
+    ChangedFiles,
+    /// Changed-files, ranked and trimmed by the model within a budget; smoke set always kept.
+    AiSmart,
+}
+
+/// Test run settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestsSpec {
+    /// Run tests once the environment is ready.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Test framework of the runner image (e.g. `pytest`, `jest`, `go`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub framework: Option<String>,
+    /// Test runner image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Selection strategy.
+    #[serde(default)]
+    pub selector: TestSelector,
+    /// Limit on the test run, e.g. `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Ttl>,
+    /// Parallel test workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallel: Option<i32>,
+}
+
+/// Size of the environment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSpec {
+    /// Resource tier of every container (requests and limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// Allow spot nodes; used only when the expected lifespan is under 4h.
+    #[serde(default)]
+    pub use_spot: bool,
+}
+
+/// Spending limits, e.g. `$5.00`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CostBudget {
+    /// Limit on the estimated daily cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<Money>,
+    /// Limit on the total cost over the environment's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<Money>,
+}
+
+/// HTTP exposure of the environment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Create an Ingress.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Host; default `pr-<number>.<baseDomain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: Option<String>,
+    /// Serve TLS with a certificate from cert-manager.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// IngressClass name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// cert-manager ClusterIssuer; default is the operator's `--cert-issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_issuer: Option<String>,
+}
+
+impl Default for IngressSpec {
+    fn default() -> Self {
+        IngressSpec {
+            enabled: true,
+            host: None,
+            tls: true,
+            class_name: None,
+            cluster_issuer: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// ResourceQuota of the environment's namespace (Kubernetes quantities).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaSpec {
+    /// `requests.cpu`.
+    #[serde(default = "QuotaSpec::default_cpu")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu: String,
+    /// `requests.memory`.
+    #[serde(default = "QuotaSpec::default_memory")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    pub memory: String,
+    /// `requests.storage`.
+    #[serde(default = "QuotaSpec::default_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    pub storage: String,
+    /// `persistentvolumeclaims`.
+    #[serde(default = "QuotaSpec::default_pvcs")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub persistent_volume_claims: i32,
+    /// `pods`.
+    #[serde(default = "QuotaSpec::default_pods")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub pods: i32,
+}
+
+impl QuotaSpec {
+    fn default_cpu() -> String {
+        "2".into()
+    }
+    fn default_memory() -> String {
+        "4Gi".into()
+    }
+    fn default_storage() -> String {
+        "10Gi".into()
+    }
+    fn default_pvcs() -> i32 {
+        5
+    }
+    fn default_pods() -> i32 {
+        20
+    }
+}
+
+impl Default for QuotaSpec {
+    fn default() -> Self {
+        QuotaSpec {
+            cpu: Self::default_cpu(),
+            memory: Self::default_memory(),
+            storage: Self::default_storage(),
+            persistent_volume_claims: Self::default_pvcs(),
+            pods: Self::default_pods(),
+        }
+    }
+}
+
+/// Observed state, written only by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewEnvironmentStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Main URL of the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// URL of each service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub urls: BTreeMap<String, String>,
+    /// Namespace holding the environment's workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Head commit currently deployed.
+    #[serde(
+        default,
+        rename = "deployedSHA",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deployed_sha: Option<String>,
+    /// Human-readable summary of the current state or failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Test results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
+    /// Cost estimate and spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub costs: Option<CostStatus>,
+    /// What the AI engine decided, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiStatus>,
+    /// Standard conditions: Ready, Reconciling, Stalled, NamespaceReady, ServicesDeployed,
+    /// TestsCompleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// When the controller first saw the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+    /// When the environment first became ready for its current head commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Time>,
+    /// When the environment expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When deletion started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Time>,
+    /// When provisioning of the current head commit started (readiness deadline base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_since: Option<Time>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Summary of one test run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestSummary {
+    /// Tests run.
+    pub total: i64,
+    /// Passed.
+    pub passed: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Skipped.
+    pub skipped: i64,
+    /// Names of failed tests (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_tests: Vec<String>,
+}
+
+/// Cost estimate and spend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CostStatus {
+    /// Estimated cost per day at the current size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_daily: Option<Money>,
+    /// Spend since creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_to_date: Option<Money>,
+    /// Daily estimate by category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<CostBreakdown>,
+}
+
+/// Cost by category.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CostBreakdown {
+    /// CPU and memory.
+    pub compute: Money,
+    /// Persistent volumes.
+    pub storage: Money,
+    /// Network egress and load balancers.
+    pub network: Money,
+}
+
+/// What the AI engine decided.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AiStatus {
+    /// Services detected as affected by the change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services_detected: Vec<String>,
+    /// Confidence of the detection, 0..1, as a decimal string (e.g. `0.97`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<String>,
+    /// `deterministic`, `model` or `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Why the deterministic answer was used, when the model failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Predicted lifespan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_ttl: Option<Ttl>,
+    /// Recommended tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_tier: Option<Tier>,
+}
+
+/// Condition types written by the controller.
+pub mod condition {
+    /// The environment is serving its current head commit.
+    pub const READY: &str = "Ready";
+    /// The controller is working towards the desired state.
+    pub const RECONCILING: &str = "Reconciling";
+    /// Progress stopped and needs a change of spec or a human.
+    pub const STALLED: &str = "Stalled";
+    /// The namespace and its guard rails exist.
+    pub const NAMESPACE_READY: &str = "NamespaceReady";
+    /// Every service's Deployment is available.
+    pub const SERVICES_DEPLOYED: &str = "ServicesDeployed";
+    /// The test run finished.
+    pub const TESTS_COMPLETED: &str = "TestsCompleted";
+}

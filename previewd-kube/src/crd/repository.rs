@@ -1,0 +1,165 @@
+use kube::{CustomResource, KubeSchema};
+use previewd_core::{ServiceCatalogue, Tier, Ttl};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{CostBudget, QuotaSpec, TestDataSpec, TestsSpec};
+
+/// Trusted per-repository settings from which pull-request webhooks render
+/// `PreviewEnvironment`s. Owned by platform engineers; a pull request cannot change it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "previewd.io",
+    version = "v1alpha1",
+    kind = "PreviewRepository",
+    plural = "previewrepositories",
+    singular = "previewrepository",
+    shortname = "prepo",
+    category = "previewd",
+    namespaced,
+    status = "PreviewRepositoryStatus",
+    derive = "PartialEq",
+    doc = "Trusted preview settings of one GitHub repository.",
+    printcolumn(name = "Repository", type_ = "string", json_path = ".spec.repository"),
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.baseDomain"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewRepositorySpec {
+    /// Repository as `owner/name`. Immutable.
+    #[schemars(
+        length(min = 3, max = 140),
+        regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("repository is immutable"))]
+    pub repository: String,
+    /// Services, their image templates and the paths they are built from.
+    pub catalogue: ServiceCatalogue,
+    /// Which services an environment deploys.
+    #[serde(default)]
+    pub deploy: DeployPolicy,
+    /// Base domain; environments are served at `pr-<number>.<baseDomain>`.
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub base_domain: String,
+    /// IngressClass name for environments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    /// Serve environments over TLS (cert-manager).
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// cert-manager ClusterIssuer; default is the operator's `--cert-issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_issuer: Option<String>,
+    /// Default TTL of environments. Default 4h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<Ttl>,
+    /// Hard cap on any environment's life. Default 7d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifespan: Option<Ttl>,
+    /// Renew the TTL on every push.
+    #[serde(default = "default_true")]
+    pub auto_extend: bool,
+    /// Default resource tier when no service declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<Tier>,
+    /// Allow spot nodes for short-lived environments.
+    #[serde(default)]
+    pub use_spot: bool,
+    /// Namespace quota of each environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSpec>,
+    /// Spending limits of each environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_budget: Option<CostBudget>,
+    /// Which pull requests get an environment.
+    #[serde(default)]
+    pub gating: GatingPolicy,
+    /// Tests run in each environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsSpec>,
+    /// Test data seeded into each environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_data: Option<TestDataSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Which services an environment deploys.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeployPolicy {
+    /// Every catalogue service.
+    #[default]
+    All,
+    /// Services the change affects, their dependents and `alwaysDeploy` services; every
+    /// service when the change cannot be read.
+    Affected,
+}
+
+/// Which pull requests get an environment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatingPolicy {
+    /// Only PRs carrying this label get an environment; removing it tears it down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_label: Option<String>,
+    /// Skip draft PRs (an environment is torn down when its PR becomes a draft).
+    #[serde(default = "default_true")]
+    pub skip_drafts: bool,
+    /// What to do with PRs from forks.
+    #[serde(default)]
+    pub forks: ForkPolicy,
+    /// Label a maintainer sets to approve a fork PR's current head commit.
+    #[serde(default = "GatingPolicy::default_approval_label")]
+    pub approval_label: String,
+}
+
+impl GatingPolicy {
+    fn default_approval_label() -> String {
+        "preview/approved".into()
+    }
+}
+
+impl Default for GatingPolicy {
+    fn default() -> Self {
+        GatingPolicy {
+            required_label: None,
+            skip_drafts: true,
+            forks: ForkPolicy::default(),
+            approval_label: Self::default_approval_label(),
+        }
+    }
+}
+
+/// Policy for pull requests whose head is in another repository.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ForkPolicy {
+    /// Fork PRs never get an environment.
+    Deny,
+    /// Fork PRs get an environment once a maintainer sets the approval label; a new push
+    /// needs a new approval.
+    #[default]
+    RequireApproval,
+    /// Fork PRs are treated like any other PR.
+    Allow,
+}
+
+/// Observed state of a repository's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewRepositoryStatus {
+    /// Active environments rendered from these settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_environments: Option<i64>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,808 @@
+//! The environment lifecycle against the local control plane (`testenv/up`): each test
+//! makes its own namespaces and runs an operator scoped to them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use previewd_core::{FixedClock, Phase};
+use previewd_kube::controller::{self, Context};
+use previewd_kube::crd::PreviewEnvironment;
+use serde_json::{Value, json};
+use support::*;
+
+const SHA1: &str = "0123456789abcdef0123456789abcdef01234567";
+const SHA2: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+fn env_manifest(
+    name: &str,
+    pr: i64,
+    branch: &str,
+    services: Value,
+    extra: Value,
+) -> PreviewEnvironment {
+    let mut spec = json!({
+        "repository": "acme/shop",
+        "prNumber": pr,
+        "branch": branch,
+        "headSHA": SHA1,
+        "services": services,
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "previewd.io/v1alpha1",
+        "kind": "PreviewEnvironment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn three_services() -> Value {
+    json!([
+        {"name": "frontend", "image": "registry.k8s.io/pause:3.10", "port": 8080, "ingressPath": "/"},
+        {"name": "api", "image": "registry.k8s.io/pause:3.10", "port": 9090},
+        {"name": "auth", "image": "registry.k8s.io/pause:3.10", "port": 7070, "replicas": 2}
+    ])
+}
+
+async fn create(client: &Client, ns: &str, env: &PreviewEnvironment) {
+    let api: Api<PreviewEnvironment> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), env)
+        .await
+        .expect("create PreviewEnvironment");
+}
+
+async fn wait_phase(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: Phase,
+    timeout: Duration,
+) -> PreviewEnvironment {
+    let api: Api<PreviewEnvironment> = Api::namespaced(client.clone(), ns);
+    eventually(timeout, &format!("{name} in phase {phase}"), || {
+        let api = api.clone();
+        async move {
+            let env = api.get_opt(name).await.ok().flatten()?;
+            (env.status.as_ref()?.phase? == phase).then_some(env)
+        }
+    })
+    .await
+}
+
+async fn wait_gone<K>(api: Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(timeout, &format!("{name} gone"), || {
+        let api = api.clone();
+        async move { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }
+    })
+    .await
+}
+
+fn condition<'a>(
+    env: &'a PreviewEnvironment,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    env.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("condition {type_} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_with_guard_rails() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-full").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+
+    let env = env_manifest(
+        "shop-pr-42",
+        42,
+        "feature/Login_Page",
+        three_services(),
+        json!({}),
+    );
+    create(&client, &ns, &env).await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-42",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let status = ready.status.clone().unwrap();
+
+    // Status: URL, per-service URLs, timestamps, conditions, generation.
+    assert_eq!(status.url.as_deref(), Some("https://pr-42.preview.test/"));
+    assert_eq!(
+        status.urls.get("api").map(String::as_str),
+        Some("https://pr-42.preview.test/api")
+    );
+    assert_eq!(
+        status.urls.get("frontend").map(String::as_str),
+        Some("https://pr-42.preview.test/")
+    );
+    assert_eq!(status.observed_generation, ready.metadata.generation);
+    assert_eq!(status.deployed_sha.as_deref(), Some(SHA1));
+    assert!(status.ready_at.is_some() && status.created_at.is_some());
+    let expires = status.expires_at.clone().unwrap().0;
+    let created = status.created_at.clone().unwrap().0;
+    assert_eq!(
+        expires.duration_since(created).as_secs(),
+        4 * 3600,
+        "default TTL is 4h"
+    );
+    for (type_, want) in [
+        ("Ready", "True"),
+        ("NamespaceReady", "True"),
+        ("ServicesDeployed", "True"),
+        ("Reconciling", "False"),
+        ("Stalled", "False"),
+    ] {
+        assert_eq!(condition(&ready, type_).status, want, "condition {type_}");
+    }
+    assert!(
+        ready
+            .finalizers()
+            .contains(&"previewd.io/cleanup".to_string())
+    );
+
+    // Namespace, labels and pod security.
+    let ns_name = status.namespace.clone().unwrap();
+    assert!(
+        ns_name.starts_with("preview-42-feature-login-page"),
+        "{ns_name}"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let live_ns = namespaces.get(&ns_name).await.unwrap();
+    let labels = live_ns.labels();
+    assert_eq!(
+        labels.get("previewd.io/env").map(String::as_str),
+        Some("shop-pr-42")
+    );
+    assert_eq!(labels.get("previewd.io/pr").map(String::as_str), Some("42"));
+    assert_eq!(
+        labels.get("previewd.io/repo").map(String::as_str),
+        Some("acme.shop")
+    );
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("previewd")
+    );
+    for mode in ["enforce", "warn", "audit"] {
+        assert_eq!(
+            labels
+                .get(&format!("pod-security.kubernetes.io/{mode}"))
+                .map(String::as_str),
+            Some("restricted")
+        );
+    }
+
+    // Quota, limit range, network policies.
+    let quota = Api::<ResourceQuota>::namespaced(client.clone(), &ns_name)
+        .get("previewd")
+        .await
+        .unwrap();
+    let hard = quota.spec.unwrap().hard.unwrap();
+    let q = |k: &str| hard.get(k).map(|q| q.0.clone()).unwrap_or_default();
+    assert_eq!(
+        (
+            q("requests.cpu"),
+            q("requests.memory"),
+            q("requests.storage"),
+            q("persistentvolumeclaims"),
+            q("pods")
+        ),
+        (
+            "2".into(),
+            "4Gi".into(),
+            "10Gi".into(),
+            "5".into(),
+            "20".into()
+        )
+    );
+    let lr = Api::<LimitRange>::namespaced(client.clone(), &ns_name)
+        .get("previewd")
+        .await
+        .unwrap();
+    let item = &lr.spec.unwrap().limits[0];
+    assert_eq!(item.type_, "Container");
+    assert!(item.default_request.as_ref().unwrap().contains_key("cpu"));
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns_name);
+    let deny = policies.get("previewd").await.unwrap().spec.unwrap();
+    assert_eq!(deny.policy_types.unwrap(), vec!["Ingress", "Egress"]);
+    assert!(
+        deny.ingress.is_none() && deny.egress.is_none(),
+        "default deny has no allow rules"
+    );
+    let allow =
+        serde_json::to_value(policies.get("previewd-allow").await.unwrap().spec.unwrap()).unwrap();
+    let allow_text = allow.to_string();
+    assert!(
+        allow_text.contains("\"port\":53"),
+        "DNS allowed: {allow_text}"
+    );
+    assert!(
+        allow_text.contains("ingress-nginx"),
+        "ingress controller allowed: {allow_text}"
+    );
+
+    // Workloads: one Deployment and Service per service, restricted and sized by tier.
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns_name);
+    for (name, replicas) in [("frontend", 1), ("api", 1), ("auth", 2)] {
+        let d = deployments.get(name).await.unwrap();
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(replicas));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        let req = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(req.get("cpu").unwrap().0, "250m", "small tier");
+        assert_eq!(req.get("memory").unwrap().0, "512Mi");
+        let svc = Api::<Service>::namespaced(client.clone(), &ns_name)
+            .get(name)
+            .await
+            .unwrap();
+        assert_eq!(
+            svc.spec.unwrap().ports.unwrap()[0].port,
+            match name {
+                "frontend" => 8080,
+                "api" => 9090,
+                _ => 7070,
+            }
+        );
+    }
+    let ingress = Api::<Ingress>::namespaced(client.clone(), &ns_name)
+        .get("preview")
+        .await
+        .unwrap();
+    let ann = ingress.annotations();
+    assert_eq!(
+        ann.get("cert-manager.io/cluster-issuer")
+            .map(String::as_str),
+        Some("letsencrypt")
+    );
+    assert_eq!(
+        ann.get("external-dns.alpha.kubernetes.io/hostname")
+            .map(String::as_str),
+        Some("pr-42.preview.test")
+    );
+    let ispec = ingress.spec.unwrap();
+    assert_eq!(
+        ispec.tls.unwrap()[0].secret_name.as_deref(),
+        Some("preview-tls")
+    );
+    assert_eq!(
+        ispec.rules.unwrap()[0].http.as_ref().unwrap().paths.len(),
+        3
+    );
+
+    // Costs are estimated: 4 small containers (1 + 1 + 2 replicas).
+    let costs = status.costs.clone().unwrap();
+    assert!(costs.estimated_daily.is_some());
+
+    // Delete: Terminating, namespace gone, then the resource itself.
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    envs.delete("shop-pr-42", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Deleting twice is harmless.
+    let _ = envs.delete("shop-pr-42", &DeleteParams::default()).await;
+    wait_gone(envs.clone(), "shop-pr-42", Duration::from_secs(90)).await;
+    let gone = namespaces.get_opt(&ns_name).await.unwrap();
+    assert!(
+        gone.is_none(),
+        "namespace {ns_name} is gone before the finalizer is released"
+    );
+
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_never_becomes_ready_fails_with_a_useful_message() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-fail").await;
+    let mut config = test_config(&ns);
+    config.readiness_timeout = Duration::from_secs(8);
+    let op = Operator::start(client.clone(), config).await;
+
+    let services = json!([
+        {"name": "web", "image": "registry.k8s.io/pause:3.10"},
+        {"name": "broken", "image": "image-pull-error.invalid/broken:pr-7"}
+    ]);
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-7", 7, "broken-image", services, json!({})),
+    )
+    .await;
+    let failed = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-7",
+        Phase::Failed,
+        Duration::from_secs(90),
+    )
+    .await;
+    let ready = condition(&failed, "Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "ReadinessDeadlineExceeded");
+    assert!(
+        ready.message.contains("service broken"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("ImagePullBackOff"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("pod broken-"),
+        "names the failing pod: {}",
+        ready.message
+    );
+    assert_eq!(condition(&failed, "Stalled").status, "True");
+
+    // A Warning event on the environment says the same.
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    let uid = failed.uid().unwrap();
+    eventually(Duration::from_secs(20), "Warning event", || {
+        let events = events.clone();
+        let uid = uid.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("ImagePullBackOff"))
+            })
+        }
+    })
+    .await;
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_deletes_at_the_expiry_time_not_at_the_next_sweep() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-ttl").await;
+    // The sweep runs hourly here: only the exact requeue can delete the environment.
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    let services = json!([{"name": "web", "image": "registry.k8s.io/pause:3.10"}]);
+    create(
+        &client,
+        &ns,
+        &env_manifest(
+            "shop-pr-9",
+            9,
+            "short-lived",
+            services,
+            json!({"ttl": "20s"}),
+        ),
+    )
+    .await;
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let expires_at = eventually(Duration::from_secs(30), "expiresAt", || {
+        let envs = envs.clone();
+        async move {
+            envs.get("shop-pr-9")
+                .await
+                .ok()?
+                .status?
+                .expires_at
+                .map(|t| t.0)
+        }
+    })
+    .await;
+    // Observe the deletion timestamp: it is set at (not before) the expiry time.
+    let deleted_at = eventually(Duration::from_secs(60), "deletion started", || {
+        let envs = envs.clone();
+        async move {
+            match envs.get_opt("shop-pr-9").await {
+                Ok(Some(env)) => env.metadata.deletion_timestamp.map(|t| Some(t.0)),
+                Ok(None) => Some(None),
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+    if let Some(deleted_at) = deleted_at {
+        // deletionTimestamp has second precision; allow the truncation.
+        assert!(
+            deleted_at.as_second() >= expires_at.as_second(),
+            "deleted at {deleted_at}, expires at {expires_at}"
+        );
+    }
+    wait_gone(envs.clone(), "shop-pr-9", Duration::from_secs(60)).await;
+    assert!(jiff::Timestamp::now() >= expires_at);
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_orphan_namespaces_and_keeps_live_ones() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-orphan").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    let services = json!([{"name": "web", "image": "registry.k8s.io/pause:3.10"}]);
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-5", 5, "live", services, json!({})),
+    )
+    .await;
+    let live = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-5",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let live_ns = live.status.unwrap().namespace.unwrap();
+
+    // A namespace labelled as ours whose environment does not exist.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let orphan_name = format!("preview-999-orphan-{}", &ns[ns.len() - 8..]);
+    let orphan: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": orphan_name, "labels": {
+            "app.kubernetes.io/managed-by": "previewd",
+            "previewd.io/env": "shop-pr-999",
+            "previewd.io/env-namespace": ns,
+        }}}))
+        .unwrap();
+    namespaces
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+
+    let report = controller::sweep_once(&op.ctx).await.unwrap();
+    assert_eq!(report.orphans, vec![orphan_name.clone()]);
+    assert!(report.expired.is_empty());
+    let after = namespaces.get_opt(&orphan_name).await.unwrap();
+    assert!(
+        after.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "orphan deleted"
+    );
+    let kept = namespaces.get(&live_ns).await.unwrap();
+    assert!(
+        kept.metadata.deletion_timestamp.is_none(),
+        "a live environment's namespace is kept"
+    );
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_provisioning_converges_to_the_same_state() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-restart").await;
+    let first = Operator::start(client.clone(), test_config(&ns)).await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-11", 11, "restart", three_services(), json!({})),
+    )
+    .await;
+    // Stop as soon as provisioning has started.
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "provisioning started", || {
+        let envs = envs.clone();
+        async move {
+            envs.get("shop-pr-11")
+                .await
+                .ok()?
+                .status?
+                .namespace
+                .map(|_| ())
+        }
+    })
+    .await;
+    first.stop().await;
+
+    let second = Operator::start(client.clone(), test_config(&ns)).await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-11",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let ns_name = ready.status.clone().unwrap().namespace.unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns_name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = deployments.items.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["api", "auth", "frontend"]);
+    assert_eq!(
+        ready
+            .finalizers()
+            .iter()
+            .filter(|f| *f == "previewd.io/cleanup")
+            .count(),
+        1
+    );
+    second.stop().await;
+
+    // A third start on a settled environment changes nothing.
+    let before = envs.get("shop-pr-11").await.unwrap();
+    let third = Operator::start(client.clone(), test_config(&ns)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = envs.get("shop-pr-11").await.unwrap();
+    assert_eq!(
+        before.resource_version(),
+        after.resource_version(),
+        "no write on a converged environment"
+    );
+    third.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_op_reconcile_performs_no_writes() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-noop").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-3", 3, "noop", three_services(), json!({})),
+    )
+    .await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-3",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    op.stop().await;
+
+    let (counting, writes) = counting_client().await;
+    let created = ready.status.clone().unwrap().created_at.unwrap().0;
+    let clock = Arc::new(FixedClock::new(
+        created
+            .checked_add(jiff::SignedDuration::from_secs(5))
+            .unwrap(),
+    ));
+    let ctx = Arc::new(Context::new(counting, test_config(&ns)).with_clock(clock));
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    for _ in 0..3 {
+        let env = Arc::new(envs.get("shop-pr-3").await.unwrap());
+        controller::reconcile(env, ctx.clone()).await.unwrap();
+    }
+    assert_eq!(
+        writes.get(),
+        0,
+        "a reconcile of a converged environment writes nothing"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_head_commit_rolls_services_in_place() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-update").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    let services = json!([{"name": "web", "image": "registry.k8s.io/pause:3.10"}]);
+    create(
+        &client,
+        &ns,
+        &env_manifest(
+            "shop-pr-8",
+            8,
+            "update",
+            services,
+            json!({"autoExtend": true}),
+        ),
+    )
+    .await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-8",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let ns_name = ready.status.clone().unwrap().namespace.unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns_name);
+    let uid_before = deployments.get("web").await.unwrap().uid();
+    let expires_before = ready.status.clone().unwrap().expires_at.unwrap().0;
+
+    // A push: new head SHA and a later activity time.
+    let later = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({
+        "metadata": {"annotations": {"previewd.io/last-activity": later.to_string()}},
+        "spec": {"headSHA": SHA2}
+    });
+    envs.patch("shop-pr-8", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let rolled = eventually(Duration::from_secs(90), "new SHA ready", || {
+        let envs = envs.clone();
+        async move {
+            let env = envs.get("shop-pr-8").await.ok()?;
+            let s = env.status.clone()?;
+            (s.deployed_sha.as_deref() == Some(SHA2) && s.phase == Some(Phase::Ready))
+                .then_some(env)
+        }
+    })
+    .await;
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(d.uid(), uid_before, "rolled in place, not recreated");
+    let ann: BTreeMap<String, String> = d
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
+    assert_eq!(
+        ann.get("previewd.io/head-sha").map(String::as_str),
+        Some(SHA2)
+    );
+    let expires_after = rolled.status.unwrap().expires_at.unwrap().0;
+    assert!(
+        expires_after > expires_before,
+        "activity extends the TTL with autoExtend"
+    );
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_while_provisioning_is_safe() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-early").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-12", 12, "early", three_services(), json!({})),
+    )
+    .await;
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let ns_name = eventually(Duration::from_secs(30), "namespace chosen", || {
+        let envs = envs.clone();
+        async move { envs.get("shop-pr-12").await.ok()?.status?.namespace }
+    })
+    .await;
+    envs.delete("shop-pr-12", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(envs.clone(), "shop-pr-12", Duration::from_secs(90)).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    assert!(namespaces.get_opt(&ns_name).await.unwrap().is_none());
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_rejects_bad_specs() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-schema").await;
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let svc = json!([{"name": "web", "image": "x"}]);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("pr-zero", json!({"prNumber": 0}), "prNumber"),
+        ("bad-ttl", json!({"ttl": "4x"}), "ttl"),
+        (
+            "too-many-replicas",
+            json!({"services": [{"name": "web", "image": "x", "replicas": 11}]}),
+            "replicas",
+        ),
+        (
+            "dup-names",
+            json!({"services": [{"name": "web", "image": "x"}, {"name": "web", "image": "y"}]}),
+            "Duplicate",
+        ),
+        ("bad-sha", json!({"headSHA": "not-a-sha"}), "headSHA"),
+        ("bad-repo", json!({"repository": "no-slash"}), "repository"),
+        (
+            "bad-budget",
+            json!({"costBudget": {"daily": "five dollars"}}),
+            "daily",
+        ),
+    ];
+    for (name, patch, needle) in cases {
+        let env = env_manifest(name, 1, "b", svc.clone(), json!({}));
+        let mut spec = serde_json::to_value(&env.spec).unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let mut raw = serde_json::to_value(&env).unwrap();
+        raw["spec"] = spec;
+        // Send the raw JSON so client-side types cannot hide what the server checks.
+        let result = raw_create(&client, &ns, &raw).await;
+        let err = result.expect_err(&format!("{name} must be rejected"));
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+
+    // Immutable fields.
+    envs.create(
+        &PostParams::default(),
+        &env_manifest("immutable", 1, "b", svc.clone(), json!({})),
+    )
+    .await
+    .unwrap();
+    let err = envs
+        .patch(
+            "immutable",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"repository": "acme/other"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("repository is immutable"), "{err}");
+    let err = envs
+        .patch(
+            "immutable",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"prNumber": 2}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("prNumber is immutable"), "{err}");
+    delete_namespace(&client, &ns).await;
+}
+
+async fn raw_create(client: &Client, ns: &str, body: &Value) -> Result<(), String> {
+    let req = http::Request::post(format!(
+        "/apis/previewd.io/v1alpha1/namespaces/{ns}/previewenvironments"
+    ))
+    .header("content-type", "application/json")
+    .body(serde_json::to_vec(body).unwrap())
+    .unwrap();
+    client
+        .request::<Value>(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,154 @@
+//! Command-line interface. Every flag can also be set with an environment variable
+//! `PREVIEWD_<FLAG>` (e.g. `--cleanup-interval` ↔ `PREVIEWD_CLEANUP_INTERVAL`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// previewd: an isolated, short-lived preview environment for every pull request.
+#[derive(Debug, Parser)]
+#[command(
+    name = "previewd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: run the operator).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Operator flags when no subcommand is given.
+    #[command(flatten)]
+    pub run: Box<RunArgs>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (the default).
+    Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Evaluate affected-service detection on a dataset of real changes.
+    EvalServices(EvalArgs),
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Run(Box::default())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (in-cluster default).
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Flags of `previewd run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Path to a kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then in-cluster.
+    #[arg(long, env = "PREVIEWD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace whose PreviewEnvironments are reconciled; default: all namespaces.
+    #[arg(long, env = "PREVIEWD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Safety-net sweep interval (expired environments, orphan namespaces).
+    #[arg(long, env = "PREVIEWD_CLEANUP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub cleanup_interval: Duration,
+    /// Periodic re-check of every environment.
+    #[arg(long, env = "PREVIEWD_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// How long services may take to become available before the environment fails.
+    #[arg(long, env = "PREVIEWD_READINESS_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub readiness_timeout: Duration,
+    /// Price of one CPU core for one hour, in dollars.
+    #[arg(long, env = "PREVIEWD_CPU_PRICE_PER_HOUR", default_value = "0.04")]
+    pub cpu_price_per_hour: String,
+    /// Price of one GiB of memory for one hour, in dollars.
+    #[arg(
+        long,
+        env = "PREVIEWD_MEMORY_PRICE_PER_GB_HOUR",
+        default_value = "0.005"
+    )]
+    pub memory_price_per_gb_hour: String,
+    /// Base domain for environments whose repository settings name none.
+    #[arg(
+        long,
+        env = "PREVIEWD_BASE_DOMAIN",
+        default_value = "preview.example.com"
+    )]
+    pub base_domain: String,
+    /// cert-manager ClusterIssuer for environment certificates.
+    #[arg(long, env = "PREVIEWD_CERT_ISSUER", default_value = "letsencrypt")]
+    pub cert_issuer: String,
+    /// Namespace of the ingress controller (allowed through each environment's network policy).
+    #[arg(
+        long,
+        env = "PREVIEWD_INGRESS_NAMESPACE",
+        default_value = "ingress-nginx"
+    )]
+    pub ingress_namespace: String,
+    /// Environments reconciled concurrently.
+    #[arg(long, env = "PREVIEWD_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "PREVIEWD_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Address of the GitHub webhook server (enabled when a webhook secret is set).
+    #[arg(long, env = "PREVIEWD_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// GitHub webhook secret; without it the webhook server does not start.
+    #[arg(long, env = "PREVIEWD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Log format.
+    #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        // Parse an empty command line so defaults and environment variables apply.
+        match Cli::try_parse_from(["previewd"]) {
+            Ok(cli) => *cli.run,
+            Err(e) => e.exit(),
+        }
+    }
+}
+
+/// Parses `30s`, `5m`, `4h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// `previewd crd`.
+pub fn print_crds() -> anyhow::Result<()> {
+    let yaml = previewd_kube::crdgen::crds_yaml().context("rendering CRD YAML")?;
+    print!("{yaml}");
+    Ok(())
+}
+
+/// Flags of `previewd eval-services`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Dataset directory (`changes.jsonl`, `services.json`, `diffs/`).
+    #[arg(long, env = "PREVIEWD_DATASET")]
+    pub dataset: PathBuf,
+    /// Also ask the configured model (AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY).
+    #[arg(long)]
+    pub with_model: bool,
+}
+
+/// `previewd eval-services`.
+pub async fn eval_services(args: EvalArgs) -> anyhow::Result<()> {
+    let _ = args;
+    anyhow::bail!("eval-services is not wired yet")
+}

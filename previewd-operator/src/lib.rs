@@ -1,0 +1,31 @@
+//! The previewd operator binary: flags, wiring, the admin server (`/healthz`, `/readyz`,
+//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`).
+
+pub mod admin;
+pub mod cli;
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// Entry point of the binary.
+pub async fn main() -> ExitCode {
+    // One TLS provider for every client in the process (kube, GitHub, AI).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or_default() {
+        Command::Run(args) => run::run(*args).await,
+        Command::Crd => cli::print_crds(),
+        Command::EvalServices(args) => cli::eval_services(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("previewd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `previewd run`: wires the controller, the webhook server and the admin server to one
+//! cancellation token, so SIGTERM drains all three.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kube::Client;
+use previewd_core::{Money, Pricing};
+use previewd_kube::children::namespace::GuardSettings;
+use previewd_kube::controller::{self, Context, ControllerConfig, Readiness};
+use previewd_kube::metrics::Metrics;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::cli::{LogFormat, RunArgs};
+
+/// Initialises logging (`RUST_LOG` filter, default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+/// Builds a Kubernetes client from `--kubeconfig`, or the default chain.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster)")?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Controller settings from flags.
+pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
+    let cpu: Money = args
+        .cpu_price_per_hour
+        .parse()
+        .with_context(|| format!("invalid --cpu-price-per-hour {:?}", args.cpu_price_per_hour))?;
+    let memory: Money = args.memory_price_per_gb_hour.parse().with_context(|| {
+        format!(
+            "invalid --memory-price-per-gb-hour {:?}",
+            args.memory_price_per_gb_hour
+        )
+    })?;
+    let pricing = Pricing {
+        cpu_per_core_hour: cpu,
+        memory_per_gib_hour: memory,
+        ..Pricing::default()
+    };
+    Ok(ControllerConfig {
+        watch_namespace: args.namespace.clone(),
+        concurrency: args.concurrency.max(1),
+        base_domain: args.base_domain.clone(),
+        cert_issuer: args.cert_issuer.clone(),
+        readiness_timeout: args.readiness_timeout,
+        resync_interval: args.resync_interval,
+        cleanup_interval: args.cleanup_interval,
+        pricing,
+        guard: GuardSettings {
+            ingress_namespace: args.ingress_namespace.clone(),
+            ..GuardSettings::default()
+        },
+        ..ControllerConfig::default()
+    })
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let config = controller_config(&args)?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    controller::preflight(&client, config.watch_namespace.as_deref())
+        .await
+        .context("PreviewEnvironment CRD is not installed or not readable; install it with `previewd crd | kubectl apply --server-side -f -`")?;
+
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received; draining");
+        signal_token.cancel();
+    });
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let readiness = Readiness::default();
+    let ctx = Arc::new(Context::new(client.clone(), config).with_metrics(metrics));
+
+    let admin_state = AdminState {
+        readiness: readiness.clone(),
+        registry: Arc::new(registry),
+    };
+    let admin = tokio::spawn(admin::serve(args.admin_addr, admin_state, shutdown.clone()));
+    info!(namespace = ?args.namespace, "starting controller");
+    controller::run(ctx, readiness, shutdown.clone()).await;
+    shutdown.cancel();
+    admin
+        .await
+        .context("admin server task")?
+        .context("admin server")?;
+    info!("previewd stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
