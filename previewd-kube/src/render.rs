@@ -152,9 +152,9 @@ pub fn render_environment(
         .catalogue
         .services
         .iter()
-        .filter_map(|s| s.tier.clone())
+        .filter_map(|s| s.tier)
         .max()
-        .or_else(|| spec.default_tier.clone());
+        .or(spec.default_tier);
 
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_PR.to_string(), pr.number.to_string());
@@ -192,9 +192,9 @@ pub fn render_environment(
                 tier,
                 use_spot: spec.use_spot,
             },
-            ttl: spec.default_ttl.clone(),
+            ttl: spec.default_ttl,
             auto_extend: spec.auto_extend,
-            max_lifespan: spec.max_lifespan.clone(),
+            max_lifespan: spec.max_lifespan,
             cost_budget: spec.cost_budget.clone(),
             ingress: Some(IngressSpec {
                 enabled: true,

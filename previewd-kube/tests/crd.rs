@@ -4,7 +4,7 @@
 
 use kube::CustomResourceExt;
 use kube::core::cel::{validate_cel, validate_cel_update};
-use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use previewd_kube::crd::PreviewEnvironment;
 use serde_json::{Value, json};
 
 fn committed_yaml() -> String {

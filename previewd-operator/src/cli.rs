@@ -147,8 +147,39 @@ pub struct EvalArgs {
     pub with_model: bool,
 }
 
-/// `previewd eval-services`.
+/// `previewd eval-services`: prints the per-mode breakdown as JSON, then the headline as
+/// one JSON object on the last line: `{"changes": N, "precision": P, "recall": R, "exact_set": E}`.
 pub async fn eval_services(args: EvalArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("eval-services is not wired yet")
+    let provider = if args.with_model {
+        let config = previewd_ai::config::AiConfig::load(&Default::default(), |k| {
+            std::env::var(k).ok()
+        })
+        .context(
+            "AI configuration (ENABLE_AI, AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY)",
+        )?;
+        let provider = previewd_ai::config::build_provider(&config)
+            .context("building the AI provider")?
+            .context("--with-model needs AI switched on: set ENABLE_AI=true, AI_PROVIDER and AI_BASE_URL")?;
+        Some(previewd_ai::provider::ai_stack(provider, &config))
+    } else {
+        None
+    };
+    let report = previewd_ai::eval::evaluate_services_async(
+        &args.dataset,
+        provider,
+        &previewd_ai::eval::EvalOptions::default(),
+    )
+    .await
+    .with_context(|| format!("evaluating {}", args.dataset.display()))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!(
+        "{}",
+        serde_json::json!({
+            "changes": report.changes,
+            "precision": report.precision,
+            "recall": report.recall,
+            "exact_set": report.exact_set,
+        })
+    );
+    Ok(())
 }

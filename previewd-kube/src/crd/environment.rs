@@ -1,3 +1,6 @@
+// The derive repeats `type_ = ...` across printer columns, which the lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -1,3 +1,6 @@
+// The derive repeats `type_ = ...` across printer columns, which the lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::{CustomResource, KubeSchema};
 use previewd_core::{ServiceCatalogue, Tier, Ttl};
 use schemars::JsonSchema;
