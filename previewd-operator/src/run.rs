@@ -101,6 +101,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let ctx = Arc::new(Context::new(client.clone(), config).with_metrics(metrics));
 
+    let webhook = match &args.webhook_secret {
+        Some(secret) if !secret.is_empty() => Some(
+            start_webhook(
+                &args,
+                secret,
+                client.clone(),
+                &mut registry,
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        _ => {
+            info!("no webhook secret configured; the GitHub webhook server is off");
+            None
+        }
+    };
     let admin_state = AdminState {
         readiness: readiness.clone(),
         registry: Arc::new(registry),
@@ -113,8 +129,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("admin server task")?
         .context("admin server")?;
+    if let Some(webhook) = webhook {
+        webhook
+            .await
+            .context("webhook server task")?
+            .context("webhook server")?;
+    }
     info!("previewd stopped");
     Ok(())
+}
+
+/// Binds and starts the GitHub webhook server; it only records desired state
+/// (server-side applies `PreviewEnvironment`s rendered from `PreviewRepository` settings).
+async fn start_webhook(
+    args: &RunArgs,
+    secret: &str,
+    client: Client,
+    registry: &mut Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use previewd_github::metrics::WebhookMetrics;
+    use previewd_github::store::KubeStore;
+    use previewd_github::webhook::{WebhookConfig, WebhookState, router, serve};
+
+    let store = Arc::new(KubeStore::new(client, args.namespace.clone()));
+    let metrics = WebhookMetrics::register(registry);
+    let state = WebhookState::new(WebhookConfig::new(secret), store, metrics);
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
+    info!(addr = %listener.local_addr()?, "GitHub webhook server listening");
+    Ok(tokio::spawn(serve(listener, router(state), shutdown)))
 }
 
 async fn wait_for_signal() {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "PR", type_ = "integer", json_path = ".spec.prNumber"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters")
 )]
