@@ -1,1 +1,26 @@
-//! previewd
+//! GitHub integration for previewd.
+//!
+//! - [`webhook`]: the webhook server. It verifies `X-Hub-Signature-256` over the raw
+//!   body, maps `pull_request` deliveries through the repository's gating policy
+//!   ([`policy`]) and server-side applies (or deletes) the `PreviewEnvironment` rendered
+//!   from the repository's `PreviewRepository` settings, through an [`store::EnvironmentStore`].
+//! - [`client`]: the REST client implementing
+//!   [`previewd_core::source_control::SourceControl`]: pull requests, changed files,
+//!   diffs, commit statuses, deployments and the sticky PR comment, with token or GitHub
+//!   App authentication and GitHub's rate-limit rules.
+//! - [`comment`]: the pure renderer of the sticky comment's body.
+
+pub mod client;
+pub mod comment;
+pub mod event;
+pub mod metrics;
+pub mod policy;
+pub mod reporter;
+pub mod signature;
+pub mod store;
+pub mod webhook;
+
+pub use client::{AppCredentials, ClientConfig, GitHubAuth, GitHubClient, GitHubError};
+pub use reporter::GitHubReporter;
+pub use store::{EnvironmentStore, KubeStore, MemoryStore, Precondition, StoreError};
+pub use webhook::{WebhookConfig, WebhookState, router, serve};

@@ -1,0 +1,296 @@
+//! The [`SourceControl`] implementation: GitHub endpoints and their wire types.
+
+use async_trait::async_trait;
+use previewd_core::source_control::{
+    ChangedFile, ChangedFiles, CommentId, CommentUpsert, CommitStatus, DeploymentId,
+    DeploymentRequest, DeploymentStatusUpdate, FileChangeKind, PullRequestDiff, PullRequestInfo,
+    PullRequestState, RepoRef, STATUS_DESCRIPTION_MAX, SourceControl, SourceControlError,
+    truncate_chars,
+};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{DIFF_MEDIA_TYPE, GitHubClient, GitHubError, JSON_MEDIA_TYPE};
+use crate::comment::{COMMENT_MARKER, cap_body};
+use crate::event::PullRequest;
+
+/// GitHub lists at most this many files of a pull request.
+pub const MAX_CHANGED_FILES: usize = 3000;
+
+/// `task` of the deployments previewd creates.
+pub const DEFAULT_DEPLOYMENT_TASK: &str = "deploy";
+
+const PER_PAGE: &str = "100";
+
+#[derive(Deserialize)]
+struct FileEntry {
+    filename: String,
+    status: String,
+    #[serde(default)]
+    additions: u64,
+    #[serde(default)]
+    deletions: u64,
+    #[serde(default)]
+    patch: Option<String>,
+    #[serde(default)]
+    previous_filename: Option<String>,
+}
+
+impl FileEntry {
+    fn into_changed_file(self) -> ChangedFile {
+        let kind = match self.status.as_str() {
+            "added" => FileChangeKind::Added,
+            "removed" => FileChangeKind::Removed,
+            "renamed" => FileChangeKind::Renamed,
+            "copied" => FileChangeKind::Copied,
+            "changed" => FileChangeKind::Changed,
+            "unchanged" => FileChangeKind::Unchanged,
+            _ => FileChangeKind::Modified,
+        };
+        ChangedFile {
+            path: self.filename,
+            previous_path: self.previous_filename,
+            kind,
+            additions: self.additions,
+            deletions: self.deletions,
+            patch: self.patch,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct CommentEntry {
+    id: u64,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    user: Option<crate::event::User>,
+}
+
+fn repo_path(repo: &RepoRef) -> String {
+    format!("repos/{}/{}", repo.owner, repo.name)
+}
+
+fn pull_request_info(repo: &RepoRef, pr: PullRequest) -> PullRequestInfo {
+    PullRequestInfo {
+        repository: repo.clone(),
+        number: pr.number,
+        title: pr.title,
+        state: if pr.state == "open" {
+            PullRequestState::Open
+        } else {
+            PullRequestState::Closed
+        },
+        draft: pr.draft,
+        merged: pr.merged.unwrap_or(false),
+        head_sha: pr.head.sha,
+        head_ref: pr.head.git_ref,
+        head_repository: pr.head.repo.map(|r| r.full_name),
+        base_ref: pr.base.git_ref,
+        author: pr.user.login,
+        author_association: pr.author_association,
+        labels: pr.labels.into_iter().map(|l| l.name).collect(),
+        html_url: pr.html_url,
+        updated_at: pr.updated_at,
+    }
+}
+
+impl GitHubClient {
+    /// Changed files, following pagination up to GitHub's 3000-file cap.
+    pub async fn list_changed_files(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<ChangedFiles, GitHubError> {
+        let mut url = self.url(&format!("{}/pulls/{number}/files", repo_path(repo)))?;
+        url.query_pairs_mut().append_pair("per_page", PER_PAGE);
+        let (entries, more) = self.get_all::<FileEntry>(url, MAX_CHANGED_FILES).await?;
+        let incomplete = more || entries.len() >= MAX_CHANGED_FILES;
+        Ok(ChangedFiles {
+            files: entries
+                .into_iter()
+                .map(FileEntry::into_changed_file)
+                .collect(),
+            incomplete,
+        })
+    }
+
+    /// Finds previewd's comment on the PR: carries the marker and is authored by the bot.
+    pub async fn find_sticky_comment(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<Option<(CommentId, String)>, GitHubError> {
+        let login = self.bot_login().await?;
+        let mut url = self.url(&format!("{}/issues/{number}/comments", repo_path(repo)))?;
+        url.query_pairs_mut().append_pair("per_page", PER_PAGE);
+        let (comments, _) = self.get_all::<CommentEntry>(url, 100_000).await?;
+        Ok(comments.into_iter().find_map(|c| {
+            let body = c.body.unwrap_or_default();
+            let mine = c
+                .user
+                .as_ref()
+                .is_some_and(|u| u.login.eq_ignore_ascii_case(&login));
+            (mine && body.contains(COMMENT_MARKER)).then_some((CommentId(c.id), body))
+        }))
+    }
+
+    async fn existing_deployment(
+        &self,
+        repo: &RepoRef,
+        request: &DeploymentRequest,
+    ) -> Result<Option<DeploymentId>, GitHubError> {
+        let mut url = self.url(&format!("{}/deployments", repo_path(repo)))?;
+        url.query_pairs_mut()
+            .append_pair("ref", &request.git_ref)
+            .append_pair("environment", &request.environment)
+            .append_pair("per_page", "1");
+        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
+        let found: Vec<IdOnly> = answer.json()?;
+        Ok(found.first().map(|d| DeploymentId(d.id)))
+    }
+}
+
+#[async_trait]
+impl SourceControl for GitHubClient {
+    async fn pull_request(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<PullRequestInfo, SourceControlError> {
+        let url = self.url(&format!("{}/pulls/{number}", repo_path(repo)))?;
+        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
+        Ok(pull_request_info(repo, answer.json::<PullRequest>()?))
+    }
+
+    async fn changed_files(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<ChangedFiles, SourceControlError> {
+        Ok(self.list_changed_files(repo, number).await?)
+    }
+
+    async fn diff(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<PullRequestDiff, SourceControlError> {
+        let url = self.url(&format!("{}/pulls/{number}", repo_path(repo)))?;
+        match self.get(url, DIFF_MEDIA_TYPE).await {
+            Ok(answer) => Ok(PullRequestDiff::Unified(
+                String::from_utf8_lossy(&answer.body).into_owned(),
+            )),
+            // GitHub refuses diffs over 300 files or 20 000 lines with 406 (or 422).
+            Err(GitHubError::Rejected { status, message }) if status == 406 || status == 422 => {
+                tracing::debug!(%repo, number, status, %message, "diff refused; using the file list");
+                Ok(PullRequestDiff::Files(
+                    self.list_changed_files(repo, number).await?,
+                ))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn set_commit_status(
+        &self,
+        repo: &RepoRef,
+        sha: &str,
+        status: &CommitStatus,
+    ) -> Result<(), SourceControlError> {
+        let url = self.url(&format!("{}/statuses/{sha}", repo_path(repo)))?;
+        let mut body = json!({
+            "state": status.state.as_str(),
+            "description": truncate_chars(&status.description, STATUS_DESCRIPTION_MAX),
+            "context": status.context,
+        });
+        if let Some(target) = &status.target_url {
+            body["target_url"] = json!(target);
+        }
+        self.send_json(Method::POST, url, body).await?;
+        Ok(())
+    }
+
+    async fn create_deployment(
+        &self,
+        repo: &RepoRef,
+        request: &DeploymentRequest,
+    ) -> Result<DeploymentId, SourceControlError> {
+        // A retry after a lost answer must not create a second deployment.
+        if let Some(existing) = self.existing_deployment(repo, request).await? {
+            return Ok(existing);
+        }
+        let url = self.url(&format!("{}/deployments", repo_path(repo)))?;
+        let body = json!({
+            "ref": request.git_ref,
+            "environment": request.environment,
+            "description": truncate_chars(&request.description, STATUS_DESCRIPTION_MAX),
+            "task": DEFAULT_DEPLOYMENT_TASK,
+            "transient_environment": true,
+            "production_environment": false,
+            "required_contexts": [],
+            "auto_merge": false,
+        });
+        let answer = self.send_json(Method::POST, url, body).await?;
+        let created: IdOnly = answer.json()?;
+        Ok(DeploymentId(created.id))
+    }
+
+    async fn set_deployment_status(
+        &self,
+        repo: &RepoRef,
+        deployment: DeploymentId,
+        status: &DeploymentStatusUpdate,
+    ) -> Result<(), SourceControlError> {
+        let url = self.url(&format!(
+            "{}/deployments/{}/statuses",
+            repo_path(repo),
+            deployment.0
+        ))?;
+        let mut body = json!({
+            "state": status.state.as_str(),
+            "description": truncate_chars(&status.description, STATUS_DESCRIPTION_MAX),
+        });
+        if let Some(env_url) = &status.environment_url {
+            body["environment_url"] = json!(env_url);
+        }
+        if let Some(log_url) = &status.log_url {
+            body["log_url"] = json!(log_url);
+        }
+        self.send_json(Method::POST, url, body).await?;
+        Ok(())
+    }
+
+    async fn upsert_comment(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+        body: &str,
+    ) -> Result<CommentUpsert, SourceControlError> {
+        let body = cap_body(body);
+        let _serial = self.inner.comment_lock.lock().await;
+        match self.find_sticky_comment(repo, number).await? {
+            Some((id, existing)) if existing == body => Ok(CommentUpsert::Unchanged(id)),
+            Some((id, _)) => {
+                let url = self.url(&format!("{}/issues/comments/{}", repo_path(repo), id.0))?;
+                self.send_json(Method::PATCH, url, json!({ "body": body }))
+                    .await?;
+                Ok(CommentUpsert::Updated(id))
+            }
+            None => {
+                let url = self.url(&format!("{}/issues/{number}/comments", repo_path(repo)))?;
+                let answer = self
+                    .send_json(Method::POST, url, json!({ "body": body }))
+                    .await?;
+                let created: IdOnly = answer.json()?;
+                Ok(CommentUpsert::Created(CommentId(created.id)))
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The body of previewd's one sticky pull-request comment. Pure: build a
+//! [`CommentView`] (by hand or from an environment with [`CommentView::from_environment`])
+//! and call [`render_comment`].
+//!
+//! The body always carries the hidden [`COMMENT_MARKER`]; the client finds its comment
+//! by that marker *and* by the comment being authored by the bot itself, so a marker
+//! planted by someone else is never edited.
+
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use previewd_core::Phase;
+use previewd_kube::crd::PreviewEnvironment;
+
+/// Hidden marker identifying previewd's comment.
+pub const COMMENT_MARKER: &str = "<!-- previewd:environment -->";
+
+/// Largest comment body GitHub accepts, in characters.
+pub const COMMENT_MAX_CHARS: usize = 65_536;
+
+const TRUNCATION_NOTE: &str = "\n\n_… truncated._\n";
+
+/// Test results shown in the comment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestsView {
+    /// Tests run.
+    pub total: i64,
+    /// Passed.
+    pub passed: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Skipped.
+    pub skipped: i64,
+    /// Names of failed tests.
+    pub failed_tests: Vec<String>,
+}
+
+/// Everything the comment shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommentView {
+    /// Lifecycle phase.
+    pub phase: Option<Phase>,
+    /// Main URL.
+    pub url: Option<String>,
+    /// Service name → URL.
+    pub service_urls: Vec<(String, String)>,
+    /// Head commit the environment runs (or is being built for).
+    pub head_sha: Option<String>,
+    /// Test results.
+    pub tests: Option<TestsView>,
+    /// Estimated cost per day, formatted (`$2.34`).
+    pub estimated_daily_cost: Option<String>,
+    /// Spend so far, formatted.
+    pub cost_to_date: Option<String>,
+    /// When the environment expires.
+    pub expires_at: Option<Timestamp>,
+    /// Status message (why it failed, what it waits for). Untrusted text is escaped.
+    pub message: Option<String>,
+}
+
+impl CommentView {
+    /// The view of an environment's current status.
+    pub fn from_environment(env: &PreviewEnvironment) -> Self {
+        let status = env.status.clone().unwrap_or_default();
+        CommentView {
+            phase: status.phase,
+            url: status.url.clone(),
+            service_urls: status.urls.into_iter().collect(),
+            head_sha: status
+                .deployed_sha
+                .clone()
+                .or_else(|| Some(env.spec.head_sha.clone())),
+            tests: status.tests.map(|t| TestsView {
+                total: t.total,
+                passed: t.passed,
+                failed: t.failed,
+                skipped: t.skipped,
+                failed_tests: t.failed_tests,
+            }),
+            estimated_daily_cost: status
+                .costs
+                .as_ref()
+                .and_then(|c| c.estimated_daily.map(|m| m.to_string())),
+            cost_to_date: status
+                .costs
+                .as_ref()
+                .and_then(|c| c.actual_to_date.map(|m| m.to_string())),
+            expires_at: status.expires_at.map(|t| t.0),
+            message: status.message,
+        }
+    }
+}
+
+fn phase_badge(phase: Option<Phase>) -> (&'static str, &'static str) {
+    match phase {
+        None | Some(Phase::Pending) => ("⏳", "Pending"),
+        Some(Phase::Provisioning) => ("🚧", "Provisioning"),
+        Some(Phase::Ready) => ("✅", "Ready"),
+        Some(Phase::Testing) => ("🧪", "Testing"),
+        Some(Phase::Complete) => ("✅", "Complete"),
+        Some(Phase::Failed) => ("❌", "Failed"),
+        Some(Phase::Terminating) => ("🧹", "Terminating"),
+        Some(Phase::Terminated) => ("🗑️", "Terminated"),
+    }
+}
+
+/// Escapes text for a Markdown table cell or line: no HTML, no table breaks, no
+/// comment markers.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '|' => out.push_str("\\|"),
+            '`' => out.push('\''),
+            '\n' | '\r' => out.push(' '),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Renders the comment body: marker, phase, URLs, commit, tests, cost, expiry. Never
+/// longer than [`COMMENT_MAX_CHARS`] characters.
+pub fn render_comment(view: &CommentView) -> String {
+    let mut out = String::new();
+    let (icon, phase) = phase_badge(view.phase);
+    let _ = writeln!(out, "{COMMENT_MARKER}");
+    let _ = writeln!(out, "### {icon} Preview environment: **{phase}**\n");
+    if let Some(url) = &view.url {
+        let _ = writeln!(out, "**URL:** {}\n", escape(url));
+    }
+    if !view.service_urls.is_empty() {
+        let _ = writeln!(out, "| Service | URL |\n|---|---|");
+        for (service, url) in &view.service_urls {
+            let _ = writeln!(out, "| {} | {} |", escape(service), escape(url));
+        }
+        out.push('\n');
+    }
+    if let Some(sha) = &view.head_sha {
+        let short: String = sha.chars().take(7).collect();
+        let _ = writeln!(out, "**Commit:** `{}`", escape(&short));
+    }
+    if let Some(tests) = &view.tests {
+        let _ = writeln!(
+            out,
+            "**Tests:** {} passed, {} failed, {} skipped ({} total)",
+            tests.passed, tests.failed, tests.skipped, tests.total
+        );
+        if !tests.failed_tests.is_empty() {
+            let _ = writeln!(out, "\n<details><summary>Failed tests</summary>\n");
+            for name in &tests.failed_tests {
+                let _ = writeln!(out, "- {}", escape(name));
+            }
+            let _ = writeln!(out, "\n</details>\n");
+        }
+    }
+    match (&view.estimated_daily_cost, &view.cost_to_date) {
+        (Some(daily), Some(total)) => {
+            let _ = writeln!(
+                out,
+                "**Cost:** {} per day (estimate), {} so far",
+                escape(daily),
+                escape(total)
+            );
+        }
+        (Some(daily), None) => {
+            let _ = writeln!(out, "**Cost:** {} per day (estimate)", escape(daily));
+        }
+        (None, Some(total)) => {
+            let _ = writeln!(out, "**Cost:** {} so far", escape(total));
+        }
+        (None, None) => {}
+    }
+    if let Some(expires) = view.expires_at {
+        let _ = writeln!(
+            out,
+            "**Expires:** {} UTC",
+            expires.strftime("%Y-%m-%d %H:%M")
+        );
+    }
+    if let Some(message) = &view.message {
+        let _ = writeln!(out, "\n> {}", escape(message));
+    }
+    cap_body(&out)
+}
+
+/// Cuts a body to [`COMMENT_MAX_CHARS`] characters, keeping the marker and saying so.
+pub fn cap_body(body: &str) -> String {
+    let with_marker = if body.contains(COMMENT_MARKER) {
+        body.to_string()
+    } else {
+        format!("{COMMENT_MARKER}\n{body}")
+    };
+    if with_marker.chars().count() <= COMMENT_MAX_CHARS {
+        return with_marker;
+    }
+    let keep = COMMENT_MAX_CHARS - TRUNCATION_NOTE.chars().count();
+    let mut out: String = with_marker.chars().take(keep).collect();
+    out.push_str(TRUNCATION_NOTE);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_part() {
+        let view = CommentView {
+            phase: Some(Phase::Ready),
+            url: Some("https://pr-7.preview.acme.dev".into()),
+            service_urls: vec![("api".into(), "https://pr-7.preview.acme.dev/api".into())],
+            head_sha: Some("ec26c3e57ca3a959ca5aad62de7213c562f8c821".into()),
+            tests: Some(TestsView {
+                total: 10,
+                passed: 8,
+                failed: 1,
+                skipped: 1,
+                failed_tests: vec!["checkout <script>".into()],
+            }),
+            estimated_daily_cost: Some("$2.34".into()),
+            cost_to_date: Some("$0.50".into()),
+            expires_at: Some("2024-05-01T12:30:00Z".parse().unwrap()),
+            message: Some("line1\nline2 | x".into()),
+        };
+        let body = render_comment(&view);
+        assert!(body.starts_with(COMMENT_MARKER));
+        assert!(body.contains("**Ready**"));
+        assert!(body.contains("| api | https://pr-7.preview.acme.dev/api |"));
+        assert!(body.contains("`ec26c3e`"));
+        assert!(body.contains("8 passed, 1 failed, 1 skipped (10 total)"));
+        assert!(body.contains("- checkout &lt;script&gt;"));
+        assert!(body.contains("$2.34 per day (estimate), $0.50 so far"));
+        assert!(body.contains("2024-05-01 12:30 UTC"));
+        assert!(body.contains("> line1 line2 \\| x"));
+    }
+
+    #[test]
+    fn long_bodies_are_capped_and_keep_the_marker() {
+        let view = CommentView {
+            tests: Some(TestsView {
+                failed_tests: (0..20_000).map(|i| format!("test_{i}")).collect(),
+                ..TestsView::default()
+            }),
+            ..CommentView::default()
+        };
+        let body = render_comment(&view);
+        assert_eq!(body.chars().count(), COMMENT_MAX_CHARS);
+        assert!(body.starts_with(COMMENT_MARKER));
+        assert!(body.ends_with(TRUNCATION_NOTE));
+        let bare = cap_body("hello");
+        assert_eq!(bare, format!("{COMMENT_MARKER}\nhello"));
+    }
+}

@@ -1,0 +1,372 @@
+//! Reports environment changes to GitHub: the `previewd` commit status, a transient
+//! GitHub Deployment per PR (`preview/pr-<n>`) with its statuses, and the sticky PR
+//! comment. Implements the controller's [`EnvironmentReporter`].
+//!
+//! The controller must never wait on GitHub, so each call only records the environment's
+//! latest state and spawns a task. Tasks of one environment run one at a time and always
+//! report the *latest* recorded state, so a burst of phase changes collapses into the
+//! last one and an older state is never written after a newer one. Transient failures
+//! (rate limits, outages) are retried a few times; then the error is logged and counted,
+//! and the next phase change reports again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use previewd_core::Phase;
+use previewd_core::source_control::{
+    CommitState, CommitStatus, DeploymentId, DeploymentRequest, DeploymentState,
+    DeploymentStatusUpdate, RepoRef, SourceControl, SourceControlError, deployment_environment,
+};
+use previewd_kube::crd::PreviewEnvironment;
+use previewd_kube::report::EnvironmentReporter;
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::task::TaskTracker;
+
+use crate::comment::{CommentView, render_comment};
+
+/// What to tell GitHub about one environment state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Repository.
+    pub repository: RepoRef,
+    /// PR number.
+    pub number: u64,
+    /// Commit the report is about.
+    pub sha: String,
+    /// Commit status to set, if any.
+    pub commit_status: Option<CommitStatus>,
+    /// Deployment status to add.
+    pub deployment_status: DeploymentStatusUpdate,
+    /// Body of the sticky comment.
+    pub comment: String,
+}
+
+/// The report for an environment's current status (`deleted`: its finalizer ran).
+/// `None` when the environment's repository is not `owner/name`.
+pub fn plan_report(
+    env: &PreviewEnvironment,
+    deleted: bool,
+    log_url: Option<String>,
+) -> Option<Report> {
+    let repository = RepoRef::parse(&env.spec.repository)?;
+    let number = u64::try_from(env.spec.pr_number).ok()?;
+    let status = env.status.clone().unwrap_or_default();
+    let sha = status
+        .deployed_sha
+        .clone()
+        .filter(|_| deleted)
+        .unwrap_or_else(|| env.spec.head_sha.clone());
+    let phase = if deleted {
+        Phase::Terminated
+    } else {
+        status.phase.unwrap_or(Phase::Pending)
+    };
+    let url = status.url.clone();
+    let tests_failed = status.tests.as_ref().is_some_and(|t| t.failed > 0);
+    let message = status.message.clone().unwrap_or_default();
+    let (commit, deployment, text) = match phase {
+        Phase::Pending => (
+            Some(CommitState::Pending),
+            DeploymentState::Queued,
+            "Preview environment queued".to_string(),
+        ),
+        Phase::Provisioning => (
+            Some(CommitState::Pending),
+            DeploymentState::InProgress,
+            "Preview environment is being deployed".to_string(),
+        ),
+        Phase::Ready => (
+            Some(CommitState::Success),
+            DeploymentState::Success,
+            "Preview environment is ready".to_string(),
+        ),
+        Phase::Testing => (
+            Some(CommitState::Pending),
+            DeploymentState::Success,
+            "Preview environment is ready; tests are running".to_string(),
+        ),
+        Phase::Complete => (
+            Some(CommitState::Success),
+            DeploymentState::Success,
+            "Preview environment is ready; tests passed".to_string(),
+        ),
+        Phase::Failed => (
+            Some(if tests_failed {
+                CommitState::Failure
+            } else {
+                CommitState::Error
+            }),
+            DeploymentState::Failure,
+            if message.is_empty() {
+                "Preview environment failed".to_string()
+            } else {
+                format!("Preview environment failed: {message}")
+            },
+        ),
+        Phase::Terminating | Phase::Terminated => (
+            None,
+            DeploymentState::Inactive,
+            "Preview environment was deleted".to_string(),
+        ),
+    };
+    let mut view = CommentView::from_environment(env);
+    view.phase = Some(phase);
+    if deleted {
+        view.url = None;
+        view.service_urls.clear();
+    }
+    Some(Report {
+        commit_status: commit.map(|state| CommitStatus::new(state, text.clone(), url.clone())),
+        deployment_status: DeploymentStatusUpdate {
+            state: deployment,
+            environment_url: if deleted { None } else { url },
+            log_url,
+            description: text,
+        },
+        comment: render_comment(&view),
+        repository,
+        number,
+        sha,
+    })
+}
+
+#[derive(Default)]
+struct Slot {
+    latest: Mutex<Option<Report>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    scm: Arc<dyn SourceControl>,
+    log_url_base: Option<String>,
+    slots: Mutex<HashMap<(RepoRef, u64), Arc<Slot>>>,
+    deployments: moka::sync::Cache<(RepoRef, u64, String), DeploymentId>,
+    last_sent: moka::sync::Cache<(RepoRef, u64), Report>,
+    tracker: TaskTracker,
+    retry_base: Duration,
+    failures: Counter,
+}
+
+/// Reports environments to GitHub in the background. Cheap to clone.
+#[derive(Clone)]
+pub struct GitHubReporter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GitHubReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubReporter").finish_non_exhaustive()
+    }
+}
+
+const ATTEMPTS: u32 = 3;
+
+impl GitHubReporter {
+    /// A reporter writing through `scm`. `log_url_base`, when set, links deployment
+    /// statuses to `<base>/<namespace>/<name>` (e.g. a dashboard).
+    pub fn new(scm: Arc<dyn SourceControl>, log_url_base: Option<String>) -> Self {
+        GitHubReporter {
+            inner: Arc::new(Inner {
+                scm,
+                log_url_base,
+                slots: Mutex::new(HashMap::new()),
+                deployments: moka::sync::Cache::builder().max_capacity(10_000).build(),
+                last_sent: moka::sync::Cache::builder().max_capacity(10_000).build(),
+                tracker: TaskTracker::new(),
+                retry_base: Duration::from_secs(2),
+                failures: Counter::default(),
+            }),
+        }
+    }
+
+    /// Sets the first wait between attempts (doubles each time); default 2 s.
+    pub fn with_retry_base(self, retry_base: Duration) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.retry_base = retry_base;
+                GitHubReporter {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(shared) => GitHubReporter { inner: shared },
+        }
+    }
+
+    /// Reports that failed after every attempt.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.get()
+    }
+
+    /// Waits until every report queued so far was sent (or given up).
+    pub async fn idle(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.tracker.reopen();
+    }
+
+    fn enqueue(&self, env: &PreviewEnvironment, deleted: bool) {
+        let log_url = self.inner.log_url_base.as_ref().map(|base| {
+            format!(
+                "{}/{}/{}",
+                base.trim_end_matches('/'),
+                env.metadata.namespace.as_deref().unwrap_or_default(),
+                env.metadata.name.as_deref().unwrap_or_default()
+            )
+        });
+        let Some(report) = plan_report(env, deleted, log_url) else {
+            tracing::warn!(repository = %env.spec.repository, "cannot report: repository is not owner/name");
+            return;
+        };
+        let key = (report.repository.clone(), report.number);
+        let slot = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(key).or_default().clone()
+        };
+        *slot.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        let inner = self.inner.clone();
+        self.inner.tracker.spawn(async move {
+            let _running = slot.running.lock().await;
+            let Some(report) = slot.latest.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                // An earlier task already sent the latest state.
+                return;
+            };
+            let mut wait = inner.retry_base;
+            for attempt in 1..=ATTEMPTS {
+                match send(&inner, &report).await {
+                    Ok(()) => return,
+                    Err(err) if err.is_transient() && attempt < ATTEMPTS => {
+                        tracing::warn!(repository = %report.repository, pr = report.number, attempt, error = %err, "GitHub report failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                        // A newer state arrived meanwhile: its task reports it.
+                        if slot.latest.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        inner.failures.inc();
+                        tracing::error!(repository = %report.repository, pr = report.number, category = err.category(), error = %err, "GitHub report failed");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn send(inner: &Inner, report: &Report) -> Result<(), SourceControlError> {
+    let scm = &inner.scm;
+    let repo = &report.repository;
+    let key = (repo.clone(), report.number);
+    let previous = inner.last_sent.get(&key);
+    let same_commit = previous.as_ref().is_some_and(|p| p.sha == report.sha);
+    // Identical statuses are not sent again (GitHub keeps at most 1000 per commit and
+    // context, and every write costs secondary-limit points).
+    if let Some(status) = &report.commit_status {
+        let unchanged = same_commit
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.commit_status.as_ref() == Some(status));
+        if !unchanged {
+            scm.set_commit_status(repo, &report.sha, status).await?;
+        }
+    }
+    let deployment_key = (repo.clone(), report.number, report.sha.clone());
+    let deployment = match inner.deployments.get(&deployment_key) {
+        Some(id) => id,
+        None => {
+            let id = scm
+                .create_deployment(
+                    repo,
+                    &DeploymentRequest {
+                        git_ref: report.sha.clone(),
+                        environment: deployment_environment(report.number),
+                        description: format!("previewd environment for PR #{}", report.number),
+                    },
+                )
+                .await?;
+            inner.deployments.insert(deployment_key, id);
+            id
+        }
+    };
+    let deployment_unchanged = same_commit
+        && previous
+            .as_ref()
+            .is_some_and(|p| p.deployment_status == report.deployment_status);
+    if !deployment_unchanged {
+        scm.set_deployment_status(repo, deployment, &report.deployment_status)
+            .await?;
+    }
+    scm.upsert_comment(repo, report.number, &report.comment)
+        .await?;
+    inner.last_sent.insert(key, report.clone());
+    Ok(())
+}
+
+#[async_trait]
+impl EnvironmentReporter for GitHubReporter {
+    async fn environment_changed(&self, env: &PreviewEnvironment) {
+        self.enqueue(env, false);
+    }
+
+    async fn environment_deleted(&self, env: &PreviewEnvironment) {
+        self.enqueue(env, true);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(phase: &str, failed: i64) -> PreviewEnvironment {
+        serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1",
+            "kind": "PreviewEnvironment",
+            "metadata": {"name": "pe", "namespace": "previews"},
+            "spec": {
+                "repository": "acme/shop", "prNumber": 7, "branch": "feat",
+                "headSHA": "abcdef1234567", "services": []
+            },
+            "status": {
+                "phase": phase, "url": "https://pr-7.preview.acme.dev",
+                "tests": {"total": 3, "passed": 3 - failed, "failed": failed, "skipped": 0}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn phases_map_to_statuses() {
+        let r = plan_report(&env("Provisioning", 0), false, None).unwrap();
+        assert_eq!(r.commit_status.unwrap().state, CommitState::Pending);
+        assert_eq!(r.deployment_status.state, DeploymentState::InProgress);
+        let r = plan_report(&env("Ready", 0), false, None).unwrap();
+        assert_eq!(
+            r.commit_status.as_ref().unwrap().state,
+            CommitState::Success
+        );
+        assert_eq!(
+            r.commit_status.unwrap().target_url.as_deref(),
+            Some("https://pr-7.preview.acme.dev")
+        );
+        assert_eq!(
+            r.deployment_status.environment_url.as_deref(),
+            Some("https://pr-7.preview.acme.dev")
+        );
+        let r = plan_report(&env("Failed", 2), false, None).unwrap();
+        assert_eq!(r.commit_status.unwrap().state, CommitState::Failure);
+        let r = plan_report(&env("Failed", 0), false, None).unwrap();
+        assert_eq!(r.commit_status.unwrap().state, CommitState::Error);
+        let r = plan_report(&env("Ready", 0), true, Some("https://d/x".into())).unwrap();
+        assert!(r.commit_status.is_none());
+        assert_eq!(r.deployment_status.state, DeploymentState::Inactive);
+        assert_eq!(r.deployment_status.environment_url, None);
+        assert_eq!(r.deployment_status.log_url.as_deref(), Some("https://d/x"));
+        assert!(r.comment.contains("Terminated"));
+        assert!(!r.comment.contains("https://pr-7"));
+    }
+}

@@ -1,0 +1,154 @@
+//! [`EnvironmentStore`] on the Kubernetes API: server-side apply with field manager
+//! `previewd` (forced), resourceVersion preconditions, settings looked up by listing
+//! `PreviewRepository` objects.
+
+use async_trait::async_trait;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::{Client, ResourceExt};
+use previewd_kube::crd::{FIELD_MANAGER, PreviewEnvironment, PreviewRepository};
+
+use super::{EnvironmentStore, Precondition, StoreError};
+
+/// Kubernetes-backed store.
+#[derive(Clone)]
+pub struct KubeStore {
+    client: Client,
+    settings_namespace: Option<String>,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("settings_namespace", &self.settings_namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeStore {
+    /// A store that looks for `PreviewRepository` settings in `settings_namespace`, or in
+    /// every namespace when `None`. Environments are written to the namespace of the
+    /// settings they are rendered from.
+    pub fn new(client: Client, settings_namespace: Option<String>) -> Self {
+        KubeStore {
+            client,
+            settings_namespace,
+        }
+    }
+
+    fn repositories(&self) -> Api<PreviewRepository> {
+        match &self.settings_namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
+fn map_error(err: kube::Error) -> StoreError {
+    match err {
+        kube::Error::Api(status) => match status.code {
+            409 => StoreError::Conflict,
+            400 | 422 => StoreError::Invalid(status.message.clone()),
+            code => {
+                StoreError::Unavailable(format!("API server answered {code}: {}", status.message))
+            }
+        },
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl EnvironmentStore for KubeStore {
+    async fn find_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<PreviewRepository>, StoreError> {
+        let list = self
+            .repositories()
+            .list(&ListParams::default())
+            .await
+            .map_err(map_error)?;
+        let mut matches: Vec<PreviewRepository> = list
+            .items
+            .into_iter()
+            .filter(|r| r.spec.repository.eq_ignore_ascii_case(repository))
+            .collect();
+        // Deterministic choice when several namespaces configure the same repository.
+        matches.sort_by_key(|r| (r.namespace(), r.name_any()));
+        if matches.len() > 1 {
+            tracing::warn!(
+                repository,
+                count = matches.len(),
+                "several PreviewRepository objects configure this repository; using the first"
+            );
+        }
+        Ok(matches.into_iter().next())
+    }
+
+    async fn get_environment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PreviewEnvironment>, StoreError> {
+        let api: Api<PreviewEnvironment> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name).await.map_err(map_error)
+    }
+
+    async fn apply_environment(
+        &self,
+        env: &PreviewEnvironment,
+        precondition: &Precondition,
+    ) -> Result<(), StoreError> {
+        let namespace = env
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or_else(|| StoreError::Invalid("environment has no namespace".into()))?;
+        let name = env
+            .metadata
+            .name
+            .as_deref()
+            .ok_or_else(|| StoreError::Invalid("environment has no name".into()))?;
+        let api: Api<PreviewEnvironment> = Api::namespaced(self.client.clone(), namespace);
+        let mut body = env.clone();
+        body.status = None;
+        body.metadata.managed_fields = None;
+        body.metadata.resource_version = match precondition {
+            Precondition::ResourceVersion(rv) => Some(rv.clone()),
+            Precondition::Absent => None,
+        };
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &params, &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(map_error)
+    }
+
+    async fn delete_environment(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+    ) -> Result<bool, StoreError> {
+        let api: Api<PreviewEnvironment> = Api::namespaced(self.client.clone(), namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(resource_version.to_string()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(err) => Err(map_error(err)),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.repositories()
+            .list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(map_error)
+    }
+}

@@ -1,0 +1,89 @@
+//! Where the webhook records desired state: the [`EnvironmentStore`] trait, the
+//! Kubernetes-backed [`KubeStore`] and the in-memory [`MemoryStore`].
+//!
+//! The webhook reads the existing environment, decides, and writes with an optimistic
+//! precondition (the resourceVersion it read), so a concurrent writer makes the write
+//! fail with [`StoreError::Conflict`] and the handler decides again on fresh data.
+
+mod kube_store;
+mod memory;
+
+use async_trait::async_trait;
+use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+
+pub use kube_store::KubeStore;
+pub use memory::{MemoryStore, StoreOp};
+
+/// What must hold for a write to go through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// The object did not exist when it was read. (Server-side apply cannot require
+    /// absence; the handler's per-environment lock covers races inside one process.)
+    Absent,
+    /// The object still has this resourceVersion.
+    ResourceVersion(String),
+}
+
+/// Why the store could not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The object changed since it was read; read again and retry.
+    #[error("the object changed concurrently")]
+    Conflict,
+    /// The API server rejected the object as invalid.
+    #[error("rejected as invalid: {0}")]
+    Invalid(String),
+    /// The API server could not be reached, timed out or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Short static category for metrics labels and logs.
+    pub const fn category(&self) -> &'static str {
+        match self {
+            StoreError::Conflict => "conflict",
+            StoreError::Invalid(_) => "invalid",
+            StoreError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Reads repository settings and reads/writes `PreviewEnvironment`s.
+#[async_trait]
+pub trait EnvironmentStore: Send + Sync + 'static {
+    /// The settings resource of repository `owner/name` (case-insensitive), if any.
+    async fn find_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Option<PreviewRepository>, StoreError>;
+
+    /// The environment `namespace/name`, if it exists.
+    async fn get_environment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PreviewEnvironment>, StoreError>;
+
+    /// Server-side applies `env` (field manager `previewd`, forced) if `precondition`
+    /// still holds.
+    async fn apply_environment(
+        &self,
+        env: &PreviewEnvironment,
+        precondition: &Precondition,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes the environment if it still has `resource_version`; `Ok(false)` when it
+    /// was already gone.
+    async fn delete_environment(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The store can serve requests (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

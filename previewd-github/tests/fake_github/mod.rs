@@ -1,0 +1,498 @@
+//! A small server on 127.0.0.1 that speaks the parts of GitHub's REST API previewd uses:
+//! pulls, pull files (capped at 3000 like GitHub), diffs, statuses, deployments and their
+//! statuses, issue comments (paginated with `Link` headers), `/user`, `/app` and App
+//! installation tokens (the JWT is verified with the app's public key). Failures are
+//! scripted per route; every request is logged so tests can count attempts.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "test-token";
+pub const BOT: &str = "previewd-bot";
+pub const APP_SLUG: &str = "previewd-app";
+pub const APP_ID: u64 = 4242;
+pub const INSTALLATION_ID: u64 = 77;
+
+/// A scripted answer, returned instead of the normal one.
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Scripted {
+    pub fn status(status: u16, message: &str) -> Self {
+        Scripted {
+            status,
+            headers: vec![],
+            body: json!({"message": message}).to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn stall(delay: Duration) -> Self {
+        Scripted {
+            status: 200,
+            headers: vec![],
+            body: String::new(),
+            delay,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Comment {
+    pub id: u64,
+    pub body: String,
+    pub user: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub accept: String,
+    pub authorization: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub addr: Option<SocketAddr>,
+    pub log: Vec<Logged>,
+    pub scripts: HashMap<(Method, String), VecDeque<Scripted>>,
+    pub comments: Vec<Comment>,
+    pub next_id: u64,
+    pub statuses: Vec<Value>,
+    pub deployments: Vec<Value>,
+    pub deployment_statuses: Vec<(u64, Value)>,
+    /// PR number → number of changed files.
+    pub pr_files: BTreeMap<u64, usize>,
+    /// PR numbers whose diff GitHub refuses (too large).
+    pub diff_refused: Vec<u64>,
+    pub public_key_pem: Option<String>,
+    pub issued_tokens: Vec<String>,
+    pub revoked_tokens: Vec<String>,
+    /// Lifetime of issued installation tokens.
+    pub token_lifetime: Duration,
+    pub jwt_errors: Vec<String>,
+    pub in_flight_mutations: usize,
+    pub max_in_flight_mutations: usize,
+    pub rate_limit_remaining: u64,
+}
+
+pub struct FakeGitHub {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl FakeGitHub {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1000,
+            token_lifetime: Duration::from_secs(3600),
+            rate_limit_remaining: 4999,
+            ..State::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        state.lock().unwrap().addr = Some(addr);
+        let shared = state.clone();
+        let app = Router::new().fallback(move |req: Request<Body>| {
+            let shared = shared.clone();
+            async move { handle(shared, req).await }
+        });
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .unwrap();
+        });
+        FakeGitHub {
+            addr,
+            state,
+            shutdown,
+        }
+    }
+
+    pub fn base_url(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}/", self.addr)).unwrap()
+    }
+
+    pub fn script(&self, method: Method, path: &str, answers: Vec<Scripted>) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .entry((method, path.to_string()))
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Requests received for `method path`.
+    pub fn hits(&self, method: &Method, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.method == *method && l.path == path)
+            .count()
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn answer(status: u16, body: Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+fn authorized(state: &State, headers: &HeaderMap) -> bool {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth == format!("Bearer {TOKEN}") {
+        return true;
+    }
+    if let Some(token) = auth.strip_prefix("token ") {
+        return state.issued_tokens.iter().any(|t| t == token)
+            && !state.revoked_tokens.iter().any(|t| t == token);
+    }
+    false
+}
+
+/// Verifies an App JWT: RS256 with the app's key, issuer, and GitHub's time rules.
+fn verify_jwt(state: &State, headers: &HeaderMap) -> Result<(), String> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let jwt = auth.strip_prefix("Bearer ").ok_or("no bearer JWT")?;
+    let pem = state
+        .public_key_pem
+        .as_ref()
+        .ok_or("no public key configured")?;
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[APP_ID.to_string()]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    let data = jsonwebtoken::decode::<Value>(jwt, &key, &validation).map_err(|e| e.to_string())?;
+    let now = jiff::Timestamp::now().as_second();
+    let iat = data.claims["iat"].as_i64().ok_or("iat")?;
+    let exp = data.claims["exp"].as_i64().ok_or("exp")?;
+    if iat > now {
+        return Err("iat in the future".into());
+    }
+    if now - iat < 55 {
+        return Err("iat not backdated".into());
+    }
+    if exp - now > 600 {
+        return Err("exp more than 10 minutes ahead".into());
+    }
+    Ok(())
+}
+
+fn file_entry(number: u64, i: usize) -> Value {
+    json!({
+        "sha": "0000000000000000000000000000000000000000",
+        "filename": format!("services/svc-{}/file-{i}.rs", i % 7),
+        "status": if i.is_multiple_of(5) { "added" } else { "modified" },
+        "additions": 3, "deletions": 1, "changes": 4,
+        "patch": format!("@@ -1 +1 @@\n-old {number}\n+new {i}")
+    })
+}
+
+fn paginate(
+    state: &State,
+    path: &str,
+    query: &HashMap<String, String>,
+    items: Vec<Value>,
+) -> Response {
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .min(100);
+    let page: usize = query
+        .get("page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let start = (page - 1) * per_page;
+    let slice: Vec<Value> = items.iter().skip(start).take(per_page).cloned().collect();
+    let mut response = answer(200, Value::Array(slice));
+    if start + per_page < items.len() {
+        let addr = state.addr.unwrap();
+        let link = format!(
+            "<http://{addr}{path}?per_page={per_page}&page={}>; rel=\"next\", <http://{addr}{path}?per_page={per_page}&page={}>; rel=\"last\"",
+            page + 1,
+            items.len().div_ceil(per_page)
+        );
+        response.headers_mut().insert("link", link.parse().unwrap());
+    }
+    response
+}
+
+fn pull(number: u64) -> Value {
+    json!({
+        "number": number, "state": "open", "draft": false, "merged": false,
+        "updated_at": "2024-05-01T10:00:00Z", "title": "Add checkout",
+        "html_url": format!("https://github.com/acme/shop/pull/{number}"),
+        "author_association": "MEMBER",
+        "user": {"login": "dev"},
+        "head": {"ref": "feature/checkout", "sha": "abcdef1234567890abcdef1234567890abcdef12", "repo": {"full_name": "acme/shop"}},
+        "base": {"ref": "main", "sha": "1234567890abcdef1234567890abcdef12345678", "repo": {"full_name": "acme/shop"}},
+        "labels": [{"name": "preview"}],
+        "extra_field_github_added": {"nested": true}
+    })
+}
+
+async fn handle(shared: Arc<Mutex<State>>, req: Request<Body>) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query_text = req.uri().query().unwrap_or("").to_string();
+    let query: HashMap<String, String> = form_urlencoded::parse(query_text.as_bytes())
+        .into_owned()
+        .collect();
+    let headers = req.headers().clone();
+    let bytes = to_bytes(req.into_body(), 10 * 1024 * 1024).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mutating = method != Method::GET;
+
+    let scripted = {
+        let mut state = shared.lock().unwrap();
+        state.log.push(Logged {
+            method: method.clone(),
+            path: path.clone(),
+            query: query_text.clone(),
+            accept: headers
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            body: body.clone(),
+        });
+        if mutating {
+            state.in_flight_mutations += 1;
+            state.max_in_flight_mutations =
+                state.max_in_flight_mutations.max(state.in_flight_mutations);
+        }
+        state
+            .scripts
+            .get_mut(&(method.clone(), path.clone()))
+            .and_then(VecDeque::pop_front)
+    };
+    // Hold the mutation "in flight" a little so overlapping requests would be seen.
+    if mutating {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let response = if let Some(s) = scripted {
+        tokio::time::sleep(s.delay).await;
+        let mut r = Response::builder().status(s.status);
+        for (k, v) in &s.headers {
+            r = r.header(k, v);
+        }
+        r.header("content-type", "application/json")
+            .body(Body::from(s.body))
+            .unwrap()
+    } else {
+        route(&shared, &method, &path, &query, &headers, body)
+    };
+    let mut state = shared.lock().unwrap();
+    if mutating {
+        state.in_flight_mutations -= 1;
+    }
+    let mut response = response;
+    if !response.headers().contains_key("x-ratelimit-remaining") {
+        state.rate_limit_remaining = state.rate_limit_remaining.saturating_sub(1);
+        response.headers_mut().insert(
+            "x-ratelimit-remaining",
+            state.rate_limit_remaining.to_string().parse().unwrap(),
+        );
+    }
+    response
+}
+
+fn route(
+    shared: &Arc<Mutex<State>>,
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Value,
+) -> Response {
+    let mut state = shared.lock().unwrap();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // App endpoints authenticate with the JWT.
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["app", "installations", id, "access_tokens"]) => {
+            if let Err(e) = verify_jwt(&state, headers) {
+                state.jwt_errors.push(e.clone());
+                return answer(401, json!({"message": format!("bad JWT: {e}")}));
+            }
+            if *id != INSTALLATION_ID.to_string() {
+                return answer(404, json!({"message": "Not Found"}));
+            }
+            let token = format!("ghs_{}", state.issued_tokens.len() + 1);
+            state.issued_tokens.push(token.clone());
+            let expires = jiff::Timestamp::now()
+                + jiff::SignedDuration::from_secs(state.token_lifetime.as_secs() as i64);
+            return answer(
+                201,
+                json!({"token": token, "expires_at": expires.to_string()}),
+            );
+        }
+        ("GET", ["app"]) => {
+            if let Err(e) = verify_jwt(&state, headers) {
+                state.jwt_errors.push(e.clone());
+                return answer(401, json!({"message": format!("bad JWT: {e}")}));
+            }
+            return answer(200, json!({"id": APP_ID, "slug": APP_SLUG}));
+        }
+        _ => {}
+    }
+    if !authorized(&state, headers) {
+        return answer(401, json!({"message": "Bad credentials"}));
+    }
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["user"]) => answer(200, json!({"login": BOT, "id": 1})),
+        ("GET", ["repos", _, _, "pulls", n]) => {
+            let number: u64 = n.parse().unwrap_or(0);
+            let accept = headers
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if accept == "application/vnd.github.diff" {
+                if state.diff_refused.contains(&number) {
+                    return answer(
+                        406,
+                        json!({"message": "Sorry, the diff exceeded the maximum number of files (300)."}),
+                    );
+                }
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain")
+                    .body(Body::from(format!(
+                        "diff --git a/x b/x\n@@ -1 +1 @@\n-a\n+b {number}\n"
+                    )))
+                    .unwrap();
+            }
+            answer(200, pull(number))
+        }
+        ("GET", ["repos", _, _, "pulls", n, "files"]) => {
+            let number: u64 = n.parse().unwrap_or(0);
+            let count = state.pr_files.get(&number).copied().unwrap_or(0).min(3000);
+            let items = (0..count).map(|i| file_entry(number, i)).collect();
+            paginate(&state, path, query, items)
+        }
+        ("POST", ["repos", _, _, "statuses", _sha]) => {
+            state.statuses.push(body.clone());
+            answer(201, body)
+        }
+        ("GET", ["repos", _, _, "deployments"]) => {
+            let found: Vec<Value> = state
+                .deployments
+                .iter()
+                .rev()
+                .filter(|d| {
+                    query.get("ref").is_none_or(|r| d["ref"] == r.as_str())
+                        && query
+                            .get("environment")
+                            .is_none_or(|e| d["environment"] == e.as_str())
+                })
+                .cloned()
+                .collect();
+            paginate(&state, path, query, found)
+        }
+        ("POST", ["repos", _, _, "deployments"]) => {
+            state.next_id += 1;
+            let mut created = body.clone();
+            created["id"] = json!(state.next_id);
+            state.deployments.push(created.clone());
+            answer(201, created)
+        }
+        ("POST", ["repos", _, _, "deployments", id, "statuses"]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            if !state.deployments.iter().any(|d| d["id"] == id) {
+                return answer(404, json!({"message": "Not Found"}));
+            }
+            state.deployment_statuses.push((id, body.clone()));
+            answer(201, body)
+        }
+        ("GET", ["repos", _, _, "issues", _n, "comments"]) => {
+            let items = state
+                .comments
+                .iter()
+                .map(|c| json!({"id": c.id, "body": c.body, "user": {"login": c.user}}))
+                .collect();
+            paginate(&state, path, query, items)
+        }
+        ("POST", ["repos", _, _, "issues", _n, "comments"]) => {
+            let user = if headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.starts_with("token "))
+            {
+                format!("{APP_SLUG}[bot]")
+            } else {
+                BOT.to_string()
+            };
+            state.next_id += 1;
+            let id = state.next_id;
+            let text = body["body"].as_str().unwrap_or("").to_string();
+            state.comments.push(Comment {
+                id,
+                body: text.clone(),
+                user: user.clone(),
+            });
+            answer(
+                201,
+                json!({"id": id, "body": text, "user": {"login": user}}),
+            )
+        }
+        ("PATCH", ["repos", _, _, "issues", "comments", id]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let text = body["body"].as_str().unwrap_or("").to_string();
+            match state.comments.iter_mut().find(|c| c.id == id) {
+                Some(c) => {
+                    c.body = text.clone();
+                    answer(200, json!({"id": id, "body": text}))
+                }
+                None => answer(404, json!({"message": "Not Found"})),
+            }
+        }
+        _ => answer(404, json!({"message": "Not Found"})),
+    }
+}

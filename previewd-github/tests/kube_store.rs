@@ -1,0 +1,157 @@
+//! [`KubeStore`] against the local control plane (`testenv/up`): server-side apply with
+//! resourceVersion preconditions, deletes with preconditions, settings lookup, and the
+//! webhook's no-rollback rule on a real API server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use previewd_github::store::{EnvironmentStore, KubeStore, Precondition, StoreError};
+use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use serde_json::json;
+
+async fn cluster() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: start the local control plane with `testenv/up` (scripts/test does)"
+    );
+    let client = Client::try_default().await.expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in previewd_kube::crdgen::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("previewd-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("established")
+        .expect("watch");
+    }
+    client
+}
+
+async fn namespace(client: &Client) -> String {
+    let ns = format!("ks-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    ns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_store_applies_with_preconditions_and_the_webhook_never_rolls_back() {
+    let client = cluster().await;
+    let ns = namespace(&client).await;
+    let mut settings = common::settings(json!({}));
+    settings.metadata.namespace = Some(ns.clone());
+    let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &ns);
+    repos
+        .create(&PostParams::default(), &settings)
+        .await
+        .unwrap();
+    let store = Arc::new(KubeStore::new(client.clone(), Some(ns.clone())));
+    store.ready().await.unwrap();
+
+    // Settings are found case-insensitively; unknown repositories are not.
+    let found = store
+        .find_repository("codertocat/hello-world")
+        .await
+        .unwrap();
+    assert_eq!(found.unwrap().spec.repository, common::REPOSITORY);
+    assert!(store.find_repository("acme/other").await.unwrap().is_none());
+
+    // Through the real webhook server.
+    let server = common::start_with_store(store.clone()).await;
+    let newer = {
+        let mut e = common::example("synchronize");
+        e["pull_request"]["head"]["sha"] = json!("2222222222222222222222222222222222222222");
+        e["pull_request"]["updated_at"] = json!("2019-05-15T15:40:00Z");
+        e
+    };
+    let a = common::deliver_json_to(&server, "pull_request", &common::delivery_id(), &newer).await;
+    assert_eq!((a.status, a.outcome()), (202, "applied"), "{a:?}");
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let name = previewd_kube::render::environment_name(common::REPOSITORY, 2);
+    let first = envs.get(&name).await.unwrap();
+    let rv = first.resource_version().unwrap();
+    assert_eq!(
+        first.spec.head_sha,
+        "2222222222222222222222222222222222222222"
+    );
+    let managers: Vec<String> = first
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.contains(&"previewd".to_string()), "{managers:?}");
+
+    // The same event again: no write (resourceVersion unchanged).
+    let a = common::deliver_json_to(&server, "pull_request", &common::delivery_id(), &newer).await;
+    assert_eq!((a.status, a.outcome()), (202, "unchanged"));
+    // An older push: stale, no rollback.
+    let older = common::example("synchronize");
+    let a = common::deliver_json_to(&server, "pull_request", &common::delivery_id(), &older).await;
+    assert_eq!((a.status, a.outcome()), (202, "stale"));
+    let after = envs.get(&name).await.unwrap();
+    assert_eq!(after.resource_version().unwrap(), rv);
+    assert_eq!(
+        after.spec.head_sha,
+        "2222222222222222222222222222222222222222"
+    );
+
+    // A write with an outdated resourceVersion is refused by the API server.
+    let mut stale = after.clone();
+    stale.spec.branch = "other".into();
+    // Another field manager changes the object meanwhile.
+    let bumped = envs
+        .patch(
+            &name,
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&json!({
+                "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+                "metadata": {"name": name, "annotations": {"test/bump": "1"}}
+            })),
+        )
+        .await
+        .unwrap();
+    assert_ne!(bumped.resource_version().unwrap(), rv);
+    let err = store
+        .apply_environment(&stale, &Precondition::ResourceVersion(rv.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Conflict);
+    let err = store.delete_environment(&ns, &name, &rv).await.unwrap_err();
+    assert_eq!(err, StoreError::Conflict);
+
+    // Close: deleted through the webhook; deleting again reports it gone.
+    let mut close = common::example("closed");
+    close["pull_request"]["updated_at"] = json!("2019-05-15T15:50:00Z");
+    let a = common::deliver_json_to(&server, "pull_request", &common::delivery_id(), &close).await;
+    assert_eq!((a.status, a.outcome()), (202, "deleted"), "{a:?}");
+    assert!(envs.get_opt(&name).await.unwrap().is_none());
+    assert!(!store.delete_environment(&ns, &name, "1").await.unwrap());
+    server.stop().await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+}
