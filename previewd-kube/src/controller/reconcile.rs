@@ -338,14 +338,19 @@ async fn apply_environment(env: &PreviewEnvironment, ctx: &Context) -> Result<Ac
     Ok(Action::requeue(wait))
 }
 
+/// The reason of a failure: the observation that caused it, or, on later reconciles of
+/// an environment already in Failed, the reason recorded when it failed.
 fn reason_of_failure(old: &PreviewEnvironmentStatus, reason: &'static str) -> &'static str {
-    let _ = old;
-    match reason {
-        "ReadinessDeadlineExceeded" => "ReadinessDeadlineExceeded",
-        "ServiceFailed" => "ServiceFailed",
-        "TestsFailed" => "TestsFailed",
-        _ => "Failed",
+    const FAILURES: [&str; 3] = ["ReadinessDeadlineExceeded", "ServiceFailed", "TestsFailed"];
+    if let Some(found) = FAILURES.iter().find(|f| **f == reason) {
+        return found;
     }
+    old.conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .and_then(|c| FAILURES.iter().find(|f| **f == c.reason))
+        .copied()
+        .unwrap_or("Failed")
 }
 
 async fn stall(
@@ -483,10 +488,29 @@ async fn apply_children(
         .context(|| format!("get Namespace {ns_name}"))?;
     if let Some(ns) = &live_ns {
         if !namespace_is_ours(ns, env) {
-            return Ok(stalled(
-                "NamespaceConflict",
-                format!("namespace {ns_name} exists and does not belong to this environment"),
-            ));
+            // Another environment (another repository or namespace with the same PR
+            // number and branch) holds the name: choose a disambiguated one, once; the
+            // choice is recorded in the status and kept.
+            let recorded =
+                env.status.as_ref().and_then(|s| s.namespace.as_deref()) == Some(ns_name);
+            let alternative = naming::namespace_name(
+                u64::try_from(env.spec.pr_number).unwrap_or_default(),
+                &format!(
+                    "{}@{}/{}/{}",
+                    env.spec.branch,
+                    env.spec.repository,
+                    env.namespace().unwrap_or_default(),
+                    env.name_any()
+                ),
+            );
+            if recorded || alternative == ns_name {
+                return Ok(stalled(
+                    "NamespaceConflict",
+                    format!("namespace {ns_name} exists and does not belong to this environment"),
+                ));
+            }
+            status.namespace = Some(alternative.clone());
+            return Box::pin(apply_children(env, ctx, &alternative, status, now)).await;
         }
         if ns.meta().deletion_timestamp.is_some() {
             return Ok(Progress {
