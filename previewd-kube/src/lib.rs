@@ -2,6 +2,7 @@
 //! each `PreviewEnvironment` through its phases, one module per child resource (a pure
 //! `desired_*` function plus a small apply), and the cleanup sweep.
 
+pub mod advice;
 pub mod children;
 pub mod controller;
 pub mod crd;

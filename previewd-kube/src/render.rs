@@ -186,6 +186,7 @@ pub fn render_environment(
             author: pr.author.clone(),
             repository_ref: settings.metadata.name.clone(),
             services,
+            service_selection: Some(spec.deploy),
             test_data: spec.test_data.clone(),
             tests: spec.tests.clone(),
             resources: ResourcesSpec {

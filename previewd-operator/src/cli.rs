@@ -109,6 +109,32 @@ pub struct RunArgs {
     /// GitHub webhook secret; without it the webhook server does not start.
     #[arg(long, env = "PREVIEWD_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// GitHub REST API base URL (GitHub Enterprise: `https://HOST/api/v3/`).
+    #[arg(
+        long,
+        env = "PREVIEWD_GITHUB_API_URL",
+        default_value = "https://api.github.com/"
+    )]
+    pub github_api_url: String,
+    /// GitHub token for commit statuses, deployments and the PR comment.
+    #[arg(long, env = "PREVIEWD_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// GitHub App id (with --github-app-installation-id and --github-app-private-key-file).
+    #[arg(long, env = "PREVIEWD_GITHUB_APP_ID")]
+    pub github_app_id: Option<u64>,
+    /// GitHub App installation id.
+    #[arg(long, env = "PREVIEWD_GITHUB_APP_INSTALLATION_ID")]
+    pub github_app_installation_id: Option<u64>,
+    /// Path to the GitHub App's PEM private key.
+    #[arg(long, env = "PREVIEWD_GITHUB_APP_PRIVATE_KEY_FILE")]
+    pub github_app_private_key_file: Option<PathBuf>,
+    /// Base URL of a log viewer for deployment statuses (`log_url`).
+    #[arg(long, env = "PREVIEWD_LOG_URL_BASE")]
+    pub log_url_base: Option<String>,
+    /// ConfigMap (`namespace/name`) with `ai.*` settings; environment variables
+    /// (ENABLE_AI, AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY) override it.
+    #[arg(long, env = "PREVIEWD_AI_CONFIG_MAP")]
+    pub ai_config_map: Option<String>,
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -99,7 +99,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let readiness = Readiness::default();
-    let ctx = Arc::new(Context::new(client.clone(), config).with_metrics(metrics));
+    let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+    let source_control = github_client(&args, &mut registry)?;
+    if let Some(scm) = &source_control {
+        ctx = ctx.with_reporter(Arc::new(previewd_github::reporter::GitHubReporter::new(
+            scm.clone(),
+            args.log_url_base.clone(),
+        )));
+    } else {
+        info!("no GitHub credentials configured; environments are not reported to GitHub");
+    }
+    let ctx = Arc::new(ctx);
 
     let webhook = match &args.webhook_secret {
         Some(secret) if !secret.is_empty() => Some(
@@ -137,6 +147,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("previewd stopped");
     Ok(())
+}
+
+/// The GitHub client, when a token or GitHub App credentials are configured.
+pub fn github_client(
+    args: &RunArgs,
+    registry: &mut Registry,
+) -> anyhow::Result<Option<Arc<dyn previewd_core::source_control::SourceControl>>> {
+    use previewd_github::metrics::ClientMetrics;
+    use previewd_github::{AppCredentials, ClientConfig, GitHubAuth, GitHubClient};
+
+    let auth = match (&args.github_token, args.github_app_id) {
+        (Some(token), _) if !token.is_empty() => GitHubAuth::Token(token.clone().into()),
+        (_, Some(app_id)) => {
+            let installation_id = args
+                .github_app_installation_id
+                .context("--github-app-id needs --github-app-installation-id")?;
+            let key_file = args
+                .github_app_private_key_file
+                .as_deref()
+                .context("--github-app-id needs --github-app-private-key-file")?;
+            let pem = std::fs::read_to_string(key_file)
+                .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;
+            GitHubAuth::App(AppCredentials {
+                app_id,
+                installation_id,
+                private_key_pem: pem.into(),
+                app_slug: None,
+            })
+        }
+        _ => return Ok(None),
+    };
+    let base = url::Url::parse(&args.github_api_url)
+        .with_context(|| format!("invalid --github-api-url {:?}", args.github_api_url))?;
+    let metrics = ClientMetrics::register(registry);
+    let client = GitHubClient::new(ClientConfig::new(base), auth, metrics)
+        .context("creating the GitHub client")?;
+    Ok(Some(Arc::new(client)))
 }
 
 /// Binds and starts the GitHub webhook server; it only records desired state

@@ -34,6 +34,8 @@ pub struct ControllerConfig {
     pub backoff_base: Duration,
     /// Largest retry delay after repeated failures.
     pub backoff_max: Duration,
+    /// Longest wait for the advisor; past it every service is deployed.
+    pub advice_timeout: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -52,6 +54,7 @@ impl Default for ControllerConfig {
             workload: WorkloadSettings::default(),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
+            advice_timeout: Duration::from_secs(45),
         }
     }
 }

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 pub use config::ControllerConfig;
 pub use sweep::{SweepReport, sweep_once};
 
+use crate::advice::{EnvironmentAdvisor, NoAdvice};
 use crate::children::LABEL_ENV_NAMESPACE;
 use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
 use crate::error::Error;
@@ -52,6 +53,8 @@ pub struct Context {
     pub reporter: Arc<dyn EnvironmentReporter>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Advises which services to deploy and records AI decisions.
+    pub advisor: Arc<dyn EnvironmentAdvisor>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -72,6 +75,7 @@ impl Context {
             clock: Arc::new(SystemClock),
             reporter: Arc::new(NoopReporter),
             metrics: Arc::new(Metrics::default()),
+            advisor: Arc::new(NoAdvice),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -85,6 +89,12 @@ impl Context {
     /// Replaces the reporter.
     pub fn with_reporter(mut self, reporter: Arc<dyn EnvironmentReporter>) -> Self {
         self.reporter = reporter;
+        self
+    }
+
+    /// Replaces the advisor.
+    pub fn with_advisor(mut self, advisor: Arc<dyn EnvironmentAdvisor>) -> Self {
+        self.advisor = advisor;
         self
     }
 

@@ -72,6 +72,27 @@ async fn add_finalizer(env: &PreviewEnvironment, ctx: &Context) -> Result<(), Er
     Ok(())
 }
 
+/// The environment as deployed: with `serviceSelection: Affected`, only the selected
+/// services (never none: an empty selection deploys everything).
+fn effective_environment(
+    env: &PreviewEnvironment,
+    status: &PreviewEnvironmentStatus,
+) -> PreviewEnvironment {
+    let mut effective = env.clone();
+    if env.spec.service_selection == Some(crate::crd::DeployPolicy::Affected)
+        && let Some(selected) = status.selected_services.as_ref().filter(|s| !s.is_empty())
+    {
+        effective
+            .spec
+            .services
+            .retain(|s| selected.contains(&s.name));
+        if effective.spec.services.is_empty() {
+            effective.spec.services = env.spec.services.clone();
+        }
+    }
+    effective
+}
+
 fn parse_time(value: Option<&String>) -> Option<jiff::Timestamp> {
     value.and_then(|v| v.parse::<jiff::Timestamp>().ok())
 }
@@ -179,6 +200,25 @@ async fn apply_environment(env: &PreviewEnvironment, ctx: &Context) -> Result<Ac
         status.provisioning_since = Some(Time(now));
         status.ready_at = None;
     }
+
+    // Advice once per head commit: which services, what the AI engine decided.
+    if status.advised_sha.as_deref() != Some(env.spec.head_sha.as_str()) {
+        let advice = tokio::time::timeout(ctx.config.advice_timeout, ctx.advisor.advise(env))
+            .await
+            .unwrap_or_else(|_| crate::advice::Advice {
+                services: None,
+                status: crate::crd::AiStatus {
+                    source: Some("fallback".into()),
+                    reason: Some("advisor timed out; deploying every service".into()),
+                    ..Default::default()
+                },
+            });
+        status.ai = (advice.status != crate::crd::AiStatus::default()).then_some(advice.status);
+        status.selected_services = advice.services;
+        status.advised_sha = Some(env.spec.head_sha.clone());
+    }
+    let effective = effective_environment(env, &status);
+    let env = &effective;
 
     let ns_name = namespace_of(env);
     status.namespace = Some(ns_name.clone());

@@ -68,6 +68,10 @@ pub struct PreviewEnvironmentSpec {
     #[schemars(length(max = 50))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub services: Vec<ServiceSpec>,
+    /// Deploy every service (`All`), or only those the change affects (`Affected`, decided
+    /// by the advisor once per head commit and recorded in `status.ai`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selection: Option<crate::crd::DeployPolicy>,
     /// Synthetic test data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_data: Option<TestDataSpec>,
@@ -374,6 +378,16 @@ pub struct PreviewEnvironmentStatus {
     /// What the AI engine decided, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai: Option<AiStatus>,
+    /// Services deployed when `serviceSelection` is `Affected` (absent: every service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_services: Option<Vec<String>>,
+    /// Head commit the `ai` advice was computed for.
+    #[serde(
+        default,
+        rename = "advisedSHA",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub advised_sha: Option<String>,
     /// Standard conditions: Ready, Reconciling, Stalled, NamespaceReady, ServicesDeployed,
     /// TestsCompleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
