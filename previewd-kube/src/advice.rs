@@ -25,6 +25,9 @@ pub struct Advice {
 pub trait EnvironmentAdvisor: Send + Sync {
     /// Advice for the environment's current head commit.
     async fn advise(&self, env: &PreviewEnvironment) -> Advice;
+
+    /// The environment is gone: drop what was kept for it (cached model answers).
+    async fn environment_deleted(&self, _env: &PreviewEnvironment) {}
 }
 
 /// The advisor used when no AI engine is configured: every service, nothing recorded.

@@ -136,6 +136,7 @@ pub(super) async fn cleanup(env: &PreviewEnvironment, ctx: &Context) -> Result<A
     let mut reported = env.clone();
     reported.status = Some(status);
     ctx.reporter.environment_deleted(&reported).await;
+    ctx.advisor.environment_deleted(&reported).await;
     ctx.publish(
         env,
         EventType::Normal,
