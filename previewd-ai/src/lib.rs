@@ -1,6 +1,7 @@
 //! The previewd AI engine.
 pub mod advisor;
 pub mod config;
+pub mod environment;
 pub mod eval;
 pub mod history;
 pub mod lifespan;

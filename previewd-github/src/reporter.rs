@@ -161,7 +161,8 @@ impl std::fmt::Debug for GitHubReporter {
     }
 }
 
-const ATTEMPTS: u32 = 3;
+/// Longest wait between two attempts of one report.
+const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl GitHubReporter {
     /// A reporter writing through `scm`. `log_url_base`, when set, links deployment
@@ -194,7 +195,7 @@ impl GitHubReporter {
         }
     }
 
-    /// Reports that failed after every attempt.
+    /// Failed report attempts (transient failures are retried; permanent ones are not).
     pub fn failures(&self) -> u64 {
         self.inner.failures.get()
     }
@@ -232,14 +233,20 @@ impl GitHubReporter {
                 // An earlier task already sent the latest state.
                 return;
             };
+            // Transient failures (outages, rate limits, timeouts) are retried with a
+            // capped exponential backoff until the report is delivered or a newer state
+            // replaces it, so a long GitHub outage delays reports but never loses them.
             let mut wait = inner.retry_base;
-            for attempt in 1..=ATTEMPTS {
+            let mut attempt: u32 = 0;
+            loop {
+                attempt += 1;
                 match send(&inner, &report).await {
                     Ok(()) => return,
-                    Err(err) if err.is_transient() && attempt < ATTEMPTS => {
-                        tracing::warn!(repository = %report.repository, pr = report.number, attempt, error = %err, "GitHub report failed; retrying");
+                    Err(err) if err.is_transient() => {
+                        inner.failures.inc();
+                        tracing::warn!(repository = %report.repository, pr = report.number, attempt, error = %err, retry_in = ?wait, "GitHub report failed; retrying");
                         tokio::time::sleep(wait).await;
-                        wait *= 2;
+                        wait = (wait * 2).min(RETRY_CAP);
                         // A newer state arrived meanwhile: its task reports it.
                         if slot.latest.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                             return;

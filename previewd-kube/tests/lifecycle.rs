@@ -587,7 +587,7 @@ async fn a_no_op_reconcile_performs_no_writes() {
         &env_manifest("shop-pr-3", 3, "noop", three_services(), json!({})),
     )
     .await;
-    let ready = wait_phase(
+    wait_phase(
         &client,
         &ns,
         "shop-pr-3",
@@ -595,7 +595,28 @@ async fn a_no_op_reconcile_performs_no_writes() {
         Duration::from_secs(90),
     )
     .await;
+    // Converged: the resource stops changing once late Deployment status updates settle.
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let mut last = String::new();
+    let mut unchanged = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while unchanged < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "environment kept changing"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let rv = envs
+            .get("shop-pr-3")
+            .await
+            .unwrap()
+            .resource_version()
+            .unwrap();
+        unchanged = if rv == last { unchanged + 1 } else { 0 };
+        last = rv;
+    }
     op.stop().await;
+    let ready = envs.get("shop-pr-3").await.unwrap();
 
     let (counting, writes) = counting_client().await;
     let created = ready.status.clone().unwrap().created_at.unwrap().0;
@@ -605,7 +626,6 @@ async fn a_no_op_reconcile_performs_no_writes() {
             .unwrap(),
     ));
     let ctx = Arc::new(Context::new(counting, test_config(&ns)).with_clock(clock));
-    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
     for _ in 0..3 {
         let env = Arc::new(envs.get("shop-pr-3").await.unwrap());
         controller::reconcile(env, ctx.clone()).await.unwrap();

@@ -109,7 +109,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         info!("no GitHub credentials configured; environments are not reported to GitHub");
     }
-    let ctx = Arc::new(ctx);
+    let ai_config = ai_config(&args, &client).await?;
+    if ai_config.enabled {
+        info!(provider = ?ai_config.provider, "AI engine enabled");
+    }
+    let advisor = previewd_ai::environment::AiEnvironmentAdvisor::from_config(
+        client.clone(),
+        source_control.clone(),
+        &ai_config,
+    )
+    .context("configuring the AI engine")?;
+    let ctx = Arc::new(ctx.with_advisor(Arc::new(advisor)));
 
     let webhook = match &args.webhook_secret {
         Some(secret) if !secret.is_empty() => Some(
@@ -147,6 +157,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("previewd stopped");
     Ok(())
+}
+
+/// AI settings: the ConfigMap named by `--ai-config-map` (if any), overridden by the
+/// environment (ENABLE_AI, AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY).
+pub async fn ai_config(
+    args: &RunArgs,
+    client: &Client,
+) -> anyhow::Result<previewd_ai::config::AiConfig> {
+    let mut data = std::collections::BTreeMap::new();
+    if let Some(reference) = &args.ai_config_map {
+        let (namespace, name) = reference
+            .split_once('/')
+            .with_context(|| format!("--ai-config-map {reference:?} must be namespace/name"))?;
+        let maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let map = maps
+            .get(name)
+            .await
+            .with_context(|| format!("reading the AI ConfigMap {reference}"))?;
+        data = map.data.unwrap_or_default();
+    }
+    previewd_ai::config::AiConfig::load(&data, |key| std::env::var(key).ok())
+        .context("invalid AI configuration")
 }
 
 /// The GitHub client, when a token or GitHub App credentials are configured.

@@ -79,6 +79,10 @@ pub struct State {
     pub comments: Vec<Comment>,
     pub next_id: u64,
     pub statuses: Vec<Value>,
+    /// Commit statuses as `(sha, body)`, in the order they were accepted.
+    pub commit_statuses: Vec<(String, Value)>,
+    /// When set, every request without a per-route script gets this answer (an outage).
+    pub outage: Option<Scripted>,
     pub deployments: Vec<Value>,
     pub deployment_statuses: Vec<(u64, Value)>,
     /// PR number → number of changed files.
@@ -145,6 +149,11 @@ impl FakeGitHub {
             .entry((method, path.to_string()))
             .or_default()
             .extend(answers);
+    }
+
+    /// Starts (`Some`) or ends (`None`) an outage: every request gets the answer given.
+    pub fn outage(&self, answer: Option<Scripted>) {
+        self.state.lock().unwrap().outage = answer;
     }
 
     /// Requests received for `method path`.
@@ -309,10 +318,11 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Body>) -> Response {
             state.max_in_flight_mutations =
                 state.max_in_flight_mutations.max(state.in_flight_mutations);
         }
-        state
+        let routed = state
             .scripts
             .get_mut(&(method.clone(), path.clone()))
-            .and_then(VecDeque::pop_front)
+            .and_then(VecDeque::pop_front);
+        routed.or_else(|| state.outage.clone())
     };
     // Hold the mutation "in flight" a little so overlapping requests would be seen.
     if mutating {
@@ -417,8 +427,9 @@ fn route(
             let items = (0..count).map(|i| file_entry(number, i)).collect();
             paginate(&state, path, query, items)
         }
-        ("POST", ["repos", _, _, "statuses", _sha]) => {
+        ("POST", ["repos", _, _, "statuses", sha]) => {
             state.statuses.push(body.clone());
+            state.commit_statuses.push((sha.to_string(), body.clone()));
             answer(201, body)
         }
         ("GET", ["repos", _, _, "deployments"]) => {

@@ -21,6 +21,9 @@ use crate::crd::{LABEL_SERVICE, PreviewEnvironment, ServiceSpec};
 /// the image tag (e.g. `pr-123`) does not change.
 pub const ANNOTATION_HEAD_SHA: &str = "previewd.io/head-sha";
 
+/// Annotation on a Deployment selected by affected-service detection.
+pub const ANNOTATION_AUTO_DETECTED: &str = "previewd.io/auto-detected";
+
 /// Operator-wide settings for workloads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadSettings {
@@ -86,6 +89,13 @@ pub fn desired_deployment(
     if let Some(labels) = meta.labels.as_mut() {
         labels.insert(LABEL_SERVICE.to_string(), service.name.clone());
         labels.insert("app.kubernetes.io/name".into(), service.name.clone());
+    }
+    if service.auto_detected == Some(true) {
+        // Deployed because affected-service detection selected it.
+        meta.annotations = Some(BTreeMap::from([(
+            ANNOTATION_AUTO_DETECTED.to_string(),
+            "true".to_string(),
+        )]));
     }
     let mut pod_labels = meta.labels.clone().unwrap_or_default();
     pod_labels.extend(selector.clone());

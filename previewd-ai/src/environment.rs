@@ -1,0 +1,577 @@
+//! The AI engine as the controller's [`EnvironmentAdvisor`]: which services of an
+//! environment a pull request affects, how long the environment should live and how large
+//! it should be, recorded in `status.ai`.
+//!
+//! For each head commit, [`AiEnvironmentAdvisor`]:
+//!
+//! 1. reads the `PreviewRepository` named by `spec.repositoryRef` (same namespace) for the
+//!    service catalogue;
+//! 2. asks source control for the pull request (is it a fork? its title) and its changed
+//!    files; the diff is fetched only when the model will be asked (a provider is
+//!    configured, the fork policy allows it, and some changed file is claimed by no
+//!    service);
+//! 3. runs the advisors ([`Advisors`]): path matching plus dependency closure, the
+//!    optional model that may only add catalogue services, the lifespan rule and the tier
+//!    rule.
+//!
+//! # What is deployed
+//!
+//! The selected services are the affected services, plus the catalogue's `alwaysDeploy`
+//! services, plus the environment's services the catalogue does not know (nothing can be
+//! said about their paths, so they are never left out), restricted to the services the
+//! environment lists. When the change affects **no** service (a documentation-only change,
+//! say) every service is selected: a preview holding only databases and gateways shows
+//! the reviewer nothing, while a full one shows the application the pull request leaves
+//! unchanged. The selection is never empty.
+//!
+//! # When the change cannot be read
+//!
+//! The advisor always answers. Without a `repositoryRef`, a readable `PreviewRepository`,
+//! a valid catalogue, source control, or when source control fails, every service is
+//! selected, `status.ai.source` is `fallback` and `status.ai.reason` says why. A change
+//! list that source control reports incomplete also selects every service (with
+//! confidence `0.50`), as the services advisor does. A model that fails leaves the
+//! deterministic answer standing, with source `fallback` and the model's error as reason.
+//!
+//! The controller only restricts what it deploys when the environment's
+//! `serviceSelection` is `Affected`; `status.ai` and `status.selectedServices` are
+//! recorded either way.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use previewd_core::ServiceCatalogue;
+use previewd_core::ai::{AiProvider, DecisionSource};
+use previewd_core::source_control::{RepoRef, SourceControl, SourceControlError};
+use previewd_kube::advice::{Advice, EnvironmentAdvisor};
+use previewd_kube::crd::{AiStatus, PreviewEnvironment, PreviewRepository};
+
+use crate::advisor::{Advisors, PullRequestFacts};
+use crate::config::{AiConfig, ConfigError, build_provider};
+use crate::history::HistoryStore;
+use crate::lifespan::{HistoryStats, LifespanConfig, PrSize, predict_ttl};
+use crate::services::{
+    CONFIDENCE_ASSUMED_ALL, ChangeInput, ServicesAdvisor, ServicesError, ServicesOptions,
+};
+use crate::tier::{TierPolicy, advise_tier};
+
+/// `status.ai.source` when only the deterministic rules ran.
+pub const SOURCE_DETERMINISTIC: &str = "deterministic";
+/// `status.ai.source` when the model added to the deterministic answer.
+pub const SOURCE_MODEL: &str = "model";
+/// `status.ai.source` when the model failed or the change could not be read.
+pub const SOURCE_FALLBACK: &str = "fallback";
+
+/// Why the advisor fell back to every service.
+#[derive(Debug, thiserror::Error)]
+pub enum AdviceError {
+    /// The environment names no `PreviewRepository`.
+    #[error("the environment has no spec.repositoryRef")]
+    NoRepositoryRef,
+    /// The named `PreviewRepository` does not exist.
+    #[error("PreviewRepository {0:?} not found")]
+    RepositoryNotFound(String),
+    /// Reading the `PreviewRepository` failed.
+    #[error("reading PreviewRepository {name:?}: {source}")]
+    ReadRepository {
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The catalogue does not compile (bad pattern, unknown dependency).
+    #[error("invalid service catalogue: {0}")]
+    InvalidCatalogue(#[from] ServicesError),
+    /// No source control is configured.
+    #[error("no source control configured")]
+    NoSourceControl,
+    /// `spec.repository` is not `owner/name`.
+    #[error("spec.repository {0:?} is not owner/name")]
+    InvalidRepository(String),
+    /// `spec.prNumber` is not a positive number.
+    #[error("spec.prNumber {0} is not a pull request number")]
+    InvalidPullRequest(i64),
+    /// A source-control call failed.
+    #[error("source control failed reading the {what}: {source}")]
+    SourceControl {
+        /// What was being read (`pull request`, `changed files`).
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: SourceControlError,
+    },
+}
+
+impl AdviceError {
+    /// Short static category for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            AdviceError::NoRepositoryRef => "no_repository_ref",
+            AdviceError::RepositoryNotFound(_) => "repository_not_found",
+            AdviceError::ReadRepository { .. } => "read_repository",
+            AdviceError::InvalidCatalogue(_) => "invalid_catalogue",
+            AdviceError::NoSourceControl => "no_source_control",
+            AdviceError::InvalidRepository(_) => "invalid_repository",
+            AdviceError::InvalidPullRequest(_) => "invalid_pull_request",
+            AdviceError::SourceControl { .. } => "source_control",
+        }
+    }
+}
+
+/// Tunables of the environment advisor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnvironmentAdvisorOptions {
+    /// Options of the services advisor; `services.allow_forks` (default `false`) lets the
+    /// content of fork pull requests reach external providers.
+    pub services: ServicesOptions,
+    /// Lifespan rule settings.
+    pub lifespan: LifespanConfig,
+    /// Tier rule settings.
+    pub tier: TierPolicy,
+}
+
+/// The AI engine's [`EnvironmentAdvisor`] (see the module documentation).
+#[derive(Clone)]
+pub struct AiEnvironmentAdvisor {
+    client: Client,
+    source_control: Option<Arc<dyn SourceControl>>,
+    provider: Option<Arc<dyn AiProvider>>,
+    history: Option<Arc<dyn HistoryStore>>,
+    options: EnvironmentAdvisorOptions,
+}
+
+impl std::fmt::Debug for AiEnvironmentAdvisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AiEnvironmentAdvisor")
+            .field("source_control", &self.source_control.is_some())
+            .field(
+                "provider",
+                &self.provider.as_ref().map(|p| p.id().to_owned()),
+            )
+            .field("history", &self.history.is_some())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// What source control said about the pull request.
+struct PullRequestChange {
+    repo: RepoRef,
+    number: u64,
+    author: String,
+    change: ChangeInput,
+    lines_changed: usize,
+}
+
+impl AiEnvironmentAdvisor {
+    /// An advisor reading `PreviewRepository`s through `client`; without `source_control`
+    /// every service is selected, without `provider` only the deterministic rules run.
+    pub fn new(
+        client: Client,
+        source_control: Option<Arc<dyn SourceControl>>,
+        provider: Option<Arc<dyn AiProvider>>,
+    ) -> Self {
+        AiEnvironmentAdvisor {
+            client,
+            source_control,
+            provider,
+            history: None,
+            options: EnvironmentAdvisorOptions::default(),
+        }
+    }
+
+    /// An advisor whose provider stack and fork policy come from `config` (no provider
+    /// when AI is disabled).
+    pub fn from_config(
+        client: Client,
+        source_control: Option<Arc<dyn SourceControl>>,
+        config: &AiConfig,
+    ) -> Result<Self, ConfigError> {
+        let provider = build_provider(config)?;
+        let mut options = EnvironmentAdvisorOptions::default();
+        options.services.allow_forks = config.allow_external_for_forks;
+        Ok(Self::new(client, source_control, provider).with_options(options))
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: EnvironmentAdvisorOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Uses `history` for the lifespan and tier rules (without it they use their defaults).
+    pub fn with_history(mut self, history: Arc<dyn HistoryStore>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    /// The catalogue of the environment's `PreviewRepository`.
+    async fn catalogue(&self, env: &PreviewEnvironment) -> Result<ServiceCatalogue, AdviceError> {
+        let name = env
+            .spec
+            .repository_ref
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .ok_or(AdviceError::NoRepositoryRef)?;
+        let namespace = env.namespace().unwrap_or_else(|| "default".to_owned());
+        let api: Api<PreviewRepository> = Api::namespaced(self.client.clone(), &namespace);
+        match api.get_opt(name).await {
+            Ok(Some(repo)) => Ok(repo.spec.catalogue),
+            Ok(None) => Err(AdviceError::RepositoryNotFound(name.to_owned())),
+            Err(source) => Err(AdviceError::ReadRepository {
+                name: name.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The pull request's metadata and changed files (no diff yet).
+    async fn pull_request_change(
+        &self,
+        env: &PreviewEnvironment,
+    ) -> Result<(Arc<dyn SourceControl>, PullRequestChange), AdviceError> {
+        let sc = self
+            .source_control
+            .clone()
+            .ok_or(AdviceError::NoSourceControl)?;
+        let repo = RepoRef::parse(&env.spec.repository)
+            .ok_or_else(|| AdviceError::InvalidRepository(env.spec.repository.clone()))?;
+        let number = u64::try_from(env.spec.pr_number)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(AdviceError::InvalidPullRequest(env.spec.pr_number))?;
+        let (pr, files) = tokio::join!(
+            sc.pull_request(&repo, number),
+            sc.changed_files(&repo, number)
+        );
+        let pr = pr.map_err(|source| AdviceError::SourceControl {
+            what: "pull request",
+            source,
+        })?;
+        let files = files.map_err(|source| AdviceError::SourceControl {
+            what: "changed files",
+            source,
+        })?;
+        let lines_changed = files
+            .files
+            .iter()
+            .map(|f| f.additions.saturating_add(f.deletions))
+            .fold(0u64, u64::saturating_add);
+        let change = ChangeInput {
+            files: files.paths().into_iter().map(str::to_owned).collect(),
+            file_list_incomplete: files.incomplete,
+            diff: None,
+            title: Some(pr.title.clone()),
+            is_fork: pr.is_fork(),
+        };
+        Ok((
+            sc,
+            PullRequestChange {
+                repo,
+                number,
+                author: pr.author,
+                change,
+                lines_changed: usize::try_from(lines_changed).unwrap_or(usize::MAX),
+            },
+        ))
+    }
+
+    fn advisors(&self, catalogue: &ServiceCatalogue) -> Result<Advisors, ServicesError> {
+        let services = ServicesAdvisor::new(catalogue, self.provider.clone())?
+            .with_options(self.options.services.clone());
+        Ok(Advisors {
+            services,
+            tests: None,
+            lifespan: self.options.lifespan.clone(),
+            tier: self.options.tier.clone(),
+            history: self.history.clone(),
+        })
+    }
+
+    /// Whether the model will be asked about `change` (so the diff is worth fetching).
+    fn model_will_be_asked(&self, services: &ServicesAdvisor, change: &ChangeInput) -> bool {
+        let Some(provider) = &self.provider else {
+            return false;
+        };
+        if crate::scrub::may_send(
+            &provider.capabilities(),
+            change.is_fork,
+            self.options.services.allow_forks,
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let base = services.deterministic(change);
+        base.all_services_reason.is_none()
+            && !base.unmapped_files.is_empty()
+            && services
+                .catalogue()
+                .names()
+                .any(|n| !base.services.contains(n))
+    }
+
+    /// Advice for `env` given its repository's catalogue (source control and the model
+    /// are consulted; the `PreviewRepository` is not read).
+    pub async fn advise_with_catalogue(
+        &self,
+        env: &PreviewEnvironment,
+        catalogue: &ServiceCatalogue,
+    ) -> Advice {
+        let now = Timestamp::now();
+        let advisors = match self.advisors(catalogue) {
+            Ok(a) => a,
+            Err(e) => return self.fallback(env, None, &AdviceError::InvalidCatalogue(e), now),
+        };
+        let (sc, mut pr) = match self.pull_request_change(env).await {
+            Ok(found) => found,
+            Err(e) => return self.fallback(env, Some(catalogue), &e, now),
+        };
+        if self.model_will_be_asked(&advisors.services, &pr.change) {
+            match sc.diff(&pr.repo, pr.number).await {
+                Ok(diff) => pr.change.diff = Some(diff.to_text()),
+                Err(e) => {
+                    tracing::info!(error = %e, category = e.category(), "diff unavailable; the model sees the file list only");
+                }
+            }
+        }
+        let facts = PullRequestFacts {
+            repo: pr.repo.full_name(),
+            pr: pr.number,
+            author: pr.author,
+            change: pr.change,
+            lines_changed: pr.lines_changed,
+            test_inventory: Vec::new(),
+        };
+        let advice = advisors.advise(&facts, now).await;
+        let affected = &advice.services.value.services;
+        let (source, mut reason) = match &advice.services.source {
+            DecisionSource::Deterministic => (SOURCE_DETERMINISTIC, None),
+            DecisionSource::Model { .. } => (SOURCE_MODEL, None),
+            DecisionSource::Fallback { reason, detail } => (
+                SOURCE_FALLBACK,
+                Some(format!("model not used ({reason}): {detail}")),
+            ),
+        };
+        if let Some(all) = &advice.services.value.all_services_reason {
+            reason = Some(join_reason(reason, all));
+        }
+        if affected.is_empty() {
+            reason = Some(join_reason(
+                reason,
+                "no service is affected by the change; deploying every service",
+            ));
+        }
+        if let Some(e) = &advice.history_error {
+            reason = Some(join_reason(reason, &format!("history unavailable ({e})")));
+        }
+        Advice {
+            services: selected_services(env, catalogue, affected),
+            status: AiStatus {
+                services_detected: affected.iter().cloned().collect(),
+                confidence: Some(format_confidence(advice.services.value.confidence)),
+                source: Some(source.to_owned()),
+                reason,
+                predicted_ttl: Some(advice.lifespan.value.ttl),
+                recommended_tier: Some(advice.tier.value.tier),
+            },
+        }
+    }
+
+    /// Every service, with the reason. The lifespan rule still answers (without history:
+    /// the size of the change is unknown too); when the catalogue is known every service
+    /// counts as detected with confidence [`CONFIDENCE_ASSUMED_ALL`] and the tier rule
+    /// answers for all of them.
+    fn fallback(
+        &self,
+        env: &PreviewEnvironment,
+        catalogue: Option<&ServiceCatalogue>,
+        error: &AdviceError,
+        now: Timestamp,
+    ) -> Advice {
+        tracing::info!(
+            environment = %env.name_any(),
+            category = error.category(),
+            error = %error,
+            "advising every service"
+        );
+        let prediction = predict_ttl(
+            &self.options.lifespan,
+            &PrSize::default(),
+            &HistoryStats::default(),
+            &HistoryStats::default(),
+            now,
+        );
+        let (detected, confidence, tier) = match catalogue {
+            Some(catalogue) => {
+                let all: BTreeSet<String> = catalogue.names().map(str::to_owned).collect();
+                let tier = advise_tier(catalogue, &all, &[], &self.options.tier);
+                (
+                    all.into_iter().collect(),
+                    Some(format_confidence(CONFIDENCE_ASSUMED_ALL)),
+                    Some(tier.value.tier),
+                )
+            }
+            None => (Vec::new(), None, None),
+        };
+        Advice {
+            services: every_service(env),
+            status: AiStatus {
+                services_detected: detected,
+                confidence,
+                source: Some(SOURCE_FALLBACK.to_owned()),
+                reason: Some(format!("{error}; deploying every service")),
+                predicted_ttl: Some(prediction.ttl),
+                recommended_tier: tier,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl EnvironmentAdvisor for AiEnvironmentAdvisor {
+    async fn advise(&self, env: &PreviewEnvironment) -> Advice {
+        match self.catalogue(env).await {
+            Ok(catalogue) => self.advise_with_catalogue(env, &catalogue).await,
+            Err(e) => self.fallback(env, None, &e, Timestamp::now()),
+        }
+    }
+}
+
+/// Every service of the environment, sorted; `None` when it lists none.
+fn every_service(env: &PreviewEnvironment) -> Option<Vec<String>> {
+    let all: BTreeSet<String> = env.spec.services.iter().map(|s| s.name.clone()).collect();
+    (!all.is_empty()).then(|| all.into_iter().collect())
+}
+
+/// The services to deploy (see the module documentation), sorted; `None` when the
+/// environment lists no service.
+pub fn selected_services(
+    env: &PreviewEnvironment,
+    catalogue: &ServiceCatalogue,
+    affected: &BTreeSet<String>,
+) -> Option<Vec<String>> {
+    if affected.is_empty() {
+        return every_service(env);
+    }
+    let selected: BTreeSet<String> = env
+        .spec
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|name| match catalogue.get(name) {
+            Some(service) => service.always_deploy || affected.contains(*name),
+            None => true,
+        })
+        .map(str::to_owned)
+        .collect();
+    if selected.is_empty() {
+        every_service(env)
+    } else {
+        Some(selected.into_iter().collect())
+    }
+}
+
+/// A confidence as a decimal string with two places, clamped to `0..1`.
+pub fn format_confidence(confidence: f64) -> String {
+    let c = if confidence.is_finite() {
+        confidence.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    format!("{c:.2}")
+}
+
+fn join_reason(reason: Option<String>, more: &str) -> String {
+    match reason {
+        Some(r) => format!("{r}; {more}"),
+        None => more.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use previewd_core::catalogue::CatalogueService;
+
+    fn env(services: &[&str]) -> PreviewEnvironment {
+        let services: Vec<serde_json::Value> = services
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "image": "img"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "previewd.io/v1alpha1",
+            "kind": "PreviewEnvironment",
+            "metadata": {"name": "e", "namespace": "ns"},
+            "spec": {
+                "repository": "acme/shop", "prNumber": 1, "branch": "b",
+                "headSHA": "0123456789abcdef", "services": services
+            }
+        }))
+        .unwrap()
+    }
+
+    fn catalogue() -> ServiceCatalogue {
+        let svc = |name: &str, always: bool| CatalogueService {
+            name: name.to_owned(),
+            image: "img".to_owned(),
+            always_deploy: always,
+            ..CatalogueService::default()
+        };
+        ServiceCatalogue {
+            services: vec![svc("api", false), svc("db", true), svc("web", false)],
+            shared_paths: Vec::new(),
+        }
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn selection_adds_always_deploy_and_unknown_services() {
+        let e = env(&["web", "api", "db", "extra"]);
+        assert_eq!(
+            selected_services(&e, &catalogue(), &set(&["api"])),
+            Some(vec!["api".into(), "db".into(), "extra".into()])
+        );
+    }
+
+    #[test]
+    fn nothing_affected_selects_every_service() {
+        let e = env(&["web", "api", "db"]);
+        assert_eq!(
+            selected_services(&e, &catalogue(), &BTreeSet::new()),
+            Some(vec!["api".into(), "db".into(), "web".into()])
+        );
+    }
+
+    #[test]
+    fn selection_stays_within_the_environment() {
+        // `api` is affected but the environment does not list it: never selected; the
+        // selection is never empty.
+        let e = env(&["web"]);
+        assert_eq!(
+            selected_services(&e, &catalogue(), &set(&["api"])),
+            Some(vec!["web".into()])
+        );
+        assert_eq!(
+            selected_services(&env(&[]), &catalogue(), &set(&["api"])),
+            None
+        );
+    }
+
+    #[test]
+    fn confidence_is_a_clamped_decimal() {
+        assert_eq!(format_confidence(1.0), "1.00");
+        assert_eq!(format_confidence(0.7), "0.70");
+        assert_eq!(format_confidence(1.5), "1.00");
+        assert_eq!(format_confidence(f64::NAN), "0.00");
+    }
+}
