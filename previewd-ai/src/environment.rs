@@ -51,9 +51,11 @@ use previewd_kube::advice::{Advice, EnvironmentAdvisor};
 use previewd_kube::crd::{AiStatus, PreviewEnvironment, PreviewRepository};
 
 use crate::advisor::{Advisors, PullRequestFacts};
-use crate::config::{AiConfig, ConfigError, build_provider};
+use crate::config::{AiConfig, ConfigError, build_stack};
 use crate::history::HistoryStore;
 use crate::lifespan::{HistoryStats, LifespanConfig, PrSize, predict_ttl};
+use crate::provider::for_environment;
+use crate::provider::layers::Cached;
 use crate::services::{
     CONFIDENCE_ASSUMED_ALL, ChangeInput, ServicesAdvisor, ServicesError, ServicesOptions,
 };
@@ -143,6 +145,8 @@ pub struct AiEnvironmentAdvisor {
     provider: Option<Arc<dyn AiProvider>>,
     history: Option<Arc<dyn HistoryStore>>,
     options: EnvironmentAdvisorOptions,
+    /// The response cache of the provider stack, to drop a deleted environment's answers.
+    cache: Option<Arc<Cached>>,
 }
 
 impl std::fmt::Debug for AiEnvironmentAdvisor {
@@ -182,6 +186,7 @@ impl AiEnvironmentAdvisor {
             provider,
             history: None,
             options: EnvironmentAdvisorOptions::default(),
+            cache: None,
         }
     }
 
@@ -192,10 +197,14 @@ impl AiEnvironmentAdvisor {
         source_control: Option<Arc<dyn SourceControl>>,
         config: &AiConfig,
     ) -> Result<Self, ConfigError> {
-        let provider = build_provider(config)?;
+        let stack = build_stack(config)?;
         let mut options = EnvironmentAdvisorOptions::default();
         options.services.allow_forks = config.allow_external_for_forks;
-        Ok(Self::new(client, source_control, provider).with_options(options))
+        let cache = stack.as_ref().map(|s| s.cache.clone());
+        let provider = stack.map(|s| s.provider);
+        let mut advisor = Self::new(client, source_control, provider).with_options(options);
+        advisor.cache = cache;
+        Ok(advisor)
     }
 
     /// Replaces the options.
@@ -436,11 +445,27 @@ impl AiEnvironmentAdvisor {
 #[async_trait]
 impl EnvironmentAdvisor for AiEnvironmentAdvisor {
     async fn advise(&self, env: &PreviewEnvironment) -> Advice {
-        match self.catalogue(env).await {
-            Ok(catalogue) => self.advise_with_catalogue(env, &catalogue).await,
-            Err(e) => self.fallback(env, None, &e, Timestamp::now()),
+        // Model answers are tagged with the environment so its deletion drops them.
+        for_environment(environment_key(env), async {
+            match self.catalogue(env).await {
+                Ok(catalogue) => self.advise_with_catalogue(env, &catalogue).await,
+                Err(e) => self.fallback(env, None, &e, Timestamp::now()),
+            }
+        })
+        .await
+    }
+
+    async fn environment_deleted(&self, env: &PreviewEnvironment) {
+        if let Some(cache) = &self.cache {
+            let dropped = cache.invalidate_environment(&environment_key(env)).await;
+            tracing::debug!(env = %environment_key(env), dropped, "dropped cached model answers");
         }
     }
+}
+
+/// Cache tag of an environment: `namespace/name`.
+fn environment_key(env: &PreviewEnvironment) -> String {
+    format!("{}/{}", env.namespace().unwrap_or_default(), env.name_any())
 }
 
 /// Every service of the environment, sorted; `None` when it lists none.

@@ -183,10 +183,11 @@ pub async fn eval_services(args: EvalArgs) -> anyhow::Result<()> {
         .context(
             "AI configuration (ENABLE_AI, AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY)",
         )?;
+        // build_provider returns the provider inside its cache/rate-limit/retry stack.
         let provider = previewd_ai::config::build_provider(&config)
             .context("building the AI provider")?
             .context("--with-model needs AI switched on: set ENABLE_AI=true, AI_PROVIDER and AI_BASE_URL")?;
-        Some(previewd_ai::provider::ai_stack(provider, &config))
+        Some(provider)
     } else {
         None
     };
