@@ -826,3 +826,45 @@ async fn raw_create(client: &Client, ns: &str, body: &Value) -> Result<(), Strin
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_rejection_fails_the_environment_at_once() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-quota").await;
+    // A long deadline: only the quota rejection itself can fail the environment in time.
+    let mut config = test_config(&ns);
+    config.readiness_timeout = Duration::from_secs(3600);
+    let op = Operator::start(client.clone(), config).await;
+    let services = json!([{"name": "web", "image": "registry.k8s.io/pause:3.10", "replicas": 3}]);
+    create(
+        &client,
+        &ns,
+        &env_manifest(
+            "shop-pr-21",
+            21,
+            "quota",
+            services,
+            json!({"quota": {"pods": 1}}),
+        ),
+    )
+    .await;
+    let failed = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-21",
+        Phase::Failed,
+        Duration::from_secs(90),
+    )
+    .await;
+    let ready = condition(&failed, "Ready");
+    assert_eq!(ready.reason, "ServiceFailed");
+    assert!(ready.message.contains("service web"), "{}", ready.message);
+    assert!(
+        ready.message.contains("exceeded quota"),
+        "{}",
+        ready.message
+    );
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
