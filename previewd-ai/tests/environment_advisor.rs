@@ -9,16 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Config, ResourceExt};
 use previewd_ai::environment::{AiEnvironmentAdvisor, EnvironmentAdvisorOptions};
 use previewd_ai::services::ServicesOptions;
@@ -30,10 +26,13 @@ use previewd_core::source_control::{
 };
 use previewd_core::{Phase, ServiceCatalogue, Tier};
 use previewd_kube::advice::EnvironmentAdvisor;
-use previewd_kube::controller::{self, Context, ControllerConfig, Readiness};
+use previewd_kube::controller::Context;
 use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use previewd_kube::testing::{
+    Operator, client, delete_namespace, eventually, install_crds, temp_namespace, test_config,
+    unique_suffix,
+};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const IMAGE: &str = "registry.k8s.io/pause:3.10";
@@ -232,7 +231,7 @@ fn repository(name: &str) -> PreviewRepository {
 /// An environment for PR `pr` on a branch unique to this run (the preview namespace is
 /// named after both, so concurrent runs never share one).
 fn environment(name: &str, pr: i64, repository_ref: &str, selection: &str) -> PreviewEnvironment {
-    let branch = format!("adv-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let branch = format!("adv-{}", unique_suffix());
     serde_json::from_value(json!({
         "apiVersion": "previewd.io/v1alpha1",
         "kind": "PreviewEnvironment",
@@ -262,109 +261,16 @@ fn names(list: &[&str]) -> Vec<String> {
 // Cluster harness
 // ------------------------------------------------------------------------------------------
 
-async fn client() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: start the local control plane with `export $(testenv/up | tail -n1)` (scripts/test does both)"
-    );
-    let config = Config::infer().await.expect("load KUBECONFIG");
-    Client::try_from(config).expect("client")
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in previewd_kube::crdgen::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("previewd-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("CRD established in time")
-        .expect("watch CRD");
-    }
-}
-
-async fn temp_namespace(client: &Client, prefix: &str) -> String {
-    let name = format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"previewd.io/test": "true"}}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-    name
-}
-
-fn test_config(namespace: &str) -> ControllerConfig {
-    ControllerConfig {
-        watch_namespace: Some(namespace.to_string()),
-        concurrency: 4,
-        poll_interval: Duration::from_millis(500),
-        readiness_timeout: Duration::from_secs(120),
-        resync_interval: Duration::from_secs(60),
-        cleanup_interval: Duration::from_secs(3600),
-        backoff_base: Duration::from_millis(200),
-        backoff_max: Duration::from_secs(5),
-        base_domain: "preview.test".into(),
-        ..ControllerConfig::default()
-    }
-}
-
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The real controller, scoped to one namespace, advised by `advisor`.
-struct Operator {
-    token: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Operator {
-    async fn start(client: Client, namespace: &str, advisor: Arc<dyn EnvironmentAdvisor>) -> Self {
-        let ctx = Arc::new(Context::new(client, test_config(namespace)).with_advisor(advisor));
-        let readiness = Readiness::default();
-        let token = CancellationToken::new();
-        let task = tokio::spawn(controller::run(ctx, readiness.clone(), token.clone()));
-        eventually(Duration::from_secs(30), "controller caches synced", || {
-            let r = readiness.clone();
-            async move { r.is_ready().then_some(()) }
-        })
-        .await;
-        Operator { token, task }
-    }
-
-    async fn stop(self) {
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-    }
+async fn operator(
+    client: Client,
+    namespace: &str,
+    advisor: Arc<dyn EnvironmentAdvisor>,
+) -> Operator {
+    Operator::start_with(Arc::new(
+        Context::new(client, test_config(namespace)).with_advisor(advisor),
+    ))
+    .await
 }
 
 /// A namespace with the `shop` repository and an operator advised by the AI engine with
@@ -389,7 +295,7 @@ impl Cluster {
             Some(source_control as Arc<dyn SourceControl>),
             None,
         );
-        let operator = Operator::start(client.clone(), &ns, Arc::new(advisor)).await;
+        let operator = operator(client.clone(), &ns, Arc::new(advisor)).await;
         Cluster {
             client,
             ns,
@@ -455,9 +361,7 @@ impl Cluster {
             .await;
         }
         self.operator.stop().await;
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.ns, &DeleteParams::background())
-            .await;
+        delete_namespace(&self.client, &self.ns).await;
     }
 }
 
@@ -578,9 +482,7 @@ async fn missing_repository_deploys_every_service() {
         "{advice:?}"
     );
 
-    let _ = Api::<Namespace>::all(client)
-        .delete(&ns, &DeleteParams::background())
-        .await;
+    delete_namespace(&client, &ns).await;
 }
 
 // ------------------------------------------------------------------------------------------

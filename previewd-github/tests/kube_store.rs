@@ -6,69 +6,17 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use previewd_github::store::{EnvironmentStore, KubeStore, Precondition, StoreError};
-use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use previewd_kube::crd::PreviewEnvironment;
+use previewd_kube::testing::delete_namespace;
 use serde_json::json;
-
-async fn cluster() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: start the local control plane with `testenv/up` (scripts/test does)"
-    );
-    let client = Client::try_default().await.expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in previewd_kube::crdgen::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("previewd-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("established")
-        .expect("watch");
-    }
-    client
-}
-
-async fn namespace(client: &Client) -> String {
-    let ns = format!("ks-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    ns
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_store_applies_with_preconditions_and_the_webhook_never_rolls_back() {
-    let client = cluster().await;
-    let ns = namespace(&client).await;
-    let mut settings = common::settings(json!({}));
-    settings.metadata.namespace = Some(ns.clone());
-    let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &ns);
-    repos
-        .create(&PostParams::default(), &settings)
-        .await
-        .unwrap();
+    let (client, ns) = common::cluster_with_settings("ks").await;
     let store = Arc::new(KubeStore::new(client.clone(), Some(ns.clone())));
     store.ready().await.unwrap();
 
@@ -152,6 +100,5 @@ async fn kube_store_applies_with_preconditions_and_the_webhook_never_rolls_back(
     assert!(!store.delete_environment(&ns, &name, "1").await.unwrap());
     server.stop().await;
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+    delete_namespace(&client, &ns).await;
 }

@@ -7,15 +7,12 @@
 
 mod fake_github;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fake_github::{BOT, FakeGitHub, Scripted};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use previewd_core::Phase;
 use previewd_core::source_control::{SourceControl, deployment_environment};
@@ -23,140 +20,27 @@ use previewd_github::client::{ClientConfig, GitHubAuth, GitHubClient};
 use previewd_github::comment::COMMENT_MARKER;
 use previewd_github::metrics::ClientMetrics;
 use previewd_github::reporter::GitHubReporter;
-use previewd_kube::controller::{self, Context, ControllerConfig, Readiness};
+use previewd_kube::controller::Context;
 use previewd_kube::crd::PreviewEnvironment;
+use previewd_kube::testing::{
+    Operator, client, delete_namespace, eventually, install_crds, temp_namespace, test_config,
+    unique_suffix,
+};
 use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 const GITHUB_TIMEOUT: Duration = Duration::from_secs(60);
 
-// ---- the cluster and the operator ------------------------------------------------------
+// ---- the operator --------------------------------------------------------------------------
 
-async fn cluster() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: start the local control plane with `testenv/up` and export the KUBECONFIG line it prints (scripts/test does both)"
-    );
-    let client = Client::try_default().await.expect("client for KUBECONFIG");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in previewd_kube::crdgen::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("previewd-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("CRD established in time")
-        .expect("watch CRD");
-    }
-    client
-}
-
-fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
-
-async fn temp_namespace(client: &Client, prefix: &str) -> String {
-    let name = format!("{prefix}-{}", suffix());
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"previewd.io/test": "true"}}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-    name
-}
-
-async fn delete_namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let _ = api.delete(name, &DeleteParams::background()).await;
-}
-
-fn controller_config(namespace: &str) -> ControllerConfig {
-    ControllerConfig {
-        watch_namespace: Some(namespace.to_string()),
-        concurrency: 4,
-        poll_interval: Duration::from_millis(500),
-        readiness_timeout: Duration::from_secs(120),
-        resync_interval: Duration::from_secs(60),
-        cleanup_interval: Duration::from_secs(3600),
-        backoff_base: Duration::from_millis(200),
-        backoff_max: Duration::from_secs(5),
-        base_domain: "preview.test".into(),
-        ..ControllerConfig::default()
-    }
-}
-
-/// The controller, running until dropped.
-struct Operator {
-    token: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Operator {
-    async fn start(client: Client, namespace: &str, reporter: &GitHubReporter) -> Operator {
-        let ctx = Arc::new(
-            Context::new(client, controller_config(namespace))
-                .with_reporter(Arc::new(reporter.clone())),
-        );
-        let readiness = Readiness::default();
-        let token = CancellationToken::new();
-        let task = tokio::spawn(controller::run(ctx, readiness.clone(), token.clone()));
-        eventually(Duration::from_secs(30), "controller caches synced", || {
-            let readiness = readiness.clone();
-            async move { readiness.is_ready().then_some(()) }
-        })
-        .await;
-        Operator {
-            token,
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.token.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
-
-/// Polls `f` every 200 ms until it returns `Some`; panics after `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// The controller scoped to `namespace`, reporting through `reporter`.
+async fn operator(client: Client, namespace: &str, reporter: &GitHubReporter) -> Operator {
+    Operator::start_with(Arc::new(
+        Context::new(client, test_config(namespace)).with_reporter(Arc::new(reporter.clone())),
+    ))
+    .await
 }
 
 // ---- environments -------------------------------------------------------------------------
@@ -173,7 +57,7 @@ impl Pr {
     fn new(number: u64, sha: &'static str) -> Pr {
         Pr {
             number,
-            branch: format!("reporting-{}", suffix()),
+            branch: format!("reporting-{}", unique_suffix()),
             sha,
         }
     }
@@ -397,11 +281,12 @@ async fn wait_comment(github: &FakeGitHub, phase: &str) -> fake_github::Comment 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
-    let client = cluster().await;
+    let client = client().await;
+    install_crds(&client).await;
     let ns = temp_namespace(&client, "rep-ok").await;
     let github = FakeGitHub::start().await;
     let reporter = reporter(&github, Duration::from_secs(5), Duration::from_millis(200));
-    let operator = Operator::start(client.clone(), &ns, &reporter).await;
+    let operator = operator(client.clone(), &ns, &reporter).await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
     let pr = Pr::new(7101, "1111111111111111111111111111111111111111");
 
@@ -476,13 +361,14 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_answering_502_neither_holds_back_nor_fails_the_environment() {
-    let client = cluster().await;
+    let client = client().await;
+    install_crds(&client).await;
     let ns = temp_namespace(&client, "rep-502").await;
     let github = FakeGitHub::start().await;
     github.outage(Some(Scripted::status(502, "Bad Gateway")));
     // Three attempts, 3 s and 6 s apart: room to end the outage between two of them.
     let reporter = reporter(&github, Duration::from_secs(5), Duration::from_secs(3));
-    let operator = Operator::start(client.clone(), &ns, &reporter).await;
+    let operator = operator(client.clone(), &ns, &reporter).await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
     let pr = Pr::new(7102, "2222222222222222222222222222222222222222");
 
@@ -541,13 +427,14 @@ async fn github_answering_502_neither_holds_back_nor_fails_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_delayed_by_a_stall_are_delivered_once_github_answers() {
-    let client = cluster().await;
+    let client = client().await;
+    install_crds(&client).await;
     let ns = temp_namespace(&client, "rep-stall").await;
     let github = FakeGitHub::start().await;
     // GitHub accepts connections and never answers.
     github.outage(Some(Scripted::stall(Duration::from_secs(300))));
     let reporter = reporter(&github, Duration::from_secs(1), Duration::from_millis(200));
-    let operator = Operator::start(client.clone(), &ns, &reporter).await;
+    let operator = operator(client.clone(), &ns, &reporter).await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
     let pr = Pr::new(7103, "3333333333333333333333333333333333333333");
 

@@ -6,48 +6,17 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
 use previewd_github::metrics::WebhookMetrics;
 use previewd_github::signature::sign;
 use previewd_github::store::KubeStore;
 use previewd_github::webhook::{self, WebhookConfig, WebhookState};
-use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use previewd_kube::crd::PreviewEnvironment;
+use previewd_kube::testing::delete_namespace;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-
-async fn cluster() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: start the local control plane with `testenv/up` (scripts/test does)"
-    );
-    let client = Client::try_default().await.expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in previewd_kube::crdgen::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("previewd-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("established")
-        .expect("watch");
-    }
-    client
-}
 
 async fn deliver(url: &str, event: &str, body: &[u8]) -> (u16, Value) {
     let response = reqwest::Client::new()
@@ -70,23 +39,7 @@ async fn deliver(url: &str, event: &str, body: &[u8]) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn octokit_pull_request_examples_reach_the_api_server() {
-    let client = cluster().await;
-    let ns = format!("wh-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut settings = common::settings(json!({}));
-    settings.metadata.namespace = Some(ns.clone());
-    let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &ns);
-    repos
-        .create(&PostParams::default(), &settings)
-        .await
-        .unwrap();
+    let (client, ns) = common::cluster_with_settings("wh").await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
 
     let examples = common::examples("pull_request");
@@ -160,5 +113,5 @@ async fn octokit_pull_request_examples_reach_the_api_server() {
         "opened/reopened/synchronize examples applied ({applied})"
     );
     assert!(deleted >= 1, "closed examples deleted ({deleted})");
-    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+    delete_namespace(&client, &ns).await;
 }

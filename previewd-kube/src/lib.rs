@@ -11,6 +11,8 @@ pub mod error;
 pub mod metrics;
 pub mod render;
 pub mod report;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use controller::{Context, ControllerConfig, Readiness};
 pub use crd::{PreviewEnvironment, PreviewEnvironmentSpec, PreviewEnvironmentStatus};

@@ -12,6 +12,7 @@ use previewd_github::signature::sign;
 use previewd_github::store::MemoryStore;
 use previewd_github::webhook::{self, WebhookConfig, WebhookState};
 use previewd_kube::crd::PreviewRepository;
+use previewd_kube::testing;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,22 @@ pub fn settings(gating: Value) -> PreviewRepository {
         }
     }))
     .expect("valid PreviewRepository")
+}
+
+/// A throwaway namespace of the local control plane (`testenv/up`), with the CRDs
+/// installed and [`settings`] (no gating) created in it; returns the client and the
+/// namespace's name.
+pub async fn cluster_with_settings(prefix: &str) -> (kube::Client, String) {
+    let client = testing::client().await;
+    testing::install_crds(&client).await;
+    let ns = testing::temp_namespace(&client, prefix).await;
+    let mut settings = settings(json!({}));
+    settings.metadata.namespace = Some(ns.clone());
+    kube::Api::<PreviewRepository>::namespaced(client.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &settings)
+        .await
+        .expect("create PreviewRepository");
+    (client, ns)
 }
 
 /// A running webhook server.
