@@ -88,3 +88,50 @@ where
     api.patch(&name, &params, &Patch::Apply(&desired)).await?;
     Ok(Applied::Written)
 }
+
+/// Reads the live object named like `desired` and applies `desired` when it changed.
+/// Returns what happened and the live object as read (before the apply).
+pub async fn ensure<K>(api: &Api<K>, desired: K) -> Result<(Applied, Option<K>), crate::Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let name = desired.name_any();
+    let live = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| crate::Error::Kube {
+            action: format!("get {kind} {name}"),
+            source,
+        })?;
+    let applied =
+        apply(api, desired, live.as_ref())
+            .await
+            .map_err(|source| crate::Error::Kube {
+                action: format!("apply {kind} {name}"),
+                source,
+            })?;
+    Ok((applied, live))
+}
+
+/// Deletes an object; an object already gone is not an error. Returns whether this call
+/// deleted it.
+pub async fn delete_if_present<K>(
+    api: &Api<K>,
+    name: &str,
+    params: &kube::api::DeleteParams,
+) -> Result<bool, crate::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+        Err(source) => Err(crate::Error::Kube {
+            action: format!("delete {} {name}", K::kind(&K::DynamicType::default())),
+            source,
+        }),
+    }
+}

@@ -17,6 +17,7 @@ use tracing::info;
 use super::Context;
 use super::reconcile::{namespace_is_ours, namespace_of, write_status};
 use super::status::set_condition;
+use crate::children::delete_if_present;
 use crate::crd::{FINALIZER, PreviewEnvironment, condition};
 use crate::error::{Error, KubeContext};
 
@@ -81,19 +82,7 @@ pub(super) async fn cleanup(env: &PreviewEnvironment, ctx: &Context) -> Result<A
     {
         if ns.meta().deletion_timestamp.is_none() {
             info!(env = %env.name_any(), namespace = %ns_name, "deleting namespace");
-            match namespaces
-                .delete(&ns_name, &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("delete Namespace {ns_name}"),
-                        source,
-                    });
-                }
-            }
+            delete_if_present(&namespaces, &ns_name, &DeleteParams::background()).await?;
         }
         return Ok(Action::requeue(NAMESPACE_POLL));
     }

@@ -25,11 +25,11 @@ use super::observe::{ServiceHealth, observe_services};
 use super::status::set_condition;
 use crate::children::ingress::{INGRESS_NAME, desired_ingress, urls};
 use crate::children::namespace::{
-    ALLOW_NAME, GUARD_NAME, desired_allow_policy, desired_default_deny, desired_limit_range,
-    desired_namespace, desired_resource_quota,
+    desired_allow_policy, desired_default_deny, desired_limit_range, desired_namespace,
+    desired_resource_quota,
 };
 use crate::children::workload::{desired_deployment, desired_service};
-use crate::children::{Applied, LABEL_ENV_NAMESPACE, apply};
+use crate::children::{Applied, LABEL_ENV_NAMESPACE, apply, delete_if_present, ensure};
 use crate::crd::{
     ANNOTATION_LAST_ACTIVITY, CostBreakdown, CostStatus, FIELD_MANAGER, FINALIZER, LABEL_ENV,
     LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment, PreviewEnvironmentStatus, condition,
@@ -169,17 +169,12 @@ async fn apply_environment(env: &PreviewEnvironment, ctx: &Context) -> Result<Ac
             format!("environment expired at {expires_at}; deleting"),
         )
         .await;
-        let api = ctx.env_api(env)?;
-        match api.delete(&env.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(source) => {
-                return Err(Error::Kube {
-                    action: format!("delete expired environment {}", env.name_any()),
-                    source,
-                });
-            }
-        }
+        delete_if_present(
+            &ctx.env_api(env)?,
+            &env.name_any(),
+            &DeleteParams::default(),
+        )
+        .await?;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
@@ -572,41 +567,19 @@ async fn apply_children(
     .await
     .context(|| format!("apply Namespace {ns_name}"))?;
 
-    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns_name);
-    let live = quotas
-        .get_opt(GUARD_NAME)
-        .await
-        .context(|| format!("get ResourceQuota {ns_name}"))?;
-    apply(&quotas, desired_resource_quota(env, ns_name), live.as_ref())
-        .await
-        .context(|| format!("apply ResourceQuota {ns_name}/{GUARD_NAME}"))?;
-    let limits: Api<LimitRange> = Api::namespaced(client.clone(), ns_name);
-    let live = limits
-        .get_opt(GUARD_NAME)
-        .await
-        .context(|| format!("get LimitRange {ns_name}"))?;
-    apply(&limits, desired_limit_range(env, ns_name), live.as_ref())
-        .await
-        .context(|| format!("apply LimitRange {ns_name}/{GUARD_NAME}"))?;
-    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
-    let live = policies
-        .get_opt(GUARD_NAME)
-        .await
-        .context(|| format!("get NetworkPolicy {ns_name}"))?;
-    apply(&policies, desired_default_deny(env, ns_name), live.as_ref())
-        .await
-        .context(|| format!("apply NetworkPolicy {ns_name}/{GUARD_NAME}"))?;
-    let live = policies
-        .get_opt(ALLOW_NAME)
-        .await
-        .context(|| format!("get NetworkPolicy {ns_name}"))?;
-    apply(
-        &policies,
-        desired_allow_policy(env, ns_name, &cfg.guard),
-        live.as_ref(),
+    ensure(
+        &Api::<ResourceQuota>::namespaced(client.clone(), ns_name),
+        desired_resource_quota(env, ns_name),
     )
-    .await
-    .context(|| format!("apply NetworkPolicy {ns_name}/{ALLOW_NAME}"))?;
+    .await?;
+    ensure(
+        &Api::<LimitRange>::namespaced(client.clone(), ns_name),
+        desired_limit_range(env, ns_name),
+    )
+    .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns_name);
+    ensure(&policies, desired_default_deny(env, ns_name)).await?;
+    ensure(&policies, desired_allow_policy(env, ns_name, &cfg.guard)).await?;
 
     // Workloads.
     let tier_ = env.spec.resources.tier.unwrap_or(Tier::Small);
@@ -616,15 +589,8 @@ async fn apply_children(
     let services: Api<Service> = Api::namespaced(client.clone(), ns_name);
     let mut live_deployments = Vec::new();
     for svc in &env.spec.services {
-        let live = deployments
-            .get_opt(&svc.name)
-            .await
-            .context(|| format!("get Deployment {ns_name}/{}", svc.name))?;
         let desired = desired_deployment(env, ns_name, svc, tier_, use_spot, &cfg.workload);
-        let applied = apply(&deployments, desired, live.as_ref())
-            .await
-            .context(|| format!("apply Deployment {ns_name}/{}", svc.name))?;
-        let current = match (applied, live) {
+        let current = match ensure(&deployments, desired).await? {
             (Applied::Unchanged, Some(live)) => live,
             _ => deployments
                 .get(&svc.name)
@@ -632,13 +598,7 @@ async fn apply_children(
                 .context(|| format!("get Deployment {ns_name}/{}", svc.name))?,
         };
         live_deployments.push(current);
-        let live = services
-            .get_opt(&svc.name)
-            .await
-            .context(|| format!("get Service {ns_name}/{}", svc.name))?;
-        apply(&services, desired_service(env, ns_name, svc), live.as_ref())
-            .await
-            .context(|| format!("apply Service {ns_name}/{}", svc.name))?;
+        ensure(&services, desired_service(env, ns_name, svc)).await?;
     }
     prune_removed_services(env, &deployments, &services).await?;
 
@@ -656,10 +616,6 @@ async fn apply_children(
             .cluster_issuer
             .clone()
             .unwrap_or_else(|| cfg.cert_issuer.clone());
-        let live = ingresses
-            .get_opt(INGRESS_NAME)
-            .await
-            .context(|| format!("get Ingress {ns_name}"))?;
         let desired = desired_ingress(
             env,
             ns_name,
@@ -668,13 +624,20 @@ async fn apply_children(
             ingress_spec.class_name.as_deref(),
             &issuer,
         );
-        apply(&ingresses, desired, live.as_ref())
-            .await
-            .context(|| format!("apply Ingress {ns_name}/{INGRESS_NAME}"))?;
+        ensure(&ingresses, desired).await?;
         let (url, per_service) = urls(&host, ingress_spec.tls, &env.spec.services);
         status.url = Some(url);
         status.urls = per_service;
     } else {
+        // Exposure switched off: an Ingress created earlier goes away (read first, so a
+        // converged environment sends no write).
+        let existing = ingresses
+            .get_opt(INGRESS_NAME)
+            .await
+            .context(|| format!("get Ingress {ns_name}"))?;
+        if existing.is_some() {
+            delete_if_present(&ingresses, INGRESS_NAME, &DeleteParams::default()).await?;
+        }
         status.url = None;
         status.urls.clear();
     }
@@ -764,26 +727,8 @@ async fn prune_removed_services(
         let name = d.name_any();
         if !wanted.contains(&name.as_str()) {
             info!(env = %env.name_any(), service = %name, "removing service no longer in the spec");
-            match deployments.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("delete Deployment {name}"),
-                        source,
-                    });
-                }
-            }
-            match services.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("delete Service {name}"),
-                        source,
-                    });
-                }
-            }
+            delete_if_present(deployments, &name, &DeleteParams::background()).await?;
+            delete_if_present(services, &name, &DeleteParams::background()).await?;
         }
     }
     Ok(())

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::reconcile::expiry_policy;
-use crate::children::LABEL_ENV_NAMESPACE;
+use crate::children::{LABEL_ENV_NAMESPACE, delete_if_present};
 use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
 use crate::error::{Error, KubeContext};
 
@@ -71,25 +71,16 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
         if expiry_policy(env).is_expired(now, created, last_activity) {
             let ns = env.namespace().unwrap_or_default();
             let api: Api<PreviewEnvironment> = Api::namespaced(ctx.client.clone(), &ns);
-            match api.delete(&env.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {
-                    ctx.metrics.expired.inc();
-                    ctx.publish(
-                        env,
-                        EventType::Normal,
-                        "TTLExpired",
-                        "expired; deleted by the cleanup sweep".into(),
-                    )
-                    .await;
-                    report.expired.push(format!("{ns}/{}", env.name_any()));
-                }
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("delete expired {ns}/{}", env.name_any()),
-                        source,
-                    });
-                }
+            if delete_if_present(&api, &env.name_any(), &DeleteParams::default()).await? {
+                ctx.metrics.expired.inc();
+                ctx.publish(
+                    env,
+                    EventType::Normal,
+                    "TTLExpired",
+                    "expired; deleted by the cleanup sweep".into(),
+                )
+                .await;
+                report.expired.push(format!("{ns}/{}", env.name_any()));
             }
         }
     }
@@ -123,18 +114,9 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
         if exists.is_none() {
             let name = ns.name_any();
             info!(namespace = %name, env = %format!("{env_ns}/{env_name}"), "deleting orphan namespace");
-            match namespaces.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {
-                    ctx.metrics.orphans_swept.inc();
-                    report.orphans.push(name);
-                }
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("delete orphan Namespace {name}"),
-                        source,
-                    });
-                }
+            if delete_if_present(&namespaces, &name, &DeleteParams::background()).await? {
+                ctx.metrics.orphans_swept.inc();
+                report.orphans.push(name);
             }
         }
     }
