@@ -4,8 +4,9 @@
 //!
 //! For each head commit, [`AiEnvironmentAdvisor`]:
 //!
-//! 1. reads the `PreviewRepository` named by `spec.repositoryRef` (same namespace) for the
-//!    service catalogue;
+//! 1. reads the service catalogue from its [`CatalogueSource`] (in the operator: the
+//!    `PreviewRepository` named by `spec.repositoryRef`, same namespace, [`KubeCatalogues`]
+//!    with the `kube` feature);
 //! 2. asks source control for the pull request (is it a fork? its title) and its changed
 //!    files; the diff is fetched only when the model will be asked (a provider is
 //!    configured, the fork policy allows it, and some changed file is claimed by no
@@ -42,13 +43,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use kube::api::Api;
-use kube::{Client, ResourceExt};
 use previewd_core::ServiceCatalogue;
 use previewd_core::ai::{AiProvider, DecisionSource};
+use previewd_core::environment::{Advice, AiStatus, EnvironmentAdvisor, EnvironmentView};
 use previewd_core::source_control::{RepoRef, SourceControl, SourceControlError};
-use previewd_kube::advice::{Advice, EnvironmentAdvisor};
-use previewd_kube::crd::{AiStatus, PreviewEnvironment, PreviewRepository};
 
 use crate::advisor::{Advisors, PullRequestFacts};
 use crate::config::{AiConfig, ConfigError, build_stack};
@@ -82,9 +80,9 @@ pub enum AdviceError {
     ReadRepository {
         /// Its name.
         name: String,
-        /// The API error.
+        /// The error of the catalogue source.
         #[source]
-        source: kube::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The catalogue does not compile (bad pattern, unknown dependency).
     #[error("invalid service catalogue: {0}")]
@@ -97,7 +95,7 @@ pub enum AdviceError {
     InvalidRepository(String),
     /// `spec.prNumber` is not a positive number.
     #[error("spec.prNumber {0} is not a pull request number")]
-    InvalidPullRequest(i64),
+    InvalidPullRequest(u64),
     /// A source-control call failed.
     #[error("source control failed reading the {what}: {source}")]
     SourceControl {
@@ -125,6 +123,68 @@ impl AdviceError {
     }
 }
 
+/// Where the advisor finds an environment's service catalogue.
+#[async_trait]
+pub trait CatalogueSource: Send + Sync {
+    /// The catalogue of the repository settings the environment was rendered from.
+    async fn catalogue(&self, env: &EnvironmentView) -> Result<ServiceCatalogue, AdviceError>;
+}
+
+/// A fixed catalogue for every environment (embedders, tests, single-repository setups).
+#[derive(Clone, Debug, Default)]
+pub struct FixedCatalogue(pub ServiceCatalogue);
+
+#[async_trait]
+impl CatalogueSource for FixedCatalogue {
+    async fn catalogue(&self, _env: &EnvironmentView) -> Result<ServiceCatalogue, AdviceError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Reads the `PreviewRepository` named by the environment's `spec.repositoryRef`, in the
+/// environment's namespace.
+#[cfg(feature = "kube")]
+#[derive(Clone)]
+pub struct KubeCatalogues {
+    client: kube::Client,
+}
+
+#[cfg(feature = "kube")]
+impl KubeCatalogues {
+    /// Reads through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        KubeCatalogues { client }
+    }
+}
+
+#[cfg(feature = "kube")]
+#[async_trait]
+impl CatalogueSource for KubeCatalogues {
+    async fn catalogue(&self, env: &EnvironmentView) -> Result<ServiceCatalogue, AdviceError> {
+        use previewd_kube::crd::PreviewRepository;
+        let name = env
+            .repository_ref
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .ok_or(AdviceError::NoRepositoryRef)?;
+        let namespace = if env.namespace.is_empty() {
+            "default"
+        } else {
+            env.namespace.as_str()
+        };
+        let api: kube::Api<PreviewRepository> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(Some(repo)) => Ok(repo.spec.catalogue),
+            Ok(None) => Err(AdviceError::RepositoryNotFound(name.to_owned())),
+            Err(source) => Err(AdviceError::ReadRepository {
+                name: name.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+}
+
 /// Tunables of the environment advisor.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EnvironmentAdvisorOptions {
@@ -140,7 +200,7 @@ pub struct EnvironmentAdvisorOptions {
 /// The AI engine's [`EnvironmentAdvisor`] (see the module documentation).
 #[derive(Clone)]
 pub struct AiEnvironmentAdvisor {
-    client: Client,
+    catalogues: Arc<dyn CatalogueSource>,
     source_control: Option<Arc<dyn SourceControl>>,
     provider: Option<Arc<dyn AiProvider>>,
     history: Option<Arc<dyn HistoryStore>>,
@@ -173,15 +233,15 @@ struct PullRequestChange {
 }
 
 impl AiEnvironmentAdvisor {
-    /// An advisor reading `PreviewRepository`s through `client`; without `source_control`
-    /// every service is selected, without `provider` only the deterministic rules run.
+    /// An advisor reading catalogues from `catalogues`; without `source_control` every
+    /// service is selected, without `provider` only the deterministic rules run.
     pub fn new(
-        client: Client,
+        catalogues: Arc<dyn CatalogueSource>,
         source_control: Option<Arc<dyn SourceControl>>,
         provider: Option<Arc<dyn AiProvider>>,
     ) -> Self {
         AiEnvironmentAdvisor {
-            client,
+            catalogues,
             source_control,
             provider,
             history: None,
@@ -193,7 +253,7 @@ impl AiEnvironmentAdvisor {
     /// An advisor whose provider stack and fork policy come from `config` (no provider
     /// when AI is disabled).
     pub fn from_config(
-        client: Client,
+        catalogues: Arc<dyn CatalogueSource>,
         source_control: Option<Arc<dyn SourceControl>>,
         config: &AiConfig,
     ) -> Result<Self, ConfigError> {
@@ -202,7 +262,7 @@ impl AiEnvironmentAdvisor {
         options.services.allow_forks = config.allow_external_for_forks;
         let cache = stack.as_ref().map(|s| s.cache.clone());
         let provider = stack.map(|s| s.provider);
-        let mut advisor = Self::new(client, source_control, provider).with_options(options);
+        let mut advisor = Self::new(catalogues, source_control, provider).with_options(options);
         advisor.cache = cache;
         Ok(advisor)
     }
@@ -219,41 +279,20 @@ impl AiEnvironmentAdvisor {
         self
     }
 
-    /// The catalogue of the environment's `PreviewRepository`.
-    async fn catalogue(&self, env: &PreviewEnvironment) -> Result<ServiceCatalogue, AdviceError> {
-        let name = env
-            .spec
-            .repository_ref
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .ok_or(AdviceError::NoRepositoryRef)?;
-        let namespace = env.namespace().unwrap_or_else(|| "default".to_owned());
-        let api: Api<PreviewRepository> = Api::namespaced(self.client.clone(), &namespace);
-        match api.get_opt(name).await {
-            Ok(Some(repo)) => Ok(repo.spec.catalogue),
-            Ok(None) => Err(AdviceError::RepositoryNotFound(name.to_owned())),
-            Err(source) => Err(AdviceError::ReadRepository {
-                name: name.to_owned(),
-                source,
-            }),
-        }
-    }
-
     /// The pull request's metadata and changed files (no diff yet).
     async fn pull_request_change(
         &self,
-        env: &PreviewEnvironment,
+        env: &EnvironmentView,
     ) -> Result<(Arc<dyn SourceControl>, PullRequestChange), AdviceError> {
         let sc = self
             .source_control
             .clone()
             .ok_or(AdviceError::NoSourceControl)?;
-        let repo = RepoRef::parse(&env.spec.repository)
-            .ok_or_else(|| AdviceError::InvalidRepository(env.spec.repository.clone()))?;
-        let number = u64::try_from(env.spec.pr_number)
-            .ok()
+        let repo = RepoRef::parse(&env.repository)
+            .ok_or_else(|| AdviceError::InvalidRepository(env.repository.clone()))?;
+        let number = Some(env.pr_number)
             .filter(|n| *n > 0)
-            .ok_or(AdviceError::InvalidPullRequest(env.spec.pr_number))?;
+            .ok_or(AdviceError::InvalidPullRequest(env.pr_number))?;
         let (pr, files) = tokio::join!(
             sc.pull_request(&repo, number),
             sc.changed_files(&repo, number)
@@ -329,7 +368,7 @@ impl AiEnvironmentAdvisor {
     /// are consulted; the `PreviewRepository` is not read).
     pub async fn advise_with_catalogue(
         &self,
-        env: &PreviewEnvironment,
+        env: &EnvironmentView,
         catalogue: &ServiceCatalogue,
     ) -> Advice {
         let now = Timestamp::now();
@@ -398,13 +437,13 @@ impl AiEnvironmentAdvisor {
     /// answers for all of them.
     fn fallback(
         &self,
-        env: &PreviewEnvironment,
+        env: &EnvironmentView,
         catalogue: Option<&ServiceCatalogue>,
         error: &AdviceError,
         now: Timestamp,
     ) -> Advice {
         tracing::info!(
-            environment = %env.name_any(),
+            environment = %env.key(),
             category = error.category(),
             error = %error,
             "advising every service"
@@ -444,10 +483,10 @@ impl AiEnvironmentAdvisor {
 
 #[async_trait]
 impl EnvironmentAdvisor for AiEnvironmentAdvisor {
-    async fn advise(&self, env: &PreviewEnvironment) -> Advice {
+    async fn advise(&self, env: &EnvironmentView) -> Advice {
         // Model answers are tagged with the environment so its deletion drops them.
         for_environment(environment_key(env), async {
-            match self.catalogue(env).await {
+            match self.catalogues.catalogue(env).await {
                 Ok(catalogue) => self.advise_with_catalogue(env, &catalogue).await,
                 Err(e) => self.fallback(env, None, &e, Timestamp::now()),
             }
@@ -455,7 +494,7 @@ impl EnvironmentAdvisor for AiEnvironmentAdvisor {
         .await
     }
 
-    async fn environment_deleted(&self, env: &PreviewEnvironment) {
+    async fn environment_deleted(&self, env: &EnvironmentView) {
         if let Some(cache) = &self.cache {
             let dropped = cache.invalidate_environment(&environment_key(env)).await;
             tracing::debug!(env = %environment_key(env), dropped, "dropped cached model answers");
@@ -464,20 +503,20 @@ impl EnvironmentAdvisor for AiEnvironmentAdvisor {
 }
 
 /// Cache tag of an environment: `namespace/name`.
-fn environment_key(env: &PreviewEnvironment) -> String {
-    format!("{}/{}", env.namespace().unwrap_or_default(), env.name_any())
+fn environment_key(env: &EnvironmentView) -> String {
+    env.key()
 }
 
 /// Every service of the environment, sorted; `None` when it lists none.
-fn every_service(env: &PreviewEnvironment) -> Option<Vec<String>> {
-    let all: BTreeSet<String> = env.spec.services.iter().map(|s| s.name.clone()).collect();
+fn every_service(env: &EnvironmentView) -> Option<Vec<String>> {
+    let all: BTreeSet<String> = env.services.iter().cloned().collect();
     (!all.is_empty()).then(|| all.into_iter().collect())
 }
 
 /// The services to deploy (see the module documentation), sorted; `None` when the
 /// environment lists no service.
 pub fn selected_services(
-    env: &PreviewEnvironment,
+    env: &EnvironmentView,
     catalogue: &ServiceCatalogue,
     affected: &BTreeSet<String>,
 ) -> Option<Vec<String>> {
@@ -485,10 +524,9 @@ pub fn selected_services(
         return every_service(env);
     }
     let selected: BTreeSet<String> = env
-        .spec
         .services
         .iter()
-        .map(|s| s.name.as_str())
+        .map(String::as_str)
         .filter(|name| match catalogue.get(name) {
             Some(service) => service.always_deploy || affected.contains(*name),
             None => true,
@@ -525,21 +563,17 @@ mod tests {
     use super::*;
     use previewd_core::catalogue::CatalogueService;
 
-    fn env(services: &[&str]) -> PreviewEnvironment {
-        let services: Vec<serde_json::Value> = services
-            .iter()
-            .map(|n| serde_json::json!({"name": n, "image": "img"}))
-            .collect();
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "previewd.io/v1alpha1",
-            "kind": "PreviewEnvironment",
-            "metadata": {"name": "e", "namespace": "ns"},
-            "spec": {
-                "repository": "acme/shop", "prNumber": 1, "branch": "b",
-                "headSHA": "0123456789abcdef", "services": services
-            }
-        }))
-        .unwrap()
+    fn env(services: &[&str]) -> EnvironmentView {
+        EnvironmentView {
+            namespace: "ns".into(),
+            name: "e".into(),
+            repository: "acme/shop".into(),
+            pr_number: 1,
+            branch: "b".into(),
+            head_sha: "0123456789abcdef".into(),
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            ..EnvironmentView::default()
+        }
     }
 
     fn catalogue() -> ServiceCatalogue {

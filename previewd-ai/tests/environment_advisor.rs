@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Config, ResourceExt};
-use previewd_ai::environment::{AiEnvironmentAdvisor, EnvironmentAdvisorOptions};
+use previewd_ai::environment::{AiEnvironmentAdvisor, EnvironmentAdvisorOptions, KubeCatalogues};
 use previewd_ai::services::ServicesOptions;
 use previewd_core::ai::{AiError, AiProvider, AiRequest, AiResponse, Capabilities};
 use previewd_core::source_control::{
@@ -25,7 +25,7 @@ use previewd_core::source_control::{
     RepoRef, SourceControl, SourceControlError,
 };
 use previewd_core::{Phase, ServiceCatalogue, Tier};
-use previewd_kube::advice::EnvironmentAdvisor;
+use previewd_kube::advice::{EnvironmentAdvisor, view_of};
 use previewd_kube::controller::Context;
 use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
 use previewd_kube::testing::{
@@ -291,7 +291,7 @@ impl Cluster {
             .await
             .expect("create PreviewRepository");
         let advisor = AiEnvironmentAdvisor::new(
-            client.clone(),
+            Arc::new(KubeCatalogues::new(client.clone())),
             Some(source_control as Arc<dyn SourceControl>),
             None,
         );
@@ -459,11 +459,15 @@ async fn missing_repository_deploys_every_service() {
     install_crds(&client).await;
     let ns = temp_namespace(&client, "adv-norepo").await;
     let sc = FixedChange::new(&["src/api/handler.go"]);
-    let advisor = AiEnvironmentAdvisor::new(client.clone(), Some(sc.clone()), None);
+    let advisor = AiEnvironmentAdvisor::new(
+        Arc::new(KubeCatalogues::new(client.clone())),
+        Some(sc.clone()),
+        None,
+    );
     let mut env = environment("shop-pr-74", 74, "no-such-repo", "Affected");
     env.metadata.namespace = Some(ns.clone());
 
-    let advice = advisor.advise(&env).await;
+    let advice = advisor.advise(&view_of(&env)).await;
     assert_eq!(advice.services, Some(names(&["api", "auth", "frontend"])));
     assert_eq!(advice.status.source.as_deref(), Some("fallback"));
     let reason = advice.status.reason.clone().expect("a reason");
@@ -472,7 +476,7 @@ async fn missing_repository_deploys_every_service() {
     assert!(sc.calls().is_empty(), "source control is not asked");
 
     env.spec.repository_ref = None;
-    let advice = advisor.advise(&env).await;
+    let advice = advisor.advise(&view_of(&env)).await;
     assert!(
         advice
             .status
@@ -582,7 +586,7 @@ fn offline_client() -> Client {
 
 fn hostile_advisor(sc: Arc<FixedChange>, provider: Arc<Hostile>) -> AiEnvironmentAdvisor {
     AiEnvironmentAdvisor::new(
-        offline_client(),
+        Arc::new(KubeCatalogues::new(offline_client())),
         Some(sc as Arc<dyn SourceControl>),
         Some(provider as Arc<dyn AiProvider>),
     )
@@ -616,7 +620,7 @@ async fn hostile_models_stay_within_the_catalogue() {
         let sc = FixedChange::new(&files);
         let provider = Hostile::new(script.clone(), false);
         let advice = hostile_advisor(sc.clone(), provider.clone())
-            .advise_with_catalogue(&env, &cat)
+            .advise_with_catalogue(&view_of(&env), &cat)
             .await;
         let label = format!("{script:?}");
 
@@ -683,7 +687,7 @@ async fn fork_content_is_not_sent_to_external_models() {
     let provider = Hostile::new(Script::EveryCandidate, true);
     let env = environment("shop-pr-76", 76, "shop", "Affected");
     let advice = hostile_advisor(sc.clone(), provider.clone())
-        .advise_with_catalogue(&env, &catalogue())
+        .advise_with_catalogue(&view_of(&env), &catalogue())
         .await;
 
     assert!(provider.seen.lock().unwrap().is_empty(), "model not asked");

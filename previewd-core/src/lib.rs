@@ -8,6 +8,8 @@ pub mod ai;
 pub mod catalogue;
 pub mod clock;
 pub mod cost;
+pub mod environment;
+pub mod gating;
 pub mod naming;
 pub mod phase;
 pub mod source_control;
@@ -19,6 +21,10 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use cost::{
     Budget, BudgetLimit, BudgetVerdict, CostBreakdown, CostEstimate, Money, MoneyError, Pricing,
     QuantityError, ResourceRequests, actual_cost, parse_cpu, parse_memory,
+};
+pub use environment::{
+    Advice, AiStatus, EnvironmentAdvisor, EnvironmentReporter, EnvironmentView, NoAdvice,
+    NoopReporter, TestResults,
 };
 pub use naming::{
     NameError, environment_name, ingress_host, is_dns1123_label, namespace_name,

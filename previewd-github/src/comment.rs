@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 use previewd_core::Phase;
-use previewd_kube::crd::PreviewEnvironment;
+use previewd_core::environment::EnvironmentView;
 
 /// Hidden marker identifying previewd's comment.
 pub const COMMENT_MARKER: &str = "<!-- previewd:environment -->";
@@ -60,33 +60,30 @@ pub struct CommentView {
 
 impl CommentView {
     /// The view of an environment's current status.
-    pub fn from_environment(env: &PreviewEnvironment) -> Self {
-        let status = env.status.clone().unwrap_or_default();
+    pub fn from_environment(env: &EnvironmentView) -> Self {
         CommentView {
-            phase: status.phase,
-            url: status.url.clone(),
-            service_urls: status.urls.into_iter().collect(),
-            head_sha: status
+            phase: env.phase,
+            url: env.url.clone(),
+            service_urls: env
+                .urls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            head_sha: env
                 .deployed_sha
                 .clone()
-                .or_else(|| Some(env.spec.head_sha.clone())),
-            tests: status.tests.map(|t| TestsView {
+                .or_else(|| Some(env.head_sha.clone())),
+            tests: env.tests.as_ref().map(|t| TestsView {
                 total: t.total,
                 passed: t.passed,
                 failed: t.failed,
                 skipped: t.skipped,
-                failed_tests: t.failed_tests,
+                failed_tests: t.failed_tests.clone(),
             }),
-            estimated_daily_cost: status
-                .costs
-                .as_ref()
-                .and_then(|c| c.estimated_daily.map(|m| m.to_string())),
-            cost_to_date: status
-                .costs
-                .as_ref()
-                .and_then(|c| c.actual_to_date.map(|m| m.to_string())),
-            expires_at: status.expires_at.map(|t| t.0),
-            message: status.message,
+            estimated_daily_cost: env.estimated_daily.map(|m| m.to_string()),
+            cost_to_date: env.actual_to_date.map(|m| m.to_string()),
+            expires_at: env.expires_at,
+            message: env.message.clone(),
         }
     }
 }

@@ -17,10 +17,14 @@ pub mod metrics;
 pub mod policy;
 pub mod reporter;
 pub mod signature;
+#[cfg(feature = "kube")]
 pub mod store;
+#[cfg(feature = "kube")]
 pub mod webhook;
 
 pub use client::{AppCredentials, ClientConfig, GitHubAuth, GitHubClient, GitHubError};
 pub use reporter::GitHubReporter;
+#[cfg(feature = "kube")]
 pub use store::{EnvironmentStore, KubeStore, MemoryStore, Precondition, StoreError};
+#[cfg(feature = "kube")]
 pub use webhook::{WebhookConfig, WebhookState, router, serve};

@@ -25,7 +25,7 @@
 //! maintainer removes the label (which tears the environment down) and adds it again.
 //! The label still being present on the PR never approves a commit by itself.
 
-use previewd_kube::crd::{ForkPolicy, GatingPolicy};
+use previewd_core::gating::{ForkPolicy, GatingPolicy};
 
 use crate::event::PullRequestEvent;
 

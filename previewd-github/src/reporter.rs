@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use previewd_core::Phase;
+use previewd_core::environment::{EnvironmentReporter, EnvironmentView};
 use previewd_core::source_control::{
     CommitState, CommitStatus, DeploymentId, DeploymentRequest, DeploymentState,
     DeploymentStatusUpdate, RepoRef, SourceControl, SourceControlError, deployment_environment,
 };
-use previewd_kube::crd::PreviewEnvironment;
-use previewd_kube::report::EnvironmentReporter;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::task::TaskTracker;
 
@@ -46,26 +45,25 @@ pub struct Report {
 /// The report for an environment's current status (`deleted`: its finalizer ran).
 /// `None` when the environment's repository is not `owner/name`.
 pub fn plan_report(
-    env: &PreviewEnvironment,
+    env: &EnvironmentView,
     deleted: bool,
     log_url: Option<String>,
 ) -> Option<Report> {
-    let repository = RepoRef::parse(&env.spec.repository)?;
-    let number = u64::try_from(env.spec.pr_number).ok()?;
-    let status = env.status.clone().unwrap_or_default();
-    let sha = status
+    let repository = RepoRef::parse(&env.repository)?;
+    let number = Some(env.pr_number).filter(|n| *n > 0)?;
+    let sha = env
         .deployed_sha
         .clone()
         .filter(|_| deleted)
-        .unwrap_or_else(|| env.spec.head_sha.clone());
+        .unwrap_or_else(|| env.head_sha.clone());
     let phase = if deleted {
         Phase::Terminated
     } else {
-        status.phase.unwrap_or(Phase::Pending)
+        env.phase.unwrap_or(Phase::Pending)
     };
-    let url = status.url.clone();
-    let tests_failed = status.tests.as_ref().is_some_and(|t| t.failed > 0);
-    let message = status.message.clone().unwrap_or_default();
+    let url = env.url.clone();
+    let tests_failed = env.tests.as_ref().is_some_and(|t| t.failed > 0);
+    let message = env.message.clone().unwrap_or_default();
     let (commit, deployment, text) = match phase {
         Phase::Pending => (
             Some(CommitState::Pending),
@@ -207,17 +205,17 @@ impl GitHubReporter {
         self.inner.tracker.reopen();
     }
 
-    fn enqueue(&self, env: &PreviewEnvironment, deleted: bool) {
+    fn enqueue(&self, env: &EnvironmentView, deleted: bool) {
         let log_url = self.inner.log_url_base.as_ref().map(|base| {
             format!(
                 "{}/{}/{}",
                 base.trim_end_matches('/'),
-                env.metadata.namespace.as_deref().unwrap_or_default(),
-                env.metadata.name.as_deref().unwrap_or_default()
+                env.namespace,
+                env.name
             )
         });
         let Some(report) = plan_report(env, deleted, log_url) else {
-            tracing::warn!(repository = %env.spec.repository, "cannot report: repository is not owner/name");
+            tracing::warn!(repository = %env.repository, "cannot report: repository is not owner/name");
             return;
         };
         let key = (report.repository.clone(), report.number);
@@ -314,11 +312,11 @@ async fn send(inner: &Inner, report: &Report) -> Result<(), SourceControlError> 
 
 #[async_trait]
 impl EnvironmentReporter for GitHubReporter {
-    async fn environment_changed(&self, env: &PreviewEnvironment) {
+    async fn environment_changed(&self, env: &EnvironmentView) {
         self.enqueue(env, false);
     }
 
-    async fn environment_deleted(&self, env: &PreviewEnvironment) {
+    async fn environment_deleted(&self, env: &EnvironmentView) {
         self.enqueue(env, true);
     }
 }
@@ -327,23 +325,25 @@ impl EnvironmentReporter for GitHubReporter {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn env(phase: &str, failed: i64) -> PreviewEnvironment {
-        serde_json::from_value(json!({
-            "apiVersion": "previewd.io/v1alpha1",
-            "kind": "PreviewEnvironment",
-            "metadata": {"name": "pe", "namespace": "previews"},
-            "spec": {
-                "repository": "acme/shop", "prNumber": 7, "branch": "feat",
-                "headSHA": "abcdef1234567", "services": []
-            },
-            "status": {
-                "phase": phase, "url": "https://pr-7.preview.acme.dev",
-                "tests": {"total": 3, "passed": 3 - failed, "failed": failed, "skipped": 0}
-            }
-        }))
-        .unwrap()
+    fn env(phase: &str, failed: i64) -> EnvironmentView {
+        EnvironmentView {
+            namespace: "previews".into(),
+            name: "pe".into(),
+            repository: "acme/shop".into(),
+            pr_number: 7,
+            branch: "feat".into(),
+            head_sha: "abcdef1234567".into(),
+            phase: Some(phase.parse().unwrap()),
+            url: Some("https://pr-7.preview.acme.dev".into()),
+            tests: Some(previewd_core::environment::TestResults {
+                total: 3,
+                passed: 3 - failed,
+                failed,
+                skipped: 0,
+                failed_tests: Vec::new(),
+            }),
+            ..EnvironmentView::default()
+        }
     }
 
     #[test]

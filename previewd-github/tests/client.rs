@@ -699,6 +699,7 @@ fn environment(phase: &str, sha: &str) -> previewd_kube::crd::PreviewEnvironment
 #[tokio::test]
 async fn reporter_sends_the_latest_state_once_per_change() {
     use previewd_github::reporter::GitHubReporter;
+    use previewd_kube::advice::view_of;
     use previewd_kube::report::EnvironmentReporter;
 
     let github = FakeGitHub::start().await;
@@ -707,7 +708,9 @@ async fn reporter_sends_the_latest_state_once_per_change() {
         .with_retry_base(Duration::from_millis(5));
     let sha = "abcdef1234567890abcdef1234567890abcdef12";
     for phase in ["Pending", "Provisioning", "Ready", "Testing", "Complete"] {
-        reporter.environment_changed(&environment(phase, sha)).await;
+        reporter
+            .environment_changed(&view_of(&environment(phase, sha)))
+            .await;
     }
     reporter.idle().await;
     github.with(|s| {
@@ -729,7 +732,7 @@ async fn reporter_sends_the_latest_state_once_per_change() {
     // The same state again sends no status, only looks at the comment.
     let statuses_before = github.with(|s| (s.statuses.len(), s.deployment_statuses.len()));
     reporter
-        .environment_changed(&environment("Complete", sha))
+        .environment_changed(&view_of(&environment("Complete", sha)))
         .await;
     reporter.idle().await;
     assert_eq!(
@@ -739,7 +742,7 @@ async fn reporter_sends_the_latest_state_once_per_change() {
 
     // Deletion: the deployment goes inactive and the comment says so, in place.
     reporter
-        .environment_deleted(&environment("Terminating", sha))
+        .environment_deleted(&view_of(&environment("Terminating", sha)))
         .await;
     reporter.idle().await;
     github.with(|s| {
@@ -762,7 +765,7 @@ async fn reporter_sends_the_latest_state_once_per_change() {
             .collect(),
     );
     reporter
-        .environment_changed(&environment("Ready", &down_sha))
+        .environment_changed(&view_of(&environment("Ready", &down_sha)))
         .await;
     reporter.idle().await;
     assert!(reporter.failures() >= 1, "failed attempts are counted");

@@ -1,42 +1,44 @@
 //! The hook through which the AI engine (or any embedder) advises the controller about an
-//! environment: which services a change affects, how long the environment should live,
-//! how large it should be.
-//!
-//! The controller asks once per head commit, records the answer in `status.ai`, and, when
-//! the environment's `serviceSelection` is `Affected`, deploys only the advised services.
-//! An advisor must always answer: when a model is slow, wrong or absent it returns the
-//! deterministic answer with the reason (the trait has no error type on purpose).
+//! environment. The interface lives in `previewd-core` ([`EnvironmentAdvisor`] takes an
+//! [`EnvironmentView`], so implementations need no kube); this module re-exports it and
+//! builds the view from the custom resource.
 
-use async_trait::async_trait;
+pub use previewd_core::environment::{Advice, EnvironmentAdvisor, EnvironmentView, NoAdvice};
 
-use crate::crd::{AiStatus, PreviewEnvironment};
+use kube::ResourceExt;
+use previewd_core::environment::TestResults;
 
-/// Advice for one head commit of an environment.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Advice {
-    /// Services to deploy; `None` means every service in the spec.
-    pub services: Option<Vec<String>>,
-    /// What to record in `status.ai`.
-    pub status: AiStatus,
-}
+use crate::crd::PreviewEnvironment;
 
-/// Advises the controller about an environment.
-#[async_trait]
-pub trait EnvironmentAdvisor: Send + Sync {
-    /// Advice for the environment's current head commit.
-    async fn advise(&self, env: &PreviewEnvironment) -> Advice;
-
-    /// The environment is gone: drop what was kept for it (cached model answers).
-    async fn environment_deleted(&self, _env: &PreviewEnvironment) {}
-}
-
-/// The advisor used when no AI engine is configured: every service, nothing recorded.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoAdvice;
-
-#[async_trait]
-impl EnvironmentAdvisor for NoAdvice {
-    async fn advise(&self, _env: &PreviewEnvironment) -> Advice {
-        Advice::default()
+/// The Kubernetes-free view of an environment (spec and status).
+pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
+    let status = env.status.clone().unwrap_or_default();
+    EnvironmentView {
+        namespace: env.namespace().unwrap_or_default(),
+        name: env.name_any(),
+        uid: env.uid(),
+        repository: env.spec.repository.clone(),
+        pr_number: u64::try_from(env.spec.pr_number).unwrap_or_default(),
+        branch: env.spec.branch.clone(),
+        head_sha: env.spec.head_sha.clone(),
+        base_branch: env.spec.base_branch.clone(),
+        author: env.spec.author.clone(),
+        repository_ref: env.spec.repository_ref.clone(),
+        services: env.spec.services.iter().map(|s| s.name.clone()).collect(),
+        phase: status.phase,
+        url: status.url,
+        urls: status.urls,
+        deployed_sha: status.deployed_sha,
+        message: status.message,
+        tests: status.tests.map(|t| TestResults {
+            total: t.total,
+            passed: t.passed,
+            failed: t.failed,
+            skipped: t.skipped,
+            failed_tests: t.failed_tests,
+        }),
+        estimated_daily: status.costs.as_ref().and_then(|c| c.estimated_daily),
+        actual_to_date: status.costs.as_ref().and_then(|c| c.actual_to_date),
+        expires_at: status.expires_at.map(|t| t.0),
     }
 }

@@ -1,6 +1,8 @@
 //! Kubernetes adapter of previewd: the custom resources, the controller that drives
-//! each `PreviewEnvironment` through its phases, one module per child resource (a pure
-//! `desired_*` function plus a small apply), and the cleanup sweep.
+//! each `PreviewEnvironment` through its phases (observe from watch caches → [`plan`], a
+//! pure function → execute), the plug-in traits ([`strategy::DeployStrategy`],
+//! [`strategy::Stage`]), one module per child resource (a pure `desired_*` function), and
+//! the cleanup sweep.
 
 pub mod advice;
 pub mod children;
@@ -9,8 +11,10 @@ pub mod crd;
 pub mod crdgen;
 pub mod error;
 pub mod metrics;
+pub mod plan;
 pub mod render;
 pub mod report;
+pub mod strategy;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -474,20 +474,41 @@ async fn the_sweep_removes_orphan_namespaces_and_keeps_live_ones() {
     .await;
     let live_ns = live.status.unwrap().namespace.unwrap();
 
-    // A namespace labelled as ours whose environment does not exist.
+    // A namespace previewd created (ownership marker) whose environment is gone.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let orphan_name = format!("preview-999-orphan-{}", &ns[ns.len() - 8..]);
+    let suffix = &ns[ns.len() - 8..];
+    let orphan_name = format!("preview-999-orphan-{suffix}");
     let orphan: Namespace =
         serde_json::from_value(json!({"metadata": {"name": orphan_name, "labels": {
             "app.kubernetes.io/managed-by": "previewd",
             "previewd.io/env": "shop-pr-999",
             "previewd.io/env-namespace": ns,
-        }}}))
+        }, "annotations": {"previewd.io/owner-uid": "0d5a3a8e-0000-4000-8000-00000000dead"}}}))
         .unwrap();
     namespaces
         .create(&PostParams::default(), &orphan)
         .await
         .unwrap();
+    // The attack: somebody labels their own namespaces as previewd's, with and without
+    // previewd's name prefix. Labels alone prove nothing; neither may be deleted.
+    let mut decoys = Vec::new();
+    for name in [
+        format!("preview-998-decoy-{suffix}"),
+        format!("tenant-db-{suffix}"),
+    ] {
+        let decoy: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+                "app.kubernetes.io/managed-by": "previewd",
+                "previewd.io/env": "shop-pr-998",
+                "previewd.io/env-namespace": ns,
+            }}}))
+            .unwrap();
+        namespaces
+            .create(&PostParams::default(), &decoy)
+            .await
+            .unwrap();
+        decoys.push(name);
+    }
 
     let report = controller::sweep_once(&op.ctx).await.unwrap();
     assert_eq!(report.orphans, vec![orphan_name.clone()]);
@@ -497,6 +518,14 @@ async fn the_sweep_removes_orphan_namespaces_and_keeps_live_ones() {
         after.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
         "orphan deleted"
     );
+    for decoy in &decoys {
+        let kept = namespaces.get(decoy).await.unwrap();
+        assert!(
+            kept.metadata.deletion_timestamp.is_none(),
+            "{decoy} carries previewd's labels but no ownership marker: kept"
+        );
+        delete_namespace(&client, decoy).await;
+    }
     let kept = namespaces.get(&live_ns).await.unwrap();
     assert!(
         kept.metadata.deletion_timestamp.is_none(),
@@ -618,6 +647,9 @@ async fn a_no_op_reconcile_performs_no_writes() {
     op.stop().await;
     let ready = envs.get("shop-pr-3").await.unwrap();
 
+    // A fresh operator (a restart) whose every request is counted: its first reconcile
+    // of the converged environment, and reconciles forced by unrelated changes, write
+    // nothing.
     let (counting, writes) = counting_client().await;
     let created = ready.status.clone().unwrap().created_at.unwrap().0;
     let clock = Arc::new(FixedClock::new(
@@ -626,10 +658,20 @@ async fn a_no_op_reconcile_performs_no_writes() {
             .unwrap(),
     ));
     let ctx = Arc::new(Context::new(counting, test_config(&ns)).with_clock(clock));
-    for _ in 0..3 {
-        let env = Arc::new(envs.get("shop-pr-3").await.unwrap());
-        controller::reconcile(env, ctx.clone()).await.unwrap();
+    let op = Operator::start_with(ctx.clone()).await;
+    for round in 0..3 {
+        let patch = json!({"metadata": {"annotations": {"example.com/poke": round.to_string()}}});
+        envs.patch("shop-pr-3", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
+    let reconciles = ctx.metrics.reconciles.get();
+    op.stop().await;
+    assert!(
+        reconciles >= 3,
+        "the controller reconciled ({reconciles} times)"
+    );
     assert_eq!(
         writes.get(),
         0,
@@ -866,5 +908,219 @@ async fn a_quota_rejection_fails_the_environment_at_once() {
         ready.message
     );
     op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// Settings whose periodic resync never happens during a test: whatever the controller
+/// does there, a watch made it happen.
+fn watch_only_config(ns: &str) -> previewd_kube::ControllerConfig {
+    previewd_kube::ControllerConfig {
+        resync_interval: Duration::from_secs(3600),
+        poll_interval: Duration::from_secs(3600),
+        ..test_config(ns)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_deleted_or_edited_by_hand_is_repaired_through_the_watches() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-repair").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-8", 8, "repair", three_services(), json!({})),
+    )
+    .await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-8",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    op.stop().await;
+    let env_ns = ready.status.unwrap().namespace.unwrap();
+    // From here on, no resync and no readiness poll: only the watches can wake it.
+    let op = Operator::start(client.clone(), watch_only_config(&ns)).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env_ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &env_ns);
+
+    // A Deployment deleted by hand comes back.
+    let old_uid = deployments.get("api").await.unwrap().uid();
+    deployments
+        .delete("api", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "Deployment api recreated", || {
+        let deployments = deployments.clone();
+        let old_uid = old_uid.clone();
+        async move {
+            let d = deployments.get_opt("api").await.ok().flatten()?;
+            (d.uid() != old_uid && d.metadata.deletion_timestamp.is_none()).then_some(())
+        }
+    })
+    .await;
+    // A Service deleted by hand comes back.
+    services
+        .delete("auth", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "Service auth recreated", || {
+        let services = services.clone();
+        async move { services.get_opt("auth").await.ok().flatten().map(|_| ()) }
+    })
+    .await;
+    // A Deployment scaled and re-imaged by hand (by another field manager) is put back.
+    let patch = json!({"spec": {"replicas": 0, "template": {"spec": {"containers": [
+        {"name": "frontend", "image": "registry.k8s.io/pause:3.9"}]}}}});
+    deployments
+        .patch(
+            "frontend",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "Deployment frontend restored",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get("frontend").await.ok()?;
+                let spec = d.spec?;
+                let image = spec.template.spec?.containers[0].image.clone()?;
+                (spec.replicas == Some(1) && image == "registry.k8s.io/pause:3.10").then_some(())
+            }
+        },
+    )
+    .await;
+    wait_phase(
+        &client,
+        &ns,
+        "shop-pr-8",
+        Phase::Ready,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // The namespace deleted by hand: the environment waits for it to go, then rebuilds it.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let old_ns_uid = namespaces.get(&env_ns).await.unwrap().uid();
+    namespaces
+        .delete(&env_ns, &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "namespace recreated and Ready again",
+        || {
+            let namespaces = namespaces.clone();
+            let client = client.clone();
+            let ns = ns.clone();
+            let env_ns = env_ns.clone();
+            let old_ns_uid = old_ns_uid.clone();
+            async move {
+                let n = namespaces.get_opt(&env_ns).await.ok().flatten()?;
+                if n.uid() == old_ns_uid || n.metadata.deletion_timestamp.is_some() {
+                    return None;
+                }
+                let envs: Api<PreviewEnvironment> = Api::namespaced(client, &ns);
+                let e = envs.get("shop-pr-8").await.ok()?;
+                let d = Api::<Deployment>::namespaced(namespaces.clone().into_client(), &env_ns)
+                    .get_opt("api")
+                    .await
+                    .ok()
+                    .flatten()?;
+                (e.status?.phase? == Phase::Ready && d.metadata.deletion_timestamp.is_none())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_only_looks_like_ours_is_never_adopted() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-adopt").await;
+    let suffix = &ns[ns.len() - 8..];
+    let branch = format!("adopt-{suffix}");
+    // The attack: a namespace with the environment's future name and previewd's labels,
+    // created before the environment.
+    let squatted = previewd_core::naming::namespace_name(9, &branch);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let decoy: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": squatted, "labels": {
+            "app.kubernetes.io/managed-by": "previewd",
+            "previewd.io/env": "shop-pr-9",
+            "previewd.io/env-namespace": ns,
+            "team": "attacker"
+        }}}))
+        .unwrap();
+    namespaces
+        .create(&PostParams::default(), &decoy)
+        .await
+        .unwrap();
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    let services = json!([{"name": "web", "image": "registry.k8s.io/pause:3.10"}]);
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-9", 9, &branch, services, json!({})),
+    )
+    .await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-9",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let used = ready.status.as_ref().unwrap().namespace.clone().unwrap();
+    assert_ne!(used, squatted, "the squatted namespace is not used");
+    let owned = namespaces.get(&used).await.unwrap();
+    assert_eq!(
+        owned.annotations().get("previewd.io/owner-uid"),
+        ready.uid().as_ref(),
+        "the namespace previewd created carries the environment's UID"
+    );
+    let untouched = namespaces.get(&squatted).await.unwrap();
+    assert!(
+        untouched
+            .annotations()
+            .get("previewd.io/owner-uid")
+            .is_none()
+    );
+    assert_eq!(
+        untouched.labels().get("team").map(String::as_str),
+        Some("attacker")
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &squatted)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing was deployed into it"
+    );
+    // Deleting the environment deletes its own namespace, never the squatted one.
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    envs.delete("shop-pr-9", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(envs.clone(), "shop-pr-9", Duration::from_secs(90)).await;
+    let still = namespaces.get(&squatted).await.unwrap();
+    assert!(still.metadata.deletion_timestamp.is_none());
+    op.stop().await;
+    delete_namespace(&client, &squatted).await;
     delete_namespace(&client, &ns).await;
 }

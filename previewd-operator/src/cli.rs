@@ -90,6 +90,14 @@ pub struct RunArgs {
     /// cert-manager ClusterIssuer for environment certificates.
     #[arg(long, env = "PREVIEWD_CERT_ISSUER", default_value = "letsencrypt")]
     pub cert_issuer: String,
+    /// Comma-separated base domains environment hosts may lie under (external-dns and
+    /// cert-manager publish only these); default: --base-domain alone.
+    #[arg(long, env = "PREVIEWD_ALLOWED_BASE_DOMAINS", default_value = "")]
+    pub allowed_base_domains: String,
+    /// Comma-separated cert-manager ClusterIssuers environments may name; default:
+    /// --cert-issuer alone.
+    #[arg(long, env = "PREVIEWD_ALLOWED_CLUSTER_ISSUERS", default_value = "")]
+    pub allowed_cluster_issuers: String,
     /// Namespace of the ingress controller (allowed through each environment's network policy).
     #[arg(
         long,

@@ -2,8 +2,11 @@
 //! `/metrics`) and subcommands (`run`, `crd`, `eval-services`).
 
 pub mod admin;
+pub mod builder;
 pub mod cli;
 pub mod run;
+
+pub use builder::OperatorBuilder;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,8 @@
-//! `previewd run`: wires the controller, the webhook server and the admin server to one
-//! cancellation token, so SIGTERM drains all three.
+//! `previewd run`: the stock operator ([`crate::OperatorBuilder`] with no plug-ins
+//! replaced), and the wiring helpers the builder uses: flags to controller settings, the
+//! Kubernetes and GitHub clients, the AI configuration, the webhook server. One
+//! cancellation token drives the controller, the webhook server and the admin server, so
+//! SIGTERM drains all three.
 
 use std::sync::Arc;
 
@@ -7,13 +10,11 @@ use anyhow::Context as _;
 use kube::Client;
 use previewd_core::{Money, Pricing};
 use previewd_kube::children::namespace::GuardSettings;
-use previewd_kube::controller::{self, Context, ControllerConfig, Readiness};
-use previewd_kube::metrics::Metrics;
+use previewd_kube::controller::ControllerConfig;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::admin::{self, AdminState};
 use crate::cli::{LogFormat, RunArgs};
 
 /// Initialises logging (`RUST_LOG` filter, default `info`).
@@ -44,6 +45,14 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
     Client::try_from(config).context("creating the Kubernetes client")
 }
 
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 /// Controller settings from flags.
 pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     let cpu: Money = args
@@ -66,6 +75,8 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
         concurrency: args.concurrency.max(1),
         base_domain: args.base_domain.clone(),
         cert_issuer: args.cert_issuer.clone(),
+        allowed_base_domains: split_list(&args.allowed_base_domains),
+        allowed_cluster_issuers: split_list(&args.allowed_cluster_issuers),
         readiness_timeout: args.readiness_timeout,
         resync_interval: args.resync_interval,
         cleanup_interval: args.cleanup_interval,
@@ -78,85 +89,10 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     })
 }
 
-/// Runs the operator until SIGTERM or SIGINT.
+/// Runs the stock operator until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
-    let config = controller_config(&args)?;
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
-    controller::preflight(&client, config.watch_namespace.as_deref())
-        .await
-        .context("PreviewEnvironment CRD is not installed or not readable; install it with `previewd crd | kubectl apply --server-side -f -`")?;
-
-    let shutdown = CancellationToken::new();
-    let signal_token = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutdown signal received; draining");
-        signal_token.cancel();
-    });
-
-    let metrics = Arc::new(Metrics::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let readiness = Readiness::default();
-    let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
-    let source_control = github_client(&args, &mut registry)?;
-    if let Some(scm) = &source_control {
-        ctx = ctx.with_reporter(Arc::new(previewd_github::reporter::GitHubReporter::new(
-            scm.clone(),
-            args.log_url_base.clone(),
-        )));
-    } else {
-        info!("no GitHub credentials configured; environments are not reported to GitHub");
-    }
-    let ai_config = ai_config(&args, &client).await?;
-    if ai_config.enabled {
-        info!(provider = ?ai_config.provider, "AI engine enabled");
-    }
-    let advisor = previewd_ai::environment::AiEnvironmentAdvisor::from_config(
-        client.clone(),
-        source_control.clone(),
-        &ai_config,
-    )
-    .context("configuring the AI engine")?;
-    let ctx = Arc::new(ctx.with_advisor(Arc::new(advisor)));
-
-    let webhook = match &args.webhook_secret {
-        Some(secret) if !secret.is_empty() => Some(
-            start_webhook(
-                &args,
-                secret,
-                client.clone(),
-                &mut registry,
-                shutdown.clone(),
-            )
-            .await?,
-        ),
-        _ => {
-            info!("no webhook secret configured; the GitHub webhook server is off");
-            None
-        }
-    };
-    let admin_state = AdminState {
-        readiness: readiness.clone(),
-        registry: Arc::new(registry),
-    };
-    let admin = tokio::spawn(admin::serve(args.admin_addr, admin_state, shutdown.clone()));
-    info!(namespace = ?args.namespace, "starting controller");
-    controller::run(ctx, readiness, shutdown.clone()).await;
-    shutdown.cancel();
-    admin
-        .await
-        .context("admin server task")?
-        .context("admin server")?;
-    if let Some(webhook) = webhook {
-        webhook
-            .await
-            .context("webhook server task")?
-            .context("webhook server")?;
-    }
-    info!("previewd stopped");
-    Ok(())
+    crate::OperatorBuilder::new(args).run().await
 }
 
 /// AI settings: the ConfigMap named by `--ai-config-map` (if any), overridden by the
@@ -221,7 +157,7 @@ pub fn github_client(
 
 /// Binds and starts the GitHub webhook server; it only records desired state
 /// (server-side applies `PreviewEnvironment`s rendered from `PreviewRepository` settings).
-async fn start_webhook(
+pub(crate) async fn start_webhook(
     args: &RunArgs,
     secret: &str,
     client: Client,
@@ -242,7 +178,7 @@ async fn start_webhook(
     Ok(tokio::spawn(serve(listener, router(state), shutdown)))
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

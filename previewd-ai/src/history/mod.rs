@@ -12,10 +12,12 @@
 //! Records are keyed by `(repo, pr, opened_at)`: a PR that is closed and reopened gets a
 //! second record. [`HistoryStore::upsert`] replaces a record with the same key.
 
+#[cfg(feature = "kube")]
 mod configmap;
 mod memory;
 mod postgres;
 
+#[cfg(feature = "kube")]
 pub use configmap::{
     CONFIGMAP_DATA_KEY, CONFIGMAP_MAX_BYTES, ConfigMapHistory, decode_history, encode_history,
 };
@@ -88,6 +90,7 @@ impl EnvironmentRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     /// The Kubernetes API failed.
+    #[cfg(feature = "kube")]
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
     /// PostgreSQL failed.
@@ -113,6 +116,7 @@ impl HistoryError {
     /// Short static category for metrics and events.
     pub fn category(&self) -> &'static str {
         match self {
+            #[cfg(feature = "kube")]
             HistoryError::Kube(_) => "kube",
             HistoryError::Postgres(_) => "postgres",
             HistoryError::Encoding(_) => "encoding",

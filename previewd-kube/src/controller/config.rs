@@ -16,6 +16,11 @@ pub struct ControllerConfig {
     pub base_domain: String,
     /// Default cert-manager ClusterIssuer.
     pub cert_issuer: String,
+    /// Base domains environments may serve under (their hosts must be subdomains of
+    /// one); empty means only `base_domain`.
+    pub allowed_base_domains: Vec<String>,
+    /// cert-manager ClusterIssuers environments may name; empty means only `cert_issuer`.
+    pub allowed_cluster_issuers: Vec<String>,
     /// How long a new head commit may take to become available before the environment fails.
     pub readiness_timeout: Duration,
     /// How often a provisioning environment is looked at while waiting for its pods.
@@ -45,6 +50,8 @@ impl Default for ControllerConfig {
             concurrency: 8,
             base_domain: "preview.example.com".into(),
             cert_issuer: "letsencrypt".into(),
+            allowed_base_domains: Vec::new(),
+            allowed_cluster_issuers: Vec::new(),
             readiness_timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
@@ -55,6 +62,37 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             advice_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// The base domains hosts may lie under (lower-cased, without surrounding dots).
+    pub fn allowed_base_domains(&self) -> Vec<&str> {
+        let domains: Vec<&str> = if self.allowed_base_domains.is_empty() {
+            vec![self.base_domain.as_str()]
+        } else {
+            self.allowed_base_domains
+                .iter()
+                .map(String::as_str)
+                .collect()
+        };
+        domains
+            .into_iter()
+            .map(|d| d.trim().trim_matches('.'))
+            .filter(|d| !d.is_empty())
+            .collect()
+    }
+
+    /// The ClusterIssuers environments may name.
+    pub fn allowed_cluster_issuers(&self) -> Vec<&str> {
+        if self.allowed_cluster_issuers.is_empty() {
+            vec![self.cert_issuer.as_str()]
+        } else {
+            self.allowed_cluster_issuers
+                .iter()
+                .map(String::as_str)
+                .collect()
         }
     }
 }

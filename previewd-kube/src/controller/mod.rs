@@ -1,28 +1,33 @@
 //! The `PreviewEnvironment` controller: drives each environment through its phases.
 //!
-//! Every reconcile reads the environment and its children, applies what differs with
-//! server-side apply (one field manager, forced), derives the next phase from
-//! `previewd-core`, writes the status only when it changed, and requeues at the earliest
-//! of: expiry, the next readiness poll, the periodic resync.
+//! Every reconcile is observe → plan → execute: [`observe`] reads the environment's
+//! namespace and children from watch caches ([`caches`]), [`crate::plan::plan`] decides
+//! (pure), [`execute`] applies what differs with server-side apply (one field manager,
+//! forced), prunes, writes the status only when it changed, publishes Events and
+//! reports. A change or deletion of any child wakes its environment through the watches;
+//! the periodic resync (`resync_interval`) is a safety net. A child edited by hand is put
+//! back when its desired-state hash annotation changes or disappears, and, for
+//! Deployments, StatefulSets and DaemonSets, when its replicas, images or environment
+//! differ from the desired ones (seen by the watch within seconds). Edits of other
+//! fields are overwritten at the next apply of that object.
 
-mod cleanup;
+pub mod caches;
 mod config;
+mod execute;
 mod observe;
-mod reconcile;
 pub mod status;
 mod sweep;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use previewd_core::{Clock, SystemClock};
@@ -33,11 +38,12 @@ pub use config::ControllerConfig;
 pub use sweep::{SweepReport, sweep_once};
 
 use crate::advice::{EnvironmentAdvisor, NoAdvice};
-use crate::children::LABEL_ENV_NAMESPACE;
-use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
+use crate::crd::PreviewEnvironment;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::report::{EnvironmentReporter, NoopReporter};
+use crate::strategy::{CatalogueStrategy, DeployStrategy, Stage};
+use caches::{CacheWriters, Caches, Triggers};
 
 /// Shared state of the controller.
 pub struct Context {
@@ -55,6 +61,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Advises which services to deploy and records AI decisions.
     pub advisor: Arc<dyn EnvironmentAdvisor>,
+    /// How applications are deployed.
+    pub strategy: Arc<dyn DeployStrategy>,
+    /// What happens after Ready, in order.
+    pub stages: Vec<Arc<dyn Stage>>,
+    /// The watch caches the planner reads (filled once [`run`] starts).
+    pub caches: Caches,
+    writers: Mutex<Option<CacheWriters>>,
+    /// The controller's cache of environments (set by [`run`]).
+    pub environments: OnceLock<Store<PreviewEnvironment>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -68,6 +83,8 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok(),
             },
         );
+        let strategy: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
+        let (caches, writers) = Caches::new(&crate::plan::watched_kinds(strategy.as_ref(), &[]));
         Context {
             client,
             config,
@@ -76,8 +93,36 @@ impl Context {
             reporter: Arc::new(NoopReporter),
             metrics: Arc::new(Metrics::default()),
             advisor: Arc::new(NoAdvice),
+            strategy,
+            stages: Vec::new(),
+            caches,
+            writers: Mutex::new(Some(writers)),
+            environments: OnceLock::new(),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Replaces the deploy strategy (before [`run`]).
+    pub fn with_strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
+        self.strategy = strategy;
+        self.rebuild_caches();
+        self
+    }
+
+    /// Adds a stage that runs after Ready, after those added before (before [`run`]).
+    pub fn with_stage(mut self, stage: Arc<dyn Stage>) -> Self {
+        self.stages.push(stage);
+        self.rebuild_caches();
+        self
+    }
+
+    fn rebuild_caches(&mut self) {
+        let (caches, writers) = Caches::new(&crate::plan::watched_kinds(
+            self.strategy.as_ref(),
+            &self.stages,
+        ));
+        self.caches = caches;
+        self.writers = Mutex::new(Some(writers));
     }
 
     /// Replaces the clock.
@@ -181,15 +226,34 @@ pub async fn reconcile(env: Arc<PreviewEnvironment>, ctx: Arc<Context>) -> Resul
     drop(_entered);
     let result = {
         use tracing::Instrument;
-        reconcile::reconcile(env.clone(), ctx.clone())
-            .instrument(span)
-            .await
+        observe_plan_execute(&env, &ctx).instrument(span).await
     };
     ctx.metrics.observe(started.elapsed());
     if result.is_ok() {
         ctx.reset_backoff(&backoff_key(&env));
     }
     result
+}
+
+async fn observe_plan_execute(env: &PreviewEnvironment, ctx: &Context) -> Result<Action, Error> {
+    let observed = observe::observe(env, ctx).await;
+    let plan = crate::plan::plan(&crate::plan::PlanInput {
+        env,
+        observed: &observed,
+        now: ctx.clock.now(),
+        config: &ctx.config,
+        strategy: ctx.strategy.as_ref(),
+        stages: &ctx.stages,
+    });
+    tracing::debug!(
+        env = %env.name_any(),
+        apply = plan.apply.len(),
+        delete = plan.delete.len(),
+        phase = ?plan.status.phase,
+        requeue = ?plan.requeue_after,
+        "planned"
+    );
+    execute::execute(env, plan, ctx).await
 }
 
 /// Decides when to retry after a failed reconcile: exponential backoff per object, and a
@@ -245,7 +309,7 @@ pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), E
         })
 }
 
-/// Runs the controller and the cleanup sweep until `shutdown` is cancelled.
+/// Runs the controller, its watches and the cleanup sweep until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let config = &ctx.config;
@@ -253,32 +317,50 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    let child_selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
-    let watch_namespace = config.watch_namespace.clone();
+    let (sender, triggers) = futures::channel::mpsc::unbounded();
+    let writers = ctx.writers.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let watch_tasks = match writers {
+        Some(writers) => writers.start(
+            &client,
+            Triggers {
+                sender,
+                watch_namespace: config.watch_namespace.clone(),
+            },
+            shutdown.clone(),
+        ),
+        None => {
+            warn!("the controller's caches are already running; not starting them twice");
+            Vec::new()
+        }
+    };
+
+    // The planner must not see half-filled caches: a child missing from a cache that has
+    // not finished its first list would be applied again for nothing.
+    tokio::select! {
+        ready = ctx.caches.wait_until_ready() => {
+            if !ready {
+                warn!("the controller's caches stopped before they synced");
+                return;
+            }
+        }
+        _ = shutdown.cancelled() => {
+            for task in watch_tasks {
+                task.abort();
+            }
+            return;
+        }
+    }
 
     let controller = Controller::new(envs, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let _ = ctx.environments.set(store.clone());
     let controller = controller
-        .watches(
-            deployments,
-            watcher::Config::default().labels(&child_selector),
-            move |d: Deployment| {
-                let labels = d.labels();
-                let env = labels.get(LABEL_ENV)?;
-                let env_ns = labels.get(LABEL_ENV_NAMESPACE)?;
-                if let Some(watched) = &watch_namespace
-                    && watched != env_ns
-                {
-                    return None;
-                }
-                Some(ObjectRef::<PreviewEnvironment>::new(env).within(env_ns))
-            },
-        )
+        .reconcile_on(triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
     let ready_store = store.clone();
+    let caches = ctx.caches.clone();
     let readiness_task = {
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
@@ -288,14 +370,16 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
             // at once.
             loop {
                 tokio::select! {
-                    r = tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready()) => {
+                    r = tokio::time::timeout(Duration::from_millis(250), async {
+                        ready_store.wait_until_ready().await.is_ok() && caches.wait_until_ready().await
+                    }) => {
                         match r {
-                            Ok(Ok(())) => {
+                            Ok(true) => {
                                 readiness.set();
                                 info!("controller caches synced");
                                 return;
                             }
-                            Ok(Err(_)) => return,
+                            Ok(false) => return,
                             Err(_) => continue,
                         }
                     }
@@ -328,5 +412,8 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         .await;
     readiness_task.abort();
     let _ = sweeper.await;
+    for task in watch_tasks {
+        task.abort();
+    }
     info!("controller stopped");
 }

@@ -1,179 +1,184 @@
-//! Reading the health of an environment's services from Deployments and Pods.
+//! Observe: everything the planner needs, read from the watch caches (and the advisor,
+//! once per head commit). Makes no decisions and writes nothing.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+use std::collections::BTreeMap;
 
-use crate::crd::LABEL_SERVICE;
-use crate::error::{Error, KubeContext};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 
-/// Container waiting reasons that will not fix themselves without a new image or spec.
-/// They still get until the readiness deadline (an image may be pushed late by CI), but
-/// their reason is what the condition reports.
-const FAILING_WAIT_REASONS: &[&str] = &[
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "CrashLoopBackOff",
-    "RunContainerError",
-    "CreateContainerError",
-];
+use super::Context;
+use super::caches::{Caches, KindCache};
+use crate::advice::Advice;
+use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE};
+use crate::crd::{AiStatus, LABEL_ENV, PreviewEnvironment};
+use crate::plan::Observed;
+use crate::plan::host::{HostClaim, requested_host};
+use crate::plan::namespace::{self, ANNOTATION_OWNER_UID, NamespaceMeta};
+use crate::plan::object::{ChildKey, ObservedChild, fingerprint};
+use crate::strategy::NamespaceView;
 
-/// Waiting reasons that fail the environment at once: no amount of waiting helps.
-const FATAL_WAIT_REASONS: &[&str] = &["InvalidImageName", "CreateContainerConfigError"];
-
-/// What the services look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServiceHealth {
-    /// Every Deployment has its replicas updated and available.
-    Available,
-    /// Rolling out; the message names what is missing or failing so far.
-    Progressing(String),
-    /// A service cannot become available; the message names the service, the pod and why.
-    Failed(String),
-}
-
-/// True when a Deployment reports all its replicas updated and available for its latest
-/// generation.
-pub fn deployment_available(d: &Deployment) -> bool {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let Some(status) = &d.status else {
-        return false;
+/// Reads what the planner needs about `env`.
+pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed {
+    let mut observed = Observed::default();
+    let deleting = env.metadata.deletion_timestamp.is_some();
+    let names = if deleting {
+        vec![namespace::recorded_name(env).unwrap_or_else(|| namespace::primary_name(env))]
+    } else {
+        namespace::candidates(env)
     };
-    let generation_seen =
-        status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
-    generation_seen
-        && status.updated_replicas.unwrap_or(0) >= want
-        && status.available_replicas.unwrap_or(0) >= want
-        && status.replicas.unwrap_or(0) <= want
+    for name in names {
+        if let Some(ns) = ctx.caches.namespaces.get(&ObjectRef::new(&name)) {
+            observed
+                .namespaces
+                .insert(name.clone(), namespace_meta(&ns));
+            observed
+                .views
+                .insert(name.clone(), namespace_view(&ctx.caches, env, &name));
+        }
+    }
+    if deleting {
+        return observed;
+    }
+    let head = env.spec.head_sha.as_str();
+    let advised = env.status.as_ref().and_then(|s| s.advised_sha.as_deref());
+    if advised != Some(head) {
+        observed.advice = Some(
+            tokio::time::timeout(
+                ctx.config.advice_timeout,
+                ctx.advisor.advise(&crate::advice::view_of(env)),
+            )
+            .await
+            .unwrap_or_else(|_| Advice {
+                services: None,
+                status: AiStatus {
+                    source: Some("fallback".into()),
+                    reason: Some("advisor timed out; deploying every service".into()),
+                    ..Default::default()
+                },
+            }),
+        );
+    }
+    if env.spec.ingress.as_ref().is_some_and(|i| i.enabled)
+        && let Some(envs) = ctx.environments.get()
+    {
+        observed.host_claims = host_claims(&envs.state(), ctx);
+    }
+    observed
 }
 
-/// Reads Deployment conditions and, for unavailable services, their Pods.
-pub async fn observe_services(
-    client: &Client,
-    namespace: &str,
-    deployments: &[Deployment],
-) -> Result<ServiceHealth, Error> {
-    let mut waiting = Vec::new();
-    for d in deployments {
-        if deployment_available(d) {
+/// Hosts claimed by every environment in the cache (the planner skips its own).
+fn host_claims(
+    envs: &[std::sync::Arc<PreviewEnvironment>],
+    ctx: &Context,
+) -> BTreeMap<String, Vec<HostClaim>> {
+    let mut claims: BTreeMap<String, Vec<HostClaim>> = BTreeMap::new();
+    for other in envs {
+        if other.meta().deletion_timestamp.is_some()
+            || !other.spec.ingress.as_ref().is_some_and(|i| i.enabled)
+        {
             continue;
         }
-        let name = d.name_any();
-        // Quota rejections and other create failures show on the Deployment.
-        if let Some(cond) = d
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
-            })
-        {
-            return Ok(ServiceHealth::Failed(format!(
-                "service {name}: {}: {}",
-                cond.reason.as_deref().unwrap_or("ReplicaFailure"),
-                cond.message.as_deref().unwrap_or("pods cannot be created")
-            )));
-        }
-        if let Some(cond) = d
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.type_ == "Progressing" && c.status == "False")
-            })
-        {
-            return Ok(ServiceHealth::Failed(format!(
-                "service {name}: {}: {}",
-                cond.reason.as_deref().unwrap_or("ProgressDeadlineExceeded"),
-                cond.message.as_deref().unwrap_or("rollout stopped")
-            )));
-        }
-        match pod_problem(client, namespace, &name).await? {
-            Some(PodProblem {
-                fatal: true,
-                message,
-            }) => {
-                return Ok(ServiceHealth::Failed(format!("service {name}: {message}")));
-            }
-            Some(PodProblem {
-                fatal: false,
-                message,
-            }) => {
-                waiting.push(format!("service {name}: {message}"));
-            }
-            None => waiting.push(format!("service {name}: waiting for available replicas")),
-        }
+        let host = requested_host(other, &ctx.config);
+        claims.entry(host).or_default().push(HostClaim {
+            environment: format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            ),
+            recorded: other
+                .status
+                .as_ref()
+                .and_then(|s| s.host.as_ref())
+                .is_some(),
+            created: other
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(jiff::Timestamp::MAX),
+        });
     }
-    if waiting.is_empty() {
-        Ok(ServiceHealth::Available)
-    } else {
-        Ok(ServiceHealth::Progressing(waiting.join("; ")))
+    claims
+}
+
+fn namespace_meta(ns: &PartialObjectMeta<Namespace>) -> NamespaceMeta {
+    NamespaceMeta {
+        labels: ns.labels().clone(),
+        owner_uid: ns.annotations().get(ANNOTATION_OWNER_UID).cloned(),
+        deleting: ns.meta().deletion_timestamp.is_some(),
+        applied_hash: ns.annotations().get(ANNOTATION_APPLIED_HASH).cloned(),
     }
 }
 
-struct PodProblem {
-    fatal: bool,
-    message: String,
+fn belongs<K: Resource>(obj: &K, env: &PreviewEnvironment, namespace: &str) -> bool {
+    let labels = obj.labels();
+    obj.meta().namespace.as_deref() == Some(namespace)
+        && labels.get(LABEL_ENV).map(String::as_str) == Some(env.name_any().as_str())
+        && labels.get(LABEL_ENV_NAMESPACE) == env.namespace().as_ref()
 }
 
-async fn pod_problem(
-    client: &Client,
+fn child<K: Resource>(obj: &K, fingerprint: Option<String>) -> ObservedChild {
+    ObservedChild {
+        applied_hash: obj.annotations().get(ANNOTATION_APPLIED_HASH).cloned(),
+        deleting: obj.meta().deletion_timestamp.is_some(),
+        fingerprint,
+    }
+}
+
+/// What the caches hold for `env` in `namespace`.
+pub(crate) fn namespace_view(
+    caches: &Caches,
+    env: &PreviewEnvironment,
     namespace: &str,
-    service: &str,
-) -> Result<Option<PodProblem>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let lp = ListParams::default().labels(&format!("{LABEL_SERVICE}={service}"));
-    let list = pods
-        .list(&lp)
-        .await
-        .context(|| format!("list Pods of {namespace}/{service}"))?;
-    let mut best: Option<PodProblem> = None;
-    for pod in list.items {
-        let pod_name = pod.name_any();
-        let Some(status) = &pod.status else { continue };
-        for cs in status.container_statuses.iter().flatten() {
-            if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-                let reason = waiting.reason.clone().unwrap_or_default();
-                let detail = waiting.message.clone().unwrap_or_default();
-                let fatal = FATAL_WAIT_REASONS.contains(&reason.as_str());
-                if fatal || FAILING_WAIT_REASONS.contains(&reason.as_str()) {
-                    let message = format!("pod {pod_name}: {reason}: {detail}")
-                        .trim_end_matches(": ")
-                        .to_string();
-                    return Ok(Some(PodProblem { fatal, message }));
+) -> NamespaceView {
+    let mut view = NamespaceView::default();
+    for d in caches.deployments.state() {
+        if !belongs(d.as_ref(), env, namespace) {
+            continue;
+        }
+        let fp = serde_json::to_value(d.as_ref())
+            .ok()
+            .and_then(|v| fingerprint("Deployment", &v));
+        view.children.insert(
+            ChildKey::of::<k8s_openapi::api::apps::v1::Deployment>(&d.name_any()),
+            child(d.as_ref(), fp),
+        );
+        view.deployments.push(d);
+    }
+    view.pods = caches
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| belongs(p.as_ref(), env, namespace))
+        .collect();
+    for (resource, cache) in caches.kinds.values() {
+        let key = |name: String| ChildKey {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+            name,
+        };
+        match cache {
+            KindCache::Metadata(store) => {
+                for o in store.state() {
+                    if belongs(o.as_ref(), env, namespace) {
+                        view.children
+                            .insert(key(o.name_any()), child(o.as_ref(), None));
+                    }
                 }
             }
-            if cs.restart_count >= 3 && !cs.ready {
-                best.get_or_insert(PodProblem {
-                    fatal: false,
-                    message: format!(
-                        "pod {pod_name}: container {} restarted {} times",
-                        cs.name, cs.restart_count
-                    ),
-                });
+            KindCache::Full(store) => {
+                for o in store.state() {
+                    if belongs(o.as_ref(), env, namespace) {
+                        let fp = fingerprint(&resource.kind, &o.data);
+                        let k = key(o.name_any());
+                        view.children.insert(k.clone(), child(o.as_ref(), fp));
+                        view.objects.insert(k, o);
+                    }
+                }
             }
-        }
-        for cond in status.conditions.iter().flatten() {
-            if cond.type_ == "PodScheduled" && cond.status == "False" {
-                best.get_or_insert(PodProblem {
-                    fatal: false,
-                    message: format!(
-                        "pod {pod_name}: {}: {}",
-                        cond.reason.as_deref().unwrap_or("Unschedulable"),
-                        cond.message.as_deref().unwrap_or("")
-                    ),
-                });
-            }
-        }
-        if best.is_none() && status.phase.as_deref() == Some("Pending") {
-            best = Some(PodProblem {
-                fatal: false,
-                message: format!("pod {pod_name}: Pending"),
-            });
         }
     }
-    Ok(best)
+    view
 }

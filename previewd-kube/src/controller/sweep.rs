@@ -1,5 +1,9 @@
 //! The safety-net sweep: deletes environments whose expiry passed while nothing requeued
-//! them (a restart), and namespaces labelled as ours whose environment is gone.
+//! them (a restart), and namespaces previewd created whose environment is gone.
+//!
+//! A namespace is deleted only when it has previewd's name prefix and labels *and* an
+//! ownership marker (`previewd.io/owner-uid`) naming an environment that no longer
+//! exists: labels alone prove nothing, anybody who may label a namespace can set them.
 
 use std::sync::Arc;
 
@@ -11,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Context;
-use super::reconcile::expiry_policy;
-use crate::children::{LABEL_ENV_NAMESPACE, delete_if_present};
-use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
+use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE, delete_if_present};
+use crate::crd::{LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
 use crate::error::{Error, KubeContext};
+use crate::plan::expiry;
+use crate::plan::namespace::{ANNOTATION_OWNER_UID, NamespaceMeta, is_orphan};
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -57,18 +62,7 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
         if env.meta().deletion_timestamp.is_some() {
             continue;
         }
-        let created = env
-            .status
-            .as_ref()
-            .and_then(|s| s.created_at.as_ref())
-            .or(env.metadata.creation_timestamp.as_ref())
-            .map(|t| t.0);
-        let Some(created) = created else { continue };
-        let last_activity = env
-            .annotations()
-            .get(crate::crd::ANNOTATION_LAST_ACTIVITY)
-            .and_then(|v| v.parse().ok());
-        if expiry_policy(env).is_expired(now, created, last_activity) {
+        if expiry::is_expired(env, now) {
             let ns = env.namespace().unwrap_or_default();
             let api: Api<PreviewEnvironment> = Api::namespaced(ctx.client.clone(), &ns);
             if delete_if_present(&api, &env.name_any(), &DeleteParams::default()).await? {
@@ -84,6 +78,8 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
             }
         }
     }
+    let live_uids: std::collections::BTreeSet<String> =
+        all.items.iter().filter_map(|e| e.uid()).collect();
 
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
@@ -96,9 +92,7 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
             continue;
         }
         let labels = ns.labels();
-        let (Some(env_name), Some(env_ns)) =
-            (labels.get(LABEL_ENV), labels.get(LABEL_ENV_NAMESPACE))
-        else {
+        let Some(env_ns) = labels.get(LABEL_ENV_NAMESPACE) else {
             continue;
         };
         if let Some(watched) = &ctx.config.watch_namespace
@@ -106,14 +100,15 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
         {
             continue;
         }
-        let api: Api<PreviewEnvironment> = Api::namespaced(ctx.client.clone(), env_ns);
-        let exists = api
-            .get_opt(env_name)
-            .await
-            .context(|| format!("get {env_ns}/{env_name}"))?;
-        if exists.is_none() {
-            let name = ns.name_any();
-            info!(namespace = %name, env = %format!("{env_ns}/{env_name}"), "deleting orphan namespace");
+        let name = ns.name_any();
+        let meta = NamespaceMeta {
+            labels: labels.clone(),
+            owner_uid: ns.annotations().get(ANNOTATION_OWNER_UID).cloned(),
+            deleting: false,
+            applied_hash: ns.annotations().get(ANNOTATION_APPLIED_HASH).cloned(),
+        };
+        if is_orphan(&name, &meta, &live_uids) {
+            info!(namespace = %name, owner = ?meta.owner_uid, "deleting orphan namespace");
             if delete_if_present(&namespaces, &name, &DeleteParams::background()).await? {
                 ctx.metrics.orphans_swept.inc();
                 report.orphans.push(name);

@@ -359,6 +359,9 @@ pub struct PreviewEnvironmentStatus {
     /// Namespace holding the environment's workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Public host of the environment, once chosen (unique across environments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Head commit currently deployed.
     #[serde(
         default,
@@ -457,29 +460,8 @@ pub struct CostBreakdown {
     pub network: Money,
 }
 
-/// What the AI engine decided.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AiStatus {
-    /// Services detected as affected by the change.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services_detected: Vec<String>,
-    /// Confidence of the detection, 0..1, as a decimal string (e.g. `0.97`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<String>,
-    /// `deterministic`, `model` or `fallback`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Why the deterministic answer was used, when the model failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Predicted lifespan.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predicted_ttl: Option<Ttl>,
-    /// Recommended tier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recommended_tier: Option<Tier>,
-}
+/// What the AI engine decided (defined in `previewd-core`).
+pub use previewd_core::environment::AiStatus;
 
 /// Condition types written by the controller.
 pub mod condition {

@@ -1,0 +1,324 @@
+//! The watch caches the planner reads, and the triggers that wake an environment when
+//! one of its children changes or disappears.
+//!
+//! One watch per kind, shared by the cache and the trigger:
+//! - Namespaces: metadata only, every namespace (a foreign namespace with a preview's
+//!   name must be seen to be avoided);
+//! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`: whole objects
+//!   (readiness), without managed fields; Pods keep only labels and status;
+//! - every other kind the planner, the strategy and the stages create: metadata only,
+//!   or whole objects where a plug-in judges health from them.
+//!
+//! Every applied or deleted object is mapped through its `previewd.io/env` and
+//! `previewd.io/env-namespace` labels to its environment, which is reconciled. After a
+//! re-list (a watch expired or the connection dropped) every environment whose objects
+//! were in the cache before or after is reconciled, since deletions during the gap are
+//! not reported one by one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::core::ApiResource;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::children::LABEL_ENV_NAMESPACE;
+use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
+use crate::strategy::WatchedKind;
+
+/// Caches of one dynamic kind.
+#[derive(Clone)]
+pub enum KindCache {
+    /// Metadata only.
+    Metadata(Store<PartialObjectMeta<DynamicObject>>),
+    /// Whole objects.
+    Full(Store<DynamicObject>),
+}
+
+/// The read side of every watch.
+#[derive(Clone)]
+pub struct Caches {
+    /// Every namespace's metadata.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// previewd's Deployments.
+    pub deployments: Store<Deployment>,
+    /// previewd's Pods (labels and status).
+    pub pods: Store<Pod>,
+    /// Other child kinds, by `apiVersion/kind`.
+    pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
+}
+
+enum KindWriter {
+    Metadata(Writer<PartialObjectMeta<DynamicObject>>),
+    Full(Writer<DynamicObject>),
+}
+
+/// The write side, taken once by [`Caches::start`].
+pub struct CacheWriters {
+    namespaces: Writer<PartialObjectMeta<Namespace>>,
+    deployments: Writer<Deployment>,
+    pods: Writer<Pod>,
+    kinds: Vec<(ApiResource, KindWriter)>,
+}
+
+/// Key of a dynamic kind in [`Caches::kinds`].
+pub fn kind_key(api_version: &str, kind: &str) -> String {
+    format!("{api_version}/{kind}")
+}
+
+impl Caches {
+    /// Empty caches for the given extra kinds, and their writers.
+    pub fn new(kinds: &[WatchedKind]) -> (Caches, CacheWriters) {
+        let namespaces = Writer::default();
+        let deployments = Writer::default();
+        let pods = Writer::default();
+        let mut readers = BTreeMap::new();
+        let mut writers = Vec::new();
+        for k in kinds {
+            let key = kind_key(&k.resource.api_version, &k.resource.kind);
+            if k.full {
+                let w: Writer<DynamicObject> = Writer::new(k.resource.clone());
+                readers.insert(key, (k.resource.clone(), KindCache::Full(w.as_reader())));
+                writers.push((k.resource.clone(), KindWriter::Full(w)));
+            } else {
+                let w: Writer<PartialObjectMeta<DynamicObject>> = Writer::new(k.resource.clone());
+                readers.insert(
+                    key,
+                    (k.resource.clone(), KindCache::Metadata(w.as_reader())),
+                );
+                writers.push((k.resource.clone(), KindWriter::Metadata(w)));
+            }
+        }
+        (
+            Caches {
+                namespaces: namespaces.as_reader(),
+                deployments: deployments.as_reader(),
+                pods: pods.as_reader(),
+                kinds: readers,
+            },
+            CacheWriters {
+                namespaces,
+                deployments,
+                pods,
+                kinds: writers,
+            },
+        )
+    }
+
+    /// True once every cache has completed its first list.
+    pub async fn wait_until_ready(&self) -> bool {
+        if self.namespaces.wait_until_ready().await.is_err()
+            || self.deployments.wait_until_ready().await.is_err()
+            || self.pods.wait_until_ready().await.is_err()
+        {
+            return false;
+        }
+        for (_, cache) in self.kinds.values() {
+            let ok = match cache {
+                KindCache::Metadata(s) => s.wait_until_ready().await.is_ok(),
+                KindCache::Full(s) => s.wait_until_ready().await.is_ok(),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Objects held in all caches (for the memory figures).
+    pub fn len(&self) -> usize {
+        self.namespaces.state().len()
+            + self.deployments.state().len()
+            + self.pods.state().len()
+            + self
+                .kinds
+                .values()
+                .map(|(_, c)| match c {
+                    KindCache::Metadata(s) => s.state().len(),
+                    KindCache::Full(s) => s.state().len(),
+                })
+                .sum::<usize>()
+    }
+
+    /// Whether the caches hold nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where triggers go, and which environments they may name.
+#[derive(Clone)]
+pub struct Triggers {
+    /// Environments to reconcile.
+    pub sender: UnboundedSender<ObjectRef<PreviewEnvironment>>,
+    /// Only environments in this namespace, when set.
+    pub watch_namespace: Option<String>,
+}
+
+impl Triggers {
+    fn send_for<K: Resource>(&self, obj: &K) {
+        let labels = obj.labels();
+        let (Some(env), Some(env_ns)) = (labels.get(LABEL_ENV), labels.get(LABEL_ENV_NAMESPACE))
+        else {
+            return;
+        };
+        if let Some(watched) = &self.watch_namespace
+            && watched != env_ns
+        {
+            return;
+        }
+        let _ = self
+            .sender
+            .unbounded_send(ObjectRef::<PreviewEnvironment>::new(env).within(env_ns));
+    }
+}
+
+/// Label selector of the child watches.
+fn child_selector(watch_namespace: Option<&str>) -> String {
+    match watch_namespace {
+        Some(ns) => format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENV_NAMESPACE}={ns}"),
+        None => format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+    }
+}
+
+impl CacheWriters {
+    /// Starts every watch; each runs until `shutdown`.
+    pub fn start(
+        self,
+        client: &Client,
+        triggers: Triggers,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let selector = child_selector(triggers.watch_namespace.as_deref());
+        let children = watcher::Config::default().labels(&selector).any_semantic();
+        let mut tasks = Vec::new();
+        tasks.push(spawn_watch(
+            "Namespace".into(),
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            self.namespaces,
+            triggers.clone(),
+            strip_meta,
+            shutdown.clone(),
+        ));
+        tasks.push(spawn_watch(
+            "Deployment".into(),
+            Api::<Deployment>::all(client.clone()),
+            children.clone(),
+            self.deployments,
+            triggers.clone(),
+            |d: &mut Deployment| d.metadata.managed_fields = None,
+            shutdown.clone(),
+        ));
+        tasks.push(spawn_watch(
+            "Pod".into(),
+            Api::<Pod>::all(client.clone()),
+            children.clone(),
+            self.pods,
+            triggers.clone(),
+            |p: &mut Pod| {
+                p.metadata.managed_fields = None;
+                p.metadata.annotations = None;
+                p.metadata.owner_references = None;
+                p.spec = None;
+            },
+            shutdown.clone(),
+        ));
+        for (resource, writer) in self.kinds {
+            match writer {
+                KindWriter::Metadata(w) => tasks.push(spawn_watch(
+                    resource.kind.clone(),
+                    Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource),
+                    children.clone(),
+                    w,
+                    triggers.clone(),
+                    strip_meta,
+                    shutdown.clone(),
+                )),
+                KindWriter::Full(w) => tasks.push(spawn_watch(
+                    resource.kind.clone(),
+                    Api::<DynamicObject>::all_with(client.clone(), &resource),
+                    children.clone(),
+                    w,
+                    triggers.clone(),
+                    |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                    shutdown.clone(),
+                )),
+            }
+        }
+        tasks
+    }
+}
+
+fn strip_meta<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+fn spawn_watch<K>(
+    kind: String,
+    api: Api<K>,
+    config: watcher::Config,
+    mut writer: Writer<K>,
+    triggers: Triggers,
+    strip: fn(&mut K),
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    let reader = writer.as_reader();
+    let seen_lists = Arc::new(Mutex::new(0u64));
+    tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff();
+        futures::pin_mut!(stream);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = stream.next() => next,
+            };
+            let Some(event) = next else { return };
+            let mut event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    warn!(kind, error = %e, "watch error; retrying with backoff");
+                    continue;
+                }
+            };
+            match &mut event {
+                Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => strip(o),
+                Event::Init | Event::InitDone => {}
+            }
+            match &event {
+                Event::Apply(o) | Event::Delete(o) => {
+                    writer.apply_watcher_event(&event);
+                    triggers.send_for(o);
+                }
+                Event::InitDone => {
+                    let before = reader.state();
+                    writer.apply_watcher_event(&event);
+                    let mut lists = seen_lists.lock().unwrap_or_else(|p| p.into_inner());
+                    *lists += 1;
+                    // After a re-list, wake every environment the cache knew before or
+                    // knows now: deletions during the gap are not reported one by one.
+                    if *lists > 1 {
+                        for o in before.iter().chain(reader.state().iter()) {
+                            triggers.send_for(o.as_ref());
+                        }
+                    }
+                }
+                Event::Init | Event::InitApply(_) => writer.apply_watcher_event(&event),
+            }
+        }
+    })
+}

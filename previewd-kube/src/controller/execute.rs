@@ -1,0 +1,227 @@
+//! Execute: carries out a [`Plan`]. Generic server-side apply (one field manager,
+//! `previewd`, forced) of dynamic objects, deletes where a 404 counts as done, the status
+//! written only when it changed, Events, the report, the finalizer. Makes no decisions.
+
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use serde_json::json;
+
+use super::Context;
+use crate::crd::{FIELD_MANAGER, FINALIZER, PreviewEnvironment, PreviewEnvironmentStatus};
+use crate::error::{Error, KubeContext};
+use crate::plan::object::{ChildRef, DesiredObject};
+use crate::plan::{FinalizerAction, Plan, Report};
+
+/// Carries out `plan` for `env`.
+pub(crate) async fn execute(
+    env: &PreviewEnvironment,
+    plan: Plan,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    if plan.finalizer == FinalizerAction::Add {
+        add_finalizer(env, ctx).await?;
+    }
+    if plan.delete_environment {
+        ctx.metrics.expired.inc();
+        publish_all(env, &plan, ctx).await;
+        let api = ctx.env_api(env)?;
+        match api.delete(&env.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("delete expired environment {}", env.name_any()),
+                    source,
+                });
+            }
+        }
+        return Ok(requeue(&plan));
+    }
+    for object in &plan.apply {
+        apply(ctx, object).await?;
+    }
+    for child in &plan.delete {
+        delete(ctx, child).await?;
+    }
+    let old = env.status.clone().unwrap_or_default();
+    let mut resource_version = env.resource_version();
+    match write_status(env, ctx, &old, &plan.status).await {
+        Ok(Some(rv)) => resource_version = Some(rv),
+        Ok(None) => {}
+        // The environment is gone while tearing down: nothing left to do.
+        Err(Error::Kube {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.is_not_found() && plan.finalizer == FinalizerAction::Release => {
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    }
+    if let Some(phase) = plan.entered {
+        ctx.metrics
+            .transitions
+            .get_or_create(&crate::metrics::PhaseLabels {
+                phase: phase.to_string(),
+            })
+            .inc();
+    }
+    if plan.finalizer == FinalizerAction::Release {
+        remove_finalizer(env, ctx, resource_version).await?;
+    }
+    publish_all(env, &plan, ctx).await;
+    if let Some(report) = plan.report {
+        let mut reported = env.clone();
+        reported.status = Some(plan.status.clone());
+        let reported = crate::advice::view_of(&reported);
+        match report {
+            Report::Changed => ctx.reporter.environment_changed(&reported).await,
+            Report::Deleted => {
+                ctx.reporter.environment_deleted(&reported).await;
+                ctx.advisor.environment_deleted(&reported).await;
+            }
+        }
+    }
+    Ok(requeue(&plan))
+}
+
+fn requeue(plan: &Plan) -> Action {
+    match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}
+
+async fn publish_all(env: &PreviewEnvironment, plan: &Plan, ctx: &Context) {
+    for event in &plan.events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.publish(env, type_, &event.reason, event.note.clone())
+            .await;
+    }
+}
+
+fn api_for(
+    ctx: &Context,
+    resource: &kube::core::ApiResource,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, resource),
+        None => Api::all_with(ctx.client.clone(), resource),
+    }
+}
+
+/// Server-side applies one object.
+pub(crate) async fn apply(ctx: &Context, object: &DesiredObject) -> Result<(), Error> {
+    let api = api_for(ctx, &object.resource, object.namespace.as_deref());
+    api.patch(
+        &object.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object.object),
+    )
+    .await
+    .context(|| format!("apply {} {}", object.resource.kind, object.name))?;
+    Ok(())
+}
+
+/// Deletes one object in the background; already gone counts as done.
+pub(crate) async fn delete(ctx: &Context, child: &ChildRef) -> Result<(), Error> {
+    let api = api_for(ctx, &child.resource, child.namespace.as_deref());
+    match api.delete(&child.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("delete {} {}", child.resource.kind, child.name),
+            source,
+        }),
+    }
+}
+
+async fn add_finalizer(env: &PreviewEnvironment, ctx: &Context) -> Result<(), Error> {
+    let api = ctx.env_api(env)?;
+    let mut finalizers = env.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    // A merge patch carrying the resourceVersion fails with a conflict instead of
+    // overwriting a concurrent change of the finalizer list.
+    let patch = json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": env.resource_version()}
+    });
+    api.patch(
+        &env.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .context(|| format!("add finalizer to {}", env.name_any()))?;
+    Ok(())
+}
+
+/// Removes our finalizer. The merge patch carries the resourceVersion last seen, so a
+/// concurrent change of the finalizer list fails with a conflict (and is retried) instead
+/// of being overwritten.
+async fn remove_finalizer(
+    env: &PreviewEnvironment,
+    ctx: &Context,
+    resource_version: Option<String>,
+) -> Result<(), Error> {
+    if !env.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let finalizers: Vec<&String> = env
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let api = ctx.env_api(env)?;
+    let patch = json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": resource_version}
+    });
+    match api
+        .patch(
+            &env.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("remove finalizer from {}", env.name_any()),
+            source,
+        }),
+    }
+}
+
+/// Writes the status with server-side apply, only when it differs from the live one.
+/// Returns the new resourceVersion when it wrote.
+pub(crate) async fn write_status(
+    env: &PreviewEnvironment,
+    ctx: &Context,
+    old: &PreviewEnvironmentStatus,
+    new: &PreviewEnvironmentStatus,
+) -> Result<Option<String>, Error> {
+    if old == new {
+        return Ok(None);
+    }
+    let api = ctx.env_api(env)?;
+    let patch = json!({
+        "apiVersion": "previewd.io/v1alpha1",
+        "kind": "PreviewEnvironment",
+        "status": new,
+    });
+    let written = api
+        .patch_status(
+            &env.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .context(|| format!("write status of {}", env.name_any()))?;
+    Ok(Some(written.resource_version().unwrap_or_default()))
+}

@@ -1,0 +1,998 @@
+//! The planner's unit tests: every phase transition the controller can take and every
+//! failure reason, from plain values (no cluster).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use previewd_core::Phase;
+use serde_json::json;
+
+use super::host::HostClaim;
+use super::namespace::{ANNOTATION_OWNER_UID, NamespaceMeta, alternative_name, primary_name};
+use super::object::{ChildKey, DesiredObject, ObservedChild};
+use super::*;
+use crate::advice::Advice;
+use crate::controller::ControllerConfig;
+use crate::crd::{AiStatus, PreviewEnvironment, condition};
+use crate::strategy::{
+    CatalogueStrategy, DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, WatchedKind,
+};
+
+const SHA1: &str = "0123456789abcdef0123456789abcdef01234567";
+const SHA2: &str = "89abcdef0123456789abcdef0123456789abcdef";
+const UID: &str = "1f0c6a52-8d7e-4c55-9b1e-0a8c3c2f9e11";
+
+fn t0() -> jiff::Timestamp {
+    "2026-11-29T12:00:00Z".parse().unwrap()
+}
+
+fn at(secs: i64) -> jiff::Timestamp {
+    t0().checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap()
+}
+
+fn config() -> ControllerConfig {
+    ControllerConfig {
+        base_domain: "preview.test".into(),
+        readiness_timeout: Duration::from_secs(600),
+        poll_interval: Duration::from_secs(2),
+        resync_interval: Duration::from_secs(300),
+        ..ControllerConfig::default()
+    }
+}
+
+fn env_with(extra: serde_json::Value) -> PreviewEnvironment {
+    let mut spec = json!({
+        "repository": "acme/shop",
+        "prNumber": 7,
+        "branch": "feature",
+        "headSHA": SHA1,
+        "services": [
+            {"name": "api", "image": "ghcr.io/acme/api:pr-7", "port": 8080},
+            {"name": "web", "image": "ghcr.io/acme/web:pr-7", "port": 8080, "replicas": 2}
+        ],
+        "ingress": {"enabled": true}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "previewd.io/v1alpha1",
+        "kind": "PreviewEnvironment",
+        "metadata": {
+            "name": "shop-pr-7", "namespace": "team", "uid": UID, "generation": 1,
+            "creationTimestamp": t0().to_string(),
+            "finalizers": ["previewd.io/cleanup"]
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn env() -> PreviewEnvironment {
+    env_with(json!({}))
+}
+
+struct World {
+    observed: Observed,
+}
+
+impl World {
+    fn empty() -> World {
+        World {
+            observed: Observed::default(),
+        }
+    }
+
+    /// Carries out a plan the way the API server would: applied objects appear with
+    /// their hash; Deployments become available when `available`.
+    fn apply(&mut self, env: &PreviewEnvironment, plan: &Plan, available: bool) {
+        for d in &plan.apply {
+            if d.resource.kind == "Namespace" {
+                self.observed.namespaces.insert(
+                    d.name.clone(),
+                    NamespaceMeta {
+                        labels: serde_json::from_value(d.object["metadata"]["labels"].clone())
+                            .unwrap(),
+                        owner_uid: d.object["metadata"]["annotations"][ANNOTATION_OWNER_UID]
+                            .as_str()
+                            .map(str::to_string),
+                        deleting: false,
+                        applied_hash: Some(d.hash.clone()),
+                    },
+                );
+                continue;
+            }
+            let ns = d.namespace.clone().unwrap();
+            let view = self.observed.views.entry(ns).or_default();
+            view.children.insert(
+                d.key(),
+                ObservedChild {
+                    applied_hash: Some(d.hash.clone()),
+                    deleting: false,
+                    fingerprint: d.fingerprint.clone(),
+                },
+            );
+            if d.resource.kind == "Deployment" {
+                let mut dep: Deployment = serde_json::from_value(d.object.clone()).unwrap();
+                let replicas = dep.spec.as_ref().unwrap().replicas.unwrap();
+                dep.metadata.generation = Some(1);
+                let ready = if available { replicas } else { 0 };
+                dep.status = Some(
+                    serde_json::from_value(json!({
+                        "observedGeneration": 1, "replicas": replicas,
+                        "updatedReplicas": ready, "availableReplicas": ready
+                    }))
+                    .unwrap(),
+                );
+                view.deployments
+                    .retain(|x| x.metadata.name != dep.metadata.name);
+                view.deployments.push(Arc::new(dep));
+            }
+        }
+        for c in &plan.delete {
+            if c.resource.kind == "Namespace" {
+                if let Some(ns) = self.observed.namespaces.get_mut(&c.name) {
+                    ns.deleting = true;
+                }
+                continue;
+            }
+            if let Some(view) = self.observed.views.get_mut(c.namespace.as_ref().unwrap()) {
+                view.children
+                    .retain(|k, _| !(k.kind == c.resource.kind && k.name == c.name));
+                view.deployments.retain(|d| {
+                    !(c.resource.kind == "Deployment"
+                        && d.metadata.name.as_deref() == Some(&c.name))
+                });
+            }
+        }
+        let _ = env;
+    }
+
+    fn view(&mut self, ns: &str) -> &mut NamespaceView {
+        self.observed.views.entry(ns.to_string()).or_default()
+    }
+}
+
+fn run(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) -> Plan {
+    run_with(env, world, now, &CatalogueStrategy, &[])
+}
+
+fn run_with(
+    env: &PreviewEnvironment,
+    world: &World,
+    now: jiff::Timestamp,
+    strategy: &dyn DeployStrategy,
+    stages: &[Arc<dyn Stage>],
+) -> Plan {
+    let cfg = config();
+    plan(&PlanInput {
+        env,
+        observed: &world.observed,
+        now,
+        config: &cfg,
+        strategy,
+        stages,
+    })
+}
+
+/// The environment after the plan's status was written.
+fn written(env: &PreviewEnvironment, plan: &Plan) -> PreviewEnvironment {
+    let mut next = env.clone();
+    next.status = Some(plan.status.clone());
+    next
+}
+
+fn phase(plan: &Plan) -> Phase {
+    plan.status.phase.unwrap()
+}
+
+fn cond<'a>(
+    plan: &'a Plan,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    plan.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+fn kinds(objects: &[DesiredObject]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|d| format!("{}/{}", d.resource.kind, d.name))
+        .collect()
+}
+
+/// Drives a fresh environment to Ready: Pending → Provisioning → Ready.
+fn to_ready(world: &mut World) -> PreviewEnvironment {
+    let e = env();
+    let first = run(&e, world, at(1));
+    world.apply(&e, &first, true);
+    let e = written(&e, &first);
+    let second = run(&e, world, at(2));
+    assert_eq!(phase(&second), Phase::Ready, "{:?}", second.status.message);
+    world.apply(&e, &second, true);
+    written(&e, &second)
+}
+
+#[test]
+fn a_new_environment_gets_its_finalizer_namespace_first_and_provisions() {
+    let mut e = env();
+    e.metadata.finalizers = None;
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(plan.finalizer, FinalizerAction::Add);
+    assert_eq!(phase(&plan), Phase::Provisioning);
+    let applied = kinds(&plan.apply);
+    assert_eq!(applied[0], format!("Namespace/{}", primary_name(&e)));
+    for want in [
+        "ResourceQuota/previewd",
+        "LimitRange/previewd",
+        "NetworkPolicy/previewd",
+        "NetworkPolicy/previewd-allow",
+        "Ingress/preview",
+        "Deployment/api",
+        "Service/api",
+        "Deployment/web",
+        "Service/web",
+    ] {
+        assert!(
+            applied.iter().any(|a| a == want),
+            "{want} missing from {applied:?}"
+        );
+    }
+    let ns = &plan.apply[0];
+    assert_eq!(
+        ns.object["metadata"]["annotations"][ANNOTATION_OWNER_UID], UID,
+        "the namespace carries the ownership marker"
+    );
+    assert_eq!(plan.report, Some(Report::Changed));
+    assert_eq!(plan.entered, Some(Phase::Provisioning));
+    assert_eq!(plan.events[0].reason, "NamespaceReady");
+    assert!(cond(&plan, condition::NAMESPACE_READY).status == "True");
+    assert!(cond(&plan, condition::RECONCILING).status == "True");
+    assert_eq!(
+        plan.requeue_after,
+        Some(Duration::from_secs(2)),
+        "polls while provisioning"
+    );
+    assert_eq!(
+        plan.status.url.as_deref(),
+        Some("https://pr-7.preview.test/")
+    );
+    assert_eq!(plan.status.host.as_deref(), Some("pr-7.preview.test"));
+}
+
+#[test]
+fn available_services_make_it_ready_and_a_converged_environment_plans_nothing() {
+    let mut world = World::empty();
+    let e = env();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, true);
+    let e = written(&e, &first);
+    let second = run(&e, &world, at(2));
+    assert_eq!(phase(&second), Phase::Ready);
+    assert!(second.apply.is_empty(), "{:?}", kinds(&second.apply));
+    assert_eq!(second.status.ready_at, Some(Time(at(2))));
+    assert_eq!(second.events[0].reason, "ServicesAvailable");
+    assert_eq!(cond(&second, condition::READY).status, "True");
+    assert_eq!(cond(&second, condition::RECONCILING).status, "False");
+    assert_eq!(cond(&second, condition::STALLED).status, "False");
+    let e = written(&e, &second);
+    let third = run(&e, &world, at(3));
+    assert_eq!(third.status, e.status.clone().unwrap(), "no status write");
+    assert!(third.apply.is_empty() && third.delete.is_empty() && third.events.is_empty());
+    assert_eq!(third.report, None);
+    assert_eq!(third.entered, None);
+}
+
+#[test]
+fn progressing_services_keep_it_provisioning_with_what_waits() {
+    let mut world = World::empty();
+    let e = env();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, false);
+    let e = written(&e, &first);
+    let second = run(&e, &world, at(2));
+    assert_eq!(phase(&second), Phase::Provisioning);
+    assert!(
+        second
+            .status
+            .message
+            .clone()
+            .unwrap()
+            .contains("service api: waiting for available replicas")
+    );
+    assert_eq!(second.entered, None);
+}
+
+#[test]
+fn a_deleted_or_edited_child_is_put_back() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let ns = e.status.as_ref().unwrap().namespace.clone().unwrap();
+    // Deleted by hand.
+    world
+        .view(&ns)
+        .deployments
+        .retain(|d| d.metadata.name.as_deref() != Some("api"));
+    world
+        .view(&ns)
+        .children
+        .remove(&ChildKey::of::<Deployment>("api"));
+    let plan = run(&e, &world, at(10));
+    assert_eq!(kinds(&plan.apply), vec!["Deployment/api"]);
+    assert_eq!(cond(&plan, condition::SERVICES_DEPLOYED).status, "False");
+    // Scaled by hand: the fingerprint differs.
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let key = ChildKey::of::<Deployment>("web");
+    world.view(&ns).children.get_mut(&key).unwrap().fingerprint = Some("scaled".into());
+    let plan = run(&e, &world, at(10));
+    assert_eq!(kinds(&plan.apply), vec!["Deployment/web"]);
+    // A hash annotation removed by hand.
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let key = ChildKey::of::<Service>("api");
+    world.view(&ns).children.get_mut(&key).unwrap().applied_hash = None;
+    assert_eq!(kinds(&run(&e, &world, at(10)).apply), vec!["Service/api"]);
+    // The namespace's marker removed by hand.
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    world.observed.namespaces.get_mut(&ns).unwrap().applied_hash = None;
+    assert_eq!(
+        kinds(&run(&e, &world, at(10)).apply),
+        vec![format!("Namespace/{ns}")]
+    );
+}
+
+#[test]
+fn expiry_deletes_the_environment_without_touching_anything_else() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let plan = run(&e, &world, at(4 * 3600));
+    assert!(plan.delete_environment);
+    assert_eq!(plan.events[0].reason, "TTLExpired");
+    assert!(plan.apply.is_empty());
+    assert_eq!(plan.status, e.status.clone().unwrap());
+    // One second before, it requeues at the expiry time exactly (+5 ms).
+    let before = run(&e, &world, at(4 * 3600 - 1));
+    assert!(!before.delete_environment);
+    assert_eq!(before.requeue_after, Some(Duration::from_millis(1005)));
+}
+
+#[test]
+fn an_invalid_ttl_stalls_with_invalid_spec() {
+    let e = env_with(json!({"ttl": "8d", "maxLifespan": "7d"}));
+    let plan = run(&e, &World::empty(), at(1));
+    assert!(plan.apply.is_empty());
+    assert_eq!(cond(&plan, condition::STALLED).reason, "InvalidSpec");
+    assert_eq!(cond(&plan, condition::STALLED).status, "True");
+    assert_eq!(phase(&plan), Phase::Pending);
+    assert!(plan.events[0].warning);
+    // A second look changes nothing and publishes nothing again.
+    let again = run(&written(&e, &plan), &World::empty(), at(2));
+    assert!(again.events.is_empty());
+}
+
+#[test]
+fn a_foreign_namespace_is_avoided_then_refused() {
+    let e = env();
+    let mut world = World::empty();
+    // Same labels as ours, but no marker: somebody else's namespace.
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(crate::crd::LABEL_ENV.to_string(), "shop-pr-7".to_string());
+    labels.insert(
+        crate::children::LABEL_ENV_NAMESPACE.to_string(),
+        "team".to_string(),
+    );
+    labels.insert(
+        crate::crd::LABEL_MANAGED_BY.to_string(),
+        "previewd".to_string(),
+    );
+    world.observed.namespaces.insert(
+        primary_name(&e),
+        NamespaceMeta {
+            labels: labels.clone(),
+            ..NamespaceMeta::default()
+        },
+    );
+    let plan = run(&e, &world, at(1));
+    assert_eq!(
+        plan.status.namespace.as_deref(),
+        Some(alternative_name(&e).as_str())
+    );
+    assert_eq!(plan.apply[0].name, alternative_name(&e));
+    // Both taken: NamespaceConflict, nothing applied.
+    world.observed.namespaces.insert(
+        alternative_name(&e),
+        NamespaceMeta {
+            owner_uid: Some("another-uid".into()),
+            labels,
+            ..NamespaceMeta::default()
+        },
+    );
+    let plan = run(&e, &world, at(1));
+    assert!(plan.apply.is_empty());
+    assert_eq!(cond(&plan, condition::STALLED).reason, "NamespaceConflict");
+}
+
+#[test]
+fn a_namespace_from_an_earlier_release_is_adopted_only_when_recorded() {
+    let mut e = env();
+    let name = primary_name(&e);
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(crate::crd::LABEL_ENV.to_string(), "shop-pr-7".to_string());
+    labels.insert(
+        crate::children::LABEL_ENV_NAMESPACE.to_string(),
+        "team".to_string(),
+    );
+    labels.insert(
+        crate::crd::LABEL_MANAGED_BY.to_string(),
+        "previewd".to_string(),
+    );
+    let mut world = World::empty();
+    world.observed.namespaces.insert(
+        name.clone(),
+        NamespaceMeta {
+            labels,
+            ..NamespaceMeta::default()
+        },
+    );
+    e.status = Some(crate::crd::PreviewEnvironmentStatus {
+        namespace: Some(name.clone()),
+        ..Default::default()
+    });
+    let plan = run(&e, &world, at(1));
+    assert_eq!(plan.status.namespace.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        plan.apply[0].name, name,
+        "adopted, and the marker is written"
+    );
+}
+
+#[test]
+fn a_terminating_namespace_is_waited_for() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let ns = e.status.as_ref().unwrap().namespace.clone().unwrap();
+    world.observed.namespaces.get_mut(&ns).unwrap().deleting = true;
+    let plan = run(&e, &world, at(10));
+    assert!(plan.apply.is_empty() && plan.delete.is_empty());
+    assert!(
+        plan.status
+            .message
+            .clone()
+            .unwrap()
+            .contains("finish terminating")
+    );
+    assert_eq!(cond(&plan, condition::NAMESPACE_READY).status, "False");
+}
+
+#[test]
+fn failure_reasons() {
+    // ServiceFailed: a quota rejection fails at once, with the service and the cause.
+    let mut world = World::empty();
+    let e = env();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, false);
+    let ns = first.status.namespace.clone().unwrap();
+    let api = world
+        .view(&ns)
+        .deployments
+        .iter()
+        .position(|d| d.metadata.name.as_deref() == Some("api"))
+        .unwrap();
+    let mut broken = (*world.view(&ns).deployments[api]).clone();
+    broken.status.as_mut().unwrap().conditions = Some(vec![
+        serde_json::from_value(json!({
+            "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "exceeded quota: previewd"
+        }))
+        .unwrap(),
+    ]);
+    world.view(&ns).deployments[api] = Arc::new(broken);
+    let e = written(&e, &first);
+    let plan = run(&e, &world, at(2));
+    assert_eq!(phase(&plan), Phase::Failed);
+    assert_eq!(cond(&plan, condition::READY).reason, "ServiceFailed");
+    assert_eq!(cond(&plan, condition::STALLED).reason, "ServiceFailed");
+    assert_eq!(
+        cond(&plan, condition::SERVICES_DEPLOYED).reason,
+        "ServicesFailed"
+    );
+    assert!(plan.events[0].warning);
+    assert_eq!(plan.events[0].reason, "ServiceFailed");
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("service api: FailedCreate: exceeded quota")
+    );
+    // Later reconciles keep the recorded reason, even when the services recover.
+    let failed = written(&e, &plan);
+    let mut healed = World::empty();
+    let again = run(&failed, &healed, at(3));
+    healed.apply(&failed, &again, true);
+    let later = run(&failed, &healed, at(4));
+    assert_eq!(phase(&later), Phase::Failed);
+    assert_eq!(cond(&later, condition::READY).reason, "ServiceFailed");
+
+    // A fatal pod reason fails at once too.
+    let mut world = World::empty();
+    let e = env();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, false);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "api-1", "labels": {"previewd.io/service": "api"}},
+        "status": {"containerStatuses": [{"name": "api", "ready": false, "restartCount": 0,
+            "image": "x", "imageID": "",
+            "state": {"waiting": {"reason": "InvalidImageName", "message": "bad"}}}]}
+    }))
+    .unwrap();
+    world.view(&ns).pods.push(Arc::new(pod));
+    let plan = run(&written(&e, &first), &world, at(2));
+    assert_eq!(phase(&plan), Phase::Failed);
+    assert!(
+        plan.status
+            .message
+            .clone()
+            .unwrap()
+            .contains("InvalidImageName")
+    );
+
+    // ReadinessDeadlineExceeded: progressing past the deadline.
+    let mut world = World::empty();
+    let e = env();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, false);
+    let e = written(&e, &first);
+    let early = run(&e, &world, at(600));
+    assert_eq!(phase(&early), Phase::Provisioning);
+    let late = run(&e, &world, at(601));
+    assert_eq!(phase(&late), Phase::Failed);
+    assert_eq!(
+        cond(&late, condition::READY).reason,
+        "ReadinessDeadlineExceeded"
+    );
+    assert!(
+        late.status
+            .message
+            .clone()
+            .unwrap()
+            .starts_with("services not available within 10m")
+    );
+}
+
+#[test]
+fn a_new_head_commit_rolls_the_services_again() {
+    let mut world = World::empty();
+    let mut e = to_ready(&mut world);
+    e.spec.head_sha = SHA2.into();
+    let plan = run(&e, &world, at(100));
+    assert_eq!(phase(&plan), Phase::Provisioning);
+    assert_eq!(plan.entered, Some(Phase::Provisioning));
+    assert_eq!(plan.events[0].reason, "SpecChanged", "{:?}", plan.events);
+    assert_eq!(
+        plan.report,
+        Some(Report::Changed),
+        "the new commit is reported as pending"
+    );
+    assert_eq!(plan.status.provisioning_since, Some(Time(at(100))));
+    assert_eq!(plan.status.ready_at, None);
+    assert_eq!(plan.status.deployed_sha.as_deref(), Some(SHA2));
+    let applied = kinds(&plan.apply);
+    assert!(
+        applied.contains(&"Deployment/api".to_string()),
+        "{applied:?}"
+    );
+    world.apply(&e, &plan, true);
+    let e = written(&e, &plan);
+    let ready = run(&e, &world, at(101));
+    assert_eq!(phase(&ready), Phase::Ready);
+    assert_eq!(ready.status.ready_at, Some(Time(at(101))));
+
+    // A failed environment recovers through a new push.
+    let mut failed = e.clone();
+    failed.status.as_mut().unwrap().phase = Some(Phase::Failed);
+    failed.spec.head_sha = SHA1.into();
+    let plan = run(&failed, &world, at(200));
+    assert_eq!(phase(&plan), Phase::Provisioning);
+}
+
+#[test]
+fn children_no_longer_desired_are_pruned() {
+    let mut world = World::empty();
+    let mut e = to_ready(&mut world);
+    let ns = e.status.as_ref().unwrap().namespace.clone().unwrap();
+    e.spec.services.retain(|s| s.name == "api");
+    e.spec.ingress = Some(crate::crd::IngressSpec {
+        enabled: false,
+        ..Default::default()
+    });
+    e.metadata.generation = Some(2);
+    let plan = run(&e, &world, at(50));
+    let mut deleted: Vec<String> = plan
+        .delete
+        .iter()
+        .map(|c| format!("{}/{}", c.resource.kind, c.name))
+        .collect();
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        vec!["Deployment/web", "Ingress/preview", "Service/web"]
+    );
+    assert!(
+        plan.delete
+            .iter()
+            .all(|c| c.namespace.as_deref() == Some(ns.as_str()))
+    );
+    assert_eq!(plan.status.url, None);
+}
+
+#[test]
+fn affected_services_only_deploy_what_the_advice_selected() {
+    let mut e = env_with(json!({"serviceSelection": "Affected"}));
+    e.metadata.finalizers = None;
+    let mut world = World::empty();
+    world.observed.advice = Some(Advice {
+        services: Some(vec!["web".into()]),
+        status: AiStatus {
+            source: Some("deterministic".into()),
+            services_detected: vec!["web".into()],
+            ..Default::default()
+        },
+    });
+    let plan = run(&e, &world, at(1));
+    let applied = kinds(&plan.apply);
+    assert!(applied.contains(&"Deployment/web".to_string()));
+    assert!(!applied.contains(&"Deployment/api".to_string()));
+    assert_eq!(plan.status.advised_sha.as_deref(), Some(SHA1));
+    assert_eq!(plan.status.selected_services, Some(vec!["web".to_string()]));
+    assert_eq!(
+        plan.status.ai.unwrap().source.as_deref(),
+        Some("deterministic")
+    );
+}
+
+#[test]
+fn hosts_stay_under_allowed_domains_and_unique() {
+    // Not under the allowed domain.
+    let e = env_with(json!({"ingress": {"enabled": true, "host": "www.bank.example"}}));
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(cond(&plan, condition::STALLED).reason, "HostNotAllowed");
+    assert!(plan.apply.is_empty());
+    // The domain itself, or a look-alike suffix, is not a subdomain of it.
+    for host in ["preview.test", "evilpreview.test", "a..preview.test"] {
+        let e = env_with(json!({"ingress": {"enabled": true, "host": host}}));
+        let plan = run(&e, &World::empty(), at(1));
+        assert_eq!(
+            cond(&plan, condition::STALLED).reason,
+            "HostNotAllowed",
+            "{host}"
+        );
+    }
+    // Default host taken by an older environment of another repository: fallback.
+    let e = env();
+    let mut world = World::empty();
+    world.observed.host_claims.insert(
+        "pr-7.preview.test".into(),
+        vec![HostClaim {
+            environment: "other/web-pr-7".into(),
+            recorded: true,
+            created: at(-100),
+        }],
+    );
+    let plan = run(&e, &world, at(1));
+    let host = plan.status.host.clone().unwrap();
+    assert!(
+        host.starts_with("pr-7-") && host.ends_with(".preview.test"),
+        "{host}"
+    );
+    assert_ne!(host, "pr-7.preview.test");
+    // A host named explicitly and taken: HostConflict.
+    let e = env_with(json!({"ingress": {"enabled": true, "host": "shop.preview.test"}}));
+    let mut world = World::empty();
+    world.observed.host_claims.insert(
+        "shop.preview.test".into(),
+        vec![HostClaim {
+            environment: "other/web-pr-3".into(),
+            recorded: false,
+            created: at(-100),
+        }],
+    );
+    let plan = run(&e, &world, at(1));
+    assert_eq!(cond(&plan, condition::STALLED).reason, "HostConflict");
+    assert!(
+        plan.status
+            .message
+            .clone()
+            .unwrap()
+            .contains("other/web-pr-3")
+    );
+    // A younger claimant does not take the host from us.
+    let mut world = World::empty();
+    world.observed.host_claims.insert(
+        "pr-7.preview.test".into(),
+        vec![HostClaim {
+            environment: "other/web-pr-7".into(),
+            recorded: false,
+            created: at(100),
+        }],
+    );
+    assert_eq!(
+        run(&env(), &world, at(1)).status.host.as_deref(),
+        Some("pr-7.preview.test")
+    );
+    // A cluster issuer the platform team did not allow.
+    let e =
+        env_with(json!({"ingress": {"enabled": true, "tls": true, "clusterIssuer": "attacker"}}));
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(
+        cond(&plan, condition::STALLED).reason,
+        "ClusterIssuerNotAllowed"
+    );
+}
+
+/// A stage whose outcome the test sets.
+struct FakeStage(StageOutcome);
+
+impl Stage for FakeStage {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn watched_kinds(&self) -> Vec<WatchedKind> {
+        vec![WatchedKind::metadata::<ConfigMap>()]
+    }
+    fn enabled(&self, _env: &PreviewEnvironment) -> bool {
+        true
+    }
+    fn desired(
+        &self,
+        input: &RenderInput<'_>,
+    ) -> Result<Vec<DesiredObject>, crate::strategy::StrategyError> {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": format!("stage-{}", &input.env.spec.head_sha[..7]), "namespace": input.namespace}
+        })).unwrap();
+        Ok(vec![DesiredObject::from_typed(&cm).unwrap()])
+    }
+    fn outcome(&self, _input: &RenderInput<'_>, _view: &NamespaceView) -> StageOutcome {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn stages_move_ready_through_testing_to_complete_or_failed() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let running: Vec<Arc<dyn Stage>> = vec![Arc::new(FakeStage(StageOutcome::Running(
+        "running 3 tests".into(),
+    )))];
+    let plan = run_with(&e, &world, at(10), &CatalogueStrategy, &running);
+    assert_eq!(phase(&plan), Phase::Testing);
+    assert_eq!(kinds(&plan.apply), vec!["ConfigMap/stage-0123456"]);
+    assert_eq!(cond(&plan, condition::TESTS_COMPLETED).status, "False");
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(2)));
+    world.apply(&e, &plan, true);
+    let testing = written(&e, &plan);
+
+    let passed: Vec<Arc<dyn Stage>> = vec![Arc::new(FakeStage(StageOutcome::Passed(
+        "12 passed".into(),
+    )))];
+    let plan = run_with(&testing, &world, at(20), &CatalogueStrategy, &passed);
+    assert_eq!(phase(&plan), Phase::Complete);
+    assert_eq!(cond(&plan, condition::TESTS_COMPLETED).status, "True");
+    assert_eq!(plan.events[0].reason, "TestsPassed");
+    assert!(
+        plan.apply.is_empty() && plan.delete.is_empty(),
+        "the stage's objects are kept"
+    );
+
+    let failed: Vec<Arc<dyn Stage>> = vec![Arc::new(FakeStage(StageOutcome::Failed(
+        "2 of 12 failed: login, cart".into(),
+    )))];
+    let plan = run_with(&testing, &world, at(20), &CatalogueStrategy, &failed);
+    assert_eq!(phase(&plan), Phase::Failed);
+    assert_eq!(cond(&plan, condition::READY).reason, "TestsFailed");
+    assert_eq!(
+        plan.status.message.as_deref(),
+        Some("2 of 12 failed: login, cart")
+    );
+    let f = written(&testing, &plan);
+    let again = run_with(&f, &world, at(30), &CatalogueStrategy, &failed);
+    assert!(
+        again.delete.is_empty(),
+        "a failed stage's objects stay for inspection"
+    );
+
+    // A new head commit: back to Provisioning; the old stage object is pruned.
+    let mut pushed = testing.clone();
+    pushed.spec.head_sha = SHA2.into();
+    let plan = run_with(&pushed, &world, at(40), &CatalogueStrategy, &running);
+    assert_eq!(phase(&plan), Phase::Provisioning);
+    assert!(plan.delete.iter().any(|c| c.name == "stage-0123456"));
+}
+
+#[test]
+fn teardown_deletes_the_owned_namespace_then_releases_the_finalizer() {
+    let mut world = World::empty();
+    let mut e = to_ready(&mut world);
+    let ns = e.status.as_ref().unwrap().namespace.clone().unwrap();
+    e.metadata.deletion_timestamp = Some(Time(at(100)));
+    let plan = run(&e, &world, at(100));
+    assert_eq!(phase(&plan), Phase::Terminating);
+    assert_eq!(plan.status.deleted_at, Some(Time(at(100))));
+    assert_eq!(plan.delete.len(), 1);
+    assert_eq!(plan.delete[0].resource.kind, "Namespace");
+    assert_eq!(plan.delete[0].name, ns);
+    assert_eq!(plan.report, Some(Report::Changed));
+    assert_eq!(plan.finalizer, FinalizerAction::Keep);
+    assert_eq!(plan.requeue_after, Some(TEARDOWN_POLL));
+    world.apply(&e, &plan, true);
+    let e = written(&e, &plan);
+    // Still terminating: no second delete, no second event.
+    let waiting = run(&e, &world, at(101));
+    assert!(waiting.delete.is_empty() && waiting.events.is_empty());
+    // Gone: Terminated, finalizer released, deletion reported.
+    world.observed.namespaces.clear();
+    let done = run(&e, &world, at(105));
+    assert_eq!(phase(&done), Phase::Terminated);
+    assert_eq!(done.finalizer, FinalizerAction::Release);
+    assert_eq!(done.report, Some(Report::Deleted));
+    assert_eq!(done.events[0].reason, "Terminated");
+}
+
+#[test]
+fn teardown_never_deletes_a_namespace_it_does_not_own() {
+    let mut world = World::empty();
+    let mut e = to_ready(&mut world);
+    let ns = e.status.as_ref().unwrap().namespace.clone().unwrap();
+    world.observed.namespaces.get_mut(&ns).unwrap().owner_uid = Some("someone-else".into());
+    e.metadata.deletion_timestamp = Some(Time(at(100)));
+    let plan = run(&e, &world, at(100));
+    assert!(plan.delete.is_empty());
+    assert_eq!(phase(&plan), Phase::Terminated);
+    assert_eq!(plan.finalizer, FinalizerAction::Release);
+}
+
+#[test]
+fn without_the_finalizer_a_deleted_environment_is_left_alone() {
+    let mut e = env();
+    e.metadata.finalizers = None;
+    e.metadata.deletion_timestamp = Some(Time(at(1)));
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(plan.status, Default::default());
+    assert!(plan.delete.is_empty() && plan.events.is_empty() && plan.report.is_none());
+}
+
+#[test]
+fn the_sweep_deletes_only_marked_namespaces_of_gone_environments() {
+    use super::namespace::is_orphan;
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert(
+        crate::crd::LABEL_MANAGED_BY.to_string(),
+        "previewd".to_string(),
+    );
+    let live: BTreeSet<String> = [UID.to_string()].into();
+    let marked = |uid: &str| NamespaceMeta {
+        labels: labels.clone(),
+        owner_uid: Some(uid.into()),
+        ..NamespaceMeta::default()
+    };
+    assert!(is_orphan("preview-7-x", &marked("gone"), &live));
+    assert!(
+        !is_orphan("preview-7-x", &marked(UID), &live),
+        "environment alive"
+    );
+    assert!(
+        !is_orphan("kube-system", &marked("gone"), &live),
+        "not our prefix"
+    );
+    let labelled_only = NamespaceMeta {
+        labels: labels.clone(),
+        ..NamespaceMeta::default()
+    };
+    assert!(
+        !is_orphan("preview-7-x", &labelled_only, &live),
+        "labels alone prove nothing"
+    );
+    let unlabelled = NamespaceMeta {
+        owner_uid: Some("gone".into()),
+        ..NamespaceMeta::default()
+    };
+    assert!(!is_orphan("preview-7-x", &unlabelled, &live));
+}
+
+#[test]
+fn watched_kinds_cover_every_kind_the_plan_creates() {
+    let stages: Vec<Arc<dyn Stage>> =
+        vec![Arc::new(FakeStage(StageOutcome::Running(String::new())))];
+    let kinds: BTreeSet<String> = watched_kinds(&CatalogueStrategy, &stages)
+        .into_iter()
+        .map(|k| k.resource.kind)
+        .collect();
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let plan = run_with(&e, &world, at(10), &CatalogueStrategy, &stages);
+    let mut created: BTreeSet<String> =
+        plan.apply.iter().map(|d| d.resource.kind.clone()).collect();
+    let fresh = run_with(&env(), &World::empty(), at(1), &CatalogueStrategy, &stages);
+    created.extend(fresh.apply.iter().map(|d| d.resource.kind.clone()));
+    for kind in created {
+        assert!(
+            kind == "Namespace" || kind == "Deployment" || kinds.contains(&kind),
+            "{kind} is created but not watched"
+        );
+    }
+    assert!(!kinds.contains("Ingress") || kinds.contains("Service"));
+    let _ = Ingress::default();
+}
+
+/// A strategy that renders into a namespace it was not given.
+struct Escaping;
+
+impl DeployStrategy for Escaping {
+    fn name(&self) -> &str {
+        "escaping"
+    }
+    fn watched_kinds(&self) -> Vec<WatchedKind> {
+        vec![WatchedKind::metadata::<ConfigMap>()]
+    }
+    fn desired(
+        &self,
+        _input: &RenderInput<'_>,
+    ) -> Result<Vec<DesiredObject>, crate::strategy::StrategyError> {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "x", "namespace": "kube-system"}
+        }))
+        .unwrap();
+        Ok(vec![DesiredObject::from_typed(&cm).unwrap()])
+    }
+    fn health(&self, _: &RenderInput<'_>, _: &NamespaceView, _: &BTreeSet<ChildKey>) -> Health {
+        Health::Available(String::new())
+    }
+}
+
+#[test]
+fn plug_in_objects_get_the_environment_labels_and_never_leave_its_namespace() {
+    let plan = run_with(&env(), &World::empty(), at(1), &Escaping, &[]);
+    assert!(plan.apply.is_empty(), "nothing is written");
+    assert_eq!(cond(&plan, condition::STALLED).reason, "ForeignNamespace");
+    assert!(plan.status.message.clone().unwrap().contains("kube-system"));
+
+    let running: Vec<Arc<dyn Stage>> =
+        vec![Arc::new(FakeStage(StageOutcome::Running(String::new())))];
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let plan = run_with(&e, &world, at(10), &CatalogueStrategy, &running);
+    let cm = plan
+        .apply
+        .iter()
+        .find(|d| d.resource.kind == "ConfigMap")
+        .unwrap();
+    assert_eq!(
+        cm.object["metadata"]["labels"]["previewd.io/env"],
+        "shop-pr-7"
+    );
+    assert_eq!(
+        cm.object["metadata"]["labels"]["previewd.io/env-namespace"],
+        "team"
+    );
+    assert_eq!(
+        cm.object["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "previewd"
+    );
+    assert_eq!(
+        cm.object["metadata"]["annotations"]["previewd.io/applied-hash"],
+        cm.hash.as_str(),
+        "the hash covers the labels added"
+    );
+}

@@ -1,0 +1,168 @@
+//! Plug-ins of the planner.
+//!
+//! - A [`DeployStrategy`] says how the application is deployed: which objects it needs in
+//!   the environment's namespace and whether they are healthy. The catalogue strategy
+//!   ([`CatalogueStrategy`]: a Deployment and a Service per service) is the default;
+//!   templated manifests and Argo CD are further strategies; embedders add their own.
+//! - A [`Stage`] runs after the application is Ready (test data, tests): it adds objects
+//!   (typically a Job) and reports an outcome that moves the environment through
+//!   Testing to Complete or Failed.
+//!
+//! Both are synchronous and never call the API: they render objects and judge what the
+//! watch caches hold. The reconciler owns applying, pruning, the finalizer, conditions,
+//! requeues and backoff. Every kind a plug-in creates must be listed in its
+//! [`WatchedKind`]s, so that the controller watches it (a change or deletion wakes the
+//! environment within seconds) and prunes it when it is no longer desired.
+
+mod catalogue;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DynamicObject;
+use kube::core::ApiResource;
+
+pub use catalogue::CatalogueStrategy;
+
+use crate::controller::ControllerConfig;
+use crate::crd::PreviewEnvironment;
+use crate::plan::health::Health;
+use crate::plan::object::{ChildKey, DesiredObject, ObservedChild};
+
+/// A kind the controller must watch in preview namespaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedKind {
+    /// The resource.
+    pub resource: ApiResource,
+    /// Keep whole objects (needed to judge health from their status); otherwise only
+    /// metadata is cached.
+    pub full: bool,
+}
+
+impl WatchedKind {
+    /// Metadata-only watch of `K`.
+    pub fn metadata<K: kube::Resource<DynamicType = ()>>() -> WatchedKind {
+        WatchedKind {
+            resource: ApiResource::erase::<K>(&()),
+            full: false,
+        }
+    }
+
+    /// Whole-object watch of `K`.
+    pub fn full<K: kube::Resource<DynamicType = ()>>() -> WatchedKind {
+        WatchedKind {
+            resource: ApiResource::erase::<K>(&()),
+            full: true,
+        }
+    }
+}
+
+/// What a plug-in renders from.
+#[derive(Clone, Copy, Debug)]
+pub struct RenderInput<'a> {
+    /// The environment as deployed (with `serviceSelection: Affected`, only the selected
+    /// services).
+    pub env: &'a PreviewEnvironment,
+    /// The environment's namespace.
+    pub namespace: &'a str,
+    /// The operator's settings.
+    pub config: &'a ControllerConfig,
+    /// Whether workloads go to spot capacity.
+    pub use_spot: bool,
+    /// The environment's public host, when it has an Ingress.
+    pub host: Option<&'a str>,
+}
+
+/// What the caches hold about the environment's namespace.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceView {
+    /// Every child labelled as this environment's, by key.
+    pub children: std::collections::BTreeMap<ChildKey, ObservedChild>,
+    /// Deployments in the namespace.
+    pub deployments: Vec<Arc<Deployment>>,
+    /// Pods in the namespace (status and labels only).
+    pub pods: Vec<Arc<Pod>>,
+    /// Whole objects of the kinds watched with `full: true`, by key.
+    pub objects: std::collections::BTreeMap<ChildKey, Arc<DynamicObject>>,
+}
+
+impl NamespaceView {
+    /// The Deployment named `name`.
+    pub fn deployment(&self, name: &str) -> Option<&Deployment> {
+        self.deployments
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+    }
+}
+
+/// A deploy strategy could not render the application.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct StrategyError {
+    /// CamelCase reason for the `Stalled` condition, e.g. `ManifestRefused`.
+    pub reason: String,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+/// How the application is deployed into the environment's namespace.
+pub trait DeployStrategy: Send + Sync {
+    /// Short name, e.g. `catalogue`.
+    fn name(&self) -> &str;
+
+    /// Kinds this strategy creates.
+    fn watched_kinds(&self) -> Vec<WatchedKind>;
+
+    /// The objects the application needs. An error stalls the environment with its
+    /// reason and writes nothing.
+    fn desired(&self, input: &RenderInput<'_>) -> Result<Vec<DesiredObject>, StrategyError>;
+
+    /// Judges the application from the caches. `applying` holds the keys this reconcile
+    /// is about to (re)apply: their live state is stale and they are not ready yet.
+    fn health(
+        &self,
+        input: &RenderInput<'_>,
+        view: &NamespaceView,
+        applying: &BTreeSet<ChildKey>,
+    ) -> Health;
+}
+
+/// Outcome of a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StageOutcome {
+    /// Not finished; the message says what it is doing.
+    Running(String),
+    /// Finished successfully.
+    Passed(String),
+    /// Finished with a failure; the message says why.
+    Failed(String),
+}
+
+/// Something that happens after the application is Ready (test data, tests). Stages run
+/// in order; each starts when the previous one passed.
+pub trait Stage: Send + Sync {
+    /// Short name, e.g. `tests`.
+    fn name(&self) -> &str;
+
+    /// Kinds this stage creates.
+    fn watched_kinds(&self) -> Vec<WatchedKind>;
+
+    /// Whether the stage applies to this environment.
+    fn enabled(&self, env: &PreviewEnvironment) -> bool;
+
+    /// Objects the stage needs (e.g. a Job named after the head commit).
+    fn desired(&self, input: &RenderInput<'_>) -> Result<Vec<DesiredObject>, StrategyError>;
+
+    /// Judges the stage from the caches.
+    fn outcome(&self, input: &RenderInput<'_>, view: &NamespaceView) -> StageOutcome;
+
+    /// How long the stage may run before the environment fails; `None` for no limit of
+    /// its own (the readiness deadline still applies).
+    fn timeout(&self, _env: &PreviewEnvironment) -> Option<Duration> {
+        None
+    }
+}

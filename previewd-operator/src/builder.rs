@@ -1,0 +1,249 @@
+//! [`OperatorBuilder`]: the whole operator (controller, cleanup sweep, GitHub webhook
+//! server, reporter, AI advisor, admin server) wired from [`RunArgs`], with every
+//! plug-in replaceable. The stock binary is `OperatorBuilder::new(args).run()`; a
+//! platform team's own operator adds its deploy strategy, stages, reporter, advisor or
+//! AI provider first.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use previewd_operator::{OperatorBuilder, cli::RunArgs};
+//! use previewd_kube::strategy::CatalogueStrategy;
+//!
+//! OperatorBuilder::new(RunArgs::default())
+//!     .strategy(Arc::new(CatalogueStrategy))
+//!     .run()
+//!     .await
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kube::Client;
+use previewd_core::ai::AiProvider;
+use previewd_core::environment::{EnvironmentAdvisor, EnvironmentReporter};
+use previewd_kube::controller::{self, Context, Readiness};
+use previewd_kube::metrics::Metrics;
+use previewd_kube::strategy::{DeployStrategy, Stage};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::cli::RunArgs;
+use crate::run::{
+    ai_config, controller_config, github_client, kube_client, start_webhook, wait_for_signal,
+};
+
+/// Builds and runs the operator.
+pub struct OperatorBuilder {
+    args: RunArgs,
+    client: Option<Client>,
+    strategy: Option<Arc<dyn DeployStrategy>>,
+    stages: Vec<Arc<dyn Stage>>,
+    reporter: Option<Arc<dyn EnvironmentReporter>>,
+    advisor: Option<Arc<dyn EnvironmentAdvisor>>,
+    ai_provider: Option<Arc<dyn AiProvider>>,
+    shutdown: Option<CancellationToken>,
+    admin_bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+}
+
+impl OperatorBuilder {
+    /// An operator configured by `args` (flags and `PREVIEWD_*` variables).
+    pub fn new(args: RunArgs) -> Self {
+        OperatorBuilder {
+            args,
+            client: None,
+            strategy: None,
+            stages: Vec::new(),
+            reporter: None,
+            advisor: None,
+            ai_provider: None,
+            shutdown: None,
+            admin_bound: None,
+        }
+    }
+
+    /// Uses this Kubernetes client instead of `--kubeconfig` / the default chain.
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Deploys applications with `strategy` (default: the catalogue strategy).
+    pub fn strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Adds a stage that runs after Ready, after those added before.
+    pub fn stage(mut self, stage: Arc<dyn Stage>) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// Reports through `reporter` instead of the GitHub reporter.
+    pub fn reporter(mut self, reporter: Arc<dyn EnvironmentReporter>) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// Advises through `advisor` instead of the AI engine's advisor.
+    pub fn advisor(mut self, advisor: Arc<dyn EnvironmentAdvisor>) -> Self {
+        self.advisor = Some(advisor);
+        self
+    }
+
+    /// Plugs `provider` into the AI engine's advisors (instead of the provider the AI
+    /// configuration names). The advisors keep their deterministic answers; the provider
+    /// may only add to them.
+    pub fn ai_provider(mut self, provider: Arc<dyn AiProvider>) -> Self {
+        self.ai_provider = Some(provider);
+        self
+    }
+
+    /// Stops when `token` is cancelled (default: on SIGTERM or SIGINT).
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// Sends the admin server's address once it listens (useful with port 0).
+    pub fn on_admin_bound(mut self, sender: tokio::sync::oneshot::Sender<SocketAddr>) -> Self {
+        self.admin_bound = Some(sender);
+        self
+    }
+
+    /// Runs the operator until shutdown.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let args = self.args;
+        let config = controller_config(&args)?;
+        let client = match self.client {
+            Some(client) => client,
+            None => kube_client(args.kubeconfig.as_deref()).await?,
+        };
+        controller::preflight(&client, config.watch_namespace.as_deref())
+            .await
+            .context("PreviewEnvironment CRD is not installed or not readable; install it with `previewd crd | kubectl apply --server-side -f -`")?;
+
+        let shutdown = match self.shutdown {
+            Some(token) => token,
+            None => {
+                let token = CancellationToken::new();
+                let signal_token = token.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    info!("shutdown signal received; draining");
+                    signal_token.cancel();
+                });
+                token
+            }
+        };
+
+        let metrics = Arc::new(Metrics::default());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let readiness = Readiness::default();
+        let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+        if let Some(strategy) = self.strategy {
+            ctx = ctx.with_strategy(strategy);
+        }
+        for stage in self.stages {
+            ctx = ctx.with_stage(stage);
+        }
+        let source_control = github_client(&args, &mut registry)?;
+        match (self.reporter, &source_control) {
+            (Some(reporter), _) => ctx = ctx.with_reporter(reporter),
+            (None, Some(scm)) => {
+                ctx = ctx.with_reporter(Arc::new(previewd_github::reporter::GitHubReporter::new(
+                    scm.clone(),
+                    args.log_url_base.clone(),
+                )));
+            }
+            (None, None) => {
+                info!("no GitHub credentials configured; environments are not reported to GitHub");
+            }
+        }
+        let advisor: Arc<dyn EnvironmentAdvisor> = match self.advisor {
+            Some(advisor) => advisor,
+            None => {
+                let catalogues = Arc::new(previewd_ai::environment::KubeCatalogues::new(
+                    client.clone(),
+                ));
+                match self.ai_provider {
+                    Some(provider) => {
+                        info!(
+                            provider = provider.id(),
+                            "AI engine enabled with an embedded provider"
+                        );
+                        Arc::new(previewd_ai::environment::AiEnvironmentAdvisor::new(
+                            catalogues,
+                            source_control.clone(),
+                            Some(provider),
+                        ))
+                    }
+                    None => {
+                        let ai_config = ai_config(&args, &client).await?;
+                        if ai_config.enabled {
+                            info!(provider = ?ai_config.provider, "AI engine enabled");
+                        }
+                        Arc::new(
+                            previewd_ai::environment::AiEnvironmentAdvisor::from_config(
+                                catalogues,
+                                source_control.clone(),
+                                &ai_config,
+                            )
+                            .context("configuring the AI engine")?,
+                        )
+                    }
+                }
+            }
+        };
+        let ctx = Arc::new(ctx.with_advisor(advisor));
+
+        let webhook = match &args.webhook_secret {
+            Some(secret) if !secret.is_empty() => Some(
+                start_webhook(
+                    &args,
+                    secret,
+                    client.clone(),
+                    &mut registry,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            _ => {
+                info!("no webhook secret configured; the GitHub webhook server is off");
+                None
+            }
+        };
+        let admin_state = AdminState {
+            readiness: readiness.clone(),
+            registry: Arc::new(registry),
+        };
+        let listener = tokio::net::TcpListener::bind(args.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
+        if let Some(sender) = self.admin_bound {
+            let _ = sender.send(listener.local_addr()?);
+        }
+        let admin = tokio::spawn(admin::serve_on(listener, admin_state, shutdown.clone()));
+        info!(namespace = ?args.namespace, "starting controller");
+        controller::run(ctx, readiness, shutdown.clone()).await;
+        shutdown.cancel();
+        admin
+            .await
+            .context("admin server task")?
+            .context("admin server")?;
+        if let Some(webhook) = webhook {
+            webhook
+                .await
+                .context("webhook server task")?
+                .context("webhook server")?;
+        }
+        info!("previewd stopped");
+        Ok(())
+    }
+}
