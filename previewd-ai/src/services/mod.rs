@@ -16,6 +16,14 @@
 //! 5. **Incomplete change lists.** When the list of changed files is known to be incomplete
 //!    (GitHub returns at most [`GITHUB_FILE_LIST_CAP`] files), every service is affected and
 //!    the reason is recorded.
+//! 6. **Build definitions.** When the diff is available, the changed compose, skaffold,
+//!    `.env`, Dockerfile and `.dockerignore` files are read ([`crate::builddefs`]): a changed
+//!    compose entry affects its service, a changed variable the services whose builds use
+//!    it, and so on. What the diff says about such a file replaces a shared path's "every
+//!    service" for it; it never removes a service whose paths match. Without a diff, or
+//!    for a file a truncated diff does not show, path matching stands and
+//!    [`AffectedServices::notes`] says so. Renamed files the diff shows belong to the
+//!    service that owned their old path.
 //!
 //! Then, optionally, a model looks at what the rules could not place (changed files that no
 //! service or shared path claims) and may **add** services from an allow-list: the catalogue
@@ -41,7 +49,8 @@
 //!
 //! * [`pattern`]: repository path patterns (Go `filepath.Match` plus `**`) and
 //!   `.dockerignore`-style exclusion rules;
-//! * [`catalogue`]: the compiled catalogue and the deterministic rule;
+//! * [`catalogue`]: the compiled catalogue and the deterministic rule, including what the
+//!   build definitions in the diff say (see [`crate::builddefs`]);
 //! * [`model`]: the advisor and its bounded model step.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -127,7 +136,10 @@ pub struct ChangeInput {
     /// merge base): every service is assumed affected.
     #[serde(default)]
     pub file_list_incomplete: bool,
-    /// The unified diff, when available; only sent to the model, scrubbed and capped.
+    /// The unified diff, when available. The build-definition rules read the patches of
+    /// compose, skaffold, `.env`, Dockerfile and `.dockerignore` files; the model gets an
+    /// excerpt, scrubbed and capped. A diff cut short ends with a line starting with
+    /// `# [diff truncated` (or a hunk shorter than its header says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
     /// The pull request title, when available (untrusted).
@@ -176,6 +188,37 @@ pub enum Evidence {
         /// Why.
         reason: String,
     },
+    /// The service's build definition changed (a compose or skaffold entry, its
+    /// Dockerfile), as read from the diff.
+    BuildDefinition {
+        /// The build-definition file.
+        path: String,
+        /// What changed in it.
+        detail: String,
+    },
+    /// A variable the service's build substitutes or passes as a build argument changed
+    /// value in an env file.
+    BuildArgument {
+        /// The env file.
+        path: String,
+        /// The changed variables the service uses.
+        variables: Vec<String>,
+    },
+    /// A changed pattern of the `.dockerignore` governing the service's context can
+    /// change which files enter its build.
+    IgnoreFile {
+        /// The ignore file.
+        path: String,
+        /// The changed pattern.
+        pattern: String,
+    },
+    /// A file of the service was renamed or moved; the new path belongs to it too.
+    Renamed {
+        /// The old path (claimed by the service).
+        from: String,
+        /// The new path.
+        to: String,
+    },
     /// The model added the service.
     Model {
         /// The model's explanation (untrusted text, capped).
@@ -200,6 +243,11 @@ pub struct AffectedServices {
     pub all_services_reason: Option<String>,
     /// How likely the set holds every affected service (see the module documentation).
     pub confidence: f64,
+    /// How the build definitions in the diff were used, and where they could not be
+    /// (no diff, a truncated diff, a file the rules cannot read): there the path-matching
+    /// answer stands. Meant for the environment's reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl AffectedServices {

@@ -81,6 +81,46 @@ impl PathPattern {
         self.matches_segments(&segs)
     }
 
+    /// Whether some path could match both this pattern and `other` (another pattern,
+    /// repository-relative): one's literal leading directories lead to the other's, and
+    /// when one side is a plain path the other pattern matches it.
+    pub fn may_overlap(&self, other: &str) -> bool {
+        let Ok(other) = PathPattern::new(other) else {
+            return true;
+        };
+        let literal = |p: &PathPattern| p.segments.iter().all(|s| matches!(s, Segment::Literal(_)));
+        let prefix = |p: &PathPattern| -> Vec<String> {
+            p.segments
+                .iter()
+                .map_while(|s| match s {
+                    Segment::Literal(l) => Some(l.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let as_path = |p: &PathPattern| prefix(p).join("/");
+        if literal(self) && !self.dir_only {
+            // a plain path: does the other pattern match it, or lie below it?
+            let mine = as_path(self);
+            return other.matches(&mine) || {
+                let theirs = prefix(&other);
+                let me = prefix(self);
+                theirs.len() >= me.len() && theirs[..me.len()] == me[..]
+            };
+        }
+        if literal(&other) && !other.dir_only {
+            let theirs = as_path(&other);
+            return self.matches(&theirs) || {
+                let me = prefix(self);
+                let t = prefix(&other);
+                me.len() >= t.len() && me[..t.len()] == t[..]
+            };
+        }
+        let (a, b) = (prefix(self), prefix(&other));
+        let n = a.len().min(b.len());
+        a[..n] == b[..n]
+    }
+
     pub(crate) fn matches_segments(&self, segs: &[&str]) -> bool {
         if segs.is_empty() {
             return false;
@@ -348,6 +388,25 @@ mod tests {
         assert!(!pat(r"src/\*.go").matches("src/a.go"));
         assert!(PathPattern::new("src/[a-").is_err());
         assert!(PathPattern::new("").is_err());
+    }
+
+    #[test]
+    fn overlap_between_inputs_and_ignore_patterns() {
+        // a directory of inputs and a pattern below it
+        assert!(pat("svc/").may_overlap("svc/build"));
+        assert!(pat("svc/").may_overlap("svc/**/*.md"));
+        assert!(!pat("svc/").may_overlap("other/*.md"));
+        // single input files
+        assert!(pat("svc/requirements.txt").may_overlap("svc/*.txt"));
+        assert!(!pat("svc/requirements.txt").may_overlap("svc/*.in"));
+        assert!(pat("svc/requirements.txt").may_overlap("**/requirements.txt"));
+        // a pattern naming a directory that holds an input
+        assert!(pat("svc/app/main.py").may_overlap("svc/app"));
+        assert!(pat("svc/package*.json").may_overlap("svc/package.json"));
+        assert!(!pat("svc/package*.json").may_overlap("svc/README.md"));
+        assert!(pat("svc/package*.json").may_overlap("svc"));
+        assert!(pat("svc/src").may_overlap("svc/src/**/*.test.js"));
+        assert!(!pat("svc/src").may_overlap("svc/*.md"));
     }
 
     #[test]
