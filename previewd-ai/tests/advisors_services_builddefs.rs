@@ -373,3 +373,26 @@ fn dockerfiles_in_a_directory_become_services() {
     assert!(cat.get("jobs").unwrap().ignore_paths.is_empty());
     assert!(generate::from_dockerfiles(&files, "nope").is_err());
 }
+
+#[test]
+fn an_oversized_build_definition_patch_is_matched_by_path() {
+    let (mut cat, builds) = shop();
+    cat.shared_paths = vec!["compose.yaml".to_owned()];
+    let c = CompiledCatalogue::new(&cat)
+        .unwrap()
+        .with_build_definitions(builds);
+    let n = 6_000;
+    let mut text = format!(
+        "diff --git a/compose.yaml b/compose.yaml\n--- a/compose.yaml\n+++ b/compose.yaml\n@@ -1,0 +1,{n} @@ services:\n"
+    );
+    for i in 0..n {
+        text.push_str(&format!("+  svc{i}:\n"));
+    }
+    let r = c.affected(&ChangeInput {
+        files: vec!["compose.yaml".to_owned()],
+        diff: Some(text),
+        ..ChangeInput::default()
+    });
+    assert_eq!(r.services.len(), 5, "the shared path stands");
+    assert!(r.notes[0].contains("more than the 5000"), "{:?}", r.notes);
+}

@@ -221,6 +221,17 @@ pub fn variables_in(s: &str) -> BTreeSet<String> {
 /// Substitutes `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `$VAR` and
 /// `$$` from `env` the way compose does (unset and, for `:-`, empty use the default).
 pub fn interpolate(s: &str, env: &BTreeMap<String, String>) -> String {
+    interpolate_depth(s, env, 0)
+}
+
+/// Nested defaults deeper than this are left as written.
+const MAX_INTERPOLATION_DEPTH: usize = 16;
+
+fn interpolate_depth(s: &str, env: &BTreeMap<String, String>, depth: usize) -> String {
+    if depth > MAX_INTERPOLATION_DEPTH {
+        return s.to_owned();
+    }
+    let interpolate = |t: &str, e: &BTreeMap<String, String>| interpolate_depth(t, e, depth + 1);
     let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
     let mut i = 0;
@@ -868,6 +879,9 @@ mod tests {
             "v1-2-3--$A-1"
         );
         assert_eq!(interpolate("${B-${A}}", &env), "1");
+        // hostile nesting stops at a fixed depth instead of exhausting the stack
+        let deep = format!("{}x{}", "${U:-".repeat(10_000), "}".repeat(10_000));
+        assert!(interpolate(&deep, &env).len() < deep.len());
     }
 
     #[test]

@@ -241,6 +241,8 @@ impl CompiledCatalogue {
                         continue;
                     };
                     hit[i] = true;
+                    // details quote the diff: untrusted text, kept short
+                    let detail = cap(&detail, MAX_DETAIL_CHARS);
                     let evidence = match kind {
                         FileKind::EnvFile => Evidence::BuildArgument {
                             path: path.to_owned(),
@@ -371,6 +373,12 @@ impl CompiledCatalogue {
         hunks: &[Hunk],
     ) -> Outcome {
         let builds = self.build_definitions();
+        let lines: usize = hunks.iter().map(|h| h.lines.len()).sum();
+        if lines > MAX_PATCH_LINES {
+            return Outcome::Unknown(format!(
+                "its patch has {lines} lines, more than the {MAX_PATCH_LINES} the rules read"
+            ));
+        }
         match kind {
             FileKind::Compose | FileKind::Skaffold => {
                 let changes = if kind == FileKind::Compose {
@@ -660,6 +668,23 @@ fn hint_matches(s: &ServiceBuild, hint: &builddefs::Hint, dir: &str) -> bool {
         }
         "target" => s.target.as_deref() == Some(value),
         _ => false,
+    }
+}
+
+/// Longest patch (in hunk lines) of one build-definition file the rules read; a longer
+/// one is matched by path (placing a line costs up to the hunk's length).
+pub const MAX_PATCH_LINES: usize = 5_000;
+
+/// Longest evidence detail, in characters.
+const MAX_DETAIL_CHARS: usize = 200;
+
+fn cap(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(n).collect();
+        out.push('…');
+        out
     }
 }
 
