@@ -396,3 +396,78 @@ fn an_oversized_build_definition_patch_is_matched_by_path() {
     assert_eq!(r.services.len(), 5, "the shared path stands");
     assert!(r.notes[0].contains("more than the 5000"), "{:?}", r.notes);
 }
+
+/// A skaffold catalogue in the shape of GoogleCloudPlatform/microservices-demo.
+fn skaffold_catalogue() -> CompiledCatalogue {
+    let svc = |name: &str| previewd_core::CatalogueService {
+        name: name.to_owned(),
+        image: name.to_owned(),
+        paths: vec![format!("src/{name}/")],
+        ..previewd_core::CatalogueService::default()
+    };
+    CompiledCatalogue::new(&ServiceCatalogue {
+        services: vec![svc("emailservice"), svc("cartservice"), svc("frontend")],
+        shared_paths: vec!["skaffold.yaml".to_owned()],
+    })
+    .unwrap()
+}
+
+#[test]
+fn skaffold_artifacts_affect_their_service_and_nothing_else_does() {
+    let c = skaffold_catalogue();
+    // the context of one artifact moves
+    let context = "\
+diff --git a/skaffold.yaml b/skaffold.yaml
+--- a/skaffold.yaml
++++ b/skaffold.yaml
+@@ -20,5 +20,5 @@ build:
+     context: src/emailservice
+   - image: cartservice
+-    context: src/cartservice
++    context: src/cartservice/src
+   - image: frontend
+     context: src/frontend
+";
+    let r = c.affected(&ChangeInput {
+        files: vec!["skaffold.yaml".to_owned()],
+        diff: Some(context.to_owned()),
+        ..ChangeInput::default()
+    });
+    assert_eq!(names(&r), ["cartservice"]);
+    assert!(
+        matches!(&r.evidence["cartservice"][0], Evidence::BuildDefinition { detail, .. } if detail.contains("context"))
+    );
+
+    // images renamed, a profile and the tag policy changed: no build changed
+    let cosmetic = "\
+diff --git a/skaffold.yaml b/skaffold.yaml
+--- a/skaffold.yaml
++++ b/skaffold.yaml
+@@ -16,8 +16,8 @@ apiVersion: skaffold/v1alpha5
+ kind: Config
+ build:
+   artifacts:
+-  - image: gcr.io/microservices-demo-app/emailservice
++  - image: emailservice
+     context: src/emailservice
+-  - image: gcr.io/microservices-demo-app/cartservice
++  - image: cartservice
+     context: src/cartservice
+   tagPolicy:
+@@ -45,6 +45,7 @@ deploy:
+ profiles:
+   - name: gcb
+     build:
+       googleCloudBuild:
++        diskSizeGb: 300
+         machineType: \"N1_HIGHCPU_32\"
+         timeout: 4000s
+";
+    let r = c.affected(&ChangeInput {
+        files: vec!["skaffold.yaml".to_owned()],
+        diff: Some(cosmetic.to_owned()),
+        ..ChangeInput::default()
+    });
+    assert!(r.services.is_empty(), "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("shared path")));
+}

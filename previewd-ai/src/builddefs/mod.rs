@@ -710,7 +710,9 @@ pub fn skaffold_changes(hunks: &[Hunk]) -> Vec<YamlChange> {
                 yaml::Node::Item(s) => Some(*s),
                 yaml::Node::Key(_) => None,
             });
-            let in_artifacts = keys.contains(&"artifacts");
+            // `build.artifacts` is the only list of mappings under `build`: an item whose
+            // parent is out of sight is an artifact
+            let in_artifacts = keys.contains(&"artifacts") || (item.is_some() && !loc.complete);
             if !in_artifacts {
                 if loc.complete || keys.len() >= 2 {
                     out.push(YamlChange::NoBuild(format!(
@@ -743,12 +745,15 @@ pub fn skaffold_changes(hunks: &[Hunk]) -> Vec<YamlChange> {
             };
             let image = field("image").or_else(|| field("imageName"));
             let context = field("context").or_else(|| field("workspace"));
-            let after_artifacts: Vec<&str> = keys
-                .iter()
-                .skip_while(|k| **k != "artifacts")
-                .skip(1)
-                .copied()
-                .collect();
+            let after_artifacts: Vec<&str> = if keys.contains(&"artifacts") {
+                keys.iter()
+                    .skip_while(|k| **k != "artifacts")
+                    .skip(1)
+                    .copied()
+                    .collect()
+            } else {
+                keys.iter().skip(1).copied().collect()
+            };
             let own = after_artifacts.first().copied();
             match own {
                 Some("image") | Some("imageName") if after_artifacts.len() == 1 => {
