@@ -335,12 +335,25 @@ fn per_file_patches_from_the_file_list_work_like_the_unified_diff() {
     assert!(c.needs_diff(&change));
     let r = c.affected_with_diff(&change, Some(&ChangeDiff::from_changed_files(&files)));
     assert_eq!(names(&r), ["api"]);
+    // the same list rendered as text (PullRequestDiff::Files), as the model gets it
+    let text = previewd_core::source_control::PullRequestDiff::Files(files.clone()).to_text();
+    let r = c.affected(&ChangeInput {
+        diff: Some(text),
+        ..change.clone()
+    });
+    assert_eq!(names(&r), ["api"]);
     // a file listed without a patch (too large for the API) falls back
     let mut no_patch = files.clone();
     no_patch.files[0].patch = None;
     let r = c.affected_with_diff(&change, Some(&ChangeDiff::from_changed_files(&no_patch)));
     assert!(r.services.is_empty());
     assert!(r.notes[0].contains("no readable patch"));
+    let text = previewd_core::source_control::PullRequestDiff::Files(no_patch).to_text();
+    let r = c.affected(&ChangeInput {
+        diff: Some(text),
+        ..change.clone()
+    });
+    assert!(r.notes[0].contains("no readable patch"), "{:?}", r.notes);
 }
 
 #[test]

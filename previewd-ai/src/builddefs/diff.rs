@@ -98,11 +98,16 @@ impl ChangeDiff {
         let mut out = ChangeDiff::default();
         let mut lines = text.lines().peekable();
         let mut current: Option<FileDiff> = None;
+        // whether the current file has git's extended header lines (index, mode, rename,
+        // binary): a header without them and without hunks carries no patch at all, as
+        // when a per-file list had none for the file
+        let mut extended = false;
         while let Some(line) = lines.next() {
             if let Some(rest) = line.strip_prefix("diff --git ") {
                 if let Some(f) = current.take() {
-                    out.files.push(f);
+                    out.files.push(finish(f, extended));
                 }
+                extended = false;
                 let (a, b) = header_paths(rest);
                 current = Some(FileDiff {
                     path: b.clone(),
@@ -123,6 +128,26 @@ impl ChangeDiff {
             let Some(file) = current.as_mut() else {
                 continue;
             };
+            if [
+                "index ",
+                "old mode",
+                "new mode",
+                "new file mode",
+                "deleted file mode",
+                "similarity index",
+                "dissimilarity index",
+                "rename from",
+                "rename to",
+                "copy from",
+                "copy to",
+                "Binary files",
+                "GIT binary patch",
+            ]
+            .iter()
+            .any(|p| line.starts_with(p))
+            {
+                extended = true;
+            }
             if line.starts_with("new file mode") {
                 file.status = FileStatus::Added;
             } else if line.starts_with("deleted file mode") {
@@ -168,7 +193,7 @@ impl ChangeDiff {
             }
         }
         if let Some(f) = current.take() {
-            out.files.push(f);
+            out.files.push(finish(f, extended));
         }
         for f in &mut out.files {
             if f.previous_path.is_some() && f.status == FileStatus::Modified {
@@ -202,6 +227,14 @@ impl ChangeDiff {
         }
         out
     }
+}
+
+/// A file without hunks and without extended headers has no known patch.
+fn finish(mut f: FileDiff, extended: bool) -> FileDiff {
+    if !extended && f.hunks.as_ref().is_some_and(Vec::is_empty) {
+        f.hunks = None;
+    }
+    f
 }
 
 /// Parses bare hunks (a GitHub `patch` field); `None` when a hunk is cut short.
@@ -367,6 +400,18 @@ Binary files a/logo.png and b/logo.png differ
         assert!(d.files[0].hunks.is_none());
         let marked = format!("{DIFF}# [diff truncated: 40000 bytes]\n");
         assert!(ChangeDiff::from_unified(&marked).truncated);
+    }
+
+    #[test]
+    fn a_header_without_a_patch_is_unknown_but_a_pure_rename_is_empty() {
+        // what PullRequestDiff::Files(..).to_text() writes for a file GitHub sent no
+        // patch for, followed by a pure rename
+        let d = ChangeDiff::from_unified(
+            "diff --git a/compose.yaml b/compose.yaml\ndiff --git a/a.txt b/b.txt\nsimilarity index 100%\nrename from a.txt\nrename to b.txt\n",
+        );
+        assert!(d.files[0].hunks.is_none());
+        assert_eq!(d.files[1].hunks.as_deref(), Some(&[][..]));
+        assert_eq!(d.files[1].status, FileStatus::Renamed);
     }
 
     #[test]
