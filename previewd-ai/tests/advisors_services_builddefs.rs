@@ -85,7 +85,9 @@ fn the_generated_catalogue_lists_each_services_inputs() {
             "!services/api/Dockerfile"
         ]
     );
-    assert_eq!(api.image, "ghcr.io/acme/api:${TAG:-dev}");
+    // compose substitution from the .env beside the compose file
+    assert_eq!(api.image, "ghcr.io/acme/api:dev");
+    assert_eq!(cat.get("web").unwrap().image, "web:pr-{{number}}");
     let web = cat.get("web").unwrap();
     assert_eq!(
         web.paths,

@@ -216,7 +216,10 @@ pub fn from_compose(files: &dyn RepoFiles, compose: &str) -> Result<Generated, G
                 .push(format!("service {key:?}: name {name:?} taken; skipped"));
             continue;
         }
-        let image = def.get("image").and_then(Value::as_str).map(str::to_owned);
+        let image = def
+            .get("image")
+            .and_then(Value::as_str)
+            .map(|i| interpolate(i, &env));
         let Some(build) = def.get("build") else {
             out.catalogue.services.push(CatalogueService {
                 name: name.clone(),
@@ -300,6 +303,12 @@ pub fn from_compose(files: &dyn RepoFiles, compose: &str) -> Result<Generated, G
             &mut out.warnings,
             &name,
         );
+        if image.is_some() {
+            out.warnings.push(format!(
+                "service {key:?}: image {:?} taken from compose; give it a per-pull-request tag such as :pr-{{{{number}}}}",
+                image.as_deref().unwrap_or_default()
+            ));
+        }
         out.catalogue.services.push(CatalogueService {
             name: name.clone(),
             image: image.clone().unwrap_or_else(|| default_image(&name)),
