@@ -85,6 +85,10 @@ fn the_generated_catalogue_lists_each_services_inputs() {
             "!services/api/Dockerfile"
         ]
     );
+    // ports from compose, the catalogue's defaults otherwise
+    assert_eq!((api.port, api.replicas), (8080, 1));
+    assert_eq!(cat.get("web").unwrap().port, 3000);
+    assert_eq!(cat.get("worker").unwrap().port, 8080);
     // compose substitution from the .env beside the compose file
     assert_eq!(api.image, "ghcr.io/acme/api:dev");
     assert_eq!(cat.get("web").unwrap().image, "web:pr-{{number}}");
@@ -375,6 +379,13 @@ fn dockerfiles_in_a_directory_become_services() {
     let g = generate::from_dockerfiles(&files, "services").unwrap();
     let cat = &g.catalogue;
     assert_eq!(cat.names().collect::<Vec<_>>(), ["api", "jobs"]);
+    assert_eq!(
+        (
+            cat.get("api").unwrap().port,
+            cat.get("api").unwrap().replicas
+        ),
+        (8080, 1)
+    );
     assert_eq!(
         cat.get("api").unwrap().paths,
         ["services/api/", "services/api/Dockerfile"]

@@ -224,6 +224,8 @@ pub fn from_compose(files: &dyn RepoFiles, compose: &str) -> Result<Generated, G
             out.catalogue.services.push(CatalogueService {
                 name: name.clone(),
                 image: image.unwrap_or_else(|| key.clone()),
+                port: container_port(def),
+                replicas: 1,
                 ..CatalogueService::default()
             });
             continue;
@@ -312,6 +314,8 @@ pub fn from_compose(files: &dyn RepoFiles, compose: &str) -> Result<Generated, G
         out.catalogue.services.push(CatalogueService {
             name: name.clone(),
             image: image.clone().unwrap_or_else(|| default_image(&name)),
+            port: container_port(def),
+            replicas: 1,
             paths: inputs.paths,
             ignore_paths: inputs.ignore,
             ..CatalogueService::default()
@@ -393,6 +397,8 @@ pub fn from_dockerfiles(files: &dyn RepoFiles, dir: &str) -> Result<Generated, G
         out.catalogue.services.push(CatalogueService {
             name: name.clone(),
             image: default_image(&name),
+            port: DEFAULT_PORT,
+            replicas: 1,
             paths: inputs.paths,
             ignore_paths: inputs.ignore,
             ..CatalogueService::default()
@@ -406,6 +412,41 @@ pub fn from_dockerfiles(files: &dyn RepoFiles, dir: &str) -> Result<Generated, G
         });
     }
     Ok(out)
+}
+
+/// Port of a service whose definition names none (the catalogue's default).
+pub const DEFAULT_PORT: i32 = 8080;
+
+/// The container port of a compose service: the first `ports` entry (`"8080:80"`,
+/// `"127.0.0.1:8080:80/tcp"`, `3000`, `{target: 80}`), else the first `expose`, else
+/// [`DEFAULT_PORT`].
+fn container_port(def: &Value) -> i32 {
+    let parse = |v: &Value| -> Option<i32> {
+        match v {
+            Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+            Value::String(s) => {
+                let s = s.split('/').next().unwrap_or(s);
+                let last = s.rsplit(':').next().unwrap_or(s);
+                // a range (`8000-8010`) uses its first port
+                last.split('-').next().and_then(|p| p.trim().parse().ok())
+            }
+            Value::Object(m) => m
+                .get("target")
+                .and_then(|t| t.as_i64())
+                .and_then(|n| i32::try_from(n).ok()),
+            _ => None,
+        }
+    };
+    ["ports", "expose"]
+        .iter()
+        .filter_map(|k| {
+            def.get(*k)
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+        })
+        .find_map(parse)
+        .filter(|p| (1..=65535).contains(p))
+        .unwrap_or(DEFAULT_PORT)
 }
 
 fn default_image(name: &str) -> String {
