@@ -42,6 +42,10 @@ fn prints_a_catalogue_generated_from_a_compose_file() {
             .paths
             .contains(&"services/web/src".to_owned())
     );
+    // ready for the CRD: valid ports and one replica each
+    for s in &catalogue.services {
+        assert!(s.port >= 1 && s.replicas == 1, "{s:?}");
+    }
     assert!(
         builds.contains("dockerfile: docker/python.Dockerfile"),
         "{builds}"
