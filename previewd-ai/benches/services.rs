@@ -1,5 +1,7 @@
 //! The deterministic affected-services rule on a synthetic 3000-file change against a
-//! 30-service catalogue (prefixes, globs, ignore rules, shared paths, dependencies).
+//! 30-service catalogue (prefixes, globs, ignore rules, shared paths, dependencies), and
+//! the build-definition rules reading a diff: a compose file with a changed build argument
+//! in every service, an `.env` change and 500 source-file patches.
 //!
 //! Run: `cargo bench -p previewd-ai --bench services`
 
@@ -8,6 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use previewd_ai::builddefs::{BuildDefinitions, ServiceBuild};
 use previewd_ai::services::{ChangeInput, CompiledCatalogue};
 use previewd_core::{CatalogueService, ServiceCatalogue};
 
@@ -58,6 +61,53 @@ fn change(n: usize) -> ChangeInput {
     ChangeInput::from_files(files.take(n))
 }
 
+fn builds() -> BuildDefinitions {
+    BuildDefinitions {
+        services: (0..30)
+            .map(|i| ServiceBuild {
+                name: format!("svc{i:02}"),
+                defined_in: Some("compose.yaml".to_owned()),
+                context: format!("services/svc{i:02}"),
+                dockerfile: format!("services/svc{i:02}/Dockerfile"),
+                args: [(format!("V{i}"), Some(format!("${{V{i}}}")))].into(),
+                variables: [format!("V{i}")].into(),
+                env_files: vec![".env".to_owned()],
+                ..ServiceBuild::default()
+            })
+            .collect(),
+    }
+}
+
+/// A unified diff: one compose hunk per service (its build argument), an `.env` change
+/// and `sources` source-file patches.
+fn diff_change(sources: usize) -> ChangeInput {
+    let mut text = String::from(
+        "diff --git a/compose.yaml b/compose.yaml\n--- a/compose.yaml\n+++ b/compose.yaml\n",
+    );
+    for i in 0..30 {
+        let line = 1 + i * 8;
+        text.push_str(&format!(
+            "@@ -{line},4 +{line},4 @@ services:\n   svc{i:02}:\n     build:\n       args:\n-        V{i}: ${{V{i}:-1}}\n+        V{i}: ${{V{i}:-2}}\n"
+        ));
+    }
+    text.push_str(
+        "diff --git a/.env b/.env\n--- a/.env\n+++ b/.env\n@@ -1,2 +1,2 @@\n V0=1\n-V7=1\n+V7=2\n",
+    );
+    let mut files = vec!["compose.yaml".to_owned(), ".env".to_owned()];
+    for i in 0..sources {
+        let path = format!("services/svc{:02}/src/file{i}.go", i % 30);
+        text.push_str(&format!(
+            "diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -10,3 +10,3 @@ func f() {{\n \ta := 1\n-\tb := 2\n+\tb := 3\n \treturn a + b\n"
+        ));
+        files.push(path);
+    }
+    ChangeInput {
+        files,
+        diff: Some(text),
+        ..ChangeInput::default()
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let compiled = CompiledCatalogue::new(&catalogue()).expect("catalogue compiles");
     let small = change(50);
@@ -67,6 +117,14 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("services/deterministic/50-files-30-services", |b| {
         b.iter(|| black_box(compiled.affected(black_box(&small))))
+    });
+    let with_builds = CompiledCatalogue::new(&catalogue())
+        .expect("catalogue compiles")
+        .with_build_definitions(builds());
+    let diffed = diff_change(500);
+    assert_eq!(with_builds.affected(&diffed).services.len(), 30);
+    c.bench_function("services/build-definitions/compose-env-500-patches", |b| {
+        b.iter(|| black_box(with_builds.affected(black_box(&diffed))))
     });
     c.bench_function("services/compile-catalogue-30-services", |b| {
         b.iter(|| black_box(CompiledCatalogue::new(black_box(&catalogue()))))

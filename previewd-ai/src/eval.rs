@@ -17,16 +17,38 @@
 //! * `dockerignore_patterns` (relative to `context`) → `ignore_paths`, prefixed with the
 //!   context; `!<dockerfile>` is appended because Docker always sends the Dockerfile even
 //!   when the `.dockerignore` names it;
-//! * the service directory `src/<name>/` (the dataset defines a service as that directory)
-//!   is added to `paths` when [`EvalOptions::service_dir`] is set (the default): the
-//!   catalogue is a snapshot of the repository's last commit, while the changes span its
-//!   whole history, during which build contexts moved around inside the service
-//!   directory. Exclusions still apply. [`EvalReport::catalogue_only`] reports the
-//!   score without this widening.
+//! * when [`EvalOptions::service_dir`] is set (the default) each service is widened to
+//!   the build context it had at the change: the catalogue is a snapshot of the
+//!   repository's last commit, while the changes span its whole history, during which
+//!   `COPY` lists changed and build contexts moved. A build reads nothing outside its
+//!   context, so the snapshot's context is added to `paths`; for the changes before the
+//!   service's Dockerfile moved to the snapshot's path (a change that adds it and deletes
+//!   another Dockerfile of the service), and for contexts outside the service directory,
+//!   the service directory `src/<name>/` (the dataset defines a service as that
+//!   directory) is added instead: the context followed the move. Exclusions still apply.
+//!   [`EvalReport::catalogue_only`] reports the score without this widening.
 //!
 //! Services present at a change's head but missing from the catalogue fall back to
 //! `paths = ["src/<name>/"]`. Each change is evaluated against the catalogue restricted to
 //! its `services_at_head`.
+//!
+//! # Build definitions
+//!
+//! Each entry also becomes a [`ServiceBuild`] (context, Dockerfile, `.dockerignore`,
+//! `defined_in`, build arguments), so the build-definition rules can read the diffs of
+//! compose, skaffold, `.env`, Dockerfile and `.dockerignore` files. The dataset gives
+//! build arguments already resolved, not the `${VAR}` they were written with, so an
+//! argument's name stands for the variable it reads (the usual `ARG_NAME: ${ARG_NAME}`
+//! idiom); a compose-defined service reads the `.env` beside its compose file. Changes
+//! without a diff are matched by path only, as the operator does when the diff is
+//! unavailable.
+//!
+//! # Error breakdown
+//!
+//! [`EvalReport::breakdown`] groups the false alarms (predicted, not affected) and misses
+//! (affected, not predicted) of the headline mode by cause: for a false alarm, the kind of
+//! evidence that selected the service; for a miss, the kind of changed file that most
+//! likely carried the change (the labels' own evidence is never read). See [`Cause`].
 //!
 //! # Scores
 //!
@@ -44,7 +66,10 @@ use previewd_core::ai::{AiProvider, DecisionSource};
 use previewd_core::{CatalogueService, ServiceCatalogue};
 use serde::{Deserialize, Serialize};
 
-use crate::services::{ChangeInput, CompiledCatalogue, ServicesAdvisor, ServicesError};
+use crate::builddefs::{self, BuildDefinitions, FileKind, ServiceBuild};
+use crate::services::{
+    AffectedServices, ChangeInput, CompiledCatalogue, Evidence, ServicesAdvisor, ServicesError,
+};
 
 /// Errors of the evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +230,110 @@ pub struct EvalReport {
     pub model_calls: BTreeMap<String, usize>,
     /// Changes for which a diff was available.
     pub diffs_available: usize,
+    /// Changes whose build-definition files were matched by path only (no diff, or a
+    /// diff the rules could not read for them).
+    pub build_definition_fallbacks: usize,
+    /// Errors of the headline mode grouped by cause.
+    pub breakdown: Breakdown,
+}
+
+/// Why a service was wrongly selected, or missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// A source path: for a false alarm, a catalogue path (or the service-directory
+    /// widening) claims a file the build does not read; for a miss, a changed file the
+    /// catalogue does not list.
+    SourcePathNotInCatalogue,
+    /// A compose or skaffold entry, or a Dockerfile.
+    BuildDefinition,
+    /// A variable of an env file, or a build argument.
+    EnvBuildArgument,
+    /// A shared path that selects every service.
+    SharedFile,
+    /// A `.dockerignore`.
+    IgnoreRules,
+    /// A renamed or moved file.
+    Rename,
+    /// A `dependsOn` edge.
+    Dependency,
+    /// The model added it.
+    Model,
+    /// Every service was assumed affected (incomplete change list).
+    AssumedAll,
+}
+
+impl Cause {
+    /// Human-readable label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::SourcePathNotInCatalogue => "source path not in catalogue",
+            Cause::BuildDefinition => "build definition",
+            Cause::EnvBuildArgument => "env/build argument",
+            Cause::SharedFile => "shared file",
+            Cause::IgnoreRules => "ignore rules",
+            Cause::Rename => "rename",
+            Cause::Dependency => "dependency",
+            Cause::Model => "model",
+            Cause::AssumedAll => "assumed all",
+        }
+    }
+}
+
+/// Count of (change, service) errors of one cause, with a few examples.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CauseCount {
+    /// (change, service) pairs.
+    pub count: usize,
+    /// Up to [`MAX_EXAMPLES`] examples: `<head8> <service>: <path or detail>`.
+    pub examples: Vec<String>,
+}
+
+/// Examples kept per cause.
+pub const MAX_EXAMPLES: usize = 3;
+
+/// Errors grouped by cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// Predicted but not affected.
+    pub false_alarms: BTreeMap<Cause, CauseCount>,
+    /// Affected but not predicted.
+    pub misses: BTreeMap<Cause, CauseCount>,
+}
+
+impl Breakdown {
+    fn add(map: &mut BTreeMap<Cause, CauseCount>, cause: Cause, example: String) {
+        let c = map.entry(cause).or_default();
+        c.count += 1;
+        if c.examples.len() < MAX_EXAMPLES {
+            c.examples.push(example);
+        }
+    }
+
+    /// The breakdown as text, one cause per line.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (title, map) in [
+            ("false alarms", &self.false_alarms),
+            ("misses", &self.misses),
+        ] {
+            let total: usize = map.values().map(|c| c.count).sum();
+            out.push_str(&format!(
+                "{title} by cause ({total} change/service pairs):\n"
+            ));
+            if map.is_empty() {
+                out.push_str("  (none)\n");
+            }
+            for (cause, c) in map {
+                out.push_str(&format!("  {:<30} {:>5}", cause.label(), c.count));
+                if !c.examples.is_empty() {
+                    out.push_str(&format!("   e.g. {}", c.examples.join("; ")));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 /// One row of `changes.jsonl`, restricted to the fields the evaluation may read.
@@ -212,6 +341,8 @@ pub struct EvalReport {
 struct Row {
     head: String,
     changed_files: Vec<String>,
+    #[serde(default)]
+    file_status: Vec<String>,
     services_at_head: Vec<String>,
     /// Scoring only.
     affected_services: Vec<String>,
@@ -228,7 +359,13 @@ struct DatasetService {
     #[serde(default)]
     context: Option<String>,
     #[serde(default)]
+    dockerignore: Option<String>,
+    #[serde(default)]
     dockerignore_patterns: Vec<String>,
+    #[serde(default)]
+    build_args: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    defined_in: Option<String>,
 }
 
 /// Evaluates the deterministic rule (and the model, when `provider` is given) on a dataset
@@ -261,10 +398,7 @@ pub fn evaluate_services_with(
 }
 
 /// Converts `services.json` into catalogue services keyed by name.
-fn load_catalogue(
-    path: &Path,
-    service_dir: bool,
-) -> Result<BTreeMap<String, CatalogueService>, EvalError> {
+fn load_catalogue(path: &Path) -> Result<Known, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
@@ -299,41 +433,246 @@ fn load_catalogue(
         {
             ignore.push(format!("!{df}"));
         }
-        let mut paths = e.paths.clone();
-        if service_dir {
-            paths.push(format!("src/{}/", e.name));
-        }
+        let paths = e.paths.clone();
+        let build = e.dockerfile.as_ref().map(|df| {
+            let defined_in = e
+                .defined_in
+                .clone()
+                .filter(|d| builddefs::kind_of(d, None).is_some());
+            let env_files = match &defined_in {
+                Some(d) if builddefs::kind_of(d, None) == Some(FileKind::Compose) => {
+                    vec![builddefs::join(builddefs::parent(d), ".env").unwrap_or_default()]
+                }
+                _ => Vec::new(),
+            };
+            let args: BTreeMap<String, Option<String>> = e
+                .build_args
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), Some(v))
+                })
+                .collect();
+            ServiceBuild {
+                name: e.name.clone(),
+                defined_in,
+                key: None,
+                context: context.unwrap_or("").to_owned(),
+                dockerfile: df.clone(),
+                dockerignore: e.dockerignore.clone(),
+                // resolved values only: the argument's name stands for its variable
+                variables: args.keys().cloned().collect(),
+                args,
+                target: None,
+                env_files,
+            }
+        });
         out.insert(
             e.name.clone(),
-            CatalogueService {
-                name: e.name,
-                image: String::new(),
-                paths,
-                ignore_paths: ignore,
-                ..CatalogueService::default()
-            },
+            (
+                CatalogueService {
+                    name: e.name,
+                    image: String::new(),
+                    paths,
+                    ignore_paths: ignore,
+                    ..CatalogueService::default()
+                },
+                build,
+            ),
         );
     }
     Ok(out)
 }
 
-fn catalogue_for(names: &[String], known: &BTreeMap<String, CatalogueService>) -> ServiceCatalogue {
+type Known = BTreeMap<String, (CatalogueService, Option<ServiceBuild>)>;
+
+fn catalogue_for(names: &[String], known: &Known) -> Result<CompiledCatalogue, ServicesError> {
     let mut seen = BTreeSet::new();
+    let mut builds = BuildDefinitions::default();
     let services = names
         .iter()
         .filter(|n| seen.insert(n.as_str()))
-        .map(|n| {
-            known.get(n).cloned().unwrap_or_else(|| CatalogueService {
+        .map(|n| match known.get(n) {
+            Some((svc, build)) => {
+                builds.services.extend(build.clone());
+                svc.clone()
+            }
+            None => CatalogueService {
                 name: n.clone(),
                 paths: vec![format!("src/{n}/")],
                 ..CatalogueService::default()
-            })
+            },
         })
         .collect();
-    ServiceCatalogue {
+    let catalogue = ServiceCatalogue {
         services,
         shared_paths: Vec::new(),
+    };
+    Ok(CompiledCatalogue::new(&catalogue)?.with_build_definitions(builds))
+}
+
+/// The cause of a false alarm: the first evidence that selected the service.
+fn false_alarm_cause(value: &AffectedServices, service: &str) -> (Cause, String) {
+    let Some(first) = value.evidence.get(service).and_then(|e| e.first()) else {
+        return (Cause::SourcePathNotInCatalogue, String::new());
+    };
+    match first {
+        Evidence::Path { path } => {
+            let cause = match builddefs::kind_of(path, None) {
+                Some(FileKind::DockerIgnore) => Cause::IgnoreRules,
+                Some(FileKind::EnvFile) => Cause::EnvBuildArgument,
+                Some(_) => Cause::BuildDefinition,
+                None => Cause::SourcePathNotInCatalogue,
+            };
+            (cause, path.clone())
+        }
+        Evidence::SharedPath { path } => (Cause::SharedFile, path.clone()),
+        Evidence::BuildDefinition { path, detail } => {
+            (Cause::BuildDefinition, format!("{path}: {detail}"))
+        }
+        Evidence::BuildArgument { path, variables } => (
+            Cause::EnvBuildArgument,
+            format!("{path}: {}", variables.join(", ")),
+        ),
+        Evidence::IgnoreFile { path, pattern } => {
+            (Cause::IgnoreRules, format!("{path}: {pattern}"))
+        }
+        Evidence::Renamed { from, to } => (Cause::Rename, format!("{from} -> {to}")),
+        Evidence::DependsOn { service } => (Cause::Dependency, service.clone()),
+        Evidence::Model { .. } => (Cause::Model, String::new()),
+        Evidence::AllServices { reason } => (Cause::AssumedAll, reason.clone()),
     }
+}
+
+/// The likely cause of a miss, from the change's files (never from the labels'
+/// evidence): a renamed file, then an ignore file, an env file, a build definition, else a
+/// source path the catalogue does not list.
+fn miss_cause(files: &[String], status: &[String], service: &str) -> (Cause, String) {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+    let deleted: BTreeSet<String> = files
+        .iter()
+        .zip(status)
+        .filter(|(_, s)| s.as_str() == "D")
+        .map(|(f, _)| base(f))
+        .collect();
+    let renamed = files
+        .iter()
+        .zip(status)
+        .find(|(f, s)| s.as_str() == "A" && deleted.contains(&base(f)) && f.contains(service));
+    if let Some((f, _)) = renamed {
+        return (Cause::Rename, f.clone());
+    }
+    let mut best: Option<(u8, Cause, &String)> = None;
+    for f in files {
+        let (rank, cause) = match builddefs::kind_of(f, None) {
+            Some(FileKind::DockerIgnore) => (0, Cause::IgnoreRules),
+            Some(FileKind::EnvFile) => (1, Cause::EnvBuildArgument),
+            Some(FileKind::Compose) | Some(FileKind::Skaffold) => (2, Cause::BuildDefinition),
+            Some(FileKind::Dockerfile) if f.contains(service) => (2, Cause::BuildDefinition),
+            _ => continue,
+        };
+        if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+            best = Some((rank, cause, f));
+        }
+    }
+    match best {
+        Some((_, cause, f)) => (cause, f.clone()),
+        None => {
+            let f = files
+                .iter()
+                .find(|f| f.contains(service))
+                .or_else(|| files.first())
+                .cloned()
+                .unwrap_or_default();
+            (Cause::SourcePathNotInCatalogue, f)
+        }
+    }
+}
+
+fn record_errors(
+    breakdown: &mut Breakdown,
+    head: &str,
+    row_files: &[String],
+    row_status: &[String],
+    value: &AffectedServices,
+    truth: &BTreeSet<String>,
+) {
+    let short: String = head.chars().take(8).collect();
+    for s in value.services.difference(truth) {
+        let (cause, what) = false_alarm_cause(value, s);
+        Breakdown::add(
+            &mut breakdown.false_alarms,
+            cause,
+            format!("{short} {s}: {what}"),
+        );
+    }
+    for s in truth.difference(&value.services) {
+        let (cause, what) = miss_cause(row_files, row_status, s);
+        Breakdown::add(&mut breakdown.misses, cause, format!("{short} {s}: {what}"));
+    }
+}
+
+/// For each catalogue service, the indices of the changes that moved its Dockerfile to the
+/// catalogue's path: the change adds that Dockerfile and deletes another `Dockerfile*` of
+/// the service's directory.
+fn dockerfile_moves(rows: &[Row], known: &Known) -> BTreeMap<String, Vec<usize>> {
+    let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        for (name, (_, build)) in known {
+            let Some(b) = build else { continue };
+            let dir = format!("src/{name}/");
+            let added = row
+                .changed_files
+                .iter()
+                .zip(&row.file_status)
+                .any(|(f, s)| *f == b.dockerfile && s == "A");
+            let removed_other = row
+                .changed_files
+                .iter()
+                .zip(&row.file_status)
+                .any(|(f, s)| {
+                    s == "D"
+                        && *f != b.dockerfile
+                        && f.starts_with(&dir)
+                        && f.rsplit('/')
+                            .next()
+                            .is_some_and(|base| base.starts_with("Dockerfile"))
+                });
+            if added && removed_other {
+                out.entry(name.clone()).or_default().push(i);
+            }
+        }
+    }
+    out
+}
+
+/// The catalogue with each service widened for one change: to its directory `src/<name>/`
+/// before its Dockerfile moved to the catalogue's path (or when its context lies outside
+/// that directory), else to its build context (a build reads nothing outside it).
+fn widen(names: &[String], before_move: &[bool], known: &Known, enabled: bool) -> Known {
+    let mut out = known.clone();
+    if !enabled {
+        return out;
+    }
+    for (name, moved) in names.iter().zip(before_move) {
+        let Some((svc, build)) = out.get_mut(name) else {
+            continue;
+        };
+        let dir = format!("src/{name}/");
+        let extra = match build {
+            Some(b) if !moved && format!("{}/", b.context).starts_with(&dir) => {
+                format!("{}/", b.context)
+            }
+            _ => dir,
+        };
+        if !svc.paths.contains(&extra) {
+            svc.paths.push(extra);
+        }
+    }
+    out
 }
 
 /// The async body of [`evaluate_services_with`].
@@ -342,23 +681,14 @@ pub async fn evaluate_services_async(
     provider: Option<Arc<dyn AiProvider>>,
     options: &EvalOptions,
 ) -> Result<EvalReport, EvalError> {
-    let known = load_catalogue(&dataset_dir.join("services.json"), options.service_dir)?;
-    let known_narrow = load_catalogue(&dataset_dir.join("services.json"), false)?;
+    let known_narrow = load_catalogue(&dataset_dir.join("services.json"))?;
     let changes_path = dataset_dir.join("changes.jsonl");
     let file = std::fs::File::open(&changes_path).map_err(|source| EvalError::Io {
         path: changes_path.clone(),
         source,
     })?;
     let diffs_dir = dataset_dir.join("diffs");
-
-    let mut compiled: BTreeMap<Vec<String>, (Arc<CompiledCatalogue>, Arc<CompiledCatalogue>)> =
-        BTreeMap::new();
-    let mut det = Counter::default();
-    let mut narrow = Counter::default();
-    let mut model = Counter::default();
-    let mut model_calls: BTreeMap<String, usize> = BTreeMap::new();
-    let mut diffs_available = 0;
-
+    let mut rows = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| EvalError::Io {
             path: changes_path.clone(),
@@ -372,6 +702,22 @@ pub async fn evaluate_services_async(
             line: i + 1,
             source,
         })?;
+        rows.push(row);
+    }
+    let moves = dockerfile_moves(&rows, &known_narrow);
+
+    type Pair = (Arc<CompiledCatalogue>, Arc<CompiledCatalogue>);
+    let mut compiled: BTreeMap<(Vec<String>, Vec<bool>), Pair> = BTreeMap::new();
+    let mut breakdown = Breakdown::default();
+    let mut model_breakdown = Breakdown::default();
+    let mut build_definition_fallbacks = 0;
+    let mut det = Counter::default();
+    let mut narrow = Counter::default();
+    let mut model = Counter::default();
+    let mut model_calls: BTreeMap<String, usize> = BTreeMap::new();
+    let mut diffs_available = 0;
+
+    for (index, row) in rows.into_iter().enumerate() {
         let diff_path = diffs_dir.join(format!("{}.diff", row.head));
         let diff = if row.head.chars().all(|c| c.is_ascii_hexdigit()) {
             std::fs::read_to_string(&diff_path).ok()
@@ -387,25 +733,47 @@ pub async fn evaluate_services_async(
         let mut key = row.services_at_head.clone();
         key.sort();
         key.dedup();
-        let (cat, cat_narrow) = match compiled.get(&key) {
+        // before a service's Dockerfile moved to where the catalogue has it, its build was
+        // defined elsewhere in its directory: widen to the directory then
+        let before_move: Vec<bool> = key
+            .iter()
+            .map(|n| moves.get(n).is_some_and(|m| m.iter().any(|&at| at > index)))
+            .collect();
+        let (cat, cat_narrow) = match compiled.get(&(key.clone(), before_move.clone())) {
             Some(c) => c.clone(),
             None => {
+                let widened = widen(&key, &before_move, &known_narrow, options.service_dir);
                 let c = (
-                    Arc::new(CompiledCatalogue::new(&catalogue_for(&key, &known))?),
-                    Arc::new(CompiledCatalogue::new(&catalogue_for(&key, &known_narrow))?),
+                    Arc::new(catalogue_for(&key, &widened)?),
+                    Arc::new(catalogue_for(&key, &known_narrow)?),
                 );
-                compiled.insert(key, c.clone());
+                compiled.insert((key, before_move), c.clone());
                 c
             }
         };
         let truth: BTreeSet<String> = row.affected_services.iter().cloned().collect();
         let change = ChangeInput {
-            files: row.changed_files,
+            files: row.changed_files.clone(),
             diff,
             ..ChangeInput::default()
         };
         let predicted = cat.affected(&change);
         det.add(&predicted.services, &truth);
+        if predicted
+            .notes
+            .iter()
+            .any(|n| n.ends_with("matched by path only"))
+        {
+            build_definition_fallbacks += 1;
+        }
+        record_errors(
+            &mut breakdown,
+            &row.head,
+            &row.changed_files,
+            &row.file_status,
+            &predicted,
+            &truth,
+        );
         narrow.add(&cat_narrow.affected(&change).services, &truth);
 
         if let Some(p) = &provider {
@@ -418,6 +786,14 @@ pub async fn evaluate_services_async(
             };
             *model_calls.entry(key).or_default() += 1;
             model.add(&decision.value.services, &truth);
+            record_errors(
+                &mut model_breakdown,
+                &row.head,
+                &row.changed_files,
+                &row.file_status,
+                &decision.value,
+                &truth,
+            );
         }
     }
 
@@ -439,6 +815,12 @@ pub async fn evaluate_services_async(
         with_model,
         model_calls,
         diffs_available,
+        build_definition_fallbacks,
+        breakdown: if provider.is_some() {
+            model_breakdown
+        } else {
+            breakdown
+        },
     })
 }
 

@@ -1,5 +1,6 @@
 //! The previewd AI engine.
 pub mod advisor;
+pub mod builddefs;
 pub mod config;
 pub mod environment;
 pub mod eval;

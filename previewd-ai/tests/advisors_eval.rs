@@ -40,6 +40,21 @@ fn deterministic_meets_the_targets_on_the_dev_set() -> anyhow::Result<()> {
         "exact-set {} vs baseline",
         report.exact_set
     );
+    // no worse than the path rule alone was (0.9956 / 1.0000 / 0.9940)
+    assert!(report.precision >= 0.9956, "precision {}", report.precision);
+    assert!(report.recall >= 1.0, "recall {}", report.recall);
+    assert!(report.exact_set >= 0.9940, "exact-set {}", report.exact_set);
+    // every error is in the breakdown, by cause
+    let fp: usize = report
+        .breakdown
+        .false_alarms
+        .values()
+        .map(|c| c.count)
+        .sum();
+    let missed: usize = report.breakdown.misses.values().map(|c| c.count).sum();
+    assert_eq!(fp, report.deterministic.fp);
+    assert_eq!(missed, report.deterministic.fn_);
+    assert!(report.breakdown.render().contains("false alarms by cause"));
     // the headline serialises with the interface's keys
     let json = serde_json::to_value(&report)?;
     for key in ["changes", "precision", "recall", "exact_set"] {

@@ -34,6 +34,8 @@ pub enum Command {
     Crd,
     /// Evaluate affected-service detection on a dataset of real changes.
     EvalServices(EvalArgs),
+    /// Print a service catalogue generated from a compose file or a directory of Dockerfiles.
+    Catalogue(CatalogueArgs),
 }
 
 impl Default for Command {
@@ -207,14 +209,77 @@ pub async fn eval_services(args: EvalArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("evaluating {}", args.dataset.display()))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    println!(
-        "{}",
-        serde_json::json!({
-            "changes": report.changes,
-            "precision": report.precision,
-            "recall": report.recall,
-            "exact_set": report.exact_set,
+    print!("{}", report.breakdown.render());
+    println!("{}", headline_line(&report)?);
+    Ok(())
+}
+
+/// The last line of `previewd eval-services`, exactly
+/// `{"changes": N, "precision": P, "recall": R, "exact_set": E}`.
+pub fn headline_line(report: &previewd_ai::eval::EvalReport) -> anyhow::Result<String> {
+    Ok(format!(
+        "{{\"changes\": {}, \"precision\": {}, \"recall\": {}, \"exact_set\": {}}}",
+        report.changes,
+        serde_json::to_string(&report.precision)?,
+        serde_json::to_string(&report.recall)?,
+        serde_json::to_string(&report.exact_set)?,
+    ))
+}
+
+/// Flags of `previewd catalogue`.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogueArgs {
+    /// Compose file whose services' builds define the catalogue.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "from_dockerfiles",
+        conflicts_with = "from_dockerfiles"
+    )]
+    pub from_compose: Option<PathBuf>,
+    /// Directory searched for `Dockerfile`s, one service each.
+    #[arg(long, value_name = "DIR")]
+    pub from_dockerfiles: Option<PathBuf>,
+    /// Repository root the catalogue's paths are relative to.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub repo_root: PathBuf,
+    /// Also print the build definitions (context, Dockerfile, arguments) after the catalogue.
+    #[arg(long)]
+    pub build_definitions: bool,
+}
+
+/// `previewd catalogue`: prints the generated catalogue as YAML (for
+/// `PreviewRepository.spec.catalogue`); warnings go to standard error.
+pub fn print_catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
+    use previewd_ai::builddefs::generate;
+    let files = generate::DirFiles::new(&args.repo_root);
+    let in_repo = |p: &PathBuf| {
+        generate::relative_to(&args.repo_root, p).with_context(|| {
+            format!(
+                "{} is not inside the repository root {}",
+                p.display(),
+                args.repo_root.display()
+            )
         })
+    };
+    let generated = match (&args.from_compose, &args.from_dockerfiles) {
+        (Some(file), _) => generate::from_compose(&files, &in_repo(file)?)?,
+        (None, Some(dir)) => generate::from_dockerfiles(&files, &in_repo(dir)?)?,
+        (None, None) => anyhow::bail!("give --from-compose FILE or --from-dockerfiles DIR"),
+    };
+    for w in &generated.warnings {
+        eprintln!("previewd: warning: {w}");
+    }
+    print!(
+        "{}",
+        serde_saphyr::to_string(&generated.catalogue).context("rendering YAML")?
     );
+    if args.build_definitions {
+        println!("---");
+        print!(
+            "{}",
+            serde_saphyr::to_string(&generated.builds).context("rendering YAML")?
+        );
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The previewd operator binary: flags, wiring, the admin server (`/healthz`, `/readyz`,
-//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`).
+//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`).
 
 pub mod admin;
 pub mod builder;
@@ -23,6 +23,7 @@ pub async fn main() -> ExitCode {
         Command::Run(args) => run::run(*args).await,
         Command::Crd => cli::print_crds(),
         Command::EvalServices(args) => cli::eval_services(args).await,
+        Command::Catalogue(args) => cli::print_catalogue(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
