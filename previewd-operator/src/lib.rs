@@ -3,6 +3,9 @@
 
 pub mod admin;
 pub mod cli;
+pub mod ctl;
+pub mod leader;
+pub mod reference;
 pub mod run;
 
 use std::process::ExitCode;
@@ -20,6 +23,10 @@ pub async fn main() -> ExitCode {
         Command::Run(args) => run::run(*args).await,
         Command::Crd => cli::print_crds(),
         Command::EvalServices(args) => cli::eval_services(args).await,
+        Command::List(args) => ctl::list(args).await,
+        Command::Describe(args) => ctl::describe(args).await,
+        Command::Extend(args) => ctl::extend(args).await,
+        Command::Delete(args) => ctl::delete(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

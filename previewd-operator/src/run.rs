@@ -82,6 +82,11 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let config = controller_config(&args)?;
+    args.replica.validate(
+        args.webhook_secret
+            .as_deref()
+            .is_some_and(|s| !s.is_empty()),
+    )?;
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     controller::preflight(&client, config.watch_namespace.as_deref())
         .await
@@ -143,7 +148,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let admin = tokio::spawn(admin::serve(args.admin_addr, admin_state, shutdown.clone()));
     info!(namespace = ?args.namespace, "starting controller");
-    controller::run(ctx, readiness, shutdown.clone()).await;
+    let controller = crate::leader::run_controller(
+        &args.replica,
+        client.clone(),
+        ctx,
+        readiness,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     admin
         .await
@@ -155,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("webhook server task")?
             .context("webhook server")?;
     }
+    controller?;
     info!("previewd stopped");
     Ok(())
 }
