@@ -320,6 +320,49 @@ async fn one_leader_reconciles_and_sigkill_hands_over() {
         }
     });
 
+    // The new leader's /metrics after its part of the lifecycle: the key series are there
+    // and sensible.
+    // A delivery without a signature is refused and counted by event and outcome.
+    let refused = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/webhook",
+            replicas[standby].webhook_port
+        ))
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "00000000-0000-0000-0000-000000000001")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let (_, metrics) = replicas[standby]
+        .get(replicas[standby].admin_port, "/metrics")
+        .await
+        .expect("/metrics");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+    };
+    assert!(value("previewd_reconciles_total") >= 2.0);
+    assert!(value("previewd_reconcile_duration_seconds_count") >= 2.0);
+    assert!(value("previewd_reconcile_duration_seconds_sum") > 0.0);
+    assert_eq!(value("previewd_environments"), 2.0);
+    assert!(value("previewd_phase_transitions_total{phase=\"Ready\"}") >= 1.0);
+    assert!(value("previewd_github_rate_limit_remaining") > 0.0);
+    assert!(
+        metrics.contains("previewd_github_requests_total{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("previewd_webhook_deliveries_total{event=\"ping\","),
+        "{metrics}"
+    );
+
     // Clean up while the new leader runs the finalizers, then stop it gracefully: the lease
     // is released at once instead of expiring.
     for pr in [pr1, pr2] {
