@@ -2,7 +2,7 @@
 //!
 //! With `--leader-elect`, every replica serves the GitHub webhook, but only the holder of
 //! a Kubernetes `Lease` (kept by `kube-lease-manager`) runs the controller, the cleanup
-//! sweep and the GitHub reporter. A replica that loses the lease stops its controller and
+//! sweep, the GitHub reporter and the backfill of missed deliveries. A replica that loses the lease stops its controller and
 //! exits, so that it restarts as a clean standby; on SIGTERM the leader stops its
 //! controller first and then releases the lease, so a standby takes over at once instead
 //! of waiting for the lease to expire. A leader that dies without releasing (SIGKILL, a
@@ -22,6 +22,7 @@ use previewd_kube::controller::{self, Context, Readiness};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backfill::Backfill;
 use crate::cli::parse_duration;
 
 /// Flags that decide which parts of the operator this process runs.
@@ -56,6 +57,11 @@ pub struct ReplicaArgs {
     /// split webhook Deployment, whose ServiceAccount may only write PreviewEnvironments.
     #[arg(long, env = "PREVIEWD_WEBHOOK_ONLY")]
     pub webhook_only: bool,
+    /// How often the leader lists the open pull requests of every configured repository
+    /// and converges (also once at start); `0s` switches the backfill off. Needs GitHub
+    /// credentials and the webhook secret.
+    #[arg(long, env = "PREVIEWD_BACKFILL_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub backfill_interval: Duration,
     /// Refuse to start without a webhook secret, instead of running without the webhook
     /// server (the Helm chart sets it whenever the webhook is enabled).
     #[arg(long, env = "PREVIEWD_WEBHOOK_REQUIRED")]
@@ -120,6 +126,7 @@ pub async fn run_controller(
     ctx: Arc<Context>,
     readiness: Readiness,
     shutdown: CancellationToken,
+    backfill: Option<Backfill>,
 ) -> anyhow::Result<()> {
     if args.webhook_only {
         info!("webhook-only replica: the controller does not run here");
@@ -127,7 +134,11 @@ pub async fn run_controller(
         return Ok(());
     }
     if !args.leader_elect {
+        let backfill = spawn_backfill(backfill, &shutdown);
         controller::run(ctx, readiness, shutdown).await;
+        if let Some(task) = backfill {
+            let _ = task.await;
+        }
         return Ok(());
     }
 
@@ -145,7 +156,7 @@ pub async fn run_controller(
     let (mut leader, lease_task) = manager.watch().await;
     info!(%namespace, %lease, %identity, "standing by for the leader lease");
 
-    let outcome = lead_while_holding(&mut leader, ctx, readiness, &shutdown).await;
+    let outcome = lead_while_holding(&mut leader, ctx, readiness, &shutdown, backfill).await;
 
     // Closing the channel makes the lease task release the lease (if held) and stop.
     drop(leader);
@@ -158,11 +169,19 @@ pub async fn run_controller(
     outcome
 }
 
+fn spawn_backfill(
+    backfill: Option<Backfill>,
+    token: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    backfill.map(|b| tokio::spawn(b.run(token.clone())))
+}
+
 async fn lead_while_holding(
     leader: &mut tokio::sync::watch::Receiver<bool>,
     ctx: Arc<Context>,
     readiness: Readiness,
     shutdown: &CancellationToken,
+    backfill: Option<Backfill>,
 ) -> anyhow::Result<()> {
     // Wait to become the leader.
     while !*leader.borrow_and_update() {
@@ -176,6 +195,7 @@ async fn lead_while_holding(
     info!("acquired the leader lease; starting the controller");
     let term = shutdown.child_token();
     let controller = tokio::spawn(controller::run(ctx, readiness, term.clone()));
+    let backfill = spawn_backfill(backfill, &term);
     let lost = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break false,
@@ -188,6 +208,9 @@ async fn lead_while_holding(
     };
     // Stop writing before anyone else may start: the controller drains first.
     term.cancel();
+    if let Some(task) = backfill {
+        let _ = task.await;
+    }
     if tokio::time::timeout(Duration::from_secs(20), controller)
         .await
         .is_err()

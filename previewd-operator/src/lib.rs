@@ -2,6 +2,7 @@
 //! `/metrics`) and subcommands (`run`, `crd`, `eval-services`).
 
 pub mod admin;
+pub mod backfill;
 pub mod cli;
 pub mod ctl;
 pub mod leader;
