@@ -25,6 +25,7 @@ use kube::Client;
 use previewd_core::ai::AiProvider;
 use previewd_core::environment::{EnvironmentAdvisor, EnvironmentReporter};
 use previewd_kube::controller::{self, Context, Readiness};
+
 use previewd_kube::metrics::Metrics;
 use previewd_kube::strategy::{DeployStrategy, Stage};
 use prometheus_client::registry::Registry;
@@ -120,6 +121,11 @@ impl OperatorBuilder {
     pub async fn run(self) -> anyhow::Result<()> {
         let args = self.args;
         let config = controller_config(&args)?;
+        args.replica.validate(
+            args.webhook_secret
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()),
+        )?;
         let client = match self.client {
             Some(client) => client,
             None => kube_client(args.kubeconfig.as_deref()).await?,
@@ -230,8 +236,16 @@ impl OperatorBuilder {
             let _ = sender.send(listener.local_addr()?);
         }
         let admin = tokio::spawn(admin::serve_on(listener, admin_state, shutdown.clone()));
-        info!(namespace = ?args.namespace, "starting controller");
-        controller::run(ctx, readiness, shutdown.clone()).await;
+        let backfill = crate::backfill::from_run_args(&args, client.clone())?;
+        let controller = crate::leader::run_controller(
+            &args.replica,
+            client.clone(),
+            ctx,
+            readiness,
+            shutdown.clone(),
+            backfill,
+        )
+        .await;
         shutdown.cancel();
         admin
             .await
@@ -243,6 +257,7 @@ impl OperatorBuilder {
                 .context("webhook server task")?
                 .context("webhook server")?;
         }
+        controller?;
         info!("previewd stopped");
         Ok(())
     }

@@ -36,6 +36,14 @@ pub enum Command {
     EvalServices(EvalArgs),
     /// Print a service catalogue generated from a compose file or a directory of Dockerfiles.
     Catalogue(CatalogueArgs),
+    /// List environments: phase, PR, URL, cost, time left.
+    List(crate::ctl::ListArgs),
+    /// Describe one environment: conditions, services, tests, events.
+    Describe(crate::ctl::NameArgs),
+    /// Let an environment live longer (up to its hard cap).
+    Extend(crate::ctl::ExtendArgs),
+    /// Delete an environment and, with it, its namespace.
+    Delete(crate::ctl::NameArgs),
 }
 
 impl Default for Command {
@@ -148,6 +156,9 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// Leader election and the webhook-only mode.
+    #[command(flatten)]
+    pub replica: crate::leader::ReplicaArgs,
 }
 
 impl Default for RunArgs {

@@ -2,8 +2,12 @@
 //! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`).
 
 pub mod admin;
+pub mod backfill;
 pub mod builder;
 pub mod cli;
+pub mod ctl;
+pub mod leader;
+pub mod reference;
 pub mod run;
 
 pub use builder::OperatorBuilder;
@@ -24,6 +28,10 @@ pub async fn main() -> ExitCode {
         Command::Crd => cli::print_crds(),
         Command::EvalServices(args) => cli::eval_services(args).await,
         Command::Catalogue(args) => cli::print_catalogue(args),
+        Command::List(args) => ctl::list(args).await,
+        Command::Describe(args) => ctl::describe(args).await,
+        Command::Extend(args) => ctl::extend(args).await,
+        Command::Delete(args) => ctl::delete(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,7 +123,17 @@ pub fn github_client(
     args: &RunArgs,
     registry: &mut Registry,
 ) -> anyhow::Result<Option<Arc<dyn previewd_core::source_control::SourceControl>>> {
-    use previewd_github::metrics::ClientMetrics;
+    let metrics = previewd_github::metrics::ClientMetrics::register(registry);
+    Ok(github_rest_client(args, metrics)?
+        .map(|c| Arc::new(c) as Arc<dyn previewd_core::source_control::SourceControl>))
+}
+
+/// The concrete GitHub REST client, when a token or GitHub App credentials are
+/// configured, counting into `metrics`.
+pub fn github_rest_client(
+    args: &RunArgs,
+    metrics: previewd_github::metrics::ClientMetrics,
+) -> anyhow::Result<Option<previewd_github::GitHubClient>> {
     use previewd_github::{AppCredentials, ClientConfig, GitHubAuth, GitHubClient};
 
     let auth = match (&args.github_token, args.github_app_id) {
@@ -149,10 +159,9 @@ pub fn github_client(
     };
     let base = url::Url::parse(&args.github_api_url)
         .with_context(|| format!("invalid --github-api-url {:?}", args.github_api_url))?;
-    let metrics = ClientMetrics::register(registry);
     let client = GitHubClient::new(ClientConfig::new(base), auth, metrics)
         .context("creating the GitHub client")?;
-    Ok(Some(Arc::new(client)))
+    Ok(Some(client))
 }
 
 /// Binds and starts the GitHub webhook server; it only records desired state

@@ -18,6 +18,7 @@
 mod api;
 mod auth;
 mod error;
+mod pulls;
 
 use std::sync::Arc;
 use std::time::Duration;
