@@ -1,5 +1,5 @@
 //! The generated CRDs: committed copy up to date, structural, and the CEL rules reject
-//! bad specs (client-side here; `tests/cluster_*` check the same at a real API server).
+//! bad specs (client-side here; `tests/lifecycle.rs` checks the same rules at a real API server).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kube::CustomResourceExt;
