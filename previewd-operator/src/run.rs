@@ -10,6 +10,7 @@ use previewd_kube::children::namespace::GuardSettings;
 use previewd_kube::controller::{self, Context, ControllerConfig, Readiness};
 use previewd_kube::metrics::Metrics;
 use prometheus_client::registry::Registry;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -122,7 +123,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(ctx.with_advisor(Arc::new(advisor)));
 
     let webhook = match &args.webhook_secret {
-        Some(secret) if !secret.is_empty() => Some(
+        Some(secret) if !secret.expose_secret().is_empty() => Some(
             start_webhook(
                 &args,
                 secret,
@@ -191,7 +192,7 @@ pub fn github_client(
     use previewd_github::{AppCredentials, ClientConfig, GitHubAuth, GitHubClient};
 
     let auth = match (&args.github_token, args.github_app_id) {
-        (Some(token), _) if !token.is_empty() => GitHubAuth::Token(token.clone().into()),
+        (Some(token), _) if !token.expose_secret().is_empty() => GitHubAuth::Token(token.clone()),
         (_, Some(app_id)) => {
             let installation_id = args
                 .github_app_installation_id
@@ -223,7 +224,7 @@ pub fn github_client(
 /// (server-side applies `PreviewEnvironment`s rendered from `PreviewRepository` settings).
 async fn start_webhook(
     args: &RunArgs,
-    secret: &str,
+    secret: &SecretString,
     client: Client,
     registry: &mut Registry,
     shutdown: CancellationToken,
@@ -234,7 +235,12 @@ async fn start_webhook(
 
     let store = Arc::new(KubeStore::new(client, args.namespace.clone()));
     let metrics = WebhookMetrics::register(registry);
-    let state = WebhookState::new(WebhookConfig::new(secret), store, metrics);
+    let mut config = WebhookConfig::new(secret.expose_secret());
+    if let Some(claims) = &args.repository_claims {
+        config.claim_policy = previewd_github::claims::ClaimPolicy::parse(claims)
+            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?;
+    }
+    let state = WebhookState::new(config, store, metrics);
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
