@@ -211,6 +211,7 @@ fn example() -> Result<Value, String> {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let (serve_mode, args) = parse_args()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if serve_mode {
         return serve().await;
     }
