@@ -429,7 +429,9 @@ mod tests {
         let c = AiConfig::load(
             &data(&[
                 ("ai.provider", "ollama"),
-                ("ai.baseURL", "http://ollama.ai.svc:11434"),
+                // Locality is decided by resolved addresses, so the test uses one that
+                // resolves here; a cluster service name resolves to a private address.
+                ("ai.baseURL", "http://10.96.0.20:11434"),
                 ("ai.model", "qwen2.5:7b"),
                 ("ai.numCtx", "16384"),
                 ("ai.rateLimit", "4"),

@@ -1,9 +1,12 @@
 //! Secret scrubbing and the send policy for untrusted PR content.
 //!
 //! [`scrub_secrets`] replaces obvious credentials with `[REDACTED]` before any text leaves
-//! the operator: PEM private keys, AWS access key ids, GitHub, OpenAI and Slack tokens,
-//! JWTs, bearer tokens and `password=`/`secret:`/`token:`-style assignments with long
-//! values. It is a safety net, not a guarantee; [`may_send`] keeps fork PRs away from
+//! the operator: PEM private keys, AWS access key ids, GitHub, OpenAI, Slack, Google,
+//! Stripe, GitLab, npm and PyPI tokens, Azure `AccountKey=` values, `scheme://user:pass@`
+//! URL credentials, JWTs, bearer tokens and `password=`/`secret:`/`token:`-style
+//! assignments with long values (rules ported from gitleaks and trufflehog, offline
+//! parts only). Every untrusted input of a prompt — diffs, titles and file paths — goes
+//! through it in [`crate::provider::render_prompt`]. It is a safety net, not a guarantee; [`may_send`] keeps fork PRs away from
 //! external providers unless the repository allows it.
 
 use std::sync::LazyLock;
@@ -20,6 +23,8 @@ struct Rule {
     keep: usize,
     /// When this group matched, the match is left alone (e.g. a function call).
     skip_group: Option<usize>,
+    /// The match ends in `@` (a URL's userinfo), which is put back after the redaction.
+    suffix_at: bool,
 }
 
 const PATTERNS: &[(&str, usize, Option<usize>)] = &[
@@ -48,6 +53,37 @@ const PATTERNS: &[(&str, usize, Option<usize>)] = &[
     ),
     // Slack tokens.
     (r"\bxox[abposre]-[A-Za-z0-9-]{10,}", 0, None),
+    // Google API keys.
+    (r"\bAIza[0-9A-Za-z_\-]{35}", 0, None),
+    // Stripe secret and restricted keys.
+    (
+        r"\b(?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{10,99}",
+        0,
+        None,
+    ),
+    // GitLab personal, pipeline-trigger, runner and deploy tokens.
+    (
+        r"\bgl(?:pat|ptt|rt|dt|oas|cbt|imt|ft|agent)-[0-9A-Za-z_\-]{20,}",
+        0,
+        None,
+    ),
+    // npm access tokens.
+    (r"\bnpm_[A-Za-z0-9]{36}", 0, None),
+    // PyPI upload tokens.
+    (r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,}", 0, None),
+    // Azure storage account keys and SAS signatures in connection strings.
+    (
+        r"(?i)(\b(?:AccountKey|SharedAccessKey|SharedAccessSignature)\s*=\s*)[A-Za-z0-9+/%&=_\-.:]{20,}",
+        1,
+        None,
+    ),
+    // Credentials in URLs: scheme://user:password@host keeps the scheme and the host.
+    // A password that starts with `$` or `{` is a placeholder and left alone.
+    (
+        r"(?i)(\b[a-z][a-z0-9+.\-]{1,20}://)[^\s:/?#@\[\]]+:(?:[^\s@/$\{][^\s@/]*)(@)",
+        1,
+        None,
+    ),
     // JSON Web Tokens.
     (
         r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
@@ -71,8 +107,9 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         .iter()
         .filter_map(|(pattern, keep, skip_group)| {
             Regex::new(pattern).ok().map(|regex| Rule {
+                suffix_at: pattern.ends_with("(@)"),
+                keep: if pattern.ends_with("(@)") { 1 } else { *keep },
                 regex,
-                keep: *keep,
                 skip_group: *skip_group,
             })
         })
@@ -102,6 +139,9 @@ pub fn scrub_secrets(text: &str) -> (String, usize) {
                     }
                 }
                 out.push_str(REDACTED);
+                if rule.suffix_at {
+                    out.push('@');
+                }
                 out
             })
             .into_owned();
@@ -179,6 +219,38 @@ mod tests {
                 "apiKey => 'Zm9vYmFyYmF6cXV4cXV1eA'",
                 "Zm9vYmFyYmF6cXV4cXV1eA",
             ),
+            (
+                "maps(\"AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI\")",
+                "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI",
+            ),
+            (
+                "stripe.api_key = sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+                "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            ),
+            (
+                "rk_test_51H8abcdefghijklmnop",
+                "rk_test_51H8abcdefghijklmnop",
+            ),
+            (
+                "+ GITLAB=glpat-xxxxxxxxxxxxxxxxxxxx1234",
+                "glpat-xxxxxxxxxxxxxxxxxxxx1234",
+            ),
+            (
+                "//registry.npmjs.org/:_authToken npm_abcdefghijklmnopqrstuvwxyz0123456789",
+                "npm_abcdefghijklmnopqrstuvwxyz0123456789",
+            ),
+            (
+                "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=Zm9vYmFyYmF6cXV4cXV1eGZvb2Jhcg==;EndpointSuffix=core.windows.net",
+                "Zm9vYmFyYmF6cXV4cXV1eGZvb2Jhcg==",
+            ),
+            (
+                "DATABASE_URL: postgres://app:s3cr3t-passw0rd@db.internal:5432/app",
+                "s3cr3t-passw0rd",
+            ),
+            (
+                "git clone https://x-access-token:abc123def456@github.com/acme/x",
+                "abc123def456",
+            ),
         ];
         for (input, secret) in cases {
             let (out, n) = scrub_secrets(input);
@@ -217,11 +289,22 @@ mod tests {
             "bearer of bad news",
             "index 1111111..2222222 100644",
             "skip-this-test-because-it-is-slow",
+            "https://github.com/acme/shop/pull/12",
+            "postgres://app:${DB_PASSWORD}@db:5432/app",
+            "ssh://git@github.com/acme/shop.git",
+            "task_list_items and sk_live_ ids",
         ];
         for input in clean {
             let (out, n) = scrub_secrets(input);
             assert_eq!((out.as_str(), n), (input, 0), "{input:?}");
         }
+    }
+
+    #[test]
+    fn url_credentials_keep_scheme_and_host() {
+        let (out, n) = scrub_secrets("redis://default:hunter2hunter2@cache:6379/0");
+        assert_eq!(out, "redis://[REDACTED]@cache:6379/0");
+        assert_eq!(n, 1);
     }
 
     #[test]

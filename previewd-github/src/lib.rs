@@ -10,9 +10,12 @@
 //!   App authentication and GitHub's rate-limit rules.
 //! - [`comment`]: the pure renderer of the sticky comment's body.
 
+pub mod claims;
 pub mod client;
 pub mod comment;
+pub mod decision;
 pub mod event;
+pub mod fuzz_targets;
 pub mod metrics;
 pub mod policy;
 pub mod reporter;
@@ -27,4 +30,4 @@ pub use reporter::GitHubReporter;
 #[cfg(feature = "kube")]
 pub use store::{EnvironmentStore, KubeStore, MemoryStore, Precondition, StoreError};
 #[cfg(feature = "kube")]
-pub use webhook::{WebhookConfig, WebhookState, router, serve};
+pub use webhook::{ServeLimits, WebhookConfig, WebhookState, router, serve, serve_with_limits};

@@ -6,8 +6,11 @@
 //! latest state and spawns a task. Tasks of one environment run one at a time and always
 //! report the *latest* recorded state, so a burst of phase changes collapses into the
 //! last one and an older state is never written after a newer one. Transient failures
-//! (rate limits, outages) are retried a few times; then the error is logged and counted,
-//! and the next phase change reports again.
+//! (rate limits, outages, timeouts) are retried with a capped exponential backoff (2 s
+//! doubling up to 5 min) until the report is delivered or a newer state replaces it;
+//! permanent failures (401, 403, 404, 422) are logged and counted, and the next phase
+//! change reports again. Deployments and the sticky comment are found before they are
+//! created, so a retry never makes a duplicate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

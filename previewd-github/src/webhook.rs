@@ -6,25 +6,42 @@
 //! |---|---|
 //! | `Content-Type` is `application/json` or `application/x-www-form-urlencoded` | 415 |
 //! | `X-GitHub-Event` and `X-GitHub-Delivery` present | 400 |
-//! | body within the limit (default 5 MiB) | 413 |
+//! | event is `pull_request` or `ping` (nothing else is read) | 200 `ignored` |
+//! | `X-Hub-Signature-256` is `sha256=` and 64 hex digits | 401 |
+//! | declared `Content-Length` within the limit (default 1 MiB) | 413 |
+//! | fewer than [`WebhookConfig::max_in_flight`] bodies being read or handled | 503 `overloaded` |
+//! | body within the limit while reading | 413 |
 //! | body read within the read timeout | 408 |
 //! | `X-Hub-Signature-256` matches the raw body | 401 |
 //! | same delivery id seen and answered 2xx recently | 200 `duplicate` |
 //! | `ping` | 200 `pong` |
-//! | other events, unhandled actions, policy says leave alone | 200 `ignored` |
-//! | payload parses as a `pull_request` event | 400 |
-//! | repository has a `PreviewRepository` | 202 `unknown_repository` |
-//! | event older than what the environment records | 202 `stale` |
+//! | unhandled actions, policy says leave alone | 200 `ignored` |
+//! | payload parses as a `pull_request` event with an RFC 3339 `updated_at` | 400 |
+//! | exactly one allowed `PreviewRepository` claims the repository | 202 `unknown_repository` / `conflicting_claims` |
+//! | event newer than what the environment or the recorded close holds ([`crate::decision`]) | 202 `stale` / 200 `duplicate` |
 //! | the environment rendered and written (or deleted) | 202 `applied` / `deleted` / `unchanged` / `absent` |
 //! | rendering refused the settings or payload | 422 |
 //! | the Kubernetes API failed or timed out | 503 (GitHub records a failure; redeliver) |
 //!
 //! The handler never calls GitHub and never waits for the environment: the
 //! `PreviewEnvironment` is the durable queue the controller works from.
+//!
+//! # Before authentication
+//!
+//! Everything up to the signature check is open to anyone on the internet, so it is
+//! bounded: [`serve`] speaks HTTP/1.1 only, closes connections whose request head does not
+//! arrive within [`ServeLimits::header_read_timeout`], caps open connections and the
+//! per-connection buffer; the handler rejects by headers alone (event, signature syntax,
+//! `Content-Length`) before reading a byte of the body, and reads at most
+//! [`WebhookConfig::max_in_flight`] bodies at once, so buffered bodies never exceed
+//! `max_in_flight × body_limit`. The `event` label of the delivery metric takes values
+//! from a fixed list only ([`crate::metrics::event_label`]). `/readyz` answers from a
+//! cached check of the API server, refreshed at most every
+//! [`WebhookConfig::ready_cache_ttl`], whatever the request rate.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -34,30 +51,34 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jiff::Timestamp;
 use previewd_kube::crd::{
-    ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, ANNOTATION_PR_UPDATED_AT, PreviewEnvironment,
+    ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, CONDITION_CLAIMED, PreviewEnvironment,
     PreviewRepository,
 };
 use previewd_kube::render::{self, PullRequestSnapshot};
 use secrecy::SecretString;
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+use crate::claims::{self, ClaimPolicy, ClaimVerdict};
+use crate::decision::{self, Plan};
 use crate::event::{Envelope, PullRequestEvent};
 use crate::metrics::WebhookMetrics;
-use crate::policy::{self, Decision};
+use crate::policy;
 use crate::signature::{self, SIGNATURE_HEADER};
 use crate::store::{EnvironmentStore, Precondition, StoreError};
 
-/// Annotation: head commit of the newest event applied.
-pub const ANNOTATION_HEAD_SHA: &str = "previewd.io/head-sha";
-/// Annotation: head commit of a fork PR that a maintainer approved.
-pub const ANNOTATION_APPROVED_SHA: &str = "previewd.io/approved-sha";
+pub use crate::decision::{ANNOTATION_APPROVED_SHA, ANNOTATION_HEAD_SHA};
 
-/// Default body limit: 5 MiB (the largest real `pull_request` payload is ~28 KB).
-pub const DEFAULT_BODY_LIMIT: usize = 5 * 1024 * 1024;
+/// Default body limit: 1 MiB. The largest real `pull_request` payload is ~28 KB; a PR
+/// body is capped by GitHub at 65 536 characters, so even an adversarial but genuine
+/// payload stays far below.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Events whose body is read; every other event is answered `ignored` from its headers.
+pub const HANDLED_EVENTS: &[&str] = &["pull_request", "ping"];
 
 const LOCK_STRIPES: usize = 64;
 const MAX_CONFLICT_RETRIES: usize = 3;
@@ -77,6 +98,13 @@ pub struct WebhookConfig {
     pub delivery_cache_capacity: u64,
     /// How long a delivery id is remembered.
     pub delivery_cache_ttl: Duration,
+    /// Deliveries whose body is read or handled at once; more are answered 503 before
+    /// their body is read. Bounds buffered bodies to `max_in_flight × body_limit`.
+    pub max_in_flight: usize,
+    /// How long `/readyz` reuses the answer of the last API server check.
+    pub ready_cache_ttl: Duration,
+    /// Which namespaces may claim which repositories.
+    pub claim_policy: ClaimPolicy,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -91,13 +119,17 @@ impl std::fmt::Debug for WebhookConfig {
             .field("store_timeout", &self.store_timeout)
             .field("delivery_cache_capacity", &self.delivery_cache_capacity)
             .field("delivery_cache_ttl", &self.delivery_cache_ttl)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("ready_cache_ttl", &self.ready_cache_ttl)
+            .field("claim_policy", &self.claim_policy)
             .finish()
     }
 }
 
 impl WebhookConfig {
-    /// Defaults (5 MiB, 10 s read timeout, 5 s store timeout, 10 000 deliveries for 1 h)
-    /// with one secret.
+    /// Defaults (1 MiB, 10 s read timeout, 5 s store timeout, 10 000 deliveries for 1 h,
+    /// 32 in flight, `/readyz` cached for 5 s, any namespace may claim a repository) with
+    /// one secret.
     pub fn new(secret: impl Into<String>) -> Self {
         WebhookConfig {
             secrets: vec![SecretString::from(secret.into())],
@@ -106,6 +138,9 @@ impl WebhookConfig {
             store_timeout: Duration::from_secs(5),
             delivery_cache_capacity: 10_000,
             delivery_cache_ttl: Duration::from_secs(3600),
+            max_in_flight: 32,
+            ready_cache_ttl: Duration::from_secs(5),
+            claim_policy: ClaimPolicy::open(),
         }
     }
 }
@@ -149,8 +184,11 @@ struct Inner {
     store: Arc<dyn EnvironmentStore>,
     metrics: WebhookMetrics,
     deliveries: moka::future::Cache<String, DeliveryOutcome>,
-    tombstones: moka::sync::Cache<(String, String), Timestamp>,
     locks: Vec<Mutex<()>>,
+    in_flight: Arc<Semaphore>,
+    /// Last `/readyz` check of the store: when, and the answer. The lock is held while
+    /// checking, so concurrent probes share one API call.
+    ready: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 /// Shared state of the webhook handlers. Cheap to clone.
@@ -178,19 +216,17 @@ impl WebhookState {
             .max_capacity(config.delivery_cache_capacity)
             .time_to_live(config.delivery_cache_ttl)
             .build();
-        let tombstones = moka::sync::Cache::builder()
-            .max_capacity(config.delivery_cache_capacity)
-            .time_to_live(config.delivery_cache_ttl)
-            .build();
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         WebhookState {
             inner: Arc::new(Inner {
                 config,
                 store,
                 metrics,
                 deliveries,
-                tombstones,
                 locks,
+                in_flight,
+                ready: Mutex::new(None),
             }),
         }
     }
@@ -240,22 +276,130 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight
-/// requests.
+/// Connection-level limits of [`serve_with_limits`].
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Open connections; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time for a request head (line and headers) to arrive, from connection open and
+    /// between keep-alive requests; slower connections are closed.
+    pub header_read_timeout: Duration,
+    /// Largest read buffer of one connection (bounds a request head), bytes.
+    pub max_buf_size: usize,
+    /// Time in-flight requests get to finish after shutdown is requested.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    /// 256 connections, 5 s for a request head, 64 KiB buffers, 10 s to drain.
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(5),
+            max_buf_size: 64 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `router` on `listener` with [`ServeLimits::default`] until `shutdown` is
+/// cancelled, then drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    serve_with_limits(listener, router, shutdown, ServeLimits::default()).await
+}
+
+/// Serves `router` over HTTP/1.1 with a header read timeout, a connection cap and a
+/// bounded read buffer per connection (`axum::serve` sets no timer, so hyper's header
+/// timeout would silently be off, and HTTP/2 has none).
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %err, "webhook accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_buf_size.max(8192));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "webhook connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(limits.drain_timeout, tracker.wait())
         .await
+        .is_err()
+    {
+        tracing::warn!("webhook connections still open after the drain timeout");
+    }
+    Ok(())
 }
 
 async fn readyz(State(state): State<WebhookState>) -> Response {
-    match state.with_timeout(state.inner.store.ready()).await {
+    let ttl = state.inner.config.ready_cache_ttl;
+    let mut cached = state.inner.ready.lock().await;
+    let answer = match cached.as_ref() {
+        Some((at, answer)) if at.elapsed() < ttl => answer.clone(),
+        _ => {
+            let answer = state
+                .with_timeout(state.inner.store.ready())
+                .await
+                .map_err(|err| err.to_string());
+            *cached = Some((Instant::now(), answer.clone()));
+            answer
+        }
+    };
+    drop(cached);
+    match answer {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response(),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, err).into_response(),
     }
 }
 
@@ -383,6 +527,24 @@ async fn receive(
             facts,
         );
     };
+    // Everything below runs before the sender is authenticated: answer from the headers
+    // alone wherever possible, and read at most `max_in_flight` bodies at once.
+    if !HANDLED_EVENTS.contains(&event) {
+        return (
+            DeliveryOutcome::new(StatusCode::OK, "ignored", Some("event_not_handled".into())),
+            facts,
+        );
+    }
+    if let Err(err) = signature::check_syntax(header_str(headers, SIGNATURE_HEADER)) {
+        return (
+            DeliveryOutcome::new(
+                StatusCode::UNAUTHORIZED,
+                "rejected_signature",
+                Some(err.category().to_string()),
+            ),
+            facts,
+        );
+    }
     let declared =
         header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > config.body_limit as u64) {
@@ -391,6 +553,16 @@ async fn receive(
             facts,
         );
     }
+    let Ok(_permit) = state.inner.in_flight.clone().try_acquire_owned() else {
+        return (
+            DeliveryOutcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                Some("too many deliveries in flight".into()),
+            ),
+            facts,
+        );
+    };
     let raw = match tokio::time::timeout(
         config.read_timeout,
         axum::body::to_bytes(body, config.body_limit),
@@ -485,10 +657,6 @@ async fn receive(
     (outcome, facts)
 }
 
-fn parse_time(value: Option<&str>) -> Option<Timestamp> {
-    value.and_then(|v| v.parse::<Timestamp>().ok())
-}
-
 fn annotation<'a>(env: &'a PreviewEnvironment, key: &str) -> Option<&'a str> {
     env.metadata
         .annotations
@@ -512,7 +680,45 @@ fn store_failure(err: &StoreError) -> DeliveryOutcome {
     }
 }
 
-/// Handles a parsed `pull_request` event: decide, then apply or delete the environment.
+/// Whether `repo` already carries the `Claimed` condition `verdict` describes.
+fn claim_recorded(repo: &PreviewRepository, verdict: &ClaimVerdict) -> bool {
+    repo.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == CONDITION_CLAIMED
+                && c.status == if verdict.claimed { "True" } else { "False" }
+                && c.reason == verdict.reason
+                && c.message == verdict.message
+        })
+    })
+}
+
+/// Writes the `Claimed` conditions that changed. Failures are logged, not fatal: the
+/// binding itself is decided from the objects, not from their status.
+async fn record_claims(
+    state: &WebhookState,
+    candidates: &[PreviewRepository],
+    verdicts: &[ClaimVerdict],
+) {
+    for verdict in verdicts {
+        let recorded = candidates.iter().any(|r| {
+            r.metadata.namespace.as_deref() == Some(verdict.namespace.as_str())
+                && r.metadata.name.as_deref() == Some(verdict.name.as_str())
+                && claim_recorded(r, verdict)
+        });
+        if recorded {
+            continue;
+        }
+        if let Err(err) = state
+            .with_timeout(state.inner.store.record_claim(verdict))
+            .await
+        {
+            tracing::warn!(namespace = %verdict.namespace, name = %verdict.name, error = %err, "could not record the Claimed condition");
+        }
+    }
+}
+
+/// Handles a parsed `pull_request` event: find the repository's one binding, then plan
+/// ([`decision::plan`]) and carry the plan out.
 async fn handle_pull_request(
     state: &WebhookState,
     delivery: &str,
@@ -523,19 +729,39 @@ async fn handle_pull_request(
         return DeliveryOutcome::new(StatusCode::OK, "ignored", Some("action_not_handled".into()));
     }
     let repository = event.base_repository().to_string();
-    let settings = match state
-        .with_timeout(state.inner.store.find_repository(&repository))
+    let candidates = match state
+        .with_timeout(state.inner.store.find_repositories(&repository))
         .await
     {
-        Ok(Some(settings)) => settings,
-        Ok(None) => {
-            return DeliveryOutcome::new(
+        Ok(candidates) => candidates,
+        Err(err) => return store_failure(&err),
+    };
+    let resolution = claims::resolve(
+        &repository,
+        candidates.clone(),
+        &state.inner.config.claim_policy,
+    );
+    record_claims(state, &candidates, &resolution.verdicts).await;
+    let Some(settings) = resolution.bound else {
+        let conflict = resolution
+            .verdicts
+            .iter()
+            .any(|v| v.reason == claims::REASON_CONFLICT);
+        return if conflict {
+            DeliveryOutcome::new(
+                StatusCode::ACCEPTED,
+                "conflicting_claims",
+                Some(format!(
+                    "several PreviewRepository objects claim {repository}; see their Claimed condition"
+                )),
+            )
+        } else {
+            DeliveryOutcome::new(
                 StatusCode::ACCEPTED,
                 "unknown_repository",
-                Some(format!("no PreviewRepository for {repository}")),
-            );
-        }
-        Err(err) => return store_failure(&err),
+                Some(format!("no PreviewRepository may claim {repository}")),
+            )
+        };
     };
     let Some(namespace) = settings.metadata.namespace.clone() else {
         return DeliveryOutcome::new(
@@ -546,7 +772,24 @@ async fn handle_pull_request(
     };
     let name = render::environment_name(&settings.spec.repository, event.number);
     let _guard = state.lock_for(&namespace, &name).lock().await;
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let mut settings = settings;
+    for round in 0..MAX_CONFLICT_RETRIES {
+        if round > 0 {
+            // Re-read the settings too: their status holds the tombstones.
+            match state
+                .with_timeout(state.inner.store.find_repositories(&repository))
+                .await
+            {
+                Ok(fresh) => {
+                    if let Some(bound) =
+                        claims::resolve(&repository, fresh, &state.inner.config.claim_policy).bound
+                    {
+                        settings = bound;
+                    }
+                }
+                Err(err) => return store_failure(&err),
+            }
+        }
         match attempt(state, delivery, event, &settings, &namespace, &name).await {
             Err(StoreError::Conflict) => continue,
             Err(err) => return store_failure(&err),
@@ -560,7 +803,7 @@ async fn handle_pull_request(
     )
 }
 
-/// One read-decide-write round; `Err(Conflict)` means read again.
+/// One read-plan-write round; `Err(Conflict)` means read again.
 async fn attempt(
     state: &WebhookState,
     delivery: &str,
@@ -573,91 +816,70 @@ async fn attempt(
     let existing = state
         .with_timeout(store.get_environment(namespace, name))
         .await?;
-    let approved = existing
-        .as_ref()
-        .and_then(|e| annotation(e, ANNOTATION_APPROVED_SHA));
-    let decision = policy::decide(event, &settings.spec.gating, approved);
-    let incoming = parse_time(Some(&event.pull_request.updated_at));
-    let key = (namespace.to_string(), name.to_string());
-
-    // Out-of-order protection: an event older than what the environment (or its
-    // deletion) records never changes anything.
-    let recorded = existing
-        .as_ref()
-        .and_then(|e| parse_time(annotation(e, ANNOTATION_PR_UPDATED_AT)));
-    let stale = match (incoming, recorded, existing.is_some()) {
-        (Some(inc), Some(rec), true) => inc < rec,
-        (Some(inc), _, false) => state
-            .inner
-            .tombstones
-            .get(&key)
-            .is_some_and(|deleted| inc <= deleted),
-        _ => false,
+    let closed = settings.status.as_ref().map(|s| &s.closed_pull_requests);
+    let tombstone = closed.and_then(|c| c.get(name));
+    let plan = decision::plan(
+        event,
+        &settings.spec.gating,
+        delivery,
+        existing.as_ref(),
+        tombstone,
+    );
+    let accepted = |outcome, reason: Option<String>| {
+        Ok(DeliveryOutcome::new(StatusCode::ACCEPTED, outcome, reason))
     };
-    let terminating = existing
-        .as_ref()
-        .is_some_and(|e| e.metadata.deletion_timestamp.is_some());
-
-    match decision {
-        Decision::Ignore { reason } => Ok(DeliveryOutcome::new(
+    match plan {
+        Plan::Ignore(reason) => Ok(DeliveryOutcome::new(
             StatusCode::OK,
             "ignored",
             Some(reason.to_string()),
         )),
-        Decision::Remove { reason } => {
-            let Some(existing) = existing else {
-                return Ok(DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "absent",
-                    Some(reason.to_string()),
-                ));
-            };
-            if stale {
-                return Ok(DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "stale",
-                    Some(format!("older than the environment ({reason})")),
-                ));
-            }
-            if terminating {
-                return Ok(DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "deleted",
-                    Some(format!("{reason}; deletion already in progress")),
-                ));
-            }
-            let rv = existing
-                .metadata
-                .resource_version
-                .clone()
+        Plan::Invalid(reason) => Ok(DeliveryOutcome::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(reason),
+        )),
+        Plan::Duplicate => Ok(DeliveryOutcome::new(
+            StatusCode::OK,
+            "duplicate",
+            Some("this delivery is already recorded".into()),
+        )),
+        Plan::Stale(reason) => accepted("stale", Some(reason)),
+        Plan::AlreadyDeleting(reason) => accepted(
+            "deleted",
+            Some(format!("{reason}; deletion already in progress")),
+        ),
+        Plan::Terminating => Ok(DeliveryOutcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            Some("the environment is being deleted; redeliver later".into()),
+        )),
+        Plan::Remove {
+            reason,
+            resource_version,
+            tombstone,
+        } => {
+            // The tombstone first: if it cannot be written nothing is deleted, and the
+            // redelivery tries again.
+            let expired = closed
+                .map(|c| decision::expired_tombstones(c, Timestamp::now()))
                 .unwrap_or_default();
+            state
+                .with_timeout(store.record_tombstone(settings, name, &tombstone, &expired))
+                .await?;
+            let Some(rv) = resource_version else {
+                // Nothing to delete; the tombstone keeps a late event from creating it.
+                return accepted("absent", Some(reason.to_string()));
+            };
             let deleted = state
                 .with_timeout(store.delete_environment(namespace, name, &rv))
                 .await?;
-            if let Some(inc) = incoming {
-                state.inner.tombstones.insert(key, inc);
-            }
-            Ok(DeliveryOutcome::new(
-                StatusCode::ACCEPTED,
+            accepted(
                 if deleted { "deleted" } else { "absent" },
                 Some(reason.to_string()),
-            ))
+            )
         }
-        Decision::Apply { approved_sha } => {
-            if stale {
-                return Ok(DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "stale",
-                    Some("older than the environment".into()),
-                ));
-            }
-            if terminating {
-                return Ok(DeliveryOutcome::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    Some("the environment is being deleted; redeliver later".into()),
-                ));
-            }
+        Plan::Apply { approved_sha } => {
             let desired = match desired_environment(
                 event,
                 settings,
@@ -677,11 +899,7 @@ async fn attempt(
             if let Some(existing) = &existing
                 && same_desired_state(existing, &desired)
             {
-                return Ok(DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "unchanged",
-                    None,
-                ));
+                return accepted("unchanged", None);
             }
             let precondition = match existing.and_then(|e| e.metadata.resource_version) {
                 Some(rv) => Precondition::ResourceVersion(rv),
@@ -690,7 +908,7 @@ async fn attempt(
             state
                 .with_timeout(store.apply_environment(&desired, &precondition))
                 .await?;
-            Ok(DeliveryOutcome::new(StatusCode::ACCEPTED, "applied", None))
+            accepted("applied", None)
         }
     }
 }
@@ -771,6 +989,7 @@ fn same_desired_state(existing: &PreviewEnvironment, desired: &PreviewEnvironmen
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use previewd_kube::crd::ANNOTATION_PR_UPDATED_AT;
     use serde_json::json;
 
     fn settings() -> PreviewRepository {

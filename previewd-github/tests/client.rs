@@ -777,3 +777,115 @@ async fn reporter_sends_the_latest_state_once_per_change() {
         );
     });
 }
+
+/// The attack: GitHub carries out a create but the answer is lost (timeout), and a
+/// naive client sends the POST again. The client looks before creating again, so there
+/// is still exactly one deployment and one sticky comment.
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_not_duplicated() {
+    let github = FakeGitHub::start().await;
+    let client = token_client(&github);
+    let request = DeploymentRequest {
+        git_ref: "abc1234".into(),
+        environment: deployment_environment(9),
+        description: "preview".into(),
+    };
+    github.script(
+        Method::POST,
+        "/repos/acme/shop/deployments",
+        vec![Scripted::processed_then_stall(Duration::from_secs(2))],
+    );
+    let id = client.create_deployment(&repo(), &request).await.unwrap();
+    github.with(|s| {
+        assert_eq!(s.deployments.len(), 1, "exactly one deployment");
+        assert_eq!(s.deployments[0]["id"], id.0);
+    });
+    assert_eq!(
+        github.hits(&Method::POST, "/repos/acme/shop/deployments"),
+        1
+    );
+
+    github.script(
+        Method::POST,
+        "/repos/acme/shop/issues/9/comments",
+        vec![Scripted::processed_then_stall(Duration::from_secs(2))],
+    );
+    let body = format!("{COMMENT_MARKER}\nfirst");
+    let upsert = client.upsert_comment(&repo(), 9, &body).await.unwrap();
+    assert!(matches!(upsert, CommentUpsert::Unchanged(_)), "{upsert:?}");
+    github.with(|s| assert_eq!(s.comments.len(), 1, "exactly one comment"));
+    assert_eq!(
+        github.hits(&Method::POST, "/repos/acme/shop/issues/9/comments"),
+        1
+    );
+
+    // A 502 from a proxy after the create is treated the same way.
+    github.script(
+        Method::POST,
+        "/repos/acme/shop/deployments",
+        vec![Scripted::status(502, "Bad Gateway")],
+    );
+    let other = DeploymentRequest {
+        git_ref: "def5678".into(),
+        ..request
+    };
+    client.create_deployment(&repo(), &other).await.unwrap();
+    github.with(|s| assert_eq!(s.deployments.len(), 2));
+}
+
+/// One pull request's writes are rate limited for a while; another pull request's
+/// writes go through meanwhile instead of queueing behind the wait.
+#[tokio::test]
+async fn a_rate_limit_wait_does_not_hold_the_write_gate() {
+    let github = FakeGitHub::start().await;
+    let mut config = fast_config(&github);
+    config.max_rate_limit_wait = Duration::from_secs(60);
+    let client = GitHubClient::new(
+        config,
+        GitHubAuth::Token(SecretString::from(TOKEN.to_string())),
+        ClientMetrics::default(),
+    )
+    .unwrap();
+    let limited = "/repos/acme/shop/statuses/aaaaaaa";
+    github.script(
+        Method::POST,
+        limited,
+        vec![
+            Scripted::status(403, "You have exceeded a secondary rate limit.")
+                .header("retry-after", "3"),
+        ],
+    );
+    let status = CommitStatus::new(CommitState::Pending, "building", None);
+    let slow = {
+        let client = client.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            client
+                .set_commit_status(&repo(), "aaaaaaa", &status)
+                .await
+                .unwrap();
+            started.elapsed()
+        })
+    };
+    // Let the first request meet its rate limit.
+    while github.hits(&Method::POST, limited) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client
+        .set_commit_status(&repo(), "bbbbbbb", &status)
+        .await
+        .unwrap();
+    // The other PR's write completed while the rate-limited one is still waiting.
+    assert!(
+        !slow.is_finished(),
+        "the rate-limited request is still waiting"
+    );
+    assert_eq!(
+        github.hits(&Method::POST, "/repos/acme/shop/statuses/bbbbbbb"),
+        1
+    );
+    let waited = slow.await.unwrap();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+    assert_eq!(github.hits(&Method::POST, limited), 2);
+}

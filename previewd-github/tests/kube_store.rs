@@ -22,11 +22,18 @@ async fn kube_store_applies_with_preconditions_and_the_webhook_never_rolls_back(
 
     // Settings are found case-insensitively; unknown repositories are not.
     let found = store
-        .find_repository("codertocat/hello-world")
+        .find_repositories("codertocat/hello-world")
         .await
         .unwrap();
-    assert_eq!(found.unwrap().spec.repository, common::REPOSITORY);
-    assert!(store.find_repository("acme/other").await.unwrap().is_none());
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].spec.repository, common::REPOSITORY);
+    assert!(
+        store
+            .find_repositories("acme/other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Through the real webhook server.
     let server = common::start_with_store(store.clone()).await;

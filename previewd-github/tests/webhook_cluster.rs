@@ -8,12 +8,12 @@ mod common;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use previewd_github::metrics::WebhookMetrics;
 use previewd_github::signature::sign;
 use previewd_github::store::KubeStore;
 use previewd_github::webhook::{self, WebhookConfig, WebhookState};
-use previewd_kube::crd::PreviewEnvironment;
+use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
 use previewd_kube::testing::delete_namespace;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,15 @@ async fn octokit_pull_request_examples_reach_the_api_server() {
         for env in envs.list(&Default::default()).await.unwrap() {
             let _ = envs.delete(&env.name_any(), &DeleteParams::default()).await;
         }
+        // Closes are remembered (tombstones in the settings' status); forget them too.
+        Api::<PreviewRepository>::namespaced(client.clone(), &ns)
+            .patch_status(
+                "hello-world",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"closedPullRequests": null}})),
+            )
+            .await
+            .unwrap();
         let store = Arc::new(KubeStore::new(client.clone(), Some(ns.clone())));
         let state = WebhookState::new(
             WebhookConfig::new(common::SECRET),

@@ -298,7 +298,12 @@ async fn an_older_event_never_rolls_back() {
 
 #[tokio::test]
 async fn store_outage_answers_503_and_redelivery_then_succeeds() {
-    let server = start_default(json!({})).await;
+    // No readiness caching here, so the probe follows the outage at once.
+    let server = start(
+        Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))])),
+        |c| c.ready_cache_ttl = Duration::ZERO,
+    )
+    .await;
     let body = body_of_opened();
     let id = delivery_id();
     server.store.set_unavailable(true);
@@ -422,4 +427,62 @@ async fn graceful_shutdown_stops_the_server() {
     let addr = server.addr;
     server.stop().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// The ordering holes, attacked through the real server: a late `opened` after the close
+/// of a PR that never had an environment, a redelivered older push in the same second,
+/// and a payload whose `updated_at` does not parse.
+#[tokio::test]
+async fn ordering_holes_are_closed() {
+    let server = start_default(json!({})).await;
+    // Closed before any environment existed: the close is recorded.
+    let mut close = example("closed");
+    close["pull_request"]["updated_at"] = json!("2019-05-15T15:50:00Z");
+    let a = deliver_json(&server, "pull_request", &delivery_id(), &close).await;
+    assert_eq!((a.status, a.outcome()), (202, "absent"), "{a:?}");
+    let repos = server.store.repositories();
+    let closed = &repos[0].status.as_ref().unwrap().closed_pull_requests;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    // The late `opened` (older, and in the same second) does not bring it back.
+    for at in ["2019-05-15T15:40:00Z", "2019-05-15T15:50:00Z"] {
+        let mut opened = example("opened");
+        opened["pull_request"]["updated_at"] = json!(at);
+        let a = deliver_json(&server, "pull_request", &delivery_id(), &opened).await;
+        assert_eq!((a.status, a.outcome()), (202, "stale"), "{at}: {a:?}");
+    }
+    assert!(server.store.environments().is_empty());
+
+    // Two pushes in the same second: the older one redelivered does not move the head.
+    let mut reopen = example("reopened");
+    reopen["pull_request"]["updated_at"] = json!("2019-05-15T16:00:00Z");
+    reopen["pull_request"]["head"]["sha"] = json!("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+    let a = deliver_json(&server, "pull_request", &delivery_id(), &reopen).await;
+    assert_eq!((a.status, a.outcome()), (202, "applied"));
+    let mut same_second = example("synchronize");
+    same_second["pull_request"]["updated_at"] = json!("2019-05-15T16:00:00Z");
+    same_second["pull_request"]["head"]["sha"] = json!("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    let a = deliver_json(&server, "pull_request", &delivery_id(), &same_second).await;
+    assert_eq!((a.status, a.outcome()), (202, "stale"), "{a:?}");
+    assert_eq!(
+        server.store.environments()[0].spec.head_sha,
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+    );
+
+    // An unparsable updated_at is refused; it never switches the check off.
+    for bad in ["not a time", "", "2019-05-15"] {
+        let mut odd = example("synchronize");
+        odd["pull_request"]["updated_at"] = json!(bad);
+        odd["pull_request"]["head"]["sha"] = json!("cccccccccccccccccccccccccccccccccccccccc");
+        let a = deliver_json(&server, "pull_request", &delivery_id(), &odd).await;
+        assert_eq!(
+            (a.status, a.outcome()),
+            (400, "bad_request"),
+            "{bad:?}: {a:?}"
+        );
+    }
+    assert_eq!(
+        server.store.environments()[0].spec.head_sha,
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+    );
+    server.stop().await;
 }

@@ -240,7 +240,12 @@ pub fn from_run_args(
     client: Client,
 ) -> anyhow::Result<Option<Backfill>> {
     let interval = args.replica.backfill_interval;
-    let Some(secret) = args.webhook_secret.as_deref().filter(|s| !s.is_empty()) else {
+    let Some(secret) = args
+        .webhook_secret
+        .as_ref()
+        .map(secrecy::ExposeSecret::expose_secret)
+        .filter(|s| !s.is_empty())
+    else {
         return Ok(None);
     };
     if interval.is_zero() {

@@ -29,6 +29,7 @@ use previewd_kube::controller::{self, Context, Readiness};
 use previewd_kube::metrics::Metrics;
 use previewd_kube::strategy::{DeployStrategy, Stage};
 use prometheus_client::registry::Registry;
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -123,8 +124,8 @@ impl OperatorBuilder {
         let config = controller_config(&args)?;
         args.replica.validate(
             args.webhook_secret
-                .as_deref()
-                .is_some_and(|s| !s.is_empty()),
+                .as_ref()
+                .is_some_and(|s| !s.expose_secret().is_empty()),
         )?;
         let client = match self.client {
             Some(client) => client,
@@ -210,7 +211,7 @@ impl OperatorBuilder {
         let ctx = Arc::new(ctx.with_advisor(advisor));
 
         let webhook = match &args.webhook_secret {
-            Some(secret) if !secret.is_empty() => Some(
+            Some(secret) if !secret.expose_secret().is_empty() => Some(
                 start_webhook(
                     &args,
                     secret,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 
 /// previewd: an isolated, short-lived preview environment for every pull request.
 #[derive(Debug, Parser)]
@@ -125,8 +126,13 @@ pub struct RunArgs {
     #[arg(long, env = "PREVIEWD_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
     /// GitHub webhook secret; without it the webhook server does not start.
-    #[arg(long, env = "PREVIEWD_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    #[arg(long, env = "PREVIEWD_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub webhook_secret: Option<SecretString>,
+    /// Which namespaces may hold the PreviewRepository of which repositories:
+    /// `namespace=owner/name,owner/*;other-namespace=*`. Unset: any namespace may claim any
+    /// repository (a repository claimed twice is still refused).
+    #[arg(long, env = "PREVIEWD_REPOSITORY_CLAIMS")]
+    pub repository_claims: Option<String>,
     /// GitHub REST API base URL (GitHub Enterprise: `https://HOST/api/v3/`).
     #[arg(
         long,
@@ -135,8 +141,8 @@ pub struct RunArgs {
     )]
     pub github_api_url: String,
     /// GitHub token for commit statuses, deployments and the PR comment.
-    #[arg(long, env = "PREVIEWD_GITHUB_TOKEN", hide_env_values = true)]
-    pub github_token: Option<String>,
+    #[arg(long, env = "PREVIEWD_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub github_token: Option<SecretString>,
     /// GitHub App id (with --github-app-installation-id and --github-app-private-key-file).
     #[arg(long, env = "PREVIEWD_GITHUB_APP_ID")]
     pub github_app_id: Option<u64>,
@@ -174,6 +180,11 @@ impl Default for RunArgs {
 /// Parses `30s`, `5m`, `4h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Wraps a secret flag so it never prints (`Debug` shows `[REDACTED]`).
+pub fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_string()))
 }
 
 /// `previewd crd`.
@@ -293,4 +304,31 @@ pub fn print_catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn secrets_never_print() {
+        let cli = Cli::try_parse_from([
+            "previewd",
+            "--webhook-secret",
+            "hook-s3cr3t-value",
+            "--github-token",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        ])
+        .unwrap();
+        let printed = format!("{cli:?} {:#?}", cli.run);
+        assert!(!printed.contains("hook-s3cr3t-value"), "{printed}");
+        assert!(!printed.contains("ghp_abcdefghij"), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        assert_eq!(
+            cli.run.webhook_secret.as_ref().unwrap().expose_secret(),
+            "hook-s3cr3t-value"
+        );
+    }
 }

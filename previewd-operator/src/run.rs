@@ -12,6 +12,7 @@ use previewd_core::{Money, Pricing};
 use previewd_kube::children::namespace::GuardSettings;
 use previewd_kube::controller::ControllerConfig;
 use prometheus_client::registry::Registry;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -137,7 +138,7 @@ pub fn github_rest_client(
     use previewd_github::{AppCredentials, ClientConfig, GitHubAuth, GitHubClient};
 
     let auth = match (&args.github_token, args.github_app_id) {
-        (Some(token), _) if !token.is_empty() => GitHubAuth::Token(token.clone().into()),
+        (Some(token), _) if !token.expose_secret().is_empty() => GitHubAuth::Token(token.clone()),
         (_, Some(app_id)) => {
             let installation_id = args
                 .github_app_installation_id
@@ -168,7 +169,7 @@ pub fn github_rest_client(
 /// (server-side applies `PreviewEnvironment`s rendered from `PreviewRepository` settings).
 pub(crate) async fn start_webhook(
     args: &RunArgs,
-    secret: &str,
+    secret: &SecretString,
     client: Client,
     registry: &mut Registry,
     shutdown: CancellationToken,
@@ -179,7 +180,12 @@ pub(crate) async fn start_webhook(
 
     let store = Arc::new(KubeStore::new(client, args.namespace.clone()));
     let metrics = WebhookMetrics::register(registry);
-    let state = WebhookState::new(WebhookConfig::new(secret), store, metrics);
+    let mut config = WebhookConfig::new(secret.expose_secret());
+    if let Some(claims) = &args.repository_claims {
+        config.claim_policy = previewd_github::claims::ClaimPolicy::parse(claims)
+            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?;
+    }
+    let state = WebhookState::new(config, store, metrics);
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;

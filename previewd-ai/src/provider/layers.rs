@@ -627,7 +627,7 @@ impl Default for RetryPolicy {
 }
 
 /// Retries `RateLimited`, `Timeout` and `Unavailable` errors with exponential backoff and
-/// full jitter (a random wait between half and all of the backoff), never sooner than a
+/// "equal" jitter (a random wait between half and all of the backoff), never sooner than a
 /// server's `Retry-After`. Never retries quota, credential, request, schema or refusal
 /// errors. A retry whose wait does not fit in the request's deadline is not attempted: the
 /// last error is returned instead.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use previewd_core::ai::{AiError, AiProvider, AiRequest, AiResponse, Capabilities};
 use serde_json::{Value, json};
 
-use super::{classify_status, http_client, render_prompt, schema, transport_error, truncate};
+use super::{classify_status, render_prompt, schema, transport_error, truncate};
 
 /// How the answer schema is passed in `response_format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,13 +52,17 @@ impl std::fmt::Debug for OpenAiCompatible {
 
 impl OpenAiCompatible {
     /// A provider for `base_url` (e.g. `https://api.openai.com/v1` or
-    /// `http://127.0.0.1:8089/v1`) and `model`. Servers on this machine or inside the
-    /// cluster are marked non-external; everything else is external.
+    /// `http://127.0.0.1:8089/v1`) and `model`. Servers whose addresses resolve to this
+    /// machine or the cluster's private network are marked non-external; everything else
+    /// is external. An `api_key` is refused over plain `http://` unless every address of
+    /// the host is a loopback address.
     pub fn new(base_url: &str, model: &str, api_key: Option<String>) -> Result<Self, AiError> {
         let url: reqwest::Url = base_url
             .parse()
             .map_err(|e| AiError::BadRequest(format!("invalid base URL {base_url:?}: {e}")))?;
         let external = !super::is_local_url(&url);
+        let api_key = api_key.filter(|k| !k.is_empty());
+        let client = super::keyed_http_client(&url, api_key.is_some())?;
         // OpenAI itself always speaks json_schema; elsewhere probe and fall back.
         let style = if url.host_str() == Some("api.openai.com") {
             ResponseFormatStyle::JsonSchema
@@ -66,10 +70,10 @@ impl OpenAiCompatible {
             ResponseFormatStyle::Auto
         };
         Ok(Self {
-            client: http_client()?,
+            client,
             endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             model: model.to_string(),
-            api_key: api_key.filter(|k| !k.is_empty()),
+            api_key,
             id: format!("openai:{model}"),
             style,
             downgraded: AtomicBool::new(false),

@@ -222,10 +222,7 @@ impl SourceControl for GitHubClient {
         repo: &RepoRef,
         request: &DeploymentRequest,
     ) -> Result<DeploymentId, SourceControlError> {
-        // A retry after a lost answer must not create a second deployment.
-        if let Some(existing) = self.existing_deployment(repo, request).await? {
-            return Ok(existing);
-        }
+        // Find before create, also after a lost answer: never a second deployment.
         let url = self.url(&format!("{}/deployments", repo_path(repo)))?;
         let body = json!({
             "ref": request.git_ref,
@@ -237,9 +234,16 @@ impl SourceControl for GitHubClient {
             "required_contexts": [],
             "auto_merge": false,
         });
-        let answer = self.send_json(Method::POST, url, body).await?;
-        let created: IdOnly = answer.json()?;
-        Ok(DeploymentId(created.id))
+        let id = self
+            .find_or_create(
+                || self.existing_deployment(repo, request),
+                || async {
+                    let answer = self.create_json(url.clone(), body.clone()).await?;
+                    Ok(DeploymentId(answer.json::<IdOnly>()?.id))
+                },
+            )
+            .await?;
+        Ok(id)
     }
 
     async fn set_deployment_status(
@@ -275,22 +279,34 @@ impl SourceControl for GitHubClient {
     ) -> Result<CommentUpsert, SourceControlError> {
         let body = cap_body(body);
         let _serial = self.inner.comment_lock.lock().await;
-        match self.find_sticky_comment(repo, number).await? {
-            Some((id, existing)) if existing == body => Ok(CommentUpsert::Unchanged(id)),
-            Some((id, _)) => {
+        let url = self.url(&format!("{}/issues/{number}/comments", repo_path(repo)))?;
+        // Find before create, also after a lost answer: never a second sticky comment.
+        let (found, created) = self
+            .find_or_create(
+                || async {
+                    Ok(self
+                        .find_sticky_comment(repo, number)
+                        .await?
+                        .map(|found| (Some(found), None)))
+                },
+                || async {
+                    let answer = self
+                        .create_json(url.clone(), json!({ "body": body }))
+                        .await?;
+                    Ok((None, Some(CommentId(answer.json::<IdOnly>()?.id))))
+                },
+            )
+            .await?;
+        match (found, created) {
+            (_, Some(id)) => Ok(CommentUpsert::Created(id)),
+            (Some((id, existing)), _) if existing == body => Ok(CommentUpsert::Unchanged(id)),
+            (Some((id, _)), _) => {
                 let url = self.url(&format!("{}/issues/comments/{}", repo_path(repo), id.0))?;
                 self.send_json(Method::PATCH, url, json!({ "body": body }))
                     .await?;
                 Ok(CommentUpsert::Updated(id))
             }
-            None => {
-                let url = self.url(&format!("{}/issues/{number}/comments", repo_path(repo)))?;
-                let answer = self
-                    .send_json(Method::POST, url, json!({ "body": body }))
-                    .await?;
-                let created: IdOnly = answer.json()?;
-                Ok(CommentUpsert::Created(CommentId(created.id)))
-            }
+            (None, None) => Err(GitHubError::Decode("no comment found or created".into()).into()),
         }
     }
 }

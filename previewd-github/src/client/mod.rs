@@ -9,9 +9,13 @@
 //! - retries 5xx, timeouts and connection errors with exponential backoff and jitter, at
 //!   most [`ClientConfig::max_retries`] times; never retries 400, 401 (except once after
 //!   refreshing an App token), 404, 422 or other 4xx;
-//! - when it mutates (POST, PATCH, PUT, DELETE), holds the client's write gate, so
-//!   mutations are serialised per installation and spaced by
-//!   [`ClientConfig::mutation_spacing`].
+//! - when it mutates (POST, PATCH, PUT, DELETE), holds the client's write gate while the
+//!   request is on the wire, so mutations are serialised per installation and spaced by
+//!   [`ClientConfig::mutation_spacing`]; the gate is released while waiting out a rate
+//!   limit or a backoff, so one rate-limited pull request never stalls the others;
+//! - never re-sends a POST that creates something (deployment, comment) after its answer
+//!   was lost (timeout, connection error, 5xx): the caller looks for the object first and
+//!   creates it only if it is not there, so a retry cannot make a duplicate.
 //!
 //! `x-ratelimit-remaining` is exported as a gauge.
 
@@ -120,6 +124,157 @@ pub(crate) struct RequestSpec {
     pub(crate) body: Option<serde_json::Value>,
     pub(crate) accept: &'static str,
     pub(crate) auth: AuthKind,
+    /// A POST that creates an object (a deployment, a comment): sending it twice may
+    /// create two, so it is not re-sent after an answer was lost (the caller looks for
+    /// the object first, then creates again).
+    pub(crate) creates: bool,
+}
+
+impl RequestSpec {
+    fn replay_safe(&self) -> bool {
+        !self.creates
+    }
+}
+
+/// One answer to judge.
+pub(crate) struct Exchange<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: &'a [u8],
+}
+
+/// Where a request stands in its retries.
+pub(crate) struct RetryState {
+    /// 1-based attempt just made.
+    pub(crate) attempt: u32,
+    /// Secondary rate limits met so far.
+    pub(crate) secondary_hits: u32,
+    /// A 401 may be answered by refreshing the installation token once.
+    pub(crate) may_refresh_token: bool,
+    /// Sending the request again cannot duplicate anything.
+    pub(crate) replay_safe: bool,
+}
+
+/// What to do after one attempt.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Success (2xx or 304).
+    Done,
+    /// Refresh the installation token and send again.
+    RefreshToken,
+    /// Wait out a rate limit, then send again.
+    RateLimited {
+        /// How long.
+        wait: Duration,
+        /// A secondary limit without `Retry-After` (the next wait doubles).
+        secondary: bool,
+    },
+    /// Back off, then send again.
+    Retry {
+        /// How long.
+        wait: Duration,
+        /// For logs.
+        why: &'static str,
+    },
+    /// Give up.
+    Fail(GitHubError),
+}
+
+impl Verdict {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Verdict::Done => "ok",
+            Verdict::RefreshToken => "unauthorized",
+            Verdict::RateLimited { .. } => "rate_limited",
+            Verdict::Retry { why, .. } => why,
+            Verdict::Fail(err) => match err {
+                GitHubError::RateLimited { .. } => "rate_limited",
+                GitHubError::Server { .. } => "server_error",
+                GitHubError::Rejected { .. } => "rejected",
+                other => other.category(),
+            },
+        }
+    }
+}
+
+/// Judges one HTTP answer: pure, so every rule is tested without a server.
+pub(crate) fn classify_answer(
+    answer: &Exchange<'_>,
+    retry: &RetryState,
+    config: &ClientConfig,
+    now: Timestamp,
+) -> Verdict {
+    let status = answer.status;
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        return Verdict::Done;
+    }
+    let retries_left = retry.attempt <= config.max_retries;
+    let message = message_of(answer.body);
+    let code = status.as_u16();
+    if status == StatusCode::UNAUTHORIZED {
+        return if retry.may_refresh_token {
+            Verdict::RefreshToken
+        } else {
+            Verdict::Fail(GitHubError::Unauthorized(message))
+        };
+    }
+    if let Some(wait) = rate_limit_wait(
+        status,
+        answer.headers,
+        &message,
+        retry.secondary_hits,
+        config,
+        now,
+    ) {
+        // A rate-limited request was not carried out, so sending it again is safe.
+        if !retries_left || wait > config.max_rate_limit_wait {
+            return Verdict::Fail(GitHubError::RateLimited {
+                retry_after: Some(wait),
+            });
+        }
+        let secondary = answer.headers.get(RETRY_AFTER).is_none()
+            && header_u64(answer.headers, "x-ratelimit-remaining") != Some(0);
+        return Verdict::RateLimited { wait, secondary };
+    }
+    match status {
+        StatusCode::FORBIDDEN => Verdict::Fail(GitHubError::Forbidden(message)),
+        StatusCode::NOT_FOUND => Verdict::Fail(GitHubError::NotFound(message)),
+        // A 5xx may come from a proxy after GitHub carried the request out: only
+        // replay-safe requests are sent again here.
+        s if s.is_server_error() && retries_left && retry.replay_safe => Verdict::Retry {
+            wait: backoff(retry.attempt, config),
+            why: "server_error",
+        },
+        s if s.is_server_error() => Verdict::Fail(GitHubError::Server {
+            status: code,
+            attempts: retry.attempt,
+        }),
+        _ => Verdict::Fail(GitHubError::Rejected {
+            status: code,
+            message,
+        }),
+    }
+}
+
+/// Judges a request that got no answer (timeout, connection failure).
+pub(crate) fn classify_transport(
+    timeout: bool,
+    error: &str,
+    attempt: u32,
+    replay_safe: bool,
+    config: &ClientConfig,
+) -> Verdict {
+    if attempt <= config.max_retries && replay_safe {
+        return Verdict::Retry {
+            wait: backoff(attempt, config),
+            why: if timeout { "timeout" } else { "transport" },
+        };
+    }
+    Verdict::Fail(if timeout {
+        GitHubError::Timeout { attempts: attempt }
+    } else {
+        GitHubError::Transport(error.to_string())
+    })
 }
 
 /// An answer with a 2xx status.
@@ -346,6 +501,7 @@ impl GitHubClient {
                     body: None,
                     accept: JSON_MEDIA_TYPE,
                     auth: AuthKind::AppJwt,
+                    creates: false,
                 })
                 .await?;
             let fresh: AccessTokenResponse = answer.json()?;
@@ -401,28 +557,30 @@ impl GitHubClient {
             .inc();
     }
 
-    /// Sends a request with GitHub's retry and rate-limit rules.
+    /// Waits for the write gate and the spacing after the previous mutation.
+    async fn acquire_gate(&self) -> tokio::sync::MutexGuard<'_, Option<Instant>> {
+        let guard = self.inner.write_gate.lock().await;
+        if let Some(last) = *guard {
+            tokio::time::sleep_until(last + self.inner.config.mutation_spacing).await;
+        }
+        guard
+    }
+
+    /// Sends a request with GitHub's retry and rate-limit rules. The write gate is held
+    /// only while a mutation is on the wire, never while waiting out a rate limit or a
+    /// backoff, so one rate-limited pull request does not stall the others.
     pub(crate) async fn execute(&self, spec: RequestSpec) -> Result<Answer, GitHubError> {
         let config = &self.inner.config;
         let mutating = spec.method != Method::GET && spec.method != Method::HEAD;
         // App-level token requests bypass the gate: they run while a gated request waits
         // for its credentials.
-        let mut gate = if mutating && spec.auth == AuthKind::Installation {
-            let guard = self.inner.write_gate.lock().await;
-            if let Some(last) = *guard {
-                tokio::time::sleep_until(last + config.mutation_spacing).await;
-            }
-            Some(guard)
-        } else {
-            None
-        };
+        let gated = mutating && spec.auth == AuthKind::Installation;
         let mut attempt: u32 = 0;
         let mut secondary_hits: u32 = 0;
         let mut refreshed = false;
         let mut force_refresh = false;
         loop {
             attempt += 1;
-            let retries_left = attempt <= config.max_retries;
             let authorization = self.authorization(spec.auth, force_refresh).await?;
             force_refresh = false;
             let mut request = self
@@ -436,6 +594,11 @@ impl GitHubClient {
             if let Some(body) = &spec.body {
                 request = request.json(body);
             }
+            let mut gate = if gated {
+                Some(self.acquire_gate().await)
+            } else {
+                None
+            };
             let sent = async {
                 let response = request.send().await?;
                 let status = response.status();
@@ -447,101 +610,66 @@ impl GitHubClient {
             if let Some(guard) = gate.as_mut() {
                 **guard = Some(Instant::now());
             }
-            let (status, headers, body) = match sent {
-                Ok(parts) => parts,
-                Err(err) => {
-                    let timeout = err.is_timeout();
-                    self.count(&spec.method, if timeout { "timeout" } else { "transport" });
-                    if !retries_left {
-                        return Err(if timeout {
-                            GitHubError::Timeout { attempts: attempt }
-                        } else {
-                            GitHubError::Transport(err.to_string())
-                        });
+            drop(gate);
+            let verdict = match &sent {
+                Ok((status, headers, body)) => {
+                    if let Some(remaining) = header_u64(headers, "x-ratelimit-remaining") {
+                        self.inner
+                            .metrics
+                            .rate_limit_remaining
+                            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
                     }
-                    let wait = backoff(attempt, config);
-                    tracing::warn!(url = %spec.url, attempt, ?wait, error = %err, "GitHub request failed; retrying");
-                    self.inner.metrics.retries.inc();
-                    tokio::time::sleep(wait).await;
-                    continue;
+                    classify_answer(
+                        &Exchange {
+                            status: *status,
+                            headers,
+                            body,
+                        },
+                        &RetryState {
+                            attempt,
+                            secondary_hits,
+                            may_refresh_token: matches!(self.inner.auth, AuthState::App { .. })
+                                && spec.auth == AuthKind::Installation
+                                && !refreshed,
+                            replay_safe: spec.replay_safe(),
+                        },
+                        config,
+                        Timestamp::now(),
+                    )
                 }
+                Err(err) => classify_transport(
+                    err.is_timeout(),
+                    &err.to_string(),
+                    attempt,
+                    spec.replay_safe(),
+                    config,
+                ),
             };
-            if let Some(remaining) = header_u64(&headers, "x-ratelimit-remaining") {
-                self.inner
-                    .metrics
-                    .rate_limit_remaining
-                    .set(i64::try_from(remaining).unwrap_or(i64::MAX));
-            }
-            if status.is_success() || status == StatusCode::NOT_MODIFIED {
-                self.count(&spec.method, "ok");
-                return Ok(Answer { headers, body });
-            }
-            let message = message_of(&body);
-            let code = status.as_u16();
-            if status == StatusCode::UNAUTHORIZED {
-                self.count(&spec.method, "unauthorized");
-                if matches!(self.inner.auth, AuthState::App { .. })
-                    && spec.auth == AuthKind::Installation
-                    && !refreshed
-                {
+            self.count(&spec.method, verdict.outcome());
+            match verdict {
+                Verdict::Done => {
+                    let Ok((_, headers, body)) = sent else {
+                        return Err(GitHubError::Transport("no answer".into()));
+                    };
+                    return Ok(Answer { headers, body });
+                }
+                Verdict::RefreshToken => {
                     refreshed = true;
                     force_refresh = true;
-                    continue;
                 }
-                return Err(GitHubError::Unauthorized(message));
-            }
-            if let Some(wait) = rate_limit_wait(
-                status,
-                &headers,
-                &message,
-                secondary_hits,
-                config,
-                Timestamp::now(),
-            ) {
-                self.count(&spec.method, "rate_limited");
-                let is_secondary = headers.get(RETRY_AFTER).is_none()
-                    && header_u64(&headers, "x-ratelimit-remaining") != Some(0);
-                if is_secondary {
-                    secondary_hits += 1;
-                }
-                if !retries_left || wait > config.max_rate_limit_wait {
-                    return Err(GitHubError::RateLimited {
-                        retry_after: Some(wait),
-                    });
-                }
-                tracing::warn!(url = %spec.url, status = code, ?wait, "GitHub rate limit; waiting");
-                self.inner.metrics.retries.inc();
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            match status {
-                StatusCode::FORBIDDEN => {
-                    self.count(&spec.method, "forbidden");
-                    return Err(GitHubError::Forbidden(message));
-                }
-                StatusCode::NOT_FOUND => {
-                    self.count(&spec.method, "not_found");
-                    return Err(GitHubError::NotFound(message));
-                }
-                s if s.is_server_error() => {
-                    self.count(&spec.method, "server_error");
-                    if !retries_left {
-                        return Err(GitHubError::Server {
-                            status: code,
-                            attempts: attempt,
-                        });
+                Verdict::Fail(err) => return Err(err),
+                Verdict::RateLimited { wait, secondary } => {
+                    if secondary {
+                        secondary_hits += 1;
                     }
-                    let wait = backoff(attempt, config);
-                    tracing::warn!(url = %spec.url, status = code, attempt, ?wait, "GitHub server error; retrying");
+                    tracing::warn!(url = %spec.url, ?wait, "GitHub rate limit; waiting");
                     self.inner.metrics.retries.inc();
                     tokio::time::sleep(wait).await;
                 }
-                _ => {
-                    self.count(&spec.method, "rejected");
-                    return Err(GitHubError::Rejected {
-                        status: code,
-                        message,
-                    });
+                Verdict::Retry { wait, why } => {
+                    tracing::warn!(url = %spec.url, attempt, ?wait, why, "GitHub request failed; retrying");
+                    self.inner.metrics.retries.inc();
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -554,6 +682,7 @@ impl GitHubClient {
             body: None,
             accept,
             auth: AuthKind::Installation,
+            creates: false,
         })
         .await
     }
@@ -570,8 +699,64 @@ impl GitHubClient {
             body: Some(body),
             accept: JSON_MEDIA_TYPE,
             auth: AuthKind::Installation,
+            creates: false,
         })
         .await
+    }
+
+    /// POSTs `body` to create an object; not re-sent after a lost answer (see
+    /// [`RequestSpec::creates`]).
+    pub(crate) async fn create_json(
+        &self,
+        url: Url,
+        body: serde_json::Value,
+    ) -> Result<Answer, GitHubError> {
+        self.execute(RequestSpec {
+            method: Method::POST,
+            url,
+            body: Some(body),
+            accept: JSON_MEDIA_TYPE,
+            auth: AuthKind::Installation,
+            creates: true,
+        })
+        .await
+    }
+
+    /// Creates an object idempotently: looks for it with `find`, creates it with `create`
+    /// only when absent, and after a lost answer looks again before creating again
+    /// (bounded by [`ClientConfig::max_retries`]).
+    pub(crate) async fn find_or_create<T, F, FF, C, CF>(
+        &self,
+        find: F,
+        create: C,
+    ) -> Result<T, GitHubError>
+    where
+        F: Fn() -> FF,
+        FF: std::future::Future<Output = Result<Option<T>, GitHubError>>,
+        C: Fn() -> CF,
+        CF: std::future::Future<Output = Result<T, GitHubError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if let Some(found) = find().await? {
+                return Ok(found);
+            }
+            match create().await {
+                Ok(created) => return Ok(created),
+                Err(
+                    err @ (GitHubError::Timeout { .. }
+                    | GitHubError::Transport(_)
+                    | GitHubError::Server { .. }),
+                ) if attempt <= self.inner.config.max_retries => {
+                    let wait = backoff(attempt, &self.inner.config);
+                    tracing::warn!(attempt, ?wait, error = %err, "create on GitHub may have happened; looking before retrying");
+                    self.inner.metrics.retries.inc();
+                    tokio::time::sleep(wait).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Every item of a paginated list, following `Link: rel="next"`, up to `max_items`.
@@ -633,6 +818,7 @@ impl GitHubClient {
                                         body: None,
                                         accept: JSON_MEDIA_TYPE,
                                         auth: AuthKind::AppJwt,
+                                        creates: false,
                                     })
                                     .await?;
                                 answer.json::<App>()?.slug

@@ -1,13 +1,18 @@
 //! [`EnvironmentStore`] on the Kubernetes API: server-side apply with field manager
 //! `previewd` (forced), resourceVersion preconditions, settings looked up by listing
-//! `PreviewRepository` objects.
+//! `PreviewRepository` objects; claim conditions and tombstones are merge patches of the
+//! `PreviewRepository` status subresource.
 
 use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
-use previewd_kube::crd::{FIELD_MANAGER, PreviewEnvironment, PreviewRepository};
+use previewd_kube::crd::{
+    CONDITION_CLAIMED, ClosedPullRequest, FIELD_MANAGER, PreviewEnvironment, PreviewRepository,
+};
+use serde_json::json;
 
 use super::{EnvironmentStore, Precondition, StoreError};
+use crate::claims::ClaimVerdict;
 
 /// Kubernetes-backed store.
 #[derive(Clone)]
@@ -58,30 +63,82 @@ fn map_error(err: kube::Error) -> StoreError {
 
 #[async_trait]
 impl EnvironmentStore for KubeStore {
-    async fn find_repository(
+    async fn find_repositories(
         &self,
         repository: &str,
-    ) -> Result<Option<PreviewRepository>, StoreError> {
+    ) -> Result<Vec<PreviewRepository>, StoreError> {
         let list = self
             .repositories()
             .list(&ListParams::default())
             .await
             .map_err(map_error)?;
-        let mut matches: Vec<PreviewRepository> = list
+        Ok(list
             .items
             .into_iter()
             .filter(|r| r.spec.repository.eq_ignore_ascii_case(repository))
-            .collect();
-        // Deterministic choice when several namespaces configure the same repository.
-        matches.sort_by_key(|r| (r.namespace(), r.name_any()));
-        if matches.len() > 1 {
-            tracing::warn!(
-                repository,
-                count = matches.len(),
-                "several PreviewRepository objects configure this repository; using the first"
-            );
+            .collect())
+    }
+
+    async fn record_claim(&self, verdict: &ClaimVerdict) -> Result<(), StoreError> {
+        let api: Api<PreviewRepository> = Api::namespaced(self.client.clone(), &verdict.namespace);
+        let patch = json!({
+            "status": {
+                "conditions": [{
+                    "type": CONDITION_CLAIMED,
+                    "status": if verdict.claimed { "True" } else { "False" },
+                    "reason": verdict.reason,
+                    "message": verdict.message,
+                    "lastTransitionTime": jiff::Timestamp::now().to_string(),
+                }]
+            }
+        });
+        match api
+            .patch_status(
+                &verdict.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile: nothing to record.
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => Err(map_error(err)),
         }
-        Ok(matches.into_iter().next())
+    }
+
+    async fn record_tombstone(
+        &self,
+        settings: &PreviewRepository,
+        env_name: &str,
+        tombstone: &ClosedPullRequest,
+        expired: &[String],
+    ) -> Result<(), StoreError> {
+        let namespace = settings
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or_else(|| StoreError::Invalid("PreviewRepository has no namespace".into()))?;
+        let api: Api<PreviewRepository> = Api::namespaced(self.client.clone(), namespace);
+        // A merge patch of one map entry: concurrent tombstones of other pull requests
+        // never overwrite each other.
+        let mut closed = serde_json::Map::new();
+        for name in expired {
+            closed.insert(name.clone(), serde_json::Value::Null);
+        }
+        closed.insert(
+            env_name.to_string(),
+            serde_json::to_value(tombstone).map_err(|e| StoreError::Invalid(e.to_string()))?,
+        );
+        let patch = json!({ "status": { "closedPullRequests": closed } });
+        api.patch_status(
+            &settings.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(map_error)
     }
 
     async fn get_environment(

@@ -7,7 +7,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use previewd_kube::crd::{
+    CONDITION_CLAIMED, ClosedPullRequest, PreviewEnvironment, PreviewRepository,
+};
+
+use crate::claims::ClaimVerdict;
 
 use super::{EnvironmentStore, Precondition, StoreError};
 
@@ -89,6 +94,11 @@ impl MemoryStore {
         self.lock().ops.len()
     }
 
+    /// Current repository settings (with the status the webhook recorded).
+    pub fn repositories(&self) -> Vec<PreviewRepository> {
+        self.lock().repositories.clone()
+    }
+
     /// Current environments.
     pub fn environments(&self) -> Vec<PreviewEnvironment> {
         self.lock().environments.values().cloned().collect()
@@ -123,17 +133,69 @@ fn key_of(env: &PreviewEnvironment) -> (String, String) {
 
 #[async_trait]
 impl EnvironmentStore for MemoryStore {
-    async fn find_repository(
+    async fn find_repositories(
         &self,
         repository: &str,
-    ) -> Result<Option<PreviewRepository>, StoreError> {
+    ) -> Result<Vec<PreviewRepository>, StoreError> {
         self.check_available()?;
         Ok(self
             .lock()
             .repositories
             .iter()
-            .find(|r| r.spec.repository.eq_ignore_ascii_case(repository))
-            .cloned())
+            .filter(|r| r.spec.repository.eq_ignore_ascii_case(repository))
+            .cloned()
+            .collect())
+    }
+
+    async fn record_claim(&self, verdict: &ClaimVerdict) -> Result<(), StoreError> {
+        self.check_available()?;
+        let mut state = self.lock();
+        let Some(repo) = state.repositories.iter_mut().find(|r| {
+            r.metadata.namespace.as_deref() == Some(verdict.namespace.as_str())
+                && r.metadata.name.as_deref() == Some(verdict.name.as_str())
+        }) else {
+            return Ok(());
+        };
+        let status = repo.status.get_or_insert_with(Default::default);
+        status.conditions.retain(|c| c.type_ != CONDITION_CLAIMED);
+        status.conditions.push(Condition {
+            type_: CONDITION_CLAIMED.into(),
+            status: if verdict.claimed { "True" } else { "False" }.into(),
+            reason: verdict.reason.into(),
+            message: verdict.message.clone(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now(),
+            ),
+            observed_generation: None,
+        });
+        Ok(())
+    }
+
+    async fn record_tombstone(
+        &self,
+        settings: &PreviewRepository,
+        env_name: &str,
+        tombstone: &ClosedPullRequest,
+        expired: &[String],
+    ) -> Result<(), StoreError> {
+        self.check_available()?;
+        let mut state = self.lock();
+        let Some(repo) = state.repositories.iter_mut().find(|r| {
+            r.metadata.namespace == settings.metadata.namespace
+                && r.metadata.name == settings.metadata.name
+        }) else {
+            return Err(StoreError::Unavailable(
+                "repository settings are gone".into(),
+            ));
+        };
+        let status = repo.status.get_or_insert_with(Default::default);
+        for name in expired {
+            status.closed_pull_requests.remove(name);
+        }
+        status
+            .closed_pull_requests
+            .insert(env_name.to_string(), tombstone.clone());
+        Ok(())
     }
 
     async fn get_environment(

@@ -9,7 +9,9 @@ mod kube_store;
 mod memory;
 
 use async_trait::async_trait;
-use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
+use previewd_kube::crd::{ClosedPullRequest, PreviewEnvironment, PreviewRepository};
+
+use crate::claims::ClaimVerdict;
 
 pub use kube_store::KubeStore;
 pub use memory::{MemoryStore, StoreOp};
@@ -52,11 +54,26 @@ impl StoreError {
 /// Reads repository settings and reads/writes `PreviewEnvironment`s.
 #[async_trait]
 pub trait EnvironmentStore: Send + Sync + 'static {
-    /// The settings resource of repository `owner/name` (case-insensitive), if any.
-    async fn find_repository(
+    /// Every `PreviewRepository` naming repository `owner/name` (case-insensitive), in
+    /// every namespace the store reads settings from. Which one is used is decided by
+    /// [`crate::claims::resolve`], never by the store.
+    async fn find_repositories(
         &self,
         repository: &str,
-    ) -> Result<Option<PreviewRepository>, StoreError>;
+    ) -> Result<Vec<PreviewRepository>, StoreError>;
+
+    /// Records the `Claimed` condition of one `PreviewRepository` in its status.
+    async fn record_claim(&self, verdict: &ClaimVerdict) -> Result<(), StoreError>;
+
+    /// Records in `settings`' status that the environment `env_name` was removed by an
+    /// event (a tombstone), and drops the `expired` tombstones.
+    async fn record_tombstone(
+        &self,
+        settings: &PreviewRepository,
+        env_name: &str,
+        tombstone: &ClosedPullRequest,
+        expired: &[String],
+    ) -> Result<(), StoreError>;
 
     /// The environment `namespace/name`, if it exists.
     async fn get_environment(

@@ -29,6 +29,8 @@ pub struct Scripted {
     pub headers: Vec<(String, String)>,
     pub body: String,
     pub delay: Duration,
+    /// Carry the request out normally, then hold the answer for `delay` (a lost answer).
+    pub process: bool,
 }
 
 impl Scripted {
@@ -38,6 +40,7 @@ impl Scripted {
             headers: vec![],
             body: json!({"message": message}).to_string(),
             delay: Duration::ZERO,
+            process: false,
         }
     }
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -50,6 +53,14 @@ impl Scripted {
             headers: vec![],
             body: String::new(),
             delay,
+            process: false,
+        }
+    }
+    /// GitHub carries the request out, but the answer arrives after `delay`.
+    pub fn processed_then_stall(delay: Duration) -> Self {
+        Scripted {
+            process: true,
+            ..Self::stall(delay)
         }
     }
 }
@@ -328,7 +339,11 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Body>) -> Response {
     if mutating {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let response = if let Some(s) = scripted {
+    let response = if let Some(s) = scripted.clone().filter(|s| s.process) {
+        let response = route(&shared, &method, &path, &query, &headers, body);
+        tokio::time::sleep(s.delay).await;
+        response
+    } else if let Some(s) = scripted {
         tokio::time::sleep(s.delay).await;
         let mut r = Response::builder().status(s.status);
         for (k, v) in &s.headers {

@@ -1,6 +1,9 @@
 // The derive repeats `type_ = ...` across printer columns, which the lint misreads.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use previewd_core::{ServiceCatalogue, Tier, Ttl};
 use schemars::JsonSchema;
@@ -110,7 +113,7 @@ pub enum DeployPolicy {
 pub use previewd_core::gating::{ForkPolicy, GatingPolicy};
 
 /// Observed state of a repository's settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewRepositoryStatus {
     /// Active environments rendered from these settings.
@@ -119,4 +122,30 @@ pub struct PreviewRepositoryStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Claimed`: whether these settings are the one binding of the repository (written by
+    /// the webhook; `False` with reason `Conflict` when another object claims the same
+    /// repository, or `NotAllowed` when the platform's claim policy does not let this
+    /// namespace claim it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Pull requests closed recently, by environment name: the `updated_at` of the close,
+    /// so a late or replayed event for a closed pull request cannot bring its environment
+    /// back, across restarts of the webhook. Entries expire after a retention period.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub closed_pull_requests: BTreeMap<String, ClosedPullRequest>,
 }
+
+/// A recorded close of a pull request (a tombstone).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosedPullRequest {
+    /// `updated_at` of the event that removed the environment, RFC 3339.
+    pub updated_at: String,
+    /// GitHub delivery id of that event.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub delivery: String,
+}
+
+/// Condition type on `PreviewRepository`: the object is the repository's binding.
+pub const CONDITION_CLAIMED: &str = "Claimed";
