@@ -170,6 +170,10 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     }
     let webhook_latency: Vec<Duration> = opened.iter().map(|s| s.answer.latency).collect();
 
+    // A stage that times out is recorded and the run goes on, so the figures measured so
+    // far are still printed.
+    let mut errors: Vec<String> = Vec::new();
+
     // 2. Wait until every environment is Ready at its head.
     let deadline = Instant::now() + Duration::from_secs(args.stage_timeout);
     let mut ready: Vec<Option<Instant>> = vec![None; n as usize];
@@ -186,10 +190,11 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
             break;
         }
         if Instant::now() > deadline {
-            bail!(
+            errors.push(format!(
                 "only {done} of {n} environments Ready after {} s",
                 args.stage_timeout
-            );
+            ));
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -207,7 +212,15 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         .unwrap_or_default();
     let counts_ready = rig.proxy.counts();
     let usage_ready = operator.usage();
-    eprintln!("all {n} Ready after {batch_ready:?}");
+    eprintln!("{} of {n} Ready after {batch_ready:?}", to_ready.len());
+    eprintln!(
+        "partial: {}",
+        json!({"webhook_latency_ms": percentiles(&webhook_latency),
+               "webhook_to_ready_ms": percentiles(&to_ready),
+               "api_requests_per_env_provisioning": per_env(&counts_ready.since(&counts0), n),
+               "operator_peak_rss_mib": usage_ready.peak_rss_bytes / 1048576,
+               "operator_cpu_s": usage_ready.cpu_seconds - usage0.cpu_seconds})
+    );
 
     // 3. A no-op resync: nothing changes, so nothing should be written.
     let window = Duration::from_secs(args.resync_seconds + 10);
@@ -215,6 +228,10 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     tokio::time::sleep(window).await;
     let counts_resync = rig.proxy.counts();
     let usage_resync = operator.usage();
+    eprintln!(
+        "partial: {}",
+        json!({"api_requests_per_env_noop_resync": per_env(&counts_resync.since(&counts_ready), n)})
+    );
 
     // 4. Throughput: redeliveries of the PRs' current state (each answered `unchanged`).
     let burst = args.burst;
@@ -289,11 +306,13 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!(
+                errors.push(format!(
                     "only {} of {} short-TTL environments were deleted",
                     lags.len(),
                     ttl_numbers.len()
-                );
+                ));
+                expiry_lags = lags;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -328,10 +347,11 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
             break;
         }
         if Instant::now() > deadline {
-            bail!(
+            errors.push(format!(
                 "only {done} of {n} namespaces gone after {} s",
                 args.stage_timeout
-            );
+            ));
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -413,5 +433,6 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         "close_to_namespace_gone_ms": percentiles(&to_gone),
         "batch_close_to_all_gone_s": batch_gone.as_secs_f64(),
         "github": github,
+        "errors": errors,
     }))
 }

@@ -108,9 +108,13 @@ pub fn sha(n: u64) -> String {
     format!("{n:040x}")
 }
 
-/// RFC 3339 time `seconds` after a fixed origin (so event order is explicit).
+/// RFC 3339 time `seconds` after an origin an hour before this process started, so event
+/// order is explicit and every time is in the past (the operator extends a TTL from the
+/// PR's last activity, so a future time would keep an environment alive).
 pub fn time(seconds: u64) -> String {
-    let t = jiff::Timestamp::from_second(1_800_000_000 + i64::try_from(seconds).unwrap_or(0))
+    static ORIGIN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| jiff::Timestamp::now().as_second() - 3600);
+    let t = jiff::Timestamp::from_second(origin + i64::try_from(seconds).unwrap_or(0))
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     t.to_string()
 }
