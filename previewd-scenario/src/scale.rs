@@ -336,10 +336,38 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     .await?;
     let deadline = Instant::now() + Duration::from_secs(args.stage_timeout);
     let mut gone: Vec<Option<Instant>> = vec![None; n as usize];
+    let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(rig.client.clone());
+    let selector = format!(
+        "{}={}",
+        previewd_kube::children::LABEL_ENV_NAMESPACE,
+        rig.namespace
+    );
+    let mut last_list = Instant::now();
     loop {
         for (i, ns) in namespaces.iter().enumerate() {
             if gone[i].is_none() {
                 gone[i] = rig.tracker.namespace_gone(ns);
+            }
+        }
+        // A deletion the watch did not report (it re-listed meanwhile) is caught by a
+        // list every 2 s; such a namespace counts as gone when the list no longer has it.
+        if last_list.elapsed() > Duration::from_secs(2) {
+            last_list = Instant::now();
+            if let Ok(list) = ns_api
+                .list_metadata(&kube::api::ListParams::default().labels(&selector))
+                .await
+            {
+                let present: std::collections::HashSet<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|m| m.metadata.name.clone())
+                    .collect();
+                for (i, ns) in namespaces.iter().enumerate() {
+                    if gone[i].is_none() && !present.contains(ns) {
+                        gone[i] = Some(Instant::now());
+                    }
+                }
             }
         }
         let done = gone.iter().filter(|g| g.is_some()).count();
