@@ -1,0 +1,466 @@
+//! The scale scenario: N environments with S services each through signed webhooks,
+//! all Ready, a no-op resync, short-TTL expiry, a webhook throughput burst, then every PR
+//! closed until every namespace is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::github::PullState;
+use crate::proxy::Counts;
+use crate::rig::{Rig, RigOptions};
+use crate::stats::percentiles;
+use crate::webhook::{Answer, sha, time};
+
+/// Flags of `previewd-scenario scale`.
+#[derive(Clone, Debug, Args)]
+pub struct ScaleArgs {
+    /// Environments (pull requests).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub environments: u64,
+    /// Services per environment.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=50))]
+    pub services: u64,
+    /// Webhook deliveries per second while opening and closing.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Operator's `--resync-interval`, seconds; the no-op window lasts this plus 10 s.
+    #[arg(long, default_value_t = 30)]
+    pub resync_seconds: u64,
+    /// Operator's `--concurrency`.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
+    /// Environments with a short TTL, for the expiry lag.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=200))]
+    pub ttl_environments: u64,
+    /// Their TTL, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub ttl_seconds: u64,
+    /// Deliveries of the throughput burst (unchanged redeliveries).
+    #[arg(long, default_value_t = 2000)]
+    pub burst: u64,
+    /// Concurrent clients of the burst.
+    #[arg(long, default_value_t = 64)]
+    pub burst_concurrency: usize,
+    /// Run without GitHub reporting.
+    #[arg(long)]
+    pub no_github: bool,
+    /// How long to wait for GitHub reporting to catch up at the end, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub github_drain_seconds: u64,
+    /// Longest wait for each stage (all Ready, all gone), seconds.
+    #[arg(long, default_value_t = 1200)]
+    pub stage_timeout: u64,
+    /// Keep the working directory (operator log) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// The `previewd` binary (default: next to this program).
+    #[arg(long, env = "PREVIEWD_BIN")]
+    pub previewd_bin: Option<std::path::PathBuf>,
+}
+
+struct Sent {
+    at: Instant,
+    answer: Answer,
+}
+
+/// Sends one delivery per PR number at `rate` per second; returns when each was sent.
+async fn send_all(
+    rig: &Arc<Rig>,
+    url: &str,
+    numbers: &[u64],
+    rate: f64,
+    make: impl Fn(u64) -> crate::webhook::Delivery,
+) -> anyhow::Result<Vec<Sent>> {
+    let interval = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 10_000.0));
+    let limit = Arc::new(Semaphore::new(64));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, n) in numbers.iter().enumerate() {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let d = make(*n);
+        let permit = limit.clone().acquire_owned().await?;
+        let (rig, url) = (rig.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let answer = crate::webhook::send(&rig.http, &url, &d).await;
+            drop(permit);
+            Sent { at, answer }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await?);
+    }
+    Ok(out)
+}
+
+fn per_env(counts: &Counts, n: u64) -> Value {
+    let n = n.max(1) as f64;
+    json!({
+        "total": counts.total() as f64 / n,
+        "reads": counts.reads() as f64 / n,
+        "writes": counts.writes() as f64 / n,
+        "watches": counts.watches(),
+        "by_kind": counts.by_kind,
+    })
+}
+
+/// Runs the scenario; the result is the JSON object printed last.
+pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
+    let started_all = Instant::now();
+    let options = RigOptions {
+        prefix: "scale".into(),
+        services: args.services as usize,
+        github: !args.no_github,
+        resync_interval: format!("{}s", args.resync_seconds),
+        cleanup_interval: "1h".into(),
+        concurrency: args.concurrency,
+        binary: args.previewd_bin.clone(),
+        ..RigOptions::default()
+    };
+    let rig = Arc::new(Rig::new(&options).await?);
+    let result = scenario(&rig, &args).await;
+    let rig = Arc::try_unwrap(rig).map_err(|_| anyhow::anyhow!("rig still shared"))?;
+    let keep = args.keep || result.is_err();
+    eprintln!("operator log and kubeconfig: {}", rig.dir.display());
+    rig.cleanup(keep).await;
+    let mut value = result?;
+    value["wall_seconds"] = json!(started_all.elapsed().as_secs());
+    Ok(value)
+}
+
+async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
+    let n = args.environments;
+    let operator = rig.start_operator().await?;
+    let url = operator.webhook_url.clone();
+    let numbers: Vec<u64> = (1..=n).collect();
+    let pull = |number: u64, open: bool, at: u64| PullState {
+        open,
+        head_sha: sha(number),
+        branch: format!("feature/{number}"),
+        labels: vec![],
+        updated_at: time(at),
+    };
+
+    // 1. Open every PR.
+    eprintln!("opening {n} pull requests at {} per second", args.rate);
+    let usage0 = operator.usage();
+    let counts0 = rig.proxy.counts();
+    let opened = send_all(rig, &url, &numbers, args.rate, |k| {
+        rig.event("opened", k, &pull(k, true, 10), None)
+    })
+    .await?;
+    let open_elapsed = opened.first().map(|s| s.at.elapsed()).unwrap_or_default();
+    let rejected: Vec<u16> = opened
+        .iter()
+        .map(|s| s.answer.status)
+        .filter(|s| !(200..300).contains(s))
+        .collect();
+    if !rejected.is_empty() {
+        bail!(
+            "{} opening deliveries failed: {:?}",
+            rejected.len(),
+            &rejected[..rejected.len().min(10)]
+        );
+    }
+    let webhook_latency: Vec<Duration> = opened.iter().map(|s| s.answer.latency).collect();
+
+    // A stage that times out is recorded and the run goes on, so the figures measured so
+    // far are still printed.
+    let mut errors: Vec<String> = Vec::new();
+
+    // 2. Wait until every environment is Ready at its head.
+    let deadline = Instant::now() + Duration::from_secs(args.stage_timeout);
+    let mut ready: Vec<Option<Instant>> = vec![None; n as usize];
+    loop {
+        for (i, k) in numbers.iter().enumerate() {
+            if ready[i].is_none() {
+                ready[i] = rig
+                    .tracker
+                    .ready_at(&Rig::env_name(*k), &sha(*k), opened[i].at);
+            }
+        }
+        let done = ready.iter().filter(|r| r.is_some()).count();
+        if done == n as usize {
+            break;
+        }
+        if Instant::now() > deadline {
+            errors.push(format!(
+                "only {done} of {n} environments Ready after {} s",
+                args.stage_timeout
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let to_ready: Vec<Duration> = ready
+        .iter()
+        .zip(&opened)
+        .filter_map(|(r, s)| r.map(|r| r - s.at))
+        .collect();
+    let first_sent = opened.first().map(|s| s.at).unwrap_or_else(Instant::now);
+    let batch_ready = ready
+        .iter()
+        .flatten()
+        .max()
+        .map(|t| *t - first_sent)
+        .unwrap_or_default();
+    let counts_ready = rig.proxy.counts();
+    let usage_ready = operator.usage();
+    eprintln!("{} of {n} Ready after {batch_ready:?}", to_ready.len());
+    eprintln!(
+        "partial: {}",
+        json!({"webhook_latency_ms": percentiles(&webhook_latency),
+               "webhook_to_ready_ms": percentiles(&to_ready),
+               "api_requests_per_env_provisioning": per_env(&counts_ready.since(&counts0), n),
+               "operator_peak_rss_mib": usage_ready.peak_rss_bytes / 1048576,
+               "operator_cpu_s": usage_ready.cpu_seconds - usage0.cpu_seconds})
+    );
+
+    // 3. A no-op resync: nothing changes, so nothing should be written.
+    let window = Duration::from_secs(args.resync_seconds + 10);
+    eprintln!("no-op resync window of {window:?}");
+    tokio::time::sleep(window).await;
+    let counts_resync = rig.proxy.counts();
+    let usage_resync = operator.usage();
+    eprintln!(
+        "partial: {}",
+        json!({"api_requests_per_env_noop_resync": per_env(&counts_resync.since(&counts_ready), n)})
+    );
+
+    // 4. Throughput: redeliveries of the PRs' current state (each answered `unchanged`).
+    let burst = args.burst;
+    let bodies: Vec<crate::webhook::Delivery> = (0..burst.min(n * 4).max(1))
+        .map(|i| {
+            let k = i % n + 1;
+            rig.event("synchronize", k, &pull(k, true, 10), None)
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let burst_started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.burst_concurrency.max(1) {
+        let (rig, url, next, bodies) = (rig.clone(), url.clone(), next.clone(), bodies.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= burst {
+                    return out;
+                }
+                let mut d = bodies[(i % bodies.len() as u64) as usize].clone();
+                d.id = uuid::Uuid::new_v4().to_string();
+                out.push(crate::webhook::send(&rig.http, &url, &d).await);
+            }
+        }));
+    }
+    let mut burst_answers = Vec::new();
+    for w in workers {
+        burst_answers.extend(w.await?);
+    }
+    let burst_elapsed = burst_started.elapsed();
+    let mut burst_outcomes = std::collections::BTreeMap::<String, u64>::new();
+    for a in &burst_answers {
+        *burst_outcomes
+            .entry(format!("{} {}", a.status, a.outcome))
+            .or_default() += 1;
+    }
+    let burst_latency: Vec<Duration> = burst_answers.iter().map(|a| a.latency).collect();
+
+    // 5. Short TTLs: the lag from expiry to the start of deletion.
+    let mut expiry_lags = Vec::new();
+    if args.ttl_environments > 0 {
+        let repo = crate::cluster::repository(
+            &rig.namespace,
+            args.services as usize,
+            &format!("{}s", args.ttl_seconds),
+            None,
+            "registry.k8s.io/pause:3.10",
+        )?;
+        crate::cluster::apply_repository(&rig.client, &repo).await?;
+        let ttl_numbers: Vec<u64> = (n + 1..=n + args.ttl_environments).collect();
+        send_all(rig, &url, &ttl_numbers, args.rate, |k| {
+            rig.event("opened", k, &pull(k, true, 10), None)
+        })
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(args.ttl_seconds + 120);
+        loop {
+            let mut lags = Vec::new();
+            for k in &ttl_numbers {
+                let history = rig.tracker.history(&Rig::env_name(*k));
+                let expires = history.iter().rev().find_map(|s| s.expires_at);
+                let deleting = history.iter().find(|s| s.deleting);
+                if let (Some(expires), Some(deleting)) = (expires, deleting) {
+                    let lag = deleting.wall.duration_since(expires);
+                    lags.push(Duration::try_from(lag).unwrap_or_default());
+                }
+            }
+            if lags.len() == ttl_numbers.len() {
+                expiry_lags = lags;
+                break;
+            }
+            if Instant::now() > deadline {
+                errors.push(format!(
+                    "only {} of {} short-TTL environments were deleted",
+                    lags.len(),
+                    ttl_numbers.len()
+                ));
+                expiry_lags = lags;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // 6. Close every PR and wait until every namespace is gone.
+    eprintln!("closing {n} pull requests");
+    let namespaces: Vec<String> = numbers
+        .iter()
+        .map(|k| {
+            rig.tracker
+                .latest(&Rig::env_name(*k))
+                .and_then(|s| s.namespace)
+                .unwrap_or_default()
+        })
+        .collect();
+    let counts_before_close = rig.proxy.counts();
+    let closed = send_all(rig, &url, &numbers, args.rate, |k| {
+        rig.event("closed", k, &pull(k, false, 20), None)
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(args.stage_timeout);
+    let mut gone: Vec<Option<Instant>> = vec![None; n as usize];
+    let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(rig.client.clone());
+    let selector = format!(
+        "{}={}",
+        previewd_kube::children::LABEL_ENV_NAMESPACE,
+        rig.namespace
+    );
+    let mut last_list = Instant::now();
+    loop {
+        for (i, ns) in namespaces.iter().enumerate() {
+            if gone[i].is_none() {
+                gone[i] = rig.tracker.namespace_gone(ns);
+            }
+        }
+        // A deletion the watch did not report (it re-listed meanwhile) is caught by a
+        // list every 2 s; such a namespace counts as gone when the list no longer has it.
+        if last_list.elapsed() > Duration::from_secs(2) {
+            last_list = Instant::now();
+            if let Ok(list) = ns_api
+                .list_metadata(&kube::api::ListParams::default().labels(&selector))
+                .await
+            {
+                let present: std::collections::HashSet<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|m| m.metadata.name.clone())
+                    .collect();
+                for (i, ns) in namespaces.iter().enumerate() {
+                    if gone[i].is_none() && !present.contains(ns) {
+                        gone[i] = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        let done = gone.iter().filter(|g| g.is_some()).count();
+        if done == n as usize {
+            break;
+        }
+        if Instant::now() > deadline {
+            errors.push(format!(
+                "only {done} of {n} namespaces gone after {} s",
+                args.stage_timeout
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let to_gone: Vec<Duration> = gone
+        .iter()
+        .zip(&closed)
+        .filter_map(|(g, s)| g.map(|g| g.saturating_duration_since(s.at)))
+        .collect();
+    let close_first = closed.first().map(|s| s.at).unwrap_or_else(Instant::now);
+    let batch_gone = gone
+        .iter()
+        .flatten()
+        .max()
+        .map(|t| *t - close_first)
+        .unwrap_or_default();
+    let counts_gone = rig.proxy.counts();
+
+    // 7. GitHub: let reporting catch up (bounded), then count.
+    let drain_started = Instant::now();
+    let all_numbers: Vec<u64> = (1..=n + args.ttl_environments).collect();
+    let pending = |rig: &Rig| {
+        rig.github.with(|s| {
+            all_numbers
+                .iter()
+                .filter(|k| s.latest_deployment(**k).and_then(|(_, st)| st) != Some("inactive"))
+                .count()
+        })
+    };
+    if !args.no_github {
+        while pending(rig) > 0
+            && drain_started.elapsed() < Duration::from_secs(args.github_drain_seconds)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let usage_end = operator.stop().await?;
+    let pr_events = 2 * n + args.ttl_environments;
+    let github = rig.github.with(|s| {
+        json!({
+            "requests": s.total_requests(),
+            "mutations": s.mutations(),
+            "pr_events": pr_events,
+            "calls_per_pr_event": s.total_requests() as f64 / pr_events as f64,
+            "mutations_per_pr_event": s.mutations() as f64 / pr_events as f64,
+            "prs_not_yet_reported_inactive": if args.no_github { 0 } else { pending(rig) },
+            "duplicate_deployments": s.duplicate_deployments().len(),
+            "by_route": s.requests,
+        })
+    });
+    let mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
+    let webhook = percentiles(&webhook_latency);
+    Ok(json!({
+        "scenario": "scale",
+        "environments": n,
+        "services": args.services,
+        "operator_concurrency": args.concurrency,
+        "webhook_latency_ms": webhook,
+        "webhook_rate_per_s": n as f64 / open_elapsed.as_secs_f64().max(1e-3),
+        "webhook_max_throughput_per_s": burst_answers.len() as f64 / burst_elapsed.as_secs_f64().max(1e-3),
+        "webhook_burst": {"deliveries": burst_answers.len(), "concurrency": args.burst_concurrency,
+            "latency_ms": percentiles(&burst_latency), "outcomes": burst_outcomes},
+        "webhook_to_ready_ms": percentiles(&to_ready),
+        "batch_to_all_ready_s": batch_ready.as_secs_f64(),
+        "api_requests_per_env_provisioning": per_env(&counts_ready.since(&counts0), n),
+        "api_requests_per_env_noop_resync": per_env(&counts_resync.since(&counts_ready), n),
+        "noop_resync_window_s": window.as_secs(),
+        "noop_resync_writes": counts_resync.since(&counts_ready).writes(),
+        "api_requests_per_env_teardown": per_env(&counts_gone.since(&counts_before_close), n),
+        "operator": {
+            "peak_rss_mib_all_ready": mib(usage_ready.peak_rss_bytes),
+            "rss_mib_all_ready": mib(usage_ready.rss_bytes),
+            "rss_mib_after_resync": mib(usage_resync.rss_bytes),
+            "peak_rss_mib": mib(usage_end.peak_rss_bytes),
+            "cpu_seconds_provisioning": usage_ready.cpu_seconds - usage0.cpu_seconds,
+            "cpu_seconds_noop_resync": usage_resync.cpu_seconds - usage_ready.cpu_seconds,
+            "cpu_seconds_total": usage_end.cpu_seconds,
+        },
+        "expiry_to_deletion_start_ms": percentiles(&expiry_lags),
+        "close_to_namespace_gone_ms": percentiles(&to_gone),
+        "batch_close_to_all_gone_s": batch_gone.as_secs_f64(),
+        "github": github,
+        "errors": errors,
+    }))
+}
