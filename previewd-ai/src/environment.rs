@@ -230,6 +230,8 @@ struct PullRequestChange {
     author: String,
     change: ChangeInput,
     lines_changed: usize,
+    /// The changed files as source control listed them (with their patches).
+    files: previewd_core::source_control::ChangedFiles,
 }
 
 impl AiEnvironmentAdvisor {
@@ -325,6 +327,7 @@ impl AiEnvironmentAdvisor {
                 author: pr.author,
                 change,
                 lines_changed: usize::try_from(lines_changed).unwrap_or(usize::MAX),
+                files,
             },
         ))
     }
@@ -388,6 +391,14 @@ impl AiEnvironmentAdvisor {
                 }
             }
         }
+        // A changed build definition (compose, skaffold, .env, Dockerfile, .dockerignore)
+        // is read from its patch: the changed files already carry them, so no further
+        // request. Files without a patch fall back to path matching, with a note.
+        if pr.change.diff.is_none() && advisors.services.catalogue().needs_diff(&pr.change) {
+            pr.change.diff = Some(
+                previewd_core::source_control::PullRequestDiff::Files(pr.files.clone()).to_text(),
+            );
+        }
         let facts = PullRequestFacts {
             repo: pr.repo.full_name(),
             pr: pr.number,
@@ -414,6 +425,9 @@ impl AiEnvironmentAdvisor {
                 reason,
                 "no service is affected by the change; deploying every service",
             ));
+        }
+        if !advice.services.value.notes.is_empty() {
+            reason = Some(join_reason(reason, &advice.services.value.notes.join("; ")));
         }
         if let Some(e) = &advice.history_error {
             reason = Some(join_reason(reason, &format!("history unavailable ({e})")));

@@ -44,6 +44,8 @@ const IMAGE: &str = "registry.k8s.io/pause:3.10";
 /// Reports the same changed files for every pull request (or fails), and records the calls.
 struct FixedChange {
     files: Vec<String>,
+    /// Patches of some files (the others get a one-line patch).
+    patches: Vec<(String, String)>,
     fork: bool,
     failure: Option<SourceControlError>,
     calls: Mutex<Vec<(&'static str, u64)>>,
@@ -53,6 +55,7 @@ impl FixedChange {
     fn new(files: &[&str]) -> Arc<Self> {
         Arc::new(FixedChange {
             files: files.iter().map(|f| (*f).to_owned()).collect(),
+            patches: Vec::new(),
             fork: false,
             failure: None,
             calls: Mutex::new(Vec::new()),
@@ -68,6 +71,7 @@ impl FixedChange {
     fn failing(error: SourceControlError) -> Arc<Self> {
         Arc::new(FixedChange {
             files: Vec::new(),
+            patches: Vec::new(),
             fork: false,
             failure: Some(error),
             calls: Mutex::new(Vec::new()),
@@ -97,7 +101,13 @@ impl FixedChange {
                     kind: FileChangeKind::Modified,
                     additions: 3,
                     deletions: 1,
-                    patch: Some(format!("@@ -1 +1,3 @@\n+// change to {path}\n")),
+                    patch: Some(
+                        self.patches
+                            .iter()
+                            .find(|(p, _)| p == path)
+                            .map(|(_, patch)| patch.clone())
+                            .unwrap_or_else(|| format!("@@ -1 +1,3 @@\n+// change to {path}\n")),
+                    ),
                 })
                 .collect(),
             incomplete: false,
@@ -706,4 +716,49 @@ async fn fork_content_is_not_sent_to_external_models() {
         "{advice:?}"
     );
     assert_eq!(advice.services, Some(names(&["api", "frontend"])));
+}
+
+#[tokio::test]
+async fn a_changed_compose_entry_narrows_a_shared_compose_file_to_its_service() {
+    // The compose file is shared by every service; its patch (as GitHub lists it with the
+    // changed files) shows that only web's build changed.
+    let catalogue: ServiceCatalogue = serde_json::from_value(json!({
+        "services": [
+            {"name": "api", "image": IMAGE, "paths": ["src/api/"]},
+            {"name": "web", "image": IMAGE, "paths": ["src/web/"]}
+        ],
+        "sharedPaths": ["docker-compose.yml"]
+    }))
+    .unwrap();
+    let patch = "@@ -1,8 +1,8 @@\n services:\n   api:\n     build:\n       context: ./src/api\n   web:\n     build:\n       context: ./src/web\n-      target: dev\n+      target: prod\n";
+    let mut sc = Arc::into_inner(FixedChange::new(&["docker-compose.yml"])).unwrap();
+    sc.patches = vec![("docker-compose.yml".to_owned(), patch.to_owned())];
+    let sc = Arc::new(sc);
+    let advisor = AiEnvironmentAdvisor::new(
+        Arc::new(previewd_ai::environment::FixedCatalogue(catalogue)),
+        Some(sc.clone() as Arc<dyn SourceControl>),
+        None,
+    );
+    let view = previewd_core::environment::EnvironmentView {
+        namespace: "team".into(),
+        name: "shop-pr-7".into(),
+        repository: "acme/shop".into(),
+        pr_number: 7,
+        branch: "compose".into(),
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        services: names(&["api", "web"]),
+        ..Default::default()
+    };
+    let advice = advisor.advise(&view).await;
+    assert_eq!(
+        advice.status.services_detected,
+        names(&["web"]),
+        "{:?}",
+        advice.status
+    );
+    assert_eq!(advice.services, Some(names(&["web"])));
+    assert!(
+        sc.calls().iter().all(|(what, _)| *what != "diff"),
+        "the patches of the changed files suffice: no diff request"
+    );
 }

@@ -60,7 +60,7 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
             }),
         );
     }
-    if env.spec.ingress.as_ref().is_some_and(|i| i.enabled)
+    if ingress_enabled(env)
         && let Some(envs) = ctx.environments.get()
     {
         observed.host_claims = host_claims(&envs.state(), ctx);
@@ -75,9 +75,7 @@ fn host_claims(
 ) -> BTreeMap<String, Vec<HostClaim>> {
     let mut claims: BTreeMap<String, Vec<HostClaim>> = BTreeMap::new();
     for other in envs {
-        if other.meta().deletion_timestamp.is_some()
-            || !other.spec.ingress.as_ref().is_some_and(|i| i.enabled)
-        {
+        if other.meta().deletion_timestamp.is_some() || !ingress_enabled(other) {
             continue;
         }
         let host = requested_host(other, &ctx.config);
@@ -101,6 +99,11 @@ fn host_claims(
         });
     }
     claims
+}
+
+/// Whether the environment is exposed: no `ingress` in the spec means the default, on.
+fn ingress_enabled(env: &PreviewEnvironment) -> bool {
+    env.spec.ingress.as_ref().is_none_or(|i| i.enabled)
 }
 
 fn namespace_meta(ns: &PartialObjectMeta<Namespace>) -> NamespaceMeta {
