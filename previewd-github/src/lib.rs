@@ -10,11 +10,14 @@
 //!   App authentication and GitHub's rate-limit rules.
 //! - [`comment`]: the pure renderer of the sticky comment's body.
 
+#[cfg(feature = "kube")]
 pub mod claims;
 pub mod client;
 pub mod comment;
+#[cfg(feature = "kube")]
 pub mod decision;
 pub mod event;
+#[cfg(feature = "kube")]
 pub mod fuzz_targets;
 pub mod metrics;
 pub mod policy;
