@@ -206,15 +206,21 @@ async fn a_namespace_stuck_terminating_is_reported_without_a_hot_loop() {
         .find(|c| c.type_ == "Reconciling")
         .expect("Reconciling condition");
     assert_eq!(reconciling.status, "True", "{conditions:?}");
+    // The Event is published right after the status write: wait for it.
     let events: Api<Event> = Api::namespaced(rig.client.clone(), &rig.namespace);
-    let listed = events.list(&ListParams::default()).await.unwrap();
-    assert!(
-        listed
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Terminating")),
-        "a Terminating event on the environment"
-    );
+    eventually(
+        Duration::from_secs(30),
+        "a Terminating event on the environment",
+        || async {
+            let listed = events.list(&ListParams::default()).await.ok()?;
+            listed
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("Terminating"))
+                .then_some(())
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(30),
         "namespace deletion requested",
@@ -266,9 +272,6 @@ async fn a_namespace_stuck_terminating_is_reported_without_a_hot_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the controller: children::apply skips the write while the live object's \
-            previewd.io/applied-hash annotation matches, so a field taken over by another \
-            manager (annotation untouched) is never restored, not even on resync"]
 async fn a_conflicting_write_by_another_field_manager_is_undone() {
     let rig = Rig::new(&options("fault-conflict")).await.unwrap();
     let op = rig.start_operator().await.unwrap();
