@@ -41,10 +41,10 @@ use crate::controller::ControllerConfig;
 use crate::controller::status::set_condition;
 use crate::crd::{
     CostBreakdown, CostStatus, DeployPolicy, FINALIZER, PreviewEnvironment,
-    PreviewEnvironmentStatus, condition,
+    PreviewEnvironmentStatus, PreviewRepository, condition,
 };
 use crate::strategy::{
-    DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind,
+    NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError, WatchedKind,
 };
 use health::Health;
 use host::{HostChoice, HostClaim};
@@ -69,6 +69,8 @@ pub struct Observed {
     pub advice: Option<Advice>,
     /// Hosts claimed by other environments.
     pub host_claims: BTreeMap<String, Vec<HostClaim>>,
+    /// The `PreviewRepository` named by `spec.repositoryRef`, when it exists.
+    pub repository: Option<std::sync::Arc<PreviewRepository>>,
 }
 
 /// The planner's inputs.
@@ -82,8 +84,8 @@ pub struct PlanInput<'a> {
     pub now: jiff::Timestamp,
     /// The operator's settings.
     pub config: &'a ControllerConfig,
-    /// How the application is deployed.
-    pub strategy: &'a dyn DeployStrategy,
+    /// The deploy strategies offered; the environment's is chosen by name.
+    pub strategies: &'a Strategies,
     /// What happens after Ready, in order.
     pub stages: &'a [std::sync::Arc<dyn Stage>],
 }
@@ -163,7 +165,7 @@ impl Plan {
 /// Namespaces (always watched): the guard rails and the Ingress, plus what the strategy
 /// and the stages create.
 pub fn watched_kinds(
-    strategy: &dyn DeployStrategy,
+    strategies: &Strategies,
     stages: &[std::sync::Arc<dyn Stage>],
 ) -> Vec<WatchedKind> {
     let mut kinds = vec![
@@ -172,7 +174,9 @@ pub fn watched_kinds(
         WatchedKind::metadata::<NetworkPolicy>(),
         WatchedKind::metadata::<Ingress>(),
     ];
-    kinds.extend(strategy.watched_kinds());
+    for strategy in strategies.iter() {
+        kinds.extend(strategy.watched_kinds());
+    }
     for stage in stages {
         kinds.extend(stage.watched_kinds());
     }
@@ -314,6 +318,23 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
     status.host = host.clone();
 
+    // The deploy strategy: the environment's, else its repository's, else the default.
+    let repository = input.observed.repository.as_deref();
+    let strategy_name = input.strategies.name_for(env, repository);
+    let Some(strategy) = input.strategies.get(strategy_name) else {
+        return stall(
+            input,
+            old,
+            status,
+            finalizer,
+            "UnknownStrategy",
+            &format!(
+                "deploy strategy {strategy_name:?} is not available in this operator (available: {})",
+                input.strategies.names().join(", ")
+            ),
+        );
+    };
+
     let expected_lifespan = expiry::expiry_policy(env).ttl.as_duration();
     let render = RenderInput {
         env: &effective,
@@ -321,6 +342,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         config: input.config,
         use_spot: tier::use_spot(expected_lifespan, env.spec.resources.use_spot),
         host: host.as_deref(),
+        repository,
     };
 
     // Desired objects: the namespace and its guard rails, the Ingress, the application.
@@ -329,8 +351,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
     };
     let labels = crate::children::common_labels(env);
-    let app = match input
-        .strategy
+    let app = match strategy
         .desired(&render)
         .and_then(|objects| scoped(objects, &ns_name, &labels))
     {
@@ -366,7 +387,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             "waiting for the previous namespace {ns_name} to finish terminating"
         ))
     } else {
-        input.strategy.health(&render, view, &applying)
+        strategy.health(&render, view, &applying)
     };
     let (observation, message, services_deployed) = match health {
         Health::Available(message) => (Observation::ServicesAvailable, message, true),
@@ -683,7 +704,7 @@ fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
     if key.kind == "Deployment" && key.api_version == "apps/v1" {
         return Some(ApiResource::erase::<Deployment>(&()));
     }
-    watched_kinds(input.strategy, input.stages)
+    watched_kinds(input.strategies, input.stages)
         .into_iter()
         .map(|k| k.resource)
         .find(|r| r.kind == key.kind && r.api_version == key.api_version)
