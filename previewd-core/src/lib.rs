@@ -12,6 +12,7 @@ pub mod environment;
 pub mod gating;
 pub mod naming;
 pub mod phase;
+pub mod retry;
 pub mod source_control;
 pub mod tier;
 pub mod ttl;

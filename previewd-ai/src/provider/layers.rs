@@ -653,14 +653,10 @@ impl Retrying {
         self
     }
 
+    /// The wait after failed attempt `retry` (0-based).
     fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .policy
-            .base_delay
-            .saturating_mul(1u32 << retry.min(16))
-            .min(self.policy.max_delay);
-        let factor: f64 = rand::rng().random_range(0.5..=1.0);
-        exp.mul_f64(factor)
+        previewd_core::retry::Backoff::equal_jitter(self.policy.base_delay, self.policy.max_delay)
+            .delay(retry.saturating_add(1), rand::rng().random_range(0.0..=1.0))
     }
 }
 

@@ -215,15 +215,10 @@ pub fn retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    if let Some(value) = header("retry-after") {
-        if let Ok(secs) = value.parse::<f64>() {
-            if secs.is_finite() && secs >= 0.0 {
-                return Some(Duration::from_secs_f64(secs));
-            }
-        } else if let Ok(when) = jiff::fmt::rfc2822::parse(value) {
-            let wait = when.timestamp().as_millisecond() - now.as_millisecond();
-            return Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
-        }
+    if let Some(wait) =
+        header("retry-after").and_then(|v| previewd_core::retry::retry_after(v, now))
+    {
+        return Some(wait);
     }
     header("x-ratelimit-reset-requests").and_then(parse_duration)
 }

@@ -340,8 +340,12 @@ pub(crate) fn rate_limit_wait(
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    if let Some(secs) = header_u64(headers, RETRY_AFTER.as_str()) {
-        return Some(Duration::from_secs(secs));
+    if let Some(wait) = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| previewd_core::retry::retry_after(v, now))
+    {
+        return Some(wait);
     }
     if header_u64(headers, "x-ratelimit-remaining") == Some(0)
         && let Some(reset) = header_u64(headers, "x-ratelimit-reset")
@@ -363,21 +367,8 @@ pub(crate) fn rate_limit_wait(
 
 /// Exponential backoff with equal jitter for retry number `retry` (1-based).
 pub(crate) fn backoff(retry: u32, config: &ClientConfig) -> Duration {
-    let factor = 1u32
-        .checked_shl(retry.saturating_sub(1).min(16))
-        .unwrap_or(u32::MAX);
-    let ceiling = config
-        .backoff_base
-        .saturating_mul(factor)
-        .min(config.backoff_max);
-    let half = ceiling / 2;
-    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    let extra = if jitter_ms == 0 {
-        0
-    } else {
-        rand::random_range(0..=jitter_ms)
-    };
-    half + Duration::from_millis(extra)
+    previewd_core::retry::Backoff::equal_jitter(config.backoff_base, config.backoff_max)
+        .delay(retry, rand::random_range(0.0..=1.0))
 }
 
 fn message_of(body: &[u8]) -> String {
@@ -861,6 +852,18 @@ mod tests {
         assert_eq!(
             rate_limit_wait(forbidden, &headers(&[("retry-after", "7")]), "", 0, &c, now),
             Some(Duration::from_secs(7))
+        );
+        // An HTTP date, as proxies in front of GitHub Enterprise send it.
+        assert_eq!(
+            rate_limit_wait(
+                StatusCode::TOO_MANY_REQUESTS,
+                &headers(&[("retry-after", "Mon, 01 Jan 2024 00:00:12 GMT")]),
+                "",
+                0,
+                &c,
+                now
+            ),
+            Some(Duration::from_secs(12))
         );
         let reset = (now.as_second() + 30).to_string();
         assert_eq!(

@@ -189,18 +189,14 @@ impl Context {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
-        let exp = (*n - 1).min(20);
-        let base = self.config.backoff_base.as_millis() as u64;
-        let delay = base.saturating_mul(1u64 << exp);
-        let max = self.config.backoff_max.as_millis() as u64;
-        let delay = delay.min(max);
-        // Deterministic jitter of up to 10 % derived from the key, so retries of many
-        // objects spread out.
-        let jitter = key
-            .bytes()
-            .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
-            % (delay / 10 + 1);
-        Duration::from_millis(delay + jitter)
+        // Jitter of up to 10 % derived from the key, so retries of many objects spread
+        // out and one object's retries stay predictable.
+        previewd_core::retry::Backoff {
+            base: self.config.backoff_base,
+            max: self.config.backoff_max,
+            jitter: 0.1,
+        }
+        .delay(*n, previewd_core::retry::fraction_of(key))
     }
 
     fn reset_backoff(&self, key: &str) {
