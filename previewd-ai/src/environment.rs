@@ -207,6 +207,8 @@ pub struct AiEnvironmentAdvisor {
     options: EnvironmentAdvisorOptions,
     /// The response cache of the provider stack, to drop a deleted environment's answers.
     cache: Option<Arc<Cached>>,
+    /// The counters of the provider stack, when it was built from configuration.
+    metrics: Option<Arc<crate::provider::AiMetrics>>,
 }
 
 impl std::fmt::Debug for AiEnvironmentAdvisor {
@@ -249,6 +251,7 @@ impl AiEnvironmentAdvisor {
             history: None,
             options: EnvironmentAdvisorOptions::default(),
             cache: None,
+            metrics: None,
         }
     }
 
@@ -263,10 +266,18 @@ impl AiEnvironmentAdvisor {
         let mut options = EnvironmentAdvisorOptions::default();
         options.services.allow_forks = config.allow_external_for_forks;
         let cache = stack.as_ref().map(|s| s.cache.clone());
+        let metrics = stack.as_ref().map(|s| s.metrics.clone());
         let provider = stack.map(|s| s.provider);
         let mut advisor = Self::new(catalogues, source_control, provider).with_options(options);
         advisor.cache = cache;
+        advisor.metrics = metrics;
         Ok(advisor)
+    }
+
+    /// The provider stack's counters (built from configuration with AI enabled), for
+    /// [`crate::provider::AiMetrics::register`].
+    pub fn metrics(&self) -> Option<&Arc<crate::provider::AiMetrics>> {
+        self.metrics.as_ref()
     }
 
     /// Replaces the options.

@@ -201,6 +201,18 @@ impl GitHubReporter {
         self.inner.failures.get()
     }
 
+    /// Registers the reporter's counters in `registry` as
+    /// `previewd_github_report_failures_total`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry
+            .sub_registry_with_prefix("previewd_github")
+            .register(
+                "report_failures",
+                "Failed attempts to report an environment to GitHub (transient ones are retried)",
+                self.inner.failures.clone(),
+            );
+    }
+
     /// Waits until every report queued so far was sent (or given up).
     pub async fn idle(&self) {
         self.inner.tracker.close();

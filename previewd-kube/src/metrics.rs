@@ -40,6 +40,14 @@ pub struct Metrics {
     pub expired: Counter,
     /// Environments known to the controller.
     pub environments: Gauge,
+    /// Environments by phase (recomputed from the cache every few seconds).
+    pub environments_by_phase: Family<PhaseLabels, Gauge>,
+    /// Seconds from the start of provisioning (creation, or a new head commit) to Ready.
+    pub time_to_ready: Histogram,
+    /// Seconds from the deletion request to the finalizer's release (namespace gone).
+    pub teardown: Histogram,
+    /// Seconds from an environment's expiry time to the controller deleting it.
+    pub cleanup_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -52,6 +60,12 @@ impl Default for Metrics {
             orphans_swept: Counter::default(),
             expired: Counter::default(),
             environments: Gauge::default(),
+            environments_by_phase: Family::default(),
+            // 0.1 s to about 1.8 h.
+            time_to_ready: Histogram::new(exponential_buckets(0.1, 2.0, 17)),
+            teardown: Histogram::new(exponential_buckets(0.1, 2.0, 17)),
+            // 10 ms to about 1.5 h.
+            cleanup_lag: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
         }
     }
 }
@@ -91,6 +105,45 @@ impl Metrics {
             "Environments known to the controller",
             self.environments.clone(),
         );
+        r.register(
+            "environments_by_phase",
+            "Environments known to the controller, by phase",
+            self.environments_by_phase.clone(),
+        );
+        r.register(
+            "time_to_ready_seconds",
+            "Time from the start of provisioning to Ready",
+            self.time_to_ready.clone(),
+        );
+        r.register(
+            "teardown_seconds",
+            "Time from an environment's deletion to its namespace being gone",
+            self.teardown.clone(),
+        );
+        r.register(
+            "cleanup_lag_seconds",
+            "Time from an environment's expiry to its deletion by the controller",
+            self.cleanup_lag.clone(),
+        );
+    }
+
+    /// Sets the per-phase gauges from the phases of every environment known (`None`
+    /// counts as Pending); phases no environment is in read zero.
+    pub fn set_phases(&self, phases: impl IntoIterator<Item = Option<previewd_core::Phase>>) {
+        let mut counts: std::collections::BTreeMap<String, i64> = previewd_core::Phase::ALL
+            .iter()
+            .map(|p| (p.to_string(), 0))
+            .collect();
+        for phase in phases {
+            *counts
+                .entry(phase.unwrap_or(previewd_core::Phase::Pending).to_string())
+                .or_default() += 1;
+        }
+        for (phase, n) in counts {
+            self.environments_by_phase
+                .get_or_create(&PhaseLabels { phase })
+                .set(n);
+        }
     }
 
     /// Records one reconcile's duration.

@@ -118,7 +118,7 @@ async fn the_repository_names_the_strategy_and_its_changes_wake_environments() {
     let ctx = Arc::new(
         Context::new(client.clone(), test_config(&ns)).register_strategy(Arc::new(Settings)),
     );
-    let op = Operator::start_with(ctx).await;
+    let op = Operator::start_with(ctx.clone()).await;
     let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &ns);
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
     repos
@@ -163,6 +163,25 @@ async fn the_repository_names_the_strategy_and_its_changes_wake_environments() {
             .items
             .is_empty()
     );
+
+    // Ready, and measured: time to Ready, environments by phase.
+    eventually(
+        Duration::from_secs(30),
+        "Ready counted in the metrics",
+        || {
+            let ctx = ctx.clone();
+            async move {
+                let mut registry = prometheus_client::registry::Registry::default();
+                ctx.metrics.register(&mut registry);
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+                (text.contains("previewd_time_to_ready_seconds_count 1")
+                    && text.contains("previewd_environments_by_phase{phase=\"Ready\"} 1"))
+                .then_some(())
+            }
+        },
+    )
+    .await;
 
     // A change to the repository reaches the environment through the watch, long before
     // any resync.

@@ -177,10 +177,12 @@ impl OperatorBuilder {
         match (self.reporter, &source_control) {
             (Some(reporter), _) => ctx = ctx.with_reporter(reporter),
             (None, Some(scm)) => {
-                ctx = ctx.with_reporter(Arc::new(previewd_github::reporter::GitHubReporter::new(
+                let reporter = previewd_github::reporter::GitHubReporter::new(
                     scm.clone(),
                     args.log_url_base.clone(),
-                )));
+                );
+                reporter.register(&mut registry);
+                ctx = ctx.with_reporter(Arc::new(reporter));
             }
             (None, None) => {
                 info!("no GitHub credentials configured; environments are not reported to GitHub");
@@ -209,14 +211,16 @@ impl OperatorBuilder {
                         if ai_config.enabled {
                             info!(provider = ?ai_config.provider, "AI engine enabled");
                         }
-                        Arc::new(
-                            previewd_ai::environment::AiEnvironmentAdvisor::from_config(
-                                catalogues,
-                                source_control.clone(),
-                                &ai_config,
-                            )
-                            .context("configuring the AI engine")?,
+                        let advisor = previewd_ai::environment::AiEnvironmentAdvisor::from_config(
+                            catalogues,
+                            source_control.clone(),
+                            &ai_config,
                         )
+                        .context("configuring the AI engine")?;
+                        if let Some(metrics) = advisor.metrics() {
+                            metrics.register(&mut registry);
+                        }
+                        Arc::new(advisor)
                     }
                 }
             }

@@ -111,6 +111,13 @@ async fn serves_health_and_readiness_and_drains_on_sigterm() {
             "json",
         ])
         .env_remove("PREVIEWD_WEBHOOK_SECRET")
+        // A GitHub reporter and an AI stack, so that their counters are exported (nothing
+        // listens at these addresses; no environment exists to report or advise on).
+        .env("PREVIEWD_GITHUB_TOKEN", "test-token")
+        .env("PREVIEWD_GITHUB_API_URL", "http://127.0.0.1:9/")
+        .env("AI_PROVIDER", "ollama")
+        .env("AI_BASE_URL", "http://127.0.0.1:9")
+        .env("AI_MODEL", "test-model")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -145,7 +152,24 @@ async fn serves_health_and_readiness_and_drains_on_sigterm() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("previewd_reconciles"), "{metrics}");
+    // One registry: the controller's, the GitHub client's and reporter's, and the AI
+    // stack's counters.
+    for name in [
+        "previewd_reconciles_total",
+        "previewd_environments_by_phase",
+        "previewd_time_to_ready_seconds",
+        "previewd_teardown_seconds",
+        "previewd_cleanup_lag_seconds",
+        "previewd_github_report_failures_total",
+        "previewd_ai_requests_total",
+        "previewd_ai_cache_hits_total",
+        "previewd_ai_circuit_opened_total",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
 
     let pid = child.id().to_string();
     assert!(

@@ -16,31 +16,34 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use governor::clock::Clock;
 use previewd_core::ai::{AiError, AiProvider, AiRequest, AiResponse, Capabilities};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::config::AiConfig;
 
-/// Counters shared by the layers of one stack.
+/// Counters shared by the layers of one stack. [`AiMetrics::register`] exports them as
+/// `previewd_ai_*_total`.
 #[derive(Debug, Default)]
 pub struct AiMetrics {
-    requests: AtomicU64,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    retries: AtomicU64,
-    rate_limit_waits: AtomicU64,
-    rate_limit_rejections: AtomicU64,
-    circuit_opened: AtomicU64,
-    circuit_rejections: AtomicU64,
-    timeouts: AtomicU64,
+    requests: Counter,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    retries: Counter,
+    rate_limit_waits: Counter,
+    rate_limit_rejections: Counter,
+    circuit_opened: Counter,
+    circuit_rejections: Counter,
+    timeouts: Counter,
 }
 
 /// A point-in-time copy of [`AiMetrics`].
@@ -69,23 +72,73 @@ pub struct MetricsSnapshot {
 impl AiMetrics {
     /// Copies the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MetricsSnapshot {
-            requests: get(&self.requests),
-            cache_hits: get(&self.cache_hits),
-            cache_misses: get(&self.cache_misses),
-            retries: get(&self.retries),
-            rate_limit_waits: get(&self.rate_limit_waits),
-            rate_limit_rejections: get(&self.rate_limit_rejections),
-            circuit_opened: get(&self.circuit_opened),
-            circuit_rejections: get(&self.circuit_rejections),
-            timeouts: get(&self.timeouts),
+            requests: self.requests.get(),
+            cache_hits: self.cache_hits.get(),
+            cache_misses: self.cache_misses.get(),
+            retries: self.retries.get(),
+            rate_limit_waits: self.rate_limit_waits.get(),
+            rate_limit_rejections: self.rate_limit_rejections.get(),
+            circuit_opened: self.circuit_opened.get(),
+            circuit_rejections: self.circuit_rejections.get(),
+            timeouts: self.timeouts.get(),
+        }
+    }
+
+    /// Registers every counter in `registry` under the `previewd_ai` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("previewd_ai");
+        let counters: [(&str, &str, &Counter); 9] = [
+            (
+                "requests",
+                "Requests that entered the AI stack",
+                &self.requests,
+            ),
+            (
+                "cache_hits",
+                "Answers served from the cache",
+                &self.cache_hits,
+            ),
+            (
+                "cache_misses",
+                "Requests that had to ask the model",
+                &self.cache_misses,
+            ),
+            ("retries", "Attempts after the first", &self.retries),
+            (
+                "rate_limit_waits",
+                "Requests that waited for the rate limiter",
+                &self.rate_limit_waits,
+            ),
+            (
+                "rate_limit_rejections",
+                "Requests refused because the rate limiter's wait did not fit the deadline",
+                &self.rate_limit_rejections,
+            ),
+            (
+                "circuit_opened",
+                "Times the circuit breaker opened",
+                &self.circuit_opened,
+            ),
+            (
+                "circuit_rejections",
+                "Requests refused by an open circuit",
+                &self.circuit_rejections,
+            ),
+            (
+                "timeouts",
+                "Requests that ran out of their deadline",
+                &self.timeouts,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
         }
     }
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+fn bump(counter: &Counter) {
+    counter.inc();
 }
 
 fn with_deadline(request: &AiRequest, deadline: Duration) -> Cow<'_, AiRequest> {

@@ -25,6 +25,9 @@ pub(crate) async fn execute(
     }
     if plan.delete_environment {
         ctx.metrics.expired.inc();
+        if let Some(expires) = plan.status.expires_at.as_ref() {
+            observe_since(&ctx.metrics.cleanup_lag, expires.0, ctx);
+        }
         publish_all(env, &plan, ctx).await;
         let api = ctx.env_api(env)?;
         match api.delete(&env.name_any(), &DeleteParams::default()).await {
@@ -60,6 +63,15 @@ pub(crate) async fn execute(
         Err(e) => return Err(e),
     }
     if let Some(phase) = plan.entered {
+        if phase == previewd_core::Phase::Ready
+            && let Some(since) = plan
+                .status
+                .provisioning_since
+                .as_ref()
+                .or(plan.status.created_at.as_ref())
+        {
+            observe_since(&ctx.metrics.time_to_ready, since.0, ctx);
+        }
         ctx.metrics
             .transitions
             .get_or_create(&crate::metrics::PhaseLabels {
@@ -69,6 +81,9 @@ pub(crate) async fn execute(
     }
     if plan.finalizer == FinalizerAction::Release {
         remove_finalizer(env, ctx, resource_version).await?;
+        if let Some(deleted) = env.metadata.deletion_timestamp.as_ref() {
+            observe_since(&ctx.metrics.teardown, deleted.0, ctx);
+        }
     }
     publish_all(env, &plan, ctx).await;
     if let Some(report) = plan.report {
@@ -84,6 +99,16 @@ pub(crate) async fn execute(
         }
     }
     Ok(requeue(&plan))
+}
+
+/// Records the seconds from `since` to now (never negative) in `histogram`.
+fn observe_since(
+    histogram: &prometheus_client::metrics::histogram::Histogram,
+    since: jiff::Timestamp,
+    ctx: &Context,
+) {
+    let seconds = ctx.clock.now().duration_since(since).as_secs_f64();
+    histogram.observe(seconds.max(0.0));
 }
 
 fn requeue(plan: &Plan) -> Action {

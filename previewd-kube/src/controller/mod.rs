@@ -297,6 +297,9 @@ impl Readiness {
     }
 }
 
+/// How often the per-phase gauges are recomputed from the cache.
+const PHASE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Checks that the `PreviewEnvironment` CRD is installed and readable.
 pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
     let api: Api<PreviewEnvironment> = match namespace {
@@ -399,6 +402,26 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         sweep::run_periodically(sweep_ctx, sweep_shutdown).await;
     });
 
+    let phases_task = {
+        let metrics = ctx.metrics.clone();
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PHASE_GAUGE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => metrics.set_phases(
+                        store
+                            .state()
+                            .iter()
+                            .map(|e| e.status.as_ref().and_then(|s| s.phase)),
+                    ),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+
     let metrics = ctx.metrics.clone();
     let gauge_store = store.clone();
     controller
@@ -415,6 +438,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         })
         .await;
     readiness_task.abort();
+    phases_task.abort();
     let _ = sweeper.await;
     for task in watch_tasks {
         task.abort();
