@@ -141,7 +141,7 @@ impl OperatorBuilder {
             Some(client) => client,
             None => kube_client(args.kubeconfig.as_deref()).await?,
         };
-        controller::preflight(&client, config.watch_namespace.as_deref())
+        controller::preflight(&client, &config)
             .await
             .context("PreviewEnvironment CRD is not installed or not readable; install it with `previewd crd | kubectl apply --server-side -f -`")?;
 

@@ -72,6 +72,11 @@ pub struct RunArgs {
     /// Namespace whose PreviewEnvironments are reconciled; default: all namespaces.
     #[arg(long, env = "PREVIEWD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Label selector of the PreviewEnvironments this deployment reconciles, to shard by
+    /// repository (e.g. `previewd.io/repo in (acme.shop,acme.web)`); default: all. Each
+    /// shard needs its own --leader-elect-lease-name.
+    #[arg(long, env = "PREVIEWD_ENVIRONMENT_SELECTOR")]
+    pub environment_selector: Option<String>,
     /// Safety-net sweep interval (expired environments, orphan namespaces).
     #[arg(long, env = "PREVIEWD_CLEANUP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub cleanup_interval: Duration,

@@ -73,6 +73,7 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     };
     Ok(ControllerConfig {
         watch_namespace: args.namespace.clone(),
+        environment_selector: args.environment_selector.clone(),
         concurrency: args.concurrency.max(1),
         base_domain: args.base_domain.clone(),
         cert_issuer: args.cert_issuer.clone(),

@@ -10,6 +10,10 @@ use crate::children::workload::WorkloadSettings;
 pub struct ControllerConfig {
     /// Namespace whose `PreviewEnvironment`s are reconciled; `None` for all namespaces.
     pub watch_namespace: Option<String>,
+    /// Label selector of the `PreviewEnvironment`s this controller reconciles (a shard,
+    /// e.g. `previewd.io/repo in (acme.shop,acme.web)`); `None` for all. Shards must
+    /// select disjoint environments and hold different leader Leases.
+    pub environment_selector: Option<String>,
     /// Environments reconciled at the same time.
     pub concurrency: u16,
     /// Base domain for environments that do not name a host.
@@ -47,6 +51,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             watch_namespace: None,
+            environment_selector: None,
             concurrency: 8,
             base_domain: "preview.example.com".into(),
             cert_issuer: "letsencrypt".into(),

@@ -300,9 +300,10 @@ impl Readiness {
 /// How often the per-phase gauges are recomputed from the cache.
 const PHASE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Checks that the `PreviewEnvironment` CRD is installed and readable.
-pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
-    let api: Api<PreviewEnvironment> = match namespace {
+/// Checks that the `PreviewEnvironment` CRD is installed and readable, and that the
+/// environment selector, if any, is valid.
+pub async fn preflight(client: &Client, config: &ControllerConfig) -> Result<(), Error> {
+    let api: Api<PreviewEnvironment> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -312,7 +313,26 @@ pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), E
         .map_err(|source| Error::Kube {
             action: "list PreviewEnvironments (is the CRD installed? run `previewd crd | kubectl apply -f -`)".into(),
             source,
-        })
+        })?;
+    if let Some(selector) = &config.environment_selector {
+        api.list(&kube::api::ListParams::default().labels(selector).limit(1))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Kube {
+                action: format!("list PreviewEnvironments with the environment selector {selector:?} (is it a valid label selector?)"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// The watch of the environments this controller reconciles.
+fn environment_watch(config: &ControllerConfig) -> watcher::Config {
+    let watch = watcher::Config::default().any_semantic();
+    match &config.environment_selector {
+        Some(selector) => watch.labels(selector),
+        None => watch,
+    }
 }
 
 /// Runs the controller, its watches and the cleanup sweep until `shutdown` is cancelled.
@@ -358,7 +378,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         }
     }
 
-    let controller = Controller::new(envs, watcher::Config::default().any_semantic());
+    let controller = Controller::new(envs, environment_watch(config));
     let store = controller.store();
     let _ = ctx.environments.set(store.clone());
     let controller = controller

@@ -58,7 +58,18 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, Error> {
         .list(&ListParams::default())
         .await
         .context(|| "list PreviewEnvironments".into())?;
-    for env in &all.items {
+    // Expiry acts on this shard's environments only; orphans are judged against every
+    // environment, whichever shard reconciles it.
+    let selected = match &ctx.config.environment_selector {
+        Some(selector) => {
+            envs.list(&ListParams::default().labels(selector))
+                .await
+                .context(|| format!("list PreviewEnvironments matching {selector:?}"))?
+                .items
+        }
+        None => all.items.clone(),
+    };
+    for env in &selected {
         if env.meta().deletion_timestamp.is_some() {
             continue;
         }
