@@ -32,10 +32,15 @@ pub fn router(state: AdminState) -> Router {
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.readiness.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        return (StatusCode::OK, "ready".to_string());
     }
+    let failing = state.readiness.failing_watches();
+    let why = if failing.is_empty() {
+        "caches not synced (or the controller stopped)".to_string()
+    } else {
+        format!("watches failing: {}", failing.join(", "))
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

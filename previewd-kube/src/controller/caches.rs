@@ -176,6 +176,8 @@ pub struct Triggers {
     /// The controller's cache of environments, once it exists (repository changes are
     /// routed through it to the environments that reference the repository).
     pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
+    /// Where watch failures and recoveries are reported.
+    pub health: super::Readiness,
 }
 
 impl Triggers {
@@ -362,8 +364,12 @@ where
             };
             let Some(event) = next else { return };
             let mut event = match event {
-                Ok(event) => event,
+                Ok(event) => {
+                    triggers.health.watch_ok(&kind);
+                    event
+                }
                 Err(e) => {
+                    triggers.health.watch_failed(&kind);
                     warn!(kind, error = %e, "watch error; retrying with backoff");
                     continue;
                 }

@@ -280,20 +280,79 @@ pub fn error_policy(env: Arc<PreviewEnvironment>, error: &Error, ctx: Arc<Contex
     Action::requeue(delay)
 }
 
-/// Handle to a running controller.
-#[derive(Clone, Debug, Default)]
+/// Whether the controller is doing its job: set once every cache has synced, and
+/// dropped while a watch has been failing for longer than the grace period (lost
+/// connection, revoked permissions, an API server that stopped answering) or after the
+/// controller stopped.
+#[derive(Clone, Debug)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    failing: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    grace: Duration,
 }
 
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            ready: Arc::default(),
+            failing: Arc::default(),
+            grace: WATCH_FAILURE_GRACE,
+        }
+    }
+}
+
+/// How long a watch may keep failing (retrying with backoff) before readiness drops.
+pub const WATCH_FAILURE_GRACE: Duration = Duration::from_secs(30);
+
 impl Readiness {
-    /// True once the controller's caches are synced.
+    /// Readiness that drops after watches failed for `grace`.
+    pub fn with_watch_grace(grace: Duration) -> Readiness {
+        Readiness {
+            grace,
+            ..Readiness::default()
+        }
+    }
+
+    /// True once the controller's caches are synced, while no watch has been failing for
+    /// longer than the grace period.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.failing_watches().is_empty()
+    }
+
+    /// Watches failing for longer than the grace period.
+    pub fn failing_watches(&self) -> Vec<String> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kinds: Vec<String> = failing
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.grace)
+            .map(|(kind, _)| kind.clone())
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// Records that the watch of `kind` failed (the first failure starts the clock).
+    pub fn watch_failed(&self, kind: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing
+            .entry(kind.to_string())
+            .or_insert_with(std::time::Instant::now);
+    }
+
+    /// Records that the watch of `kind` delivered an event.
+    pub fn watch_ok(&self, kind: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if !failing.is_empty() {
+            failing.remove(kind);
+        }
     }
 
     fn set(&self) {
         self.ready.store(true, Ordering::SeqCst);
+    }
+
+    fn unset(&self) {
+        self.ready.store(false, Ordering::SeqCst);
     }
 }
 
@@ -352,6 +411,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
                 sender,
                 watch_namespace: config.watch_namespace.clone(),
                 environments: ctx.environments.clone(),
+                health: readiness.clone(),
             },
             shutdown.clone(),
         ),
@@ -444,19 +504,24 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
 
     let metrics = ctx.metrics.clone();
     let gauge_store = store.clone();
+    let env_health = readiness.clone();
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             metrics.environments.set(gauge_store.len() as i64);
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => tracing::debug!(error = %other, "controller event"),
+            match result {
+                Ok(_) => env_health.watch_ok("PreviewEnvironment"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    env_health.watch_failed("PreviewEnvironment");
+                    warn!(error = %e, "PreviewEnvironment watch error; retrying with backoff");
                 }
+                Err(other) => tracing::debug!(error = %other, "controller event"),
             }
             futures::future::ready(())
         })
         .await;
+    readiness.unset();
     readiness_task.abort();
     phases_task.abort();
     let _ = sweeper.await;
@@ -464,4 +529,35 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         task.abort();
     }
     info!("controller stopped");
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+
+    #[test]
+    fn readiness_drops_while_a_watch_keeps_failing_and_returns_when_it_recovers() {
+        let r = Readiness::with_watch_grace(Duration::from_millis(50));
+        assert!(!r.is_ready(), "not ready before the caches synced");
+        r.set();
+        assert!(r.is_ready());
+        r.watch_failed("Deployment");
+        assert!(
+            r.is_ready(),
+            "a blip within the grace period keeps readiness"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        r.watch_failed("Deployment");
+        assert!(
+            !r.is_ready(),
+            "a watch failing past the grace period drops readiness"
+        );
+        assert_eq!(r.failing_watches(), ["Deployment"]);
+        r.watch_ok("Pod");
+        assert!(!r.is_ready(), "another kind's events do not count");
+        r.watch_ok("Deployment");
+        assert!(r.is_ready());
+        r.unset();
+        assert!(!r.is_ready(), "a stopped controller is not ready");
+    }
 }
