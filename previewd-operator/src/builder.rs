@@ -44,6 +44,7 @@ pub struct OperatorBuilder {
     args: RunArgs,
     client: Option<Client>,
     strategy: Option<Arc<dyn DeployStrategy>>,
+    extra_strategies: Vec<Arc<dyn DeployStrategy>>,
     stages: Vec<Arc<dyn Stage>>,
     reporter: Option<Arc<dyn EnvironmentReporter>>,
     advisor: Option<Arc<dyn EnvironmentAdvisor>>,
@@ -59,6 +60,7 @@ impl OperatorBuilder {
             args,
             client: None,
             strategy: None,
+            extra_strategies: Vec::new(),
             stages: Vec::new(),
             reporter: None,
             advisor: None,
@@ -74,9 +76,17 @@ impl OperatorBuilder {
         self
     }
 
-    /// Deploys applications with `strategy` (default: the catalogue strategy).
+    /// Deploys applications that name no strategy with `strategy` (default: the
+    /// catalogue strategy, which stays available by name).
     pub fn strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
         self.strategy = Some(strategy);
+        self
+    }
+
+    /// Offers `strategy` to repositories and environments that name it
+    /// (`spec.strategy`); replaces one of the same name.
+    pub fn add_strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
+        self.extra_strategies.push(strategy);
         self
     }
 
@@ -154,6 +164,22 @@ impl OperatorBuilder {
         metrics.register(&mut registry);
         let readiness = Readiness::default();
         let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+        if !args.manifest_kinds.trim().is_empty() {
+            let kinds = previewd_kube::strategy::manifests::ManifestKinds::resolve(
+                &client,
+                &args.manifest_kinds,
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("--manifest-kinds")?;
+            info!(kinds = ?kinds.names(), "manifests strategy enabled");
+            ctx = ctx.register_strategy(Arc::new(previewd_kube::strategy::ManifestsStrategy::new(
+                kinds,
+            )));
+        }
+        for strategy in self.extra_strategies {
+            ctx = ctx.register_strategy(strategy);
+        }
         if let Some(strategy) = self.strategy {
             ctx = ctx.with_strategy(strategy);
         }

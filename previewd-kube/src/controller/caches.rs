@@ -7,7 +7,12 @@
 //! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`: whole objects
 //!   (readiness), without managed fields; Pods keep only labels and status;
 //! - every other kind the planner, the strategy and the stages create: metadata only,
-//!   or whole objects where a plug-in judges health from them.
+//!   or whole objects where a plug-in judges health from them;
+//! - `PreviewRepository`s: whole objects (strategies render from them); a change wakes
+//!   every environment that references the repository;
+//! - Secrets of the secret source namespace labelled `previewd.io/preview-secret=true`
+//!   (when one is configured): whole objects (they are copied into previews); a change
+//!   wakes every environment whose repository names the Secret.
 //!
 //! Every applied or deleted object is mapped through its `previewd.io/env` and
 //! `previewd.io/env-namespace` labels to its environment, which is reconciled. After a
@@ -16,12 +21,12 @@
 //! not reported one by one.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
@@ -33,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::children::LABEL_ENV_NAMESPACE;
-use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
+use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment, PreviewRepository};
 use crate::strategy::WatchedKind;
 
 /// Caches of one dynamic kind.
@@ -54,6 +59,10 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     /// previewd's Pods (labels and status).
     pub pods: Store<Pod>,
+    /// Repository settings.
+    pub repositories: Store<PreviewRepository>,
+    /// The secret source namespace and its copyable Secrets, when one is configured.
+    pub source_secrets: Option<(String, Store<Secret>)>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
 }
@@ -68,6 +77,8 @@ pub struct CacheWriters {
     namespaces: Writer<PartialObjectMeta<Namespace>>,
     deployments: Writer<Deployment>,
     pods: Writer<Pod>,
+    repositories: Writer<PreviewRepository>,
+    source_secrets: Option<(String, Writer<Secret>)>,
     kinds: Vec<(ApiResource, KindWriter)>,
 }
 
@@ -78,10 +89,13 @@ pub fn kind_key(api_version: &str, kind: &str) -> String {
 
 impl Caches {
     /// Empty caches for the given extra kinds, and their writers.
-    pub fn new(kinds: &[WatchedKind]) -> (Caches, CacheWriters) {
+    pub fn new(kinds: &[WatchedKind], secret_namespace: Option<&str>) -> (Caches, CacheWriters) {
         let namespaces = Writer::default();
         let deployments = Writer::default();
         let pods = Writer::default();
+        let repositories = Writer::default();
+        let source_secrets: Option<(String, Writer<Secret>)> =
+            secret_namespace.map(|ns| (ns.to_string(), Writer::default()));
         let mut readers = BTreeMap::new();
         let mut writers = Vec::new();
         for k in kinds {
@@ -104,12 +118,18 @@ impl Caches {
                 namespaces: namespaces.as_reader(),
                 deployments: deployments.as_reader(),
                 pods: pods.as_reader(),
+                repositories: repositories.as_reader(),
+                source_secrets: source_secrets
+                    .as_ref()
+                    .map(|(ns, w)| (ns.clone(), w.as_reader())),
                 kinds: readers,
             },
             CacheWriters {
                 namespaces,
                 deployments,
                 pods,
+                repositories,
+                source_secrets,
                 kinds: writers,
             },
         )
@@ -120,6 +140,12 @@ impl Caches {
         if self.namespaces.wait_until_ready().await.is_err()
             || self.deployments.wait_until_ready().await.is_err()
             || self.pods.wait_until_ready().await.is_err()
+            || self.repositories.wait_until_ready().await.is_err()
+        {
+            return false;
+        }
+        if let Some((_, secrets)) = &self.source_secrets
+            && secrets.wait_until_ready().await.is_err()
         {
             return false;
         }
@@ -140,6 +166,11 @@ impl Caches {
         self.namespaces.state().len()
             + self.deployments.state().len()
             + self.pods.state().len()
+            + self.repositories.state().len()
+            + self
+                .source_secrets
+                .as_ref()
+                .map_or(0, |(_, s)| s.state().len())
             + self
                 .kinds
                 .values()
@@ -163,10 +194,48 @@ pub struct Triggers {
     pub sender: UnboundedSender<ObjectRef<PreviewEnvironment>>,
     /// Only environments in this namespace, when set.
     pub watch_namespace: Option<String>,
+    /// The controller's cache of environments, once it exists (repository changes are
+    /// routed through it to the environments that reference the repository).
+    pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
+    /// The repositories' cache (a source Secret's change wakes the environments of the
+    /// repositories that name it).
+    pub repositories: Store<PreviewRepository>,
 }
 
 impl Triggers {
-    fn send_for<K: Resource>(&self, obj: &K) {
+    /// Wakes every environment that references `repo`.
+    fn send_for_repository(&self, repo: &PreviewRepository) {
+        let Some(envs) = self.environments.get() else {
+            return;
+        };
+        let (Some(name), Some(ns)) = (
+            repo.metadata.name.as_deref(),
+            repo.metadata.namespace.as_deref(),
+        ) else {
+            return;
+        };
+        for env in envs.state() {
+            if env.metadata.namespace.as_deref() == Some(ns)
+                && env.spec.repository_ref.as_deref() == Some(name)
+            {
+                let _ = self
+                    .sender
+                    .unbounded_send(ObjectRef::from_obj(env.as_ref()));
+            }
+        }
+    }
+
+    /// Wakes every environment whose repository names the source Secret `secret`.
+    fn send_for_source_secret(&self, secret: &Secret) {
+        let name = secret.name_any();
+        for repo in self.repositories.state() {
+            if repo.spec.secrets.iter().any(|r| r.name == name) {
+                self.send_for_repository(&repo);
+            }
+        }
+    }
+
+    fn send_for_child<K: Resource>(&self, obj: &K) {
         let labels = obj.labels();
         let (Some(env), Some(env_ns)) = (labels.get(LABEL_ENV), labels.get(LABEL_ENV_NAMESPACE))
         else {
@@ -208,7 +277,10 @@ impl CacheWriters {
             watcher::Config::default().any_semantic(),
             self.namespaces,
             triggers.clone(),
-            strip_meta,
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: strip_meta,
+            },
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -217,7 +289,10 @@ impl CacheWriters {
             children.clone(),
             self.deployments,
             triggers.clone(),
-            |d: &mut Deployment| d.metadata.managed_fields = None,
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: |d: &mut Deployment| d.metadata.managed_fields = None,
+            },
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -226,11 +301,45 @@ impl CacheWriters {
             children.clone(),
             self.pods,
             triggers.clone(),
-            |p: &mut Pod| {
-                p.metadata.managed_fields = None;
-                p.metadata.annotations = None;
-                p.metadata.owner_references = None;
-                p.spec = None;
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: |p: &mut Pod| {
+                    p.metadata.managed_fields = None;
+                    p.metadata.annotations = None;
+                    p.metadata.owner_references = None;
+                    p.spec = None;
+                },
+            },
+            shutdown.clone(),
+        ));
+        if let Some((ns, writer)) = self.source_secrets {
+            let selector = format!("{}=true", crate::children::secrets::LABEL_PREVIEW_SECRET);
+            tasks.push(spawn_watch(
+                "Secret".into(),
+                Api::<Secret>::namespaced(client.clone(), &ns),
+                watcher::Config::default().labels(&selector).any_semantic(),
+                writer,
+                triggers.clone(),
+                Hooks {
+                    route: Triggers::send_for_source_secret,
+                    strip: strip_meta,
+                },
+                shutdown.clone(),
+            ));
+        }
+        let repositories = match triggers.watch_namespace.as_deref() {
+            Some(ns) => Api::<PreviewRepository>::namespaced(client.clone(), ns),
+            None => Api::<PreviewRepository>::all(client.clone()),
+        };
+        tasks.push(spawn_watch(
+            "PreviewRepository".into(),
+            repositories,
+            watcher::Config::default().any_semantic(),
+            self.repositories,
+            triggers.clone(),
+            Hooks {
+                route: Triggers::send_for_repository,
+                strip: strip_meta,
             },
             shutdown.clone(),
         ));
@@ -242,7 +351,10 @@ impl CacheWriters {
                     children.clone(),
                     w,
                     triggers.clone(),
-                    strip_meta,
+                    Hooks {
+                        route: Triggers::send_for_child,
+                        strip: strip_meta,
+                    },
                     shutdown.clone(),
                 )),
                 KindWriter::Full(w) => tasks.push(spawn_watch(
@@ -251,13 +363,22 @@ impl CacheWriters {
                     children.clone(),
                     w,
                     triggers.clone(),
-                    |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                    Hooks {
+                        route: Triggers::send_for_child,
+                        strip: |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                    },
                     shutdown.clone(),
                 )),
             }
         }
         tasks
     }
+}
+
+/// What a watch does with each object: whom it wakes, and what it strips before caching.
+struct Hooks<K> {
+    route: fn(&Triggers, &K),
+    strip: fn(&mut K),
 }
 
 fn strip_meta<K: Resource>(obj: &mut K) {
@@ -270,13 +391,14 @@ fn spawn_watch<K>(
     config: watcher::Config,
     mut writer: Writer<K>,
     triggers: Triggers,
-    strip: fn(&mut K),
+    hooks: Hooks<K>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
+    let Hooks { route, strip } = hooks;
     let reader = writer.as_reader();
     let seen_lists = Arc::new(Mutex::new(0u64));
     tokio::spawn(async move {
@@ -302,7 +424,7 @@ where
             match &event {
                 Event::Apply(o) | Event::Delete(o) => {
                     writer.apply_watcher_event(&event);
-                    triggers.send_for(o);
+                    route(&triggers, o);
                 }
                 Event::InitDone => {
                     let before = reader.state();
@@ -313,7 +435,7 @@ where
                     // knows now: deletions during the gap are not reported one by one.
                     if *lists > 1 {
                         for o in before.iter().chain(reader.state().iter()) {
-                            triggers.send_for(o.as_ref());
+                            route(&triggers, o.as_ref());
                         }
                     }
                 }

@@ -38,6 +38,27 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
                 .insert(name.clone(), namespace_view(&ctx.caches, env, &name));
         }
     }
+    if let (Some(repo), Some(ns)) = (
+        env.spec.repository_ref.as_deref(),
+        env.metadata.namespace.as_deref(),
+    ) {
+        observed.repository = ctx
+            .caches
+            .repositories
+            .get(&ObjectRef::new(repo).within(ns));
+    }
+    if let (Some(repo), Some((_, sources))) = (&observed.repository, &ctx.caches.source_secrets) {
+        for reference in &repo.spec.secrets {
+            if let Some(secret) = sources.get(
+                &ObjectRef::new(&reference.name)
+                    .within(ctx.config.secret_namespace.as_deref().unwrap_or_default()),
+            ) {
+                observed
+                    .source_secrets
+                    .insert(reference.name.clone(), secret);
+            }
+        }
+    }
     if deleting {
         return observed;
     }

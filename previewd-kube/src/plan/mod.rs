@@ -41,10 +41,11 @@ use crate::controller::ControllerConfig;
 use crate::controller::status::set_condition;
 use crate::crd::{
     CostBreakdown, CostStatus, DeployPolicy, FINALIZER, PreviewEnvironment,
-    PreviewEnvironmentStatus, condition,
+    PreviewEnvironmentStatus, PreviewRepository, condition,
 };
 use crate::strategy::{
-    DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind,
+    DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError,
+    WatchedKind,
 };
 use health::Health;
 use host::{HostChoice, HostClaim};
@@ -69,6 +70,8 @@ pub struct Observed {
     pub advice: Option<Advice>,
     /// Hosts claimed by other environments.
     pub host_claims: BTreeMap<String, Vec<HostClaim>>,
+    /// The `PreviewRepository` named by `spec.repositoryRef`, when it exists.
+    pub repository: Option<std::sync::Arc<PreviewRepository>>,
     /// Secrets of the operator's secret source namespace that the repository names and
     /// that may be copied, by name.
     pub source_secrets: BTreeMap<String, std::sync::Arc<Secret>>,
@@ -85,8 +88,8 @@ pub struct PlanInput<'a> {
     pub now: jiff::Timestamp,
     /// The operator's settings.
     pub config: &'a ControllerConfig,
-    /// How the application is deployed.
-    pub strategy: &'a dyn DeployStrategy,
+    /// The deploy strategies offered; the environment's is chosen by name.
+    pub strategies: &'a Strategies,
     /// What happens after Ready, in order.
     pub stages: &'a [std::sync::Arc<dyn Stage>],
 }
@@ -166,7 +169,7 @@ impl Plan {
 /// Namespaces (always watched): the guard rails and the Ingress, plus what the strategy
 /// and the stages create.
 pub fn watched_kinds(
-    strategy: &dyn DeployStrategy,
+    strategies: &Strategies,
     stages: &[std::sync::Arc<dyn Stage>],
 ) -> Vec<WatchedKind> {
     let mut kinds = vec![
@@ -175,16 +178,26 @@ pub fn watched_kinds(
         WatchedKind::metadata::<NetworkPolicy>(),
         WatchedKind::metadata::<Ingress>(),
     ];
-    kinds.extend(strategy.watched_kinds());
+    for strategy in strategies.iter() {
+        kinds.extend(strategy.watched_kinds());
+    }
     for stage in stages {
         kinds.extend(stage.watched_kinds());
     }
+    // A kind watched both ways is watched whole.
+    let whole: BTreeSet<(String, String)> = kinds
+        .iter()
+        .filter(|k| k.full)
+        .map(|k| (k.resource.api_version.clone(), k.resource.kind.clone()))
+        .collect();
     let mut seen = BTreeSet::new();
     kinds.retain(|k| {
         seen.insert((k.resource.api_version.clone(), k.resource.kind.clone()))
             && !matches!(k.resource.kind.as_str(), "Deployment" | "Pod" | "Namespace")
     });
-    // A kind watched both ways is watched whole.
+    for k in &mut kinds {
+        k.full |= whole.contains(&(k.resource.api_version.clone(), k.resource.kind.clone()));
+    }
     kinds
 }
 
@@ -317,6 +330,23 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
     status.host = host.clone();
 
+    // The deploy strategy: the environment's, else its repository's, else the default.
+    let repository = input.observed.repository.as_deref();
+    let strategy_name = input.strategies.name_for(env, repository);
+    let Some(strategy) = input.strategies.get(strategy_name) else {
+        return stall(
+            input,
+            old,
+            status,
+            finalizer,
+            "UnknownStrategy",
+            &format!(
+                "deploy strategy {strategy_name:?} is not available in this operator (available: {})",
+                input.strategies.names().join(", ")
+            ),
+        );
+    };
+
     let expected_lifespan = expiry::expiry_policy(env).ttl.as_duration();
     let render = RenderInput {
         env: &effective,
@@ -324,7 +354,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         config: input.config,
         use_spot: tier::use_spot(expected_lifespan, env.spec.resources.use_spot),
         host: host.as_deref(),
-        repository: None,
+        repository,
     };
 
     // Desired objects: the namespace and its guard rails, the Ingress, the application.
@@ -338,8 +368,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
     };
     let labels = crate::children::common_labels(env);
-    let app = match input
-        .strategy
+    let app = match strategy
         .desired(&render)
         .and_then(|objects| scoped(objects, &ns_name, &labels))
     {
@@ -369,7 +398,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut held: Vec<ChildKey> = Vec::new();
     if !waiting_for_namespace {
         desired.extend(base);
-        let (now_, later) = open_waves(app, input.strategy, view, ns_meta);
+        let (now_, later) = open_waves(app, strategy.as_ref(), view, ns_meta);
         desired.extend(now_);
         held = later;
     }
@@ -391,7 +420,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             "waiting for the previous namespace {ns_name} to finish terminating"
         ))
     } else {
-        input.strategy.health(&render, view, &applying)
+        strategy.health(&render, view, &applying)
     };
     let (observation, message, services_deployed) = match health {
         Health::Available(message) => (Observation::ServicesAvailable, message, true),
@@ -773,7 +802,7 @@ fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
     if key.kind == "Deployment" && key.api_version == "apps/v1" {
         return Some(ApiResource::erase::<Deployment>(&()));
     }
-    watched_kinds(input.strategy, input.stages)
+    watched_kinds(input.strategies, input.stages)
         .into_iter()
         .map(|k| k.resource)
         .find(|r| r.kind == key.kind && r.api_version == key.api_version)
