@@ -15,6 +15,8 @@
 pub mod expiry;
 pub mod health;
 pub mod host;
+#[cfg(test)]
+mod manifests_tests;
 pub mod namespace;
 pub mod object;
 #[cfg(test)]
