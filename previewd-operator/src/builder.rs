@@ -164,6 +164,19 @@ impl OperatorBuilder {
         metrics.register(&mut registry);
         let readiness = Readiness::default();
         let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+        if !args.manifest_kinds.trim().is_empty() {
+            let kinds = previewd_kube::strategy::manifests::ManifestKinds::resolve(
+                &client,
+                &args.manifest_kinds,
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("--manifest-kinds")?;
+            info!(kinds = ?kinds.names(), "manifests strategy enabled");
+            ctx = ctx.register_strategy(Arc::new(previewd_kube::strategy::ManifestsStrategy::new(
+                kinds,
+            )));
+        }
         for strategy in self.extra_strategies {
             ctx = ctx.register_strategy(strategy);
         }

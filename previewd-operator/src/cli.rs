@@ -164,6 +164,16 @@ pub struct RunArgs {
     /// (ENABLE_AI, AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY) override it.
     #[arg(long, env = "PREVIEWD_AI_CONFIG_MAP")]
     pub ai_config_map: Option<String>,
+    /// Kinds templated manifests may create, comma-separated: built-in kinds by name
+    /// (`ConfigMap,StatefulSet`) and custom ones as `group/version/Kind`; empty switches the
+    /// `manifests` strategy off. Namespaces, RBAC, cluster-scoped kinds and the guard rails
+    /// are refused. Suggested: ConfigMap,Service,ServiceAccount,PersistentVolumeClaim,Deployment,StatefulSet,Job,CronJob
+    #[arg(long, env = "PREVIEWD_MANIFEST_KINDS", default_value = "")]
+    pub manifest_kinds: String,
+    /// Namespace holding the Secrets that PreviewRepositories may copy into previews (only
+    /// those labelled previewd.io/preview-secret=true); empty switches Secret copies off
+    #[arg(long, env = "PREVIEWD_SECRET_NAMESPACE")]
+    pub secret_namespace: Option<String>,
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

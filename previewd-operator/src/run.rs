@@ -87,6 +87,10 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             ingress_namespace: args.ingress_namespace.clone(),
             ..GuardSettings::default()
         },
+        secret_namespace: args
+            .secret_namespace
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
         ..ControllerConfig::default()
     })
 }

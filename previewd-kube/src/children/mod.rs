@@ -4,6 +4,7 @@
 
 pub mod ingress;
 pub mod namespace;
+pub mod secrets;
 pub mod workload;
 
 use std::collections::BTreeMap;

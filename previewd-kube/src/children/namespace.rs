@@ -7,16 +7,16 @@ use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::common_labels;
-use crate::crd::{PreviewEnvironment, QuotaSpec};
+use crate::crd::{EgressRule, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment, QuotaSpec};
 
 /// Name of the ResourceQuota, LimitRange and NetworkPolicy objects.
 pub const GUARD_NAME: &str = "previewd";
@@ -185,11 +185,176 @@ pub fn desired_allow_policy(
     }
 }
 
+/// Cloud instance-metadata addresses, never reachable from a preview whatever the
+/// allow-list says (they hand out the node's credentials).
+pub const METADATA_ADDRESSES: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
+
+/// Adds a repository's egress allow-list to the allow policy: one egress rule per entry,
+/// to the named namespaces (never another preview: namespaces previewd manages are
+/// excluded by label) and IP blocks (minus the metadata addresses), on the given ports.
+pub fn add_egress(policy: &mut NetworkPolicy, rules: &[EgressRule]) -> Result<(), String> {
+    let metadata: Vec<ipnet::IpNet> = METADATA_ADDRESSES
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let mut egress = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.namespaces.is_empty() && rule.cidrs.is_empty() {
+            return Err(format!(
+                "egress[{i}] names no namespace and no CIDR (use 0.0.0.0/0 to allow every address)"
+            ));
+        }
+        let mut peers = Vec::new();
+        for ns in &rule.namespaces {
+            if !previewd_core::naming::is_dns1123_label(ns) {
+                return Err(format!("egress[{i}]: {ns:?} is not a namespace name"));
+            }
+            peers.push(NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        ns.clone(),
+                    )])),
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: LABEL_MANAGED_BY.to_string(),
+                        operator: "NotIn".into(),
+                        values: Some(vec![MANAGED_BY.to_string()]),
+                    }]),
+                }),
+                ..NetworkPolicyPeer::default()
+            });
+        }
+        for cidr in &rule.cidrs {
+            let net: ipnet::IpNet = cidr
+                .parse()
+                .map_err(|_| format!("egress[{i}]: {cidr:?} is not a CIDR such as 10.0.0.0/8"))?;
+            let net = net.trunc();
+            if metadata.iter().any(|m| m.contains(&net)) {
+                return Err(format!(
+                    "egress[{i}]: {cidr} is a cloud metadata address, which previews may never reach"
+                ));
+            }
+            let except: Vec<String> = metadata
+                .iter()
+                .filter(|m| net.contains(*m))
+                .map(ToString::to_string)
+                .collect();
+            peers.push(NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: net.to_string(),
+                    except: (!except.is_empty()).then_some(except),
+                }),
+                ..NetworkPolicyPeer::default()
+            });
+        }
+        let ports: Vec<NetworkPolicyPort> = rule
+            .ports
+            .iter()
+            .map(|p| NetworkPolicyPort {
+                port: Some(IntOrString::Int(p.port)),
+                end_port: p.end_port.filter(|e| *e > p.port),
+                protocol: Some(p.protocol.as_str().to_string()),
+            })
+            .collect();
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(peers),
+            ports: (!ports.is_empty()).then_some(ports),
+        });
+    }
+    if let Some(spec) = policy.spec.as_mut() {
+        spec.egress.get_or_insert_with(Vec::new).extend(egress);
+    }
+    Ok(())
+}
+
 pub(crate) fn child_meta(env: &PreviewEnvironment, namespace: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
         namespace: Some(namespace.to_string()),
         labels: Some(common_labels(env)),
         ..ObjectMeta::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn env() -> PreviewEnvironment {
+        serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+            "metadata": {"name": "shop-pr-7", "namespace": "team"},
+            "spec": {"repository": "acme/shop", "prNumber": 7, "branch": "b",
+                     "headSHA": "0123456789abcdef0123456789abcdef01234567"}
+        }))
+        .unwrap()
+    }
+
+    fn rules(v: serde_json::Value) -> Vec<EgressRule> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn egress_rules_are_added_after_dns_and_the_namespace() {
+        let mut policy = desired_allow_policy(&env(), "preview-7-b", &GuardSettings::default());
+        add_egress(
+            &mut policy,
+            &rules(json!([
+                {"namespaces": ["staging"], "ports": [{"port": 5432}]},
+                {"cidrs": ["0.0.0.0/0"], "ports": [{"port": 443}, {"port": 8000, "endPort": 8100, "protocol": "UDP"}]},
+                {"cidrs": ["10.1.2.3/16"]}
+            ])),
+        )
+        .unwrap();
+        let egress = serde_json::to_value(&policy.spec.unwrap().egress).unwrap();
+        assert_eq!(
+            egress.as_array().unwrap().len(),
+            5,
+            "DNS, own namespace, three rules"
+        );
+        assert_eq!(
+            egress[2],
+            json!({"to": [{"namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "staging"},
+                    "matchExpressions": [{"key": "app.kubernetes.io/managed-by", "operator": "NotIn", "values": ["previewd"]}]}}],
+                "ports": [{"port": 5432, "protocol": "TCP"}]})
+        );
+        assert_eq!(
+            egress[3],
+            json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}],
+                "ports": [{"port": 443, "protocol": "TCP"}, {"port": 8000, "endPort": 8100, "protocol": "UDP"}]})
+        );
+        assert_eq!(
+            egress[4],
+            json!({"to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}]}),
+            "host bits are cleared; no ports means every port"
+        );
+    }
+
+    #[test]
+    fn metadata_addresses_and_bad_entries_are_refused() {
+        let mut policy = desired_allow_policy(&env(), "ns", &GuardSettings::default());
+        for bad in [
+            json!([{"cidrs": ["169.254.169.254/32"]}]),
+            json!([{"cidrs": ["169.254.169.254"]}]),
+            json!([{"cidrs": ["10.0.0.0/33"]}]),
+            json!([{"cidrs": ["example.com"]}]),
+            json!([{"namespaces": ["Not_A_Name"]}]),
+            json!([{"ports": [{"port": 443}]}]),
+        ] {
+            assert!(
+                add_egress(&mut policy, &rules(bad.clone())).is_err(),
+                "{bad}"
+            );
+        }
+        let mut v6 = desired_allow_policy(&env(), "ns", &GuardSettings::default());
+        add_egress(&mut v6, &rules(json!([{"cidrs": ["::/0"]}]))).unwrap();
+        let egress = serde_json::to_value(&v6.spec.unwrap().egress).unwrap();
+        assert_eq!(
+            egress[2]["to"][0]["ipBlock"]["except"],
+            json!(["fd00:ec2::254/128"])
+        );
     }
 }

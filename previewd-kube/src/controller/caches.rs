@@ -9,7 +9,10 @@
 //! - every other kind the planner, the strategy and the stages create: metadata only,
 //!   or whole objects where a plug-in judges health from them;
 //! - `PreviewRepository`s: whole objects (strategies render from them); a change wakes
-//!   every environment that references the repository.
+//!   every environment that references the repository;
+//! - Secrets of the secret source namespace labelled `previewd.io/preview-secret=true`
+//!   (when one is configured): whole objects (they are copied into previews); a change
+//!   wakes every environment whose repository names the Secret.
 //!
 //! Every applied or deleted object is mapped through its `previewd.io/env` and
 //! `previewd.io/env-namespace` labels to its environment, which is reconciled. After a
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
@@ -58,6 +61,8 @@ pub struct Caches {
     pub pods: Store<Pod>,
     /// Repository settings.
     pub repositories: Store<PreviewRepository>,
+    /// The secret source namespace and its copyable Secrets, when one is configured.
+    pub source_secrets: Option<(String, Store<Secret>)>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
 }
@@ -73,6 +78,7 @@ pub struct CacheWriters {
     deployments: Writer<Deployment>,
     pods: Writer<Pod>,
     repositories: Writer<PreviewRepository>,
+    source_secrets: Option<(String, Writer<Secret>)>,
     kinds: Vec<(ApiResource, KindWriter)>,
 }
 
@@ -83,11 +89,13 @@ pub fn kind_key(api_version: &str, kind: &str) -> String {
 
 impl Caches {
     /// Empty caches for the given extra kinds, and their writers.
-    pub fn new(kinds: &[WatchedKind]) -> (Caches, CacheWriters) {
+    pub fn new(kinds: &[WatchedKind], secret_namespace: Option<&str>) -> (Caches, CacheWriters) {
         let namespaces = Writer::default();
         let deployments = Writer::default();
         let pods = Writer::default();
         let repositories = Writer::default();
+        let source_secrets: Option<(String, Writer<Secret>)> =
+            secret_namespace.map(|ns| (ns.to_string(), Writer::default()));
         let mut readers = BTreeMap::new();
         let mut writers = Vec::new();
         for k in kinds {
@@ -111,6 +119,9 @@ impl Caches {
                 deployments: deployments.as_reader(),
                 pods: pods.as_reader(),
                 repositories: repositories.as_reader(),
+                source_secrets: source_secrets
+                    .as_ref()
+                    .map(|(ns, w)| (ns.clone(), w.as_reader())),
                 kinds: readers,
             },
             CacheWriters {
@@ -118,6 +129,7 @@ impl Caches {
                 deployments,
                 pods,
                 repositories,
+                source_secrets,
                 kinds: writers,
             },
         )
@@ -129,6 +141,11 @@ impl Caches {
             || self.deployments.wait_until_ready().await.is_err()
             || self.pods.wait_until_ready().await.is_err()
             || self.repositories.wait_until_ready().await.is_err()
+        {
+            return false;
+        }
+        if let Some((_, secrets)) = &self.source_secrets
+            && secrets.wait_until_ready().await.is_err()
         {
             return false;
         }
@@ -150,6 +167,10 @@ impl Caches {
             + self.deployments.state().len()
             + self.pods.state().len()
             + self.repositories.state().len()
+            + self
+                .source_secrets
+                .as_ref()
+                .map_or(0, |(_, s)| s.state().len())
             + self
                 .kinds
                 .values()
@@ -178,6 +199,9 @@ pub struct Triggers {
     pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
     /// Where watch failures and recoveries are reported.
     pub health: super::Readiness,
+    /// The repositories' cache (a source Secret's change wakes the environments of the
+    /// repositories that name it).
+    pub repositories: Store<PreviewRepository>,
 }
 
 impl Triggers {
@@ -199,6 +223,16 @@ impl Triggers {
                 let _ = self
                     .sender
                     .unbounded_send(ObjectRef::from_obj(env.as_ref()));
+            }
+        }
+    }
+
+    /// Wakes every environment whose repository names the source Secret `secret`.
+    fn send_for_source_secret(&self, secret: &Secret) {
+        let name = secret.name_any();
+        for repo in self.repositories.state() {
+            if repo.spec.secrets.iter().any(|r| r.name == name) {
+                self.send_for_repository(&repo);
             }
         }
     }
@@ -280,6 +314,21 @@ impl CacheWriters {
             },
             shutdown.clone(),
         ));
+        if let Some((ns, writer)) = self.source_secrets {
+            let selector = format!("{}=true", crate::children::secrets::LABEL_PREVIEW_SECRET);
+            tasks.push(spawn_watch(
+                "Secret".into(),
+                Api::<Secret>::namespaced(client.clone(), &ns),
+                watcher::Config::default().labels(&selector).any_semantic(),
+                writer,
+                triggers.clone(),
+                Hooks {
+                    route: Triggers::send_for_source_secret,
+                    strip: strip_meta,
+                },
+                shutdown.clone(),
+            ));
+        }
         let repositories = match triggers.watch_namespace.as_deref() {
             Some(ns) => Api::<PreviewRepository>::namespaced(client.clone(), ns),
             None => Api::<PreviewRepository>::all(client.clone()),

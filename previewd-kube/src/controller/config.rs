@@ -45,6 +45,9 @@ pub struct ControllerConfig {
     pub backoff_max: Duration,
     /// Longest wait for the advisor; past it every service is deployed.
     pub advice_timeout: Duration,
+    /// Namespace of the Secrets repositories may copy into previews (`spec.secrets`);
+    /// `None` switches copies off.
+    pub secret_namespace: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -67,6 +70,7 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             advice_timeout: Duration::from_secs(45),
+            secret_namespace: None,
         }
     }
 }

@@ -84,7 +84,10 @@ impl Context {
             },
         );
         let strategies = Strategies::default();
-        let (caches, writers) = Caches::new(&crate::plan::watched_kinds(&strategies, &[]));
+        let (caches, writers) = Caches::new(
+            &crate::plan::watched_kinds(&strategies, &[]),
+            config.secret_namespace.as_deref(),
+        );
         Context {
             client,
             config,
@@ -126,8 +129,10 @@ impl Context {
     }
 
     fn rebuild_caches(&mut self) {
-        let (caches, writers) =
-            Caches::new(&crate::plan::watched_kinds(&self.strategies, &self.stages));
+        let (caches, writers) = Caches::new(
+            &crate::plan::watched_kinds(&self.strategies, &self.stages),
+            self.config.secret_namespace.as_deref(),
+        );
         self.caches = caches;
         self.writers = Mutex::new(Some(writers));
     }
@@ -412,6 +417,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
                 watch_namespace: config.watch_namespace.clone(),
                 environments: ctx.environments.clone(),
                 health: readiness.clone(),
+                repositories: ctx.caches.repositories.clone(),
             },
             shutdown.clone(),
         ),

@@ -47,6 +47,18 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
             .repositories
             .get(&ObjectRef::new(repo).within(ns));
     }
+    if let (Some(repo), Some((_, sources))) = (&observed.repository, &ctx.caches.source_secrets) {
+        for reference in &repo.spec.secrets {
+            if let Some(secret) = sources.get(
+                &ObjectRef::new(&reference.name)
+                    .within(ctx.config.secret_namespace.as_deref().unwrap_or_default()),
+            ) {
+                observed
+                    .source_secrets
+                    .insert(reference.name.clone(), secret);
+            }
+        }
+    }
     if deleting {
         return observed;
     }

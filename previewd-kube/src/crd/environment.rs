@@ -399,6 +399,10 @@ pub struct PreviewEnvironmentStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub advised_sha: Option<String>,
+    /// Secrets copied into the namespace from the operator's secret source namespace: the
+    /// source's resourceVersion each copy was made from, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copied_secrets: BTreeMap<String, String>,
     /// Standard conditions: Ready, Reconciling, Stalled, NamespaceReady, ServicesDeployed,
     /// TestsCompleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,7 +9,9 @@ use previewd_core::{ServiceCatalogue, Tier, Ttl};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CostBudget, QuotaSpec, TestDataSpec, TestsSpec};
+use super::{
+    CostBudget, EgressRule, ManifestTemplate, QuotaSpec, SecretReference, TestDataSpec, TestsSpec,
+};
 
 /// Trusted per-repository settings from which pull-request webhooks render
 /// `PreviewEnvironment`s. Owned by platform engineers; a pull request cannot change it.
@@ -102,6 +104,26 @@ pub struct PreviewRepositorySpec {
     /// Test data seeded into each environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_data: Option<TestDataSpec>,
+    /// Templated objects applied into each environment's namespace by the `manifests`
+    /// strategy, besides the catalogue's Deployments and Services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub manifests: Vec<ManifestTemplate>,
+    /// Apply wave of the catalogue's Deployments and Services under the `manifests`
+    /// strategy (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -100, max = 100))]
+    pub catalogue_wave: Option<i32>,
+    /// Secrets of the operator's secret source namespace copied into each environment's
+    /// namespace and kept in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub secrets: Vec<SecretReference>,
+    /// Destinations the environments' pods may reach besides DNS and their own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub egress: Vec<EgressRule>,
 }
 
 fn default_true() -> bool {

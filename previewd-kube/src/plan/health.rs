@@ -89,7 +89,7 @@ pub fn service_problem(
         .copied()
         .filter(|p| p.labels().get(LABEL_SERVICE).map(String::as_str) == Some(name))
         .collect();
-    Some(match pod_problem(&of_service) {
+    Some(match pods_problem(&of_service) {
         Some(PodProblem {
             fatal: true,
             message,
@@ -125,7 +125,13 @@ struct PodProblem {
     message: String,
 }
 
-fn pod_problem(pods: &[&Pod]) -> Option<PodProblem> {
+/// What is wrong with some pods, if anything: `(fatal, message)`, where fatal means no
+/// amount of waiting helps ([`FATAL_WAIT_REASONS`]).
+pub(crate) fn pod_problem(pods: &[&Pod]) -> Option<(bool, String)> {
+    pods_problem(pods).map(|p| (p.fatal, p.message))
+}
+
+fn pods_problem(pods: &[&Pod]) -> Option<PodProblem> {
     let mut best: Option<PodProblem> = None;
     for pod in pods {
         let pod_name = pod.name_any();

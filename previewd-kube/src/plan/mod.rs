@@ -15,6 +15,8 @@
 pub mod expiry;
 pub mod health;
 pub mod host;
+#[cfg(test)]
+mod manifests_tests;
 pub mod namespace;
 pub mod object;
 #[cfg(test)]
@@ -23,7 +25,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -34,7 +36,7 @@ use previewd_core::{Observation, Phase, Pricing, ResourceRequests, Ttl, tier};
 use crate::advice::Advice;
 use crate::children::ingress::{desired_ingress, urls};
 use crate::children::namespace::{
-    desired_allow_policy, desired_default_deny, desired_limit_range, desired_namespace,
+    add_egress, desired_allow_policy, desired_default_deny, desired_limit_range, desired_namespace,
     desired_resource_quota,
 };
 use crate::controller::ControllerConfig;
@@ -44,7 +46,8 @@ use crate::crd::{
     PreviewEnvironmentStatus, PreviewRepository, condition,
 };
 use crate::strategy::{
-    NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError, WatchedKind,
+    DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError,
+    WatchedKind,
 };
 use health::Health;
 use host::{HostChoice, HostClaim};
@@ -71,6 +74,9 @@ pub struct Observed {
     pub host_claims: BTreeMap<String, Vec<HostClaim>>,
     /// The `PreviewRepository` named by `spec.repositoryRef`, when it exists.
     pub repository: Option<std::sync::Arc<PreviewRepository>>,
+    /// Secrets of the operator's secret source namespace that the repository names and
+    /// that may be copied, by name.
+    pub source_secrets: BTreeMap<String, std::sync::Arc<Secret>>,
 }
 
 /// The planner's inputs.
@@ -180,12 +186,20 @@ pub fn watched_kinds(
     for stage in stages {
         kinds.extend(stage.watched_kinds());
     }
+    // A kind watched both ways is watched whole.
+    let whole: BTreeSet<(String, String)> = kinds
+        .iter()
+        .filter(|k| k.full)
+        .map(|k| (k.resource.api_version.clone(), k.resource.kind.clone()))
+        .collect();
     let mut seen = BTreeSet::new();
     kinds.retain(|k| {
         seen.insert((k.resource.api_version.clone(), k.resource.kind.clone()))
             && !matches!(k.resource.kind.as_str(), "Deployment" | "Pod" | "Namespace")
     });
-    // A kind watched both ways is watched whole.
+    for k in &mut kinds {
+        k.full |= whole.contains(&(k.resource.api_version.clone(), k.resource.kind.clone()));
+    }
     kinds
 }
 
@@ -350,6 +364,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Ok(base) => base,
         Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
     };
+    // Secrets by reference: copies of the source Secrets the repository names.
+    let copies = match secret_copies(&render, &input.observed.source_secrets) {
+        Ok(copies) => copies,
+        Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
+    };
     let labels = crate::children::common_labels(env);
     let app = match strategy
         .desired(&render)
@@ -364,10 +383,26 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     let mut plan = Plan::idle(old.clone());
     plan.finalizer = finalizer;
+    if let Some(key) = first_duplicate(base.iter().chain(app.iter())) {
+        return stall(
+            input,
+            old,
+            status,
+            finalizer,
+            "DuplicateObject",
+            &format!(
+                "{key} is rendered twice (the application names an object previewd creates itself)"
+            ),
+        );
+    }
     let mut desired: Vec<DesiredObject> = Vec::new();
+    // Objects of later waves that are not applied yet; still wanted (never pruned).
+    let mut held: Vec<ChildKey> = Vec::new();
     if !waiting_for_namespace {
         desired.extend(base);
-        desired.extend(app);
+        let (now_, later) = open_waves(app, strategy.as_ref(), view, ns_meta);
+        desired.extend(now_);
+        held = later;
     }
 
     // Phase: namespace first, then services, then stages.
@@ -478,9 +513,38 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 
     // What to apply and to prune: everything desired is wanted; what differs is applied.
-    let wanted: BTreeSet<ChildKey> = desired.iter().map(DesiredObject::key).collect();
+    let wanted: BTreeSet<ChildKey> = desired.iter().map(DesiredObject::key).chain(held).collect();
     let applying = needs_apply(&desired, view, ns_meta);
     desired.retain(|d| applying.contains(&d.key()));
+    // Copies of Secrets are never read back (the operator may not read Secrets outside
+    // the source namespace): the status records the source version of each copy, and a
+    // copy is applied when that changes or the namespace is new.
+    let mut copy_keys = BTreeSet::new();
+    let mut dropped_copies = Vec::new();
+    if !waiting_for_namespace {
+        let fresh_namespace = ns_meta.is_none();
+        let mut recorded = BTreeMap::new();
+        for (copy, version) in copies {
+            copy_keys.insert(copy.key());
+            if fresh_namespace || old.copied_secrets.get(&copy.name) != Some(&version) {
+                desired.push(copy.clone().in_wave(i32::MIN));
+            }
+            recorded.insert(copy.name.clone(), version);
+        }
+        if !fresh_namespace {
+            dropped_copies = old
+                .copied_secrets
+                .keys()
+                .filter(|name| !recorded.contains_key(*name))
+                .map(|name| ChildRef {
+                    resource: ApiResource::erase::<Secret>(&()),
+                    namespace: Some(ns_name.clone()),
+                    name: name.clone(),
+                })
+                .collect();
+        }
+        status.copied_secrets = recorded;
+    }
     // The namespace first, then by wave, keeping the strategy's order within a wave.
     desired.sort_by_key(|d| (d.resource.kind != "Namespace", d.wave));
     plan.apply = desired;
@@ -488,7 +552,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.delete = view
             .children
             .iter()
-            .filter(|(key, child)| !wanted.contains(key) && !child.deleting)
+            .filter(|(key, child)| {
+                !wanted.contains(key) && !copy_keys.contains(key) && !child.deleting
+            })
             .filter_map(|(key, _)| {
                 let resource = resource_of(key, input)?;
                 Some(ChildRef {
@@ -498,6 +564,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 })
             })
             .collect();
+        plan.delete.extend(dropped_copies);
     }
 
     if status.provisioning_since.is_none() {
@@ -670,6 +737,39 @@ fn scoped(
         .collect()
 }
 
+/// The application's objects that may be applied now: every wave up to and including
+/// the first one that is not ready (an object of it differs from its live state, or the
+/// strategy does not judge it ready), and the keys of the later waves held back.
+fn open_waves(
+    app: Vec<DesiredObject>,
+    strategy: &dyn DeployStrategy,
+    view: &NamespaceView,
+    ns_meta: Option<&NamespaceMeta>,
+) -> (Vec<DesiredObject>, Vec<ChildKey>) {
+    let waves: BTreeSet<i32> = app.iter().map(|o| o.wave).collect();
+    let first_unready = waves.into_iter().find(|w| {
+        !app.iter().filter(|o| o.wave == *w).all(|o| {
+            needs_apply(std::slice::from_ref(o), view, ns_meta).is_empty()
+                && strategy.object_ready(o, view)
+        })
+    });
+    match first_unready {
+        None => (app, Vec::new()),
+        Some(open) => {
+            let (now, later): (Vec<_>, Vec<_>) = app.into_iter().partition(|o| o.wave <= open);
+            (now, later.iter().map(DesiredObject::key).collect())
+        }
+    }
+}
+
+/// The first key rendered twice, if any.
+fn first_duplicate<'a>(objects: impl Iterator<Item = &'a DesiredObject>) -> Option<ChildKey> {
+    let mut seen = BTreeSet::new();
+    objects
+        .map(DesiredObject::key)
+        .find(|k| !seen.insert(k.clone()))
+}
+
 /// The keys whose desired state differs from what the caches hold: missing, applied with
 /// another hash, being deleted, or edited by hand (fingerprint).
 fn needs_apply(
@@ -710,6 +810,44 @@ fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
         .find(|r| r.kind == key.kind && r.api_version == key.api_version)
 }
 
+/// The copies of the Secrets the repository names, each with the version of its source.
+fn secret_copies(
+    render: &RenderInput<'_>,
+    sources: &BTreeMap<String, std::sync::Arc<Secret>>,
+) -> Result<Vec<(DesiredObject, String)>, StrategyError> {
+    use crate::children::secrets::{
+        LABEL_PREVIEW_SECRET, copyable, desired_secret_copy, source_version,
+    };
+    let Some(repository) = render.repository.filter(|r| !r.spec.secrets.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let Some(source_ns) = render.config.secret_namespace.as_deref() else {
+        return Err(StrategyError {
+            reason: "SecretsNotConfigured".into(),
+            message: "the repository names Secrets to copy, but the operator has no secret source namespace (--secret-namespace)".into(),
+        });
+    };
+    let mut copies = Vec::with_capacity(repository.spec.secrets.len());
+    for reference in &repository.spec.secrets {
+        let Some(source) = sources.get(&reference.name).filter(|s| copyable(s)) else {
+            return Err(StrategyError {
+                reason: "SecretNotFound".into(),
+                message: format!(
+                    "Secret {} not found in namespace {source_ns}, or not labelled {LABEL_PREVIEW_SECRET}=true",
+                    reference.name
+                ),
+            });
+        };
+        let copy = desired_secret_copy(render.env, render.namespace, source);
+        let object = DesiredObject::from_typed(&copy).map_err(|e| StrategyError {
+            reason: "RenderFailed".into(),
+            message: e.to_string(),
+        })?;
+        copies.push((object, source_version(source)));
+    }
+    Ok(copies)
+}
+
 /// The namespace, its guard rails and the Ingress.
 fn base_objects(
     render: &RenderInput<'_>,
@@ -730,12 +868,19 @@ fn base_objects(
         reason: "RenderFailed".into(),
         message: e.to_string(),
     };
+    let mut allow = desired_allow_policy(env, ns, &cfg.guard);
+    if let Some(repository) = render.repository {
+        add_egress(&mut allow, &repository.spec.egress).map_err(|message| StrategyError {
+            reason: "EgressInvalid".into(),
+            message,
+        })?;
+    }
     let mut objects = vec![
         DesiredObject::from_typed(&namespace).map_err(err)?,
         DesiredObject::from_typed(&desired_resource_quota(env, ns)).map_err(err)?,
         DesiredObject::from_typed(&desired_limit_range(env, ns)).map_err(err)?,
         DesiredObject::from_typed(&desired_default_deny(env, ns)).map_err(err)?,
-        DesiredObject::from_typed(&desired_allow_policy(env, ns, &cfg.guard)).map_err(err)?,
+        DesiredObject::from_typed(&allow).map_err(err)?,
     ];
     if ingress.enabled
         && let Some(host) = render.host

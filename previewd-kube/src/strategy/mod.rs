@@ -15,6 +15,7 @@
 //! environment within seconds) and prunes it when it is no longer desired.
 
 mod catalogue;
+pub mod manifests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use kube::api::DynamicObject;
 use kube::core::ApiResource;
 
 pub use catalogue::CatalogueStrategy;
+pub use manifests::ManifestsStrategy;
 
 use crate::controller::ControllerConfig;
 use crate::crd::{PreviewEnvironment, PreviewRepository};
@@ -220,6 +222,13 @@ pub trait DeployStrategy: Send + Sync {
         view: &NamespaceView,
         applying: &BTreeSet<ChildKey>,
     ) -> Health;
+
+    /// Whether an object this strategy rendered is ready, so that the objects of later
+    /// waves ([`DesiredObject::wave`]) may be applied. The planner asks only about
+    /// objects whose live state matches the desired one. Default: it exists.
+    fn object_ready(&self, object: &DesiredObject, view: &NamespaceView) -> bool {
+        view.children.contains_key(&object.key())
+    }
 }
 
 /// Outcome of a stage.

@@ -104,3 +104,16 @@ capabilities:
       name: {{ include "previewd.webhookSecretName" . }}
       key: {{ .Values.github.webhookSecret.key }}
 {{- end -}}
+
+{{/* The manifests allow-list as --manifest-kinds: Kind for built-ins, group/version/Kind otherwise. */}}
+{{- define "previewd.manifestKinds" -}}
+{{- $kinds := list -}}
+{{- range .Values.manifests.kinds -}}
+{{- if .version -}}
+{{- $kinds = append $kinds (printf "%s/%s/%s" .apiGroup .version .kind) -}}
+{{- else -}}
+{{- $kinds = append $kinds .kind -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $kinds -}}
+{{- end -}}
