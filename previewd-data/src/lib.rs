@@ -61,6 +61,8 @@ pub struct SeedOptions {
 pub struct SeedReport {
     /// Strategy used.
     pub strategy: Option<Strategy>,
+    /// Tables that received rows.
+    pub tables: u64,
     /// Rows written per table, in load order.
     pub loaded: Vec<TableLoad>,
     /// Tables that already held rows and were left as they are.
@@ -91,6 +93,7 @@ pub async fn seed(
         let outcome = snapshot::restore(config, source).await?;
         return Ok(SeedReport {
             strategy: Some(spec.strategy),
+            tables: outcome.tables,
             loaded: Vec::new(),
             kept: Vec::new(),
             rows: outcome.rows,
@@ -131,6 +134,7 @@ pub async fn seed(
     let outcome = load::load(config, Arc::new(schema), Arc::new(plan), &options.load).await?;
     Ok(SeedReport {
         strategy: Some(spec.strategy),
+        tables: outcome.tables.iter().filter(|t| t.rows > 0).count() as u64,
         rows: outcome.tables.iter().map(|t| t.rows).sum(),
         loaded: outcome.tables,
         kept,
