@@ -121,6 +121,12 @@ pub async fn seed(
                 BTreeMap::new()
             }
         },
+        (None, Some(true)) => {
+            warnings.push(
+                "aiModel is set but no generator advisor is configured; heuristics used".into(),
+            );
+            BTreeMap::new()
+        }
         _ => BTreeMap::new(),
     };
     let plan = build_plan(&schema, spec, &advice, existing)?;

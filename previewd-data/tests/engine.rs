@@ -391,3 +391,87 @@ async fn a_plain_snapshot_restores_into_a_fresh_database() {
     source.drop_db().await;
     target.drop_db().await;
 }
+
+struct FixedAdvice;
+
+#[async_trait::async_trait]
+impl previewd_data::GeneratorAdvisor for FixedAdvice {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+    async fn advise(
+        &self,
+        outline: &previewd_data::SchemaOutline,
+    ) -> Result<BTreeMap<String, previewd_data::GeneratorKind>, previewd_data::advisor::AdvisorError>
+    {
+        use previewd_data::GeneratorKind as K;
+        assert!(
+            outline
+                .columns
+                .iter()
+                .any(|c| c.key == "public.users.last_name")
+        );
+        // Foreign keys are never offered.
+        assert!(
+            !outline
+                .columns
+                .iter()
+                .any(|c| c.key == "public.orders.user_id")
+        );
+        Ok(BTreeMap::from([
+            (
+                "public.users.last_name".to_string(),
+                K::OneOf {
+                    values: vec!["Doe".into()],
+                },
+            ),
+            // Does not fit a text column: ignored.
+            ("public.users.first_name".to_string(), K::Boolean),
+            // A unique column cannot take a kind that repeats: ignored.
+            (
+                "public.users.email".to_string(),
+                K::OneOf {
+                    values: vec!["x@example.com".into()],
+                },
+            ),
+            // Out-of-range parameters: ignored.
+            (
+                "public.products.stock".to_string(),
+                K::Integer { min: 10, max: 1 },
+            ),
+        ]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advice_is_applied_only_where_it_fits() {
+    let Some(db) = TestDb::create("advice").await else {
+        return;
+    };
+    db.apply(SHOP).await;
+    let mut s = spec(2, &[("users", 40)], Some(10));
+    s.ai_model = Some(true);
+    let options = SeedOptions {
+        advisor: Some(std::sync::Arc::new(previewd_data::CachedAdvisor::new(
+            FixedAdvice,
+        ))),
+        ..SeedOptions::default()
+    };
+    let report = seed(&db.config, &s, &options).await.unwrap();
+    assert_eq!(report.generators, "fixed");
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE last_name = 'Doe'), count(DISTINCT email),
+                    count(*) FILTER (WHERE first_name IN ('true', 'false', 't', 'f'))
+               FROM users",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 40);
+    assert_eq!(row.get::<_, i64>(1), 40);
+    assert_eq!(row.get::<_, i64>(2), 0);
+    drop(client);
+    db.drop_db().await;
+}
