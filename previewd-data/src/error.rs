@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The database refused a statement or the connection failed.
-    #[error("database: {0}")]
+    #[error("database: {}", pg_message(.0))]
     Database(#[from] tokio_postgres::Error),
     /// The spec asks for something impossible or names unknown tables.
     #[error("spec: {0}")]
@@ -30,5 +30,16 @@ impl DataError {
             DataError::Snapshot(_) => "snapshot",
             DataError::Internal(_) => "internal",
         }
+    }
+}
+
+/// The server's message and detail (tokio-postgres prints only "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
     }
 }

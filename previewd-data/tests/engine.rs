@@ -195,6 +195,8 @@ async fn output_does_not_depend_on_parallelism() {
     one.load.parallelism = 1;
     let mut four = SeedOptions::default();
     four.load.parallelism = 4;
+    // Every table of 50 rows or more is copied through four streams at once.
+    four.load.split_rows = 50;
     seed(&a.config, &s, &one).await.unwrap();
     seed(&b.config, &s, &four).await.unwrap();
     assert_eq!(
@@ -473,5 +475,38 @@ async fn advice_is_applied_only_where_it_fits() {
     assert_eq!(row.get::<_, i64>(1), 40);
     assert_eq!(row.get::<_, i64>(2), 0);
     drop(client);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_stream_leaves_its_table_empty() {
+    let Some(db) = TestDb::create("rollback").await else {
+        return;
+    };
+    // A check the engine does not understand: some generated names violate it.
+    db.apply(
+        "CREATE TABLE teams (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE members (id int PRIMARY KEY, team_id int NOT NULL REFERENCES teams,
+                               nickname text NOT NULL CHECK (nickname ~ '^[a-m]'));",
+    )
+    .await;
+    let mut options = SeedOptions::default();
+    options.load.parallelism = 3;
+    options.load.split_rows = 10;
+    let err = seed(
+        &db.config,
+        &spec(6, &[("members", 300)], Some(20)),
+        &options,
+    )
+    .await
+    .expect_err("the check rejects some rows");
+    assert!(
+        err.to_string()
+            .contains("violates check constraint \"members_nickname_check\""),
+        "{err}"
+    );
+    let counts = row_counts(&db.client().await).await;
+    assert_eq!(counts["teams"], 20);
+    assert_eq!(counts["members"], 0, "no stream of a failed table commits");
     db.drop_db().await;
 }
