@@ -45,6 +45,8 @@ pub enum Command {
     Extend(crate::ctl::ExtendArgs),
     /// Delete an environment and, with it, its namespace.
     Delete(crate::ctl::NameArgs),
+    /// Fill the environment's PostgreSQL database with test data (the data-seed Job).
+    SeedData(crate::seed::SeedDataArgs),
 }
 
 impl Default for Command {

@@ -1,5 +1,5 @@
 //! The previewd operator binary: flags, wiring, the admin server (`/healthz`, `/readyz`,
-//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`).
+//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`, `seed-data`, ...).
 
 pub mod admin;
 pub mod backfill;
@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod leader;
 pub mod reference;
 pub mod run;
+pub mod seed;
 
 pub use builder::OperatorBuilder;
 
@@ -32,6 +33,7 @@ pub async fn main() -> ExitCode {
         Command::Describe(args) => ctl::describe(args).await,
         Command::Extend(args) => ctl::extend(args).await,
         Command::Delete(args) => ctl::delete(args).await,
+        Command::SeedData(args) => seed::seed_data(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
