@@ -1,5 +1,8 @@
 //! Prometheus metrics of the controller.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +43,25 @@ pub struct Metrics {
     pub expired: Counter,
     /// Environments known to the controller.
     pub environments: Gauge,
+    /// Environments deleted by their budget policy.
+    pub budget_deleted: Counter,
+    /// Estimated hourly cost of each environment, in dollars.
+    pub cost_hourly: Family<EnvironmentLabels, Gauge<f64, AtomicU64>>,
+    /// Spend to date of each environment, in dollars.
+    pub cost_to_date: Family<EnvironmentLabels, Gauge<f64, AtomicU64>>,
+    /// Estimated hourly cost of every environment together, in dollars.
+    pub cost_hourly_total: Gauge<f64, AtomicU64>,
+    /// Per-environment hourly cost in micro-dollars, from which the total is summed.
+    hourly_by_environment: Mutex<BTreeMap<EnvironmentLabels, i64>>,
+}
+
+/// Label set of per-environment metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct EnvironmentLabels {
+    /// Namespace of the environment object.
+    pub namespace: String,
+    /// Name of the environment object.
+    pub name: String,
 }
 
 impl Default for Metrics {
@@ -52,6 +74,11 @@ impl Default for Metrics {
             orphans_swept: Counter::default(),
             expired: Counter::default(),
             environments: Gauge::default(),
+            budget_deleted: Counter::default(),
+            cost_hourly: Family::default(),
+            cost_to_date: Family::default(),
+            cost_hourly_total: Gauge::default(),
+            hourly_by_environment: Mutex::default(),
         }
     }
 }
@@ -91,6 +118,56 @@ impl Metrics {
             "Environments known to the controller",
             self.environments.clone(),
         );
+        r.register(
+            "environments_deleted_for_budget",
+            "Environments deleted by their budget policy",
+            self.budget_deleted.clone(),
+        );
+        r.register(
+            "environment_cost_hourly_dollars",
+            "Estimated hourly cost of each environment, from its pods and volumes",
+            self.cost_hourly.clone(),
+        );
+        r.register(
+            "environment_cost_to_date_dollars",
+            "Spend to date of each environment",
+            self.cost_to_date.clone(),
+        );
+        r.register(
+            "environments_cost_hourly_dollars",
+            "Estimated hourly cost of every environment together",
+            self.cost_hourly_total.clone(),
+        );
+    }
+
+    /// Records an environment's costs (`None`: the environment is gone).
+    pub fn record_cost(
+        &self,
+        labels: EnvironmentLabels,
+        costs: Option<(previewd_core::Money, previewd_core::Money)>,
+    ) {
+        let mut by_env = self
+            .hourly_by_environment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match costs {
+            Some((hourly, to_date)) => {
+                self.cost_hourly
+                    .get_or_create(&labels)
+                    .set(hourly.micros() as f64 / 1e6);
+                self.cost_to_date
+                    .get_or_create(&labels)
+                    .set(to_date.micros() as f64 / 1e6);
+                by_env.insert(labels, hourly.micros());
+            }
+            None => {
+                self.cost_hourly.remove(&labels);
+                self.cost_to_date.remove(&labels);
+                by_env.remove(&labels);
+            }
+        }
+        let total: i64 = by_env.values().fold(0i64, |a, b| a.saturating_add(*b));
+        self.cost_hourly_total.set(total as f64 / 1e6);
     }
 
     /// Records one reconcile's duration.

@@ -5,7 +5,10 @@
 //! - Namespaces: metadata only, every namespace (a foreign namespace with a preview's
 //!   name must be seen to be avoided);
 //! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`: whole objects
-//!   (readiness), without managed fields; Pods keep only labels and status;
+//!   (readiness), without managed fields; Pods keep only labels, status and what the
+//!   cost estimate needs from the spec (container and init-container requests, the
+//!   restart policy that marks a sidecar, the pod overhead);
+//! - PersistentVolumeClaims labelled the same: spec requests and status capacity (cost);
 //! - every other kind the planner, the strategy and the stages create: metadata only,
 //!   or whole objects where a plug-in judges health from them.
 //!
@@ -21,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, ResourceRequirements,
+};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
@@ -52,8 +57,10 @@ pub struct Caches {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// previewd's Deployments.
     pub deployments: Store<Deployment>,
-    /// previewd's Pods (labels and status).
+    /// previewd's Pods (labels, status and requests).
     pub pods: Store<Pod>,
+    /// previewd's PersistentVolumeClaims (requests and capacity).
+    pub pvcs: Store<PersistentVolumeClaim>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
 }
@@ -68,6 +75,7 @@ pub struct CacheWriters {
     namespaces: Writer<PartialObjectMeta<Namespace>>,
     deployments: Writer<Deployment>,
     pods: Writer<Pod>,
+    pvcs: Writer<PersistentVolumeClaim>,
     kinds: Vec<(ApiResource, KindWriter)>,
 }
 
@@ -82,6 +90,7 @@ impl Caches {
         let namespaces = Writer::default();
         let deployments = Writer::default();
         let pods = Writer::default();
+        let pvcs = Writer::default();
         let mut readers = BTreeMap::new();
         let mut writers = Vec::new();
         for k in kinds {
@@ -104,12 +113,14 @@ impl Caches {
                 namespaces: namespaces.as_reader(),
                 deployments: deployments.as_reader(),
                 pods: pods.as_reader(),
+                pvcs: pvcs.as_reader(),
                 kinds: readers,
             },
             CacheWriters {
                 namespaces,
                 deployments,
                 pods,
+                pvcs,
                 kinds: writers,
             },
         )
@@ -120,6 +131,7 @@ impl Caches {
         if self.namespaces.wait_until_ready().await.is_err()
             || self.deployments.wait_until_ready().await.is_err()
             || self.pods.wait_until_ready().await.is_err()
+            || self.pvcs.wait_until_ready().await.is_err()
         {
             return false;
         }
@@ -140,6 +152,7 @@ impl Caches {
         self.namespaces.state().len()
             + self.deployments.state().len()
             + self.pods.state().len()
+            + self.pvcs.state().len()
             + self
                 .kinds
                 .values()
@@ -226,11 +239,18 @@ impl CacheWriters {
             children.clone(),
             self.pods,
             triggers.clone(),
-            |p: &mut Pod| {
-                p.metadata.managed_fields = None;
-                p.metadata.annotations = None;
-                p.metadata.owner_references = None;
-                p.spec = None;
+            strip_pod,
+            shutdown.clone(),
+        ));
+        tasks.push(spawn_watch(
+            "PersistentVolumeClaim".into(),
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            children.clone(),
+            self.pvcs,
+            triggers.clone(),
+            |c: &mut PersistentVolumeClaim| {
+                c.metadata.managed_fields = None;
+                c.metadata.annotations = None;
             },
             shutdown.clone(),
         ));
@@ -258,6 +278,36 @@ impl CacheWriters {
         }
         tasks
     }
+}
+
+/// Keeps of a Pod what readiness and the cost estimate read: labels, status, and of the
+/// spec only the containers' names and requests, the init containers' restart policy,
+/// and the pod overhead.
+pub fn strip_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.metadata.owner_references = None;
+    let keep = |c: &Container| Container {
+        name: c.name.clone(),
+        restart_policy: c.restart_policy.clone(),
+        resources: c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.clone())
+            .map(|requests| ResourceRequirements {
+                requests: Some(requests),
+                ..ResourceRequirements::default()
+            }),
+        ..Container::default()
+    };
+    p.spec = p.spec.take().map(|spec| PodSpec {
+        containers: spec.containers.iter().map(keep).collect(),
+        init_containers: spec
+            .init_containers
+            .map(|inits| inits.iter().map(keep).collect()),
+        overhead: spec.overhead,
+        ..PodSpec::default()
+    });
 }
 
 fn strip_meta<K: Resource>(obj: &mut K) {

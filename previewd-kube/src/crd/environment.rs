@@ -234,14 +234,23 @@ pub struct ResourcesSpec {
     pub use_spot: bool,
 }
 
-/// Spending limits, e.g. `$5.00`.
+/// Spending limits, e.g. `$5.00`, and what happens when one is exceeded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CostBudget {
-    /// Limit on the estimated daily cost.
+    /// When a limit is exceeded: `warn` (condition `BudgetExceeded`, a Warning event, a
+    /// line in the PR comment), `sleep` (also scale every workload to zero, keeping the
+    /// namespace and volumes, until the budget allows it again) or `delete` (also delete
+    /// the environment). An environment whose estimate already exceeds a limit is not
+    /// created, whatever the policy.
+    #[serde(default)]
+    pub policy: previewd_core::BudgetPolicy,
+    /// Limit on the estimated daily cost of the environment as specified (its desired
+    /// workloads and volumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily: Option<Money>,
-    /// Limit on the total cost over the environment's life.
+    /// Limit on the total cost over the environment's life (`status.costs.actualToDate`;
+    /// at creation, the estimate over the TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<Money>,
 }
@@ -433,17 +442,32 @@ pub struct TestSummary {
     pub failed_tests: Vec<String>,
 }
 
-/// Cost estimate and spend.
+/// Cost estimate and spend, priced from what runs (the environment's pods and volumes).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CostStatus {
-    /// Estimated cost per day at the current size.
+    /// Estimated cost per hour of what runs now (the rate accrued since `lastAccruedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<Money>,
+    /// `hourly × 24`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_daily: Option<Money>,
-    /// Spend since creation.
+    /// `hourly × 730`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<Money>,
+    /// Spend since creation up to `lastAccruedAt`: the hourly rate integrated between
+    /// observations (exact to the micro-dollar, rounded down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_to_date: Option<Money>,
-    /// Daily estimate by category.
+    /// The instant `actualToDate` covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accrued_at: Option<Time>,
+    /// Spend below a micro-dollar not yet in `actualToDate`, in 1/3600 micro-dollars
+    /// (kept so that the sum stays exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3599))]
+    pub accrual_carry: Option<i64>,
+    /// The hourly estimate by category (adds up to `hourly`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<CostBreakdown>,
 }
@@ -477,4 +501,7 @@ pub mod condition {
     pub const SERVICES_DEPLOYED: &str = "ServicesDeployed";
     /// The test run finished.
     pub const TESTS_COMPLETED: &str = "TestsCompleted";
+    /// A cost budget is exceeded (`True`), or not (`False`, reason `WithinBudget` or
+    /// `BudgetWarning` from 80% of a limit).
+    pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
 }
