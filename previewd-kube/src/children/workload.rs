@@ -174,6 +174,31 @@ pub fn tier_resources(tier: Tier) -> ResourceRequirements {
     }
 }
 
+/// The container's requests and limits: what the service states, the rest from the tier.
+pub fn container_resources(
+    tier: Tier,
+    stated: Option<&crate::crd::ServiceResources>,
+) -> ResourceRequirements {
+    let mut resources = tier_resources(tier);
+    let Some(stated) = stated else {
+        return resources;
+    };
+    let merge = |target: &mut Option<BTreeMap<String, Quantity>>,
+                 given: Option<&crate::crd::CpuMemory>| {
+        let Some(given) = given else { return };
+        let map = target.get_or_insert_with(BTreeMap::new);
+        if let Some(cpu) = &given.cpu {
+            map.insert("cpu".into(), Quantity(cpu.clone()));
+        }
+        if let Some(memory) = &given.memory {
+            map.insert("memory".into(), Quantity(memory.clone()));
+        }
+    };
+    merge(&mut resources.requests, stated.requests.as_ref());
+    merge(&mut resources.limits, stated.limits.as_ref());
+    resources
+}
+
 /// The Deployment of one service.
 pub fn desired_deployment(
     env: &PreviewEnvironment,
@@ -217,7 +242,7 @@ pub fn desired_deployment(
             ..ContainerPort::default()
         }]),
         env: Some(env_vars),
-        resources: Some(tier_resources(tier)),
+        resources: Some(container_resources(tier, service.resources.as_ref())),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(service.port),
@@ -336,6 +361,26 @@ fn env_var(name: &str, value: &str) -> EnvVar {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_service_states_its_own_resources_and_the_tier_fills_the_rest() {
+        let stated: crate::crd::ServiceResources = serde_json::from_value(serde_json::json!({
+            "requests": {"cpu": "750m"},
+            "limits": {"memory": "3Gi"}
+        }))
+        .unwrap();
+        let r = container_resources(Tier::Small, Some(&stated));
+        let req = r.requests.unwrap();
+        let lim = r.limits.unwrap();
+        assert_eq!(req["cpu"].0, "750m");
+        assert_eq!(req["memory"].0, "512Mi");
+        assert_eq!(lim["cpu"].0, "500m");
+        assert_eq!(lim["memory"].0, "3Gi");
+        assert_eq!(
+            container_resources(Tier::Large, None),
+            tier_resources(Tier::Large)
+        );
+    }
 
     #[test]
     fn spot_presets_per_cloud() {

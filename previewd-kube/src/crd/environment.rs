@@ -134,6 +134,9 @@ pub struct ServiceSpec {
     /// Extra environment variables for the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The container's own requests and limits; what is not stated comes from the tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ServiceResources>,
 }
 
 fn default_port() -> i32 {
@@ -226,12 +229,83 @@ pub struct TestsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesSpec {
-    /// Resource tier of every container (requests and limits).
+    /// Resource tier of every container (requests and limits) that does not state its
+    /// own `resources`; `auto` applies the tier advisor's recommendation
+    /// (`status.ai.recommendedTier`, `small` until there is one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
+    pub tier: Option<TierChoice>,
     /// Allow spot nodes; used only when the expected lifespan is under 4h.
     #[serde(default)]
     pub use_spot: bool,
+}
+
+/// A tier, or `auto` for the tier advisor's recommendation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TierChoice {
+    /// 100m CPU, 256Mi memory.
+    Minimal,
+    /// 250m CPU, 512Mi memory (the default).
+    #[default]
+    Small,
+    /// 500m CPU, 1Gi memory.
+    Medium,
+    /// 1 CPU, 2Gi memory.
+    Large,
+    /// The tier advisor's recommendation.
+    Auto,
+}
+
+impl From<Tier> for TierChoice {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Minimal => TierChoice::Minimal,
+            Tier::Small => TierChoice::Small,
+            Tier::Medium => TierChoice::Medium,
+            Tier::Large => TierChoice::Large,
+        }
+    }
+}
+
+impl TierChoice {
+    /// The tier to run: the chosen one, or for `auto` the recommendation (`small` without
+    /// one).
+    pub fn resolve(self, recommended: Option<Tier>) -> Tier {
+        match self {
+            TierChoice::Minimal => Tier::Minimal,
+            TierChoice::Small => Tier::Small,
+            TierChoice::Medium => Tier::Medium,
+            TierChoice::Large => Tier::Large,
+            TierChoice::Auto => recommended.unwrap_or_default(),
+        }
+    }
+}
+
+/// Requests and limits a service states for its container (Kubernetes quantities); what
+/// it leaves out comes from the tier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResources {
+    /// Requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<CpuMemory>,
+    /// Limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CpuMemory>,
+}
+
+/// CPU and memory quantities.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuMemory {
+    /// CPU, e.g. `250m`, `1`, `1.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `512Mi`, `1Gi`, `1G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    pub memory: Option<String>,
 }
 
 /// Spending limits, e.g. `$5.00`, and what happens when one is exceeded.

@@ -194,12 +194,17 @@ pub fn watched_kinds(
 }
 
 /// The environment as deployed: with `serviceSelection: Affected`, only the selected
-/// services (never none: an empty selection deploys everything).
+/// services (never none: an empty selection deploys everything); `tier: auto` resolved
+/// to the advisor's recommendation.
 pub fn effective_environment(
     env: &PreviewEnvironment,
     status: &PreviewEnvironmentStatus,
 ) -> PreviewEnvironment {
     let mut effective = env.clone();
+    if let Some(choice) = env.spec.resources.tier {
+        let recommended = status.ai.as_ref().and_then(|ai| ai.recommended_tier);
+        effective.spec.resources.tier = Some(choice.resolve(recommended).into());
+    }
     if env.spec.service_selection == Some(DeployPolicy::Affected)
         && let Some(selected) = status.selected_services.as_ref().filter(|s| !s.is_empty())
     {

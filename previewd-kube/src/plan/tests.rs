@@ -1142,3 +1142,65 @@ fn the_estimate_follows_the_pods_and_the_spend_accrues() {
         Some("0.10".parse().unwrap())
     );
 }
+
+#[test]
+fn tier_auto_applies_the_recommendation_and_spot_its_preset() {
+    let e = env_with(json!({"resources": {"tier": "auto", "useSpot": true}, "ttl": "2h"}));
+    let requests_of = |plan: &Plan| {
+        plan.apply
+            .iter()
+            .find(|d| d.resource.kind == "Deployment" && d.name == "api")
+            .map(|d| {
+                d.object["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+                    .clone()
+            })
+            .unwrap()
+    };
+    // No recommendation yet: small.
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(
+        requests_of(&plan),
+        json!({"cpu": "250m", "memory": "512Mi"})
+    );
+    let pod_spec = &plan
+        .apply
+        .iter()
+        .find(|d| d.resource.kind == "Deployment")
+        .unwrap()
+        .object["spec"]["template"]["spec"];
+    assert_eq!(
+        pod_spec["nodeSelector"],
+        json!({"karpenter.sh/capacity-type": "spot"})
+    );
+    // The advisor recommends large.
+    let mut world = World::empty();
+    world.observed.advice = Some(Advice {
+        services: None,
+        status: AiStatus {
+            recommended_tier: Some(previewd_core::Tier::Large),
+            ..AiStatus::default()
+        },
+    });
+    let plan = run(&e, &world, at(1));
+    assert_eq!(
+        requests_of(&plan),
+        json!({"cpu": "1000m", "memory": "2048Mi"})
+    );
+    // A service that states its own CPU request keeps it.
+    let e = env_with(json!({"resources": {"tier": "medium"}}));
+    let mut e2 = e.clone();
+    e2.spec.services[0].resources =
+        Some(serde_json::from_value(json!({"requests": {"cpu": "2"}})).unwrap());
+    let plan = run(&e2, &World::empty(), at(1));
+    assert_eq!(requests_of(&plan), json!({"cpu": "2", "memory": "1024Mi"}));
+    // Long-lived environments never go to spot.
+    let e = env_with(json!({"resources": {"useSpot": true}, "ttl": "1d"}));
+    let plan = run(&e, &World::empty(), at(1));
+    let pod_spec = &plan
+        .apply
+        .iter()
+        .find(|d| d.resource.kind == "Deployment")
+        .unwrap()
+        .object["spec"]["template"]["spec"];
+    assert!(pod_spec.get("nodeSelector").is_none());
+}
