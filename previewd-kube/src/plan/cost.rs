@@ -372,4 +372,72 @@ mod tests {
         assert_eq!(spent, Money::from_micros(25_000));
         assert_eq!(later.actual_to_date, Some(Money::from_micros(25_000)));
     }
+
+    /// The figures of the comparison table in docs/COST.md (previewd's column).
+    #[test]
+    fn the_cost_document_table() {
+        let pricing = Pricing::default();
+        let hourly = |pods: Vec<serde_json::Value>, pvcs: Vec<serde_json::Value>| {
+            let view = NamespaceView {
+                pods: pods.into_iter().map(pod).collect(),
+                pvcs: pvcs
+                    .into_iter()
+                    .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
+                    .collect(),
+                ..NamespaceView::default()
+            };
+            live_usage(&view).estimate(&pricing).hourly
+        };
+        let c = |cpu: &str, mem: &str| json!({"name": "c", "resources": {"requests": {"cpu": cpu, "memory": mem}}});
+        let p = |spec: serde_json::Value| json!({"metadata": {"name": "p"}, "spec": spec, "status": {"phase": "Running"}});
+        let pvc = json!({"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "10Gi"}}}});
+        let small = || p(json!({"containers": [c("250m", "512Mi")]}));
+        let m = |s: &str| s.parse::<Money>().unwrap();
+        assert_eq!(hourly(vec![small()], vec![]), m("0.0125"));
+        assert_eq!(hourly(vec![small(), small(), small()], vec![]), m("0.0375"));
+        assert_eq!(
+            hourly(
+                vec![p(
+                    json!({"containers": [c("200m", "256Mi")], "initContainers": [c("1", "128Mi")]})
+                )],
+                vec![]
+            ),
+            m("0.04125")
+        );
+        let mut sidecar = c("100m", "64Mi");
+        sidecar["restartPolicy"] = json!("Always");
+        assert_eq!(
+            hourly(
+                vec![p(
+                    json!({"containers": [c("250m", "512Mi")], "initContainers": [sidecar]})
+                )],
+                vec![]
+            ),
+            m("0.016813")
+        );
+        assert_eq!(
+            hourly(
+                vec![p(
+                    json!({"containers": [c("250m", "512Mi")], "overhead": {"cpu": "250m", "memory": "120Mi"}})
+                )],
+                vec![]
+            ),
+            m("0.023086")
+        );
+        assert_eq!(
+            hourly(
+                vec![p(json!({"containers": [c("500m", "1Gi")]}))],
+                vec![pvc.clone()]
+            ),
+            m("0.026")
+        );
+        assert_eq!(hourly(vec![], vec![pvc]), m("0.001"));
+        assert_eq!(
+            hourly(
+                vec![p(json!({"containers": [c("0.25", "536870912")]}))],
+                vec![]
+            ),
+            m("0.0125")
+        );
+    }
 }
