@@ -72,6 +72,8 @@ pub struct EnvironmentView {
     pub estimated_daily: Option<Money>,
     /// Spend so far.
     pub actual_to_date: Option<Money>,
+    /// Why the cost budget is exceeded and what the policy does, while it is.
+    pub budget_exceeded: Option<String>,
     /// When the environment expires.
     pub expires_at: Option<Timestamp>,
 }

@@ -20,8 +20,9 @@ pub mod ttl;
 pub use catalogue::{CatalogueService, ServiceCatalogue};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use cost::{
-    Budget, BudgetLimit, BudgetVerdict, CostBreakdown, CostEstimate, Money, MoneyError, Pricing,
-    QuantityError, ResourceRequests, actual_cost, parse_cpu, parse_memory,
+    Accrual, Budget, BudgetLimit, BudgetPolicy, BudgetVerdict, CostBreakdown, CostEstimate,
+    InitContainer, Money, MoneyError, PodRequests, Pricing, QuantityError, ResourceRequests,
+    actual_cost, parse_cpu, parse_memory,
 };
 pub use environment::{
     Advice, AiStatus, EnvironmentAdvisor, EnvironmentReporter, EnvironmentView, NoAdvice,

@@ -394,7 +394,8 @@ proptest! {
         let pricing = Pricing {
             cpu_per_core_hour: Money::from_micros(cpu_price),
             memory_per_gib_hour: Money::from_micros(memory_price),
-            storage_per_gib_hour: Money::from_micros(storage_price),
+            storage_per_gib_month: Money::from_micros(storage_price),
+            network_per_hour: Money::ZERO,
         };
         let requests = ResourceRequests { cpu_millicores: cpu, memory_bytes: memory };
         let est = CostEstimate::estimate_with_storage(&requests, storage, &pricing);

@@ -52,6 +52,8 @@ pub struct CommentView {
     pub estimated_daily_cost: Option<String>,
     /// Spend so far, formatted.
     pub cost_to_date: Option<String>,
+    /// Why the cost budget is exceeded and what happens, while it is.
+    pub budget_exceeded: Option<String>,
     /// When the environment expires.
     pub expires_at: Option<Timestamp>,
     /// Status message (why it failed, what it waits for). Untrusted text is escaped.
@@ -82,6 +84,7 @@ impl CommentView {
             }),
             estimated_daily_cost: env.estimated_daily.map(|m| m.to_string()),
             cost_to_date: env.actual_to_date.map(|m| m.to_string()),
+            budget_exceeded: env.budget_exceeded.clone(),
             expires_at: env.expires_at,
             message: env.message.clone(),
         }
@@ -170,6 +173,9 @@ pub fn render_comment(view: &CommentView) -> String {
         }
         (None, None) => {}
     }
+    if let Some(budget) = &view.budget_exceeded {
+        let _ = writeln!(out, "**Budget exceeded:** ⚠️ {}", escape(budget));
+    }
     if let Some(expires) = view.expires_at {
         let _ = writeln!(
             out,
@@ -220,6 +226,9 @@ mod tests {
             }),
             estimated_daily_cost: Some("$2.34".into()),
             cost_to_date: Some("$0.50".into()),
+            budget_exceeded: Some(
+                "spent $1.50, above the total budget of $1.00 (policy warn)".into(),
+            ),
             expires_at: Some("2024-05-01T12:30:00Z".parse().unwrap()),
             message: Some("line1\nline2 | x".into()),
         };
@@ -231,6 +240,9 @@ mod tests {
         assert!(body.contains("8 passed, 1 failed, 1 skipped (10 total)"));
         assert!(body.contains("- checkout &lt;script&gt;"));
         assert!(body.contains("$2.34 per day (estimate), $0.50 so far"));
+        assert!(body.contains(
+            "**Budget exceeded:** ⚠️ spent $1.50, above the total budget of $1.00 (policy warn)"
+        ));
         assert!(body.contains("2024-05-01 12:30 UTC"));
         assert!(body.contains("> line1 line2 \\| x"));
     }

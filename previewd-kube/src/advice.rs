@@ -39,6 +39,11 @@ pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
         }),
         estimated_daily: status.costs.as_ref().and_then(|c| c.estimated_daily),
         actual_to_date: status.costs.as_ref().and_then(|c| c.actual_to_date),
+        budget_exceeded: status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::crd::condition::BUDGET_EXCEEDED && c.status == "True")
+            .map(|c| c.message.clone()),
         expires_at: status.expires_at.map(|t| t.0),
     }
 }

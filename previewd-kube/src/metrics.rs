@@ -1,5 +1,8 @@
 //! Prometheus metrics of the controller.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -48,6 +51,25 @@ pub struct Metrics {
     pub teardown: Histogram,
     /// Seconds from an environment's expiry time to the controller deleting it.
     pub cleanup_lag: Histogram,
+    /// Environments deleted by their budget policy.
+    pub budget_deleted: Counter,
+    /// Estimated hourly cost of each environment, in dollars.
+    pub cost_hourly: Family<EnvironmentLabels, Gauge<f64, AtomicU64>>,
+    /// Spend to date of each environment, in dollars.
+    pub cost_to_date: Family<EnvironmentLabels, Gauge<f64, AtomicU64>>,
+    /// Estimated hourly cost of every environment together, in dollars.
+    pub cost_hourly_total: Gauge<f64, AtomicU64>,
+    /// Per-environment hourly cost in micro-dollars, from which the total is summed.
+    hourly_by_environment: Mutex<BTreeMap<EnvironmentLabels, i64>>,
+}
+
+/// Label set of per-environment metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct EnvironmentLabels {
+    /// Namespace of the environment object.
+    pub namespace: String,
+    /// Name of the environment object.
+    pub name: String,
 }
 
 impl Default for Metrics {
@@ -66,6 +88,11 @@ impl Default for Metrics {
             teardown: Histogram::new(exponential_buckets(0.1, 2.0, 17)),
             // 10 ms to about 1.5 h.
             cleanup_lag: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
+            budget_deleted: Counter::default(),
+            cost_hourly: Family::default(),
+            cost_to_date: Family::default(),
+            cost_hourly_total: Gauge::default(),
+            hourly_by_environment: Mutex::default(),
         }
     }
 }
@@ -125,6 +152,56 @@ impl Metrics {
             "Time from an environment's expiry to its deletion by the controller",
             self.cleanup_lag.clone(),
         );
+        r.register(
+            "environments_deleted_for_budget",
+            "Environments deleted by their budget policy",
+            self.budget_deleted.clone(),
+        );
+        r.register(
+            "environment_cost_hourly_dollars",
+            "Estimated hourly cost of each environment, from its pods and volumes",
+            self.cost_hourly.clone(),
+        );
+        r.register(
+            "environment_cost_to_date_dollars",
+            "Spend to date of each environment",
+            self.cost_to_date.clone(),
+        );
+        r.register(
+            "environments_cost_hourly_dollars",
+            "Estimated hourly cost of every environment together",
+            self.cost_hourly_total.clone(),
+        );
+    }
+
+    /// Records an environment's costs (`None`: the environment is gone).
+    pub fn record_cost(
+        &self,
+        labels: EnvironmentLabels,
+        costs: Option<(previewd_core::Money, previewd_core::Money)>,
+    ) {
+        let mut by_env = self
+            .hourly_by_environment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match costs {
+            Some((hourly, to_date)) => {
+                self.cost_hourly
+                    .get_or_create(&labels)
+                    .set(hourly.micros() as f64 / 1e6);
+                self.cost_to_date
+                    .get_or_create(&labels)
+                    .set(to_date.micros() as f64 / 1e6);
+                by_env.insert(labels, hourly.micros());
+            }
+            None => {
+                self.cost_hourly.remove(&labels);
+                self.cost_to_date.remove(&labels);
+                by_env.remove(&labels);
+            }
+        }
+        let total: i64 = by_env.values().fold(0i64, |a, b| a.saturating_add(*b));
+        self.cost_hourly_total.set(total as f64 / 1e6);
     }
 
     /// Sets the per-phase gauges from the phases of every environment known (`None`

@@ -146,6 +146,7 @@ pub fn render_environment(
             ingress_path: s.ingress_path.clone(),
             auto_detected: None,
             env: BTreeMap::new(),
+            resources: None,
         })
         .collect();
     let tier = spec
@@ -154,7 +155,8 @@ pub fn render_environment(
         .iter()
         .filter_map(|s| s.tier)
         .max()
-        .or(spec.default_tier);
+        .or(spec.default_tier)
+        .map(crate::crd::TierChoice::from);
 
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_PR.to_string(), pr.number.to_string());

@@ -182,7 +182,7 @@ fn renders_an_environment_from_repository_settings() {
     assert_eq!(env.spec.services[1].image, "ghcr.io/acme/web:feature-Login");
     assert_eq!(
         env.spec.resources.tier,
-        Some(Tier::Medium),
+        Some(previewd_kube::crd::TierChoice::Medium),
         "largest declared tier"
     );
     assert_eq!(env.spec.ttl.map(|t| t.to_string()).as_deref(), Some("2h"));

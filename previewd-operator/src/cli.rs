@@ -98,6 +98,30 @@ pub struct RunArgs {
         default_value = "0.005"
     )]
     pub memory_price_per_gb_hour: String,
+    /// Price of one GiB of persistent storage for one month (730 hours), in dollars.
+    #[arg(
+        long,
+        env = "PREVIEWD_STORAGE_PRICE_PER_GB_MONTH",
+        default_value = "0.073"
+    )]
+    pub storage_price_per_gb_month: String,
+    /// Flat network price of an environment while it runs pods, per hour, in dollars
+    /// (0: network not charged).
+    #[arg(long, env = "PREVIEWD_NETWORK_PRICE_PER_HOUR", default_value = "0")]
+    pub network_price_per_hour: String,
+    /// Where spot capacity comes from: `karpenter` (`karpenter.sh/capacity-type: spot`),
+    /// `gke` (`cloud.google.com/gke-spot: "true"`) or `eks`
+    /// (`eks.amazonaws.com/capacityType: SPOT`); sets the node selector and tolerations of
+    /// environments that may use spot.
+    #[arg(long, env = "PREVIEWD_SPOT_PRESET", default_value = "karpenter")]
+    pub spot_preset: String,
+    /// Node selector of spot capacity instead of the preset's, as `key=value[,...]`.
+    #[arg(long, env = "PREVIEWD_SPOT_NODE_SELECTOR", default_value = "")]
+    pub spot_node_selector: String,
+    /// Tolerations of spot nodes' taints instead of the preset's, as
+    /// `key[=value]:Effect[,...]`.
+    #[arg(long, env = "PREVIEWD_SPOT_TOLERATIONS", default_value = "")]
+    pub spot_tolerations: String,
     /// Base domain for environments whose repository settings name none.
     #[arg(
         long,

@@ -66,11 +66,39 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             args.memory_price_per_gb_hour
         )
     })?;
+    let storage: Money = args.storage_price_per_gb_month.parse().with_context(|| {
+        format!(
+            "invalid --storage-price-per-gb-month {:?}",
+            args.storage_price_per_gb_month
+        )
+    })?;
+    let network: Money = args.network_price_per_hour.parse().with_context(|| {
+        format!(
+            "invalid --network-price-per-hour {:?}",
+            args.network_price_per_hour
+        )
+    })?;
     let pricing = Pricing {
         cpu_per_core_hour: cpu,
         memory_per_gib_hour: memory,
-        ..Pricing::default()
+        storage_per_gib_month: storage,
+        network_per_hour: network,
     };
+    let mut workload = args
+        .spot_preset
+        .parse::<previewd_kube::children::workload::SpotPreset>()
+        .map_err(anyhow::Error::msg)?
+        .settings();
+    if !args.spot_node_selector.trim().is_empty() {
+        workload.spot_node_selector =
+            previewd_kube::children::workload::parse_node_selector(&args.spot_node_selector)
+                .map_err(|e| anyhow::anyhow!("invalid --spot-node-selector: {e}"))?;
+    }
+    if !args.spot_tolerations.trim().is_empty() {
+        workload.spot_tolerations =
+            previewd_kube::children::workload::parse_tolerations(&args.spot_tolerations)
+                .map_err(|e| anyhow::anyhow!("invalid --spot-tolerations: {e}"))?;
+    }
     Ok(ControllerConfig {
         watch_namespace: args.namespace.clone(),
         environment_selector: args.environment_selector.clone(),
@@ -91,6 +119,7 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             .secret_namespace
             .clone()
             .filter(|s| !s.trim().is_empty()),
+        workload,
         ..ControllerConfig::default()
     })
 }

@@ -22,6 +22,39 @@ pub struct Budget {
     pub total: Option<Money>,
 }
 
+/// What happens to an environment whose budget is exceeded (or would be, were it
+/// created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPolicy {
+    /// Condition `BudgetExceeded`, a Warning event and a line in the PR comment; the
+    /// environment keeps running.
+    #[default]
+    Warn,
+    /// As `warn`, and every workload is scaled to zero (namespace and volumes kept) until
+    /// the budget allows it again or someone wakes it.
+    Sleep,
+    /// As `warn`, and the environment is deleted.
+    Delete,
+}
+
+impl BudgetPolicy {
+    /// The lowercase name, as serialised.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BudgetPolicy::Warn => "warn",
+            BudgetPolicy::Sleep => "sleep",
+            BudgetPolicy::Delete => "delete",
+        }
+    }
+}
+
+impl fmt::Display for BudgetPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Which limit of a [`Budget`] a verdict is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -186,6 +219,21 @@ mod tests {
 
     fn money(s: &str) -> Money {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn policy_serde_is_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&BudgetPolicy::Sleep).unwrap(),
+            "\"sleep\""
+        );
+        assert_eq!(
+            serde_json::from_str::<BudgetPolicy>("\"delete\"").unwrap(),
+            BudgetPolicy::Delete
+        );
+        assert!(serde_json::from_str::<BudgetPolicy>("\"Delete\"").is_err());
+        assert_eq!(BudgetPolicy::default(), BudgetPolicy::Warn);
+        assert_eq!(BudgetPolicy::Warn.to_string(), "warn");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! memory and storage are priced per **GiB** (2^30 bytes), the unit Kubernetes
 //! quantities use (`512Mi`, `1Gi`) and the unit cloud providers actually bill memory
 //! in even where their price lists say "GB". Defaults: $0.04 per core-hour, $0.005 per
-//! GiB-hour of memory, $0.0001 per GiB-hour of storage (about $0.07 per GiB-month).
-//! Network egress is not metered: the `network` part of a breakdown is zero.
+//! GiB-hour of memory, $0.073 per GiB-month of storage (exactly $0.0001 per GiB-hour).
+//! Network egress is not metered: the `network` part is a configurable flat hourly rate
+//! per running environment, zero by default.
 //!
 //! A month is 730 hours (365 × 24 / 12), the convention of cloud price lists.
 
@@ -30,8 +31,12 @@ pub struct Pricing {
     pub cpu_per_core_hour: Money,
     /// Price of one GiB of requested memory for one hour (default $0.005).
     pub memory_per_gib_hour: Money,
-    /// Price of one GiB of persistent storage for one hour (default $0.0001).
-    pub storage_per_gib_hour: Money,
+    /// Price of one GiB of persistent storage for one month of 730 hours (default
+    /// $0.073, that is $0.0001 per GiB-hour).
+    pub storage_per_gib_month: Money,
+    /// Flat network price of an environment that runs at least one pod, per hour
+    /// (default zero: egress is not metered).
+    pub network_per_hour: Money,
 }
 
 impl Pricing {
@@ -39,7 +44,8 @@ impl Pricing {
     pub const DEFAULT: Pricing = Pricing {
         cpu_per_core_hour: Money::from_micros(40_000),
         memory_per_gib_hour: Money::from_micros(5_000),
-        storage_per_gib_hour: Money::from_micros(100),
+        storage_per_gib_month: Money::from_micros(73_000),
+        network_per_hour: Money::ZERO,
     };
 }
 
@@ -57,7 +63,7 @@ pub struct CostBreakdown {
     pub compute: Money,
     /// Persistent storage.
     pub storage: Money,
-    /// Network egress (not metered: always zero today).
+    /// Network: the flat hourly rate while pods run (zero by default).
     pub network: Money,
 }
 
@@ -88,10 +94,22 @@ impl CostEstimate {
         CostEstimate::estimate_with_storage(requests, 0, pricing)
     }
 
-    /// Estimate for CPU and memory requests plus `storage_bytes` of persistent storage.
+    /// Estimate for CPU and memory requests plus `storage_bytes` of persistent storage
+    /// (network not charged).
     pub fn estimate_with_storage(
         requests: &ResourceRequests,
         storage_bytes: u64,
+        pricing: &Pricing,
+    ) -> CostEstimate {
+        CostEstimate::estimate_running(requests, storage_bytes, false, pricing)
+    }
+
+    /// Estimate for CPU and memory requests and `storage_bytes` of persistent storage,
+    /// with the flat network rate when `running` (at least one pod exists).
+    pub fn estimate_running(
+        requests: &ResourceRequests,
+        storage_bytes: u64,
+        running: bool,
         pricing: &Pricing,
     ) -> CostEstimate {
         // One rounding for compute: cpu·p_cpu/1000 + mem·p_mem/2^30 over a common
@@ -109,13 +127,17 @@ impl CostEstimate {
         };
         let storage = Money::from_micros(mul_div_round(
             storage_bytes as u128,
-            pricing.storage_per_gib_hour.micros() as u128,
-            GIB as u128,
+            pricing.storage_per_gib_month.micros() as u128,
+            GIB as u128 * HOURS_PER_MONTH as u128,
         ));
         let breakdown = CostBreakdown {
             compute,
             storage,
-            network: Money::ZERO,
+            network: if running {
+                pricing.network_per_hour
+            } else {
+                Money::ZERO
+            },
         };
         let hourly = breakdown.total();
         CostEstimate {
@@ -176,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn storage_is_priced_per_gib_hour() {
+    fn storage_is_priced_per_gib_month() {
         let est = CostEstimate::estimate_with_storage(
             &ResourceRequests::ZERO,
             10 << 30,
@@ -184,6 +206,15 @@ mod tests {
         );
         assert_eq!(est.breakdown.storage, money("0.001"));
         assert_eq!(est.hourly, est.breakdown.total());
+        assert_eq!(est.breakdown.network, Money::ZERO);
+        let pricing = Pricing {
+            network_per_hour: money("0.01"),
+            ..Pricing::default()
+        };
+        let running = CostEstimate::estimate_running(&ResourceRequests::ZERO, 0, true, &pricing);
+        assert_eq!(running.hourly, money("0.01"));
+        let idle = CostEstimate::estimate_running(&ResourceRequests::ZERO, 0, false, &pricing);
+        assert_eq!(idle.hourly, Money::ZERO);
     }
 
     #[test]

@@ -13,8 +13,14 @@
 //! memory and storage are priced per **GiB** (2^30 bytes), the unit Kubernetes
 //! quantities use (`512Mi`, `1Gi`) and the unit cloud providers actually bill memory
 //! in even where their price lists say "GB". Defaults: $0.04 per core-hour, $0.005 per
-//! GiB-hour of memory, $0.0001 per GiB-hour of storage (about $0.07 per GiB-month).
-//! Network egress is not metered: the `network` part of a breakdown is zero.
+//! GiB-hour of memory, $0.073 per GiB-month of storage; network a flat hourly rate per
+//! running environment, zero by default.
+//!
+//! # What runs, and what it has spent
+//!
+//! [`PodRequests::effective`] is what the scheduler reserves for a pod (init containers,
+//! sidecars and overhead counted the Kubernetes way); [`Accrual`] integrates the hourly
+//! rate between observations into an exact spend to date.
 //!
 //! A month is 730 hours (365 × 24 / 12), the convention of cloud price lists.
 //!
@@ -28,12 +34,17 @@
 //! negative), as are values with more than 20 significant digits and values that do not
 //! fit in a `u64`.
 
+mod accrual;
 mod budget;
 mod estimate;
 mod money;
+mod pod;
 mod quantity;
 
-pub use budget::{BUDGET_WARN_PERCENT, Budget, BudgetLimit, BudgetVerdict};
+pub use accrual::Accrual;
+pub use pod::{InitContainer, PodRequests};
+
+pub use budget::{BUDGET_WARN_PERCENT, Budget, BudgetLimit, BudgetPolicy, BudgetVerdict};
 pub use estimate::{CostBreakdown, CostEstimate, HOURS_PER_MONTH, Pricing, actual_cost};
 pub use money::{Money, MoneyError};
 pub use quantity::{

@@ -25,24 +25,123 @@ pub const ANNOTATION_HEAD_SHA: &str = "previewd.io/head-sha";
 pub const ANNOTATION_AUTO_DETECTED: &str = "previewd.io/auto-detected";
 
 /// Operator-wide settings for workloads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadSettings {
     /// Node selector that places pods on spot capacity.
     pub spot_node_selector: BTreeMap<String, String>,
-    /// Taint key that spot nodes carry (tolerated with `NoSchedule`), if any.
-    pub spot_taint_key: Option<String>,
+    /// Tolerations of the taints spot nodes carry, if any.
+    pub spot_tolerations: Vec<Toleration>,
 }
 
 impl Default for WorkloadSettings {
     fn default() -> Self {
-        WorkloadSettings {
-            spot_node_selector: BTreeMap::from([(
-                "karpenter.sh/capacity-type".to_string(),
-                "spot".to_string(),
-            )]),
-            spot_taint_key: Some("karpenter.sh/capacity-type".to_string()),
+        SpotPreset::Karpenter.settings()
+    }
+}
+
+/// Where spot capacity comes from: each cloud labels (and may taint) spot nodes its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpotPreset {
+    /// Karpenter on any cloud: label `karpenter.sh/capacity-type: spot`; node pools that
+    /// taint spot nodes use the same key, tolerated with `Exists`.
+    Karpenter,
+    /// GKE Spot VMs: label `cloud.google.com/gke-spot: "true"`, and the taint GKE puts on
+    /// spot node pools created with `--spot` and a taint of the same key.
+    Gke,
+    /// EKS managed node groups: label `eks.amazonaws.com/capacityType: SPOT` (no taint by
+    /// default).
+    Eks,
+}
+
+impl std::str::FromStr for SpotPreset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "karpenter" => Ok(SpotPreset::Karpenter),
+            "gke" => Ok(SpotPreset::Gke),
+            "eks" => Ok(SpotPreset::Eks),
+            other => Err(format!(
+                "unknown spot preset {other:?} (expected karpenter, gke or eks)"
+            )),
         }
     }
+}
+
+impl SpotPreset {
+    /// The node selector and tolerations of this preset.
+    pub fn settings(self) -> WorkloadSettings {
+        let toleration = |key: &str, value: Option<&str>| Toleration {
+            key: Some(key.to_string()),
+            operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()),
+            value: value.map(str::to_string),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        };
+        let (label, value, tolerations) = match self {
+            SpotPreset::Karpenter => (
+                "karpenter.sh/capacity-type",
+                "spot",
+                vec![toleration("karpenter.sh/capacity-type", None)],
+            ),
+            SpotPreset::Gke => (
+                "cloud.google.com/gke-spot",
+                "true",
+                vec![toleration("cloud.google.com/gke-spot", Some("true"))],
+            ),
+            SpotPreset::Eks => ("eks.amazonaws.com/capacityType", "SPOT", Vec::new()),
+        };
+        WorkloadSettings {
+            spot_node_selector: BTreeMap::from([(label.to_string(), value.to_string())]),
+            spot_tolerations: tolerations,
+        }
+    }
+}
+
+/// Parses `key=value[,key=value]` (a node selector).
+pub fn parse_node_selector(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("expected key=value, got {pair:?}"))
+        })
+        .collect()
+}
+
+/// Parses tolerations written as `key[=value]:Effect[,...]` (`Exists` without a value).
+pub fn parse_tolerations(text: &str) -> Result<Vec<Toleration>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|item| {
+            let (key_value, effect) = item
+                .rsplit_once(':')
+                .ok_or_else(|| format!("expected key[=value]:Effect, got {item:?}"))?;
+            if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+                return Err(format!(
+                    "unknown taint effect {effect:?} (NoSchedule, PreferNoSchedule or NoExecute)"
+                ));
+            }
+            let (key, value) = match key_value.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_string())),
+                None => (key_value, None),
+            };
+            if key.is_empty() {
+                return Err(format!("a toleration needs a key: {item:?}"));
+            }
+            Ok(Toleration {
+                key: Some(key.to_string()),
+                operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()),
+                value,
+                effect: Some(effect.to_string()),
+                ..Toleration::default()
+            })
+        })
+        .collect()
 }
 
 /// Labels that select one service's pods.
@@ -73,6 +172,31 @@ pub fn tier_resources(tier: Tier) -> ResourceRequirements {
         ])),
         ..ResourceRequirements::default()
     }
+}
+
+/// The container's requests and limits: what the service states, the rest from the tier.
+pub fn container_resources(
+    tier: Tier,
+    stated: Option<&crate::crd::ServiceResources>,
+) -> ResourceRequirements {
+    let mut resources = tier_resources(tier);
+    let Some(stated) = stated else {
+        return resources;
+    };
+    let merge = |target: &mut Option<BTreeMap<String, Quantity>>,
+                 given: Option<&crate::crd::CpuMemory>| {
+        let Some(given) = given else { return };
+        let map = target.get_or_insert_with(BTreeMap::new);
+        if let Some(cpu) = &given.cpu {
+            map.insert("cpu".into(), Quantity(cpu.clone()));
+        }
+        if let Some(memory) = &given.memory {
+            map.insert("memory".into(), Quantity(memory.clone()));
+        }
+    };
+    merge(&mut resources.requests, stated.requests.as_ref());
+    merge(&mut resources.limits, stated.limits.as_ref());
+    resources
 }
 
 /// The Deployment of one service.
@@ -118,7 +242,7 @@ pub fn desired_deployment(
             ..ContainerPort::default()
         }]),
         env: Some(env_vars),
-        resources: Some(tier_resources(tier)),
+        resources: Some(container_resources(tier, service.resources.as_ref())),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(service.port),
@@ -147,14 +271,7 @@ pub fn desired_deployment(
     let (node_selector, tolerations) = if use_spot {
         (
             Some(settings.spot_node_selector.clone()),
-            settings.spot_taint_key.as_ref().map(|key| {
-                vec![Toleration {
-                    key: Some(key.clone()),
-                    operator: Some("Exists".into()),
-                    effect: Some("NoSchedule".into()),
-                    ..Toleration::default()
-                }]
-            }),
+            (!settings.spot_tolerations.is_empty()).then(|| settings.spot_tolerations.clone()),
         )
     } else {
         (None, None)
@@ -237,5 +354,66 @@ fn env_var(name: &str, value: &str) -> EnvVar {
         name: name.to_string(),
         value: Some(value.to_string()),
         ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_service_states_its_own_resources_and_the_tier_fills_the_rest() {
+        let stated: crate::crd::ServiceResources = serde_json::from_value(serde_json::json!({
+            "requests": {"cpu": "750m"},
+            "limits": {"memory": "3Gi"}
+        }))
+        .unwrap();
+        let r = container_resources(Tier::Small, Some(&stated));
+        let req = r.requests.unwrap();
+        let lim = r.limits.unwrap();
+        assert_eq!(req["cpu"].0, "750m");
+        assert_eq!(req["memory"].0, "512Mi");
+        assert_eq!(lim["cpu"].0, "500m");
+        assert_eq!(lim["memory"].0, "3Gi");
+        assert_eq!(
+            container_resources(Tier::Large, None),
+            tier_resources(Tier::Large)
+        );
+    }
+
+    #[test]
+    fn spot_presets_per_cloud() {
+        let k = SpotPreset::Karpenter.settings();
+        assert_eq!(k.spot_node_selector["karpenter.sh/capacity-type"], "spot");
+        assert_eq!(k.spot_tolerations[0].operator.as_deref(), Some("Exists"));
+        let g = "GKE".parse::<SpotPreset>().unwrap().settings();
+        assert_eq!(g.spot_node_selector["cloud.google.com/gke-spot"], "true");
+        assert_eq!(g.spot_tolerations[0].value.as_deref(), Some("true"));
+        let e = SpotPreset::Eks.settings();
+        assert_eq!(
+            e.spot_node_selector["eks.amazonaws.com/capacityType"],
+            "SPOT"
+        );
+        assert!(e.spot_tolerations.is_empty());
+        assert!("azure".parse::<SpotPreset>().is_err());
+    }
+
+    #[test]
+    fn custom_selectors_and_tolerations_parse() {
+        let sel =
+            parse_node_selector("kubernetes.azure.com/scalesetpriority=spot, pool=cheap").unwrap();
+        assert_eq!(sel.len(), 2);
+        assert!(parse_node_selector("novalue").is_err());
+        let t = parse_tolerations(
+            "kubernetes.azure.com/scalesetpriority=spot:NoSchedule,spot:NoExecute",
+        )
+        .unwrap();
+        assert_eq!(t[0].operator.as_deref(), Some("Equal"));
+        assert_eq!(t[0].value.as_deref(), Some("spot"));
+        assert_eq!(t[1].operator.as_deref(), Some("Exists"));
+        assert_eq!(t[1].effect.as_deref(), Some("NoExecute"));
+        assert!(parse_tolerations("key:Sometimes").is_err());
+        assert!(parse_tolerations("key").is_err());
     }
 }

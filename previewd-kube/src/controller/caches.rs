@@ -5,7 +5,10 @@
 //! - Namespaces: metadata only, every namespace (a foreign namespace with a preview's
 //!   name must be seen to be avoided);
 //! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`: whole objects
-//!   (readiness), without managed fields; Pods keep only labels and status;
+//!   (readiness), without managed fields; Pods keep only labels, status and what the
+//!   cost estimate needs from the spec (container and init-container requests, the
+//!   restart policy that marks a sidecar, the pod overhead);
+//! - PersistentVolumeClaims labelled the same: spec requests and status capacity (cost);
 //! - every other kind the planner, the strategy and the stages create: metadata only,
 //!   or whole objects where a plug-in judges health from them;
 //! - `PreviewRepository`s: whole objects (strategies render from them); a change wakes
@@ -26,7 +29,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, ResourceRequirements, Secret,
+};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
@@ -57,12 +62,14 @@ pub struct Caches {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// previewd's Deployments.
     pub deployments: Store<Deployment>,
-    /// previewd's Pods (labels and status).
+    /// previewd's Pods (labels, status and requests).
     pub pods: Store<Pod>,
     /// Repository settings.
     pub repositories: Store<PreviewRepository>,
     /// The secret source namespace and its copyable Secrets, when one is configured.
     pub source_secrets: Option<(String, Store<Secret>)>,
+    /// previewd's PersistentVolumeClaims (requests and capacity).
+    pub pvcs: Store<PersistentVolumeClaim>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
 }
@@ -79,6 +86,7 @@ pub struct CacheWriters {
     pods: Writer<Pod>,
     repositories: Writer<PreviewRepository>,
     source_secrets: Option<(String, Writer<Secret>)>,
+    pvcs: Writer<PersistentVolumeClaim>,
     kinds: Vec<(ApiResource, KindWriter)>,
 }
 
@@ -96,6 +104,7 @@ impl Caches {
         let repositories = Writer::default();
         let source_secrets: Option<(String, Writer<Secret>)> =
             secret_namespace.map(|ns| (ns.to_string(), Writer::default()));
+        let pvcs = Writer::default();
         let mut readers = BTreeMap::new();
         let mut writers = Vec::new();
         for k in kinds {
@@ -122,6 +131,7 @@ impl Caches {
                 source_secrets: source_secrets
                     .as_ref()
                     .map(|(ns, w)| (ns.clone(), w.as_reader())),
+                pvcs: pvcs.as_reader(),
                 kinds: readers,
             },
             CacheWriters {
@@ -130,6 +140,7 @@ impl Caches {
                 pods,
                 repositories,
                 source_secrets,
+                pvcs,
                 kinds: writers,
             },
         )
@@ -141,6 +152,7 @@ impl Caches {
             || self.deployments.wait_until_ready().await.is_err()
             || self.pods.wait_until_ready().await.is_err()
             || self.repositories.wait_until_ready().await.is_err()
+            || self.pvcs.wait_until_ready().await.is_err()
         {
             return false;
         }
@@ -171,6 +183,7 @@ impl Caches {
                 .source_secrets
                 .as_ref()
                 .map_or(0, |(_, s)| s.state().len())
+            + self.pvcs.state().len()
             + self
                 .kinds
                 .values()
@@ -305,12 +318,7 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: |p: &mut Pod| {
-                    p.metadata.managed_fields = None;
-                    p.metadata.annotations = None;
-                    p.metadata.owner_references = None;
-                    p.spec = None;
-                },
+                strip: strip_pod,
             },
             shutdown.clone(),
         ));
@@ -345,6 +353,21 @@ impl CacheWriters {
             },
             shutdown.clone(),
         ));
+        tasks.push(spawn_watch(
+            "PersistentVolumeClaim".into(),
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            children.clone(),
+            self.pvcs,
+            triggers.clone(),
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: |c: &mut PersistentVolumeClaim| {
+                    c.metadata.managed_fields = None;
+                    c.metadata.annotations = None;
+                },
+            },
+            shutdown.clone(),
+        ));
         for (resource, writer) in self.kinds {
             match writer {
                 KindWriter::Metadata(w) => tasks.push(spawn_watch(
@@ -375,6 +398,36 @@ impl CacheWriters {
         }
         tasks
     }
+}
+
+/// Keeps of a Pod what readiness and the cost estimate read: labels, status, and of the
+/// spec only the containers' names and requests, the init containers' restart policy,
+/// and the pod overhead.
+pub fn strip_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.metadata.owner_references = None;
+    let keep = |c: &Container| Container {
+        name: c.name.clone(),
+        restart_policy: c.restart_policy.clone(),
+        resources: c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.clone())
+            .map(|requests| ResourceRequirements {
+                requests: Some(requests),
+                ..ResourceRequirements::default()
+            }),
+        ..Container::default()
+    };
+    p.spec = p.spec.take().map(|spec| PodSpec {
+        containers: spec.containers.iter().map(keep).collect(),
+        init_containers: spec
+            .init_containers
+            .map(|inits| inits.iter().map(keep).collect()),
+        overhead: spec.overhead,
+        ..PodSpec::default()
+    });
 }
 
 /// What a watch does with each object: whom it wakes, and what it strips before caching.

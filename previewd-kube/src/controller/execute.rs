@@ -23,10 +23,20 @@ pub(crate) async fn execute(
     if plan.finalizer == FinalizerAction::Add {
         add_finalizer(env, ctx).await?;
     }
+    if !plan.annotate.is_empty() {
+        annotate(env, ctx, &plan.annotate).await?;
+    }
     if plan.delete_environment {
-        ctx.metrics.expired.inc();
-        if let Some(expires) = plan.status.expires_at.as_ref() {
-            observe_since(&ctx.metrics.cleanup_lag, expires.0, ctx);
+        match plan.deletion_reason {
+            Some(crate::plan::budget::REASON_BUDGET_EXCEEDED) => {
+                ctx.metrics.budget_deleted.inc();
+            }
+            _ => {
+                ctx.metrics.expired.inc();
+                if let Some(expires) = plan.status.expires_at.as_ref() {
+                    observe_since(&ctx.metrics.cleanup_lag, expires.0, ctx);
+                }
+            }
         }
         publish_all(env, &plan, ctx).await;
         let api = ctx.env_api(env)?;
@@ -53,6 +63,14 @@ pub(crate) async fn execute(
     match write_status(env, ctx, &old, &plan.status).await {
         Ok(Some(rv)) => resource_version = Some(rv),
         Ok(None) => {}
+        // The status was computed from an older object than the API server holds (a
+        // stale cache): look again at the current one rather than overwrite it.
+        Err(Error::Kube {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 409 => {
+            return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+        }
         // The environment is gone while tearing down: nothing left to do.
         Err(Error::Kube {
             source: kube::Error::Api(s),
@@ -79,11 +97,24 @@ pub(crate) async fn execute(
             })
             .inc();
     }
+    let labels = crate::metrics::EnvironmentLabels {
+        namespace: env.namespace().unwrap_or_default(),
+        name: env.name_any(),
+    };
     if plan.finalizer == FinalizerAction::Release {
         remove_finalizer(env, ctx, resource_version).await?;
         if let Some(deleted) = env.metadata.deletion_timestamp.as_ref() {
             observe_since(&ctx.metrics.teardown, deleted.0, ctx);
         }
+        ctx.metrics.record_cost(labels, None);
+    } else if let Some(costs) = &plan.status.costs {
+        ctx.metrics.record_cost(
+            labels,
+            Some((
+                costs.hourly.unwrap_or_default(),
+                costs.actual_to_date.unwrap_or_default(),
+            )),
+        );
     }
     publish_all(env, &plan, ctx).await;
     if let Some(report) = plan.report {
@@ -223,6 +254,24 @@ async fn remove_finalizer(
     }
 }
 
+/// Sets or removes annotations of the environment (a merge patch of those keys only).
+async fn annotate(
+    env: &PreviewEnvironment,
+    ctx: &Context,
+    annotations: &std::collections::BTreeMap<String, Option<String>>,
+) -> Result<(), Error> {
+    let api = ctx.env_api(env)?;
+    let patch = json!({"metadata": {"annotations": annotations}});
+    api.patch(
+        &env.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .context(|| format!("annotate {}", env.name_any()))?;
+    Ok(())
+}
+
 /// Writes the status with server-side apply, only when it differs from the live one.
 /// Returns the new resourceVersion when it wrote.
 pub(crate) async fn write_status(
@@ -235,9 +284,12 @@ pub(crate) async fn write_status(
         return Ok(None);
     }
     let api = ctx.env_api(env)?;
+    // The resourceVersion makes the write conditional: the status (the spend to date in
+    // particular) is only written over the object it was computed from.
     let patch = json!({
         "apiVersion": "previewd.io/v1alpha1",
         "kind": "PreviewEnvironment",
+        "metadata": {"resourceVersion": env.resource_version()},
         "status": new,
     });
     let written = api

@@ -177,6 +177,12 @@ pub(crate) fn namespace_view(
         .into_iter()
         .filter(|p| belongs(p.as_ref(), env, namespace))
         .collect();
+    view.pvcs = caches
+        .pvcs
+        .state()
+        .into_iter()
+        .filter(|c| belongs(c.as_ref(), env, namespace))
+        .collect();
     for (resource, cache) in caches.kinds.values() {
         let key = |name: String| ChildKey {
             api_version: resource.api_version.clone(),

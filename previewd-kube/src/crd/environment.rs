@@ -142,6 +142,9 @@ pub struct ServiceSpec {
     /// Extra environment variables for the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The container's own requests and limits; what is not stated comes from the tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ServiceResources>,
 }
 
 fn default_port() -> i32 {
@@ -234,22 +237,102 @@ pub struct TestsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesSpec {
-    /// Resource tier of every container (requests and limits).
+    /// Resource tier of every container (requests and limits) that does not state its
+    /// own `resources`; `auto` applies the tier advisor's recommendation
+    /// (`status.ai.recommendedTier`, `small` until there is one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
+    pub tier: Option<TierChoice>,
     /// Allow spot nodes; used only when the expected lifespan is under 4h.
     #[serde(default)]
     pub use_spot: bool,
 }
 
-/// Spending limits, e.g. `$5.00`.
+/// A tier, or `auto` for the tier advisor's recommendation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TierChoice {
+    /// 100m CPU, 256Mi memory.
+    Minimal,
+    /// 250m CPU, 512Mi memory (the default).
+    #[default]
+    Small,
+    /// 500m CPU, 1Gi memory.
+    Medium,
+    /// 1 CPU, 2Gi memory.
+    Large,
+    /// The tier advisor's recommendation.
+    Auto,
+}
+
+impl From<Tier> for TierChoice {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Minimal => TierChoice::Minimal,
+            Tier::Small => TierChoice::Small,
+            Tier::Medium => TierChoice::Medium,
+            Tier::Large => TierChoice::Large,
+        }
+    }
+}
+
+impl TierChoice {
+    /// The tier to run: the chosen one, or for `auto` the recommendation (`small` without
+    /// one).
+    pub fn resolve(self, recommended: Option<Tier>) -> Tier {
+        match self {
+            TierChoice::Minimal => Tier::Minimal,
+            TierChoice::Small => Tier::Small,
+            TierChoice::Medium => Tier::Medium,
+            TierChoice::Large => Tier::Large,
+            TierChoice::Auto => recommended.unwrap_or_default(),
+        }
+    }
+}
+
+/// Requests and limits a service states for its container (Kubernetes quantities); what
+/// it leaves out comes from the tier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResources {
+    /// Requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<CpuMemory>,
+    /// Limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CpuMemory>,
+}
+
+/// CPU and memory quantities.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuMemory {
+    /// CPU, e.g. `250m`, `1`, `1.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `512Mi`, `1Gi`, `1G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    pub memory: Option<String>,
+}
+
+/// Spending limits, e.g. `$5.00`, and what happens when one is exceeded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CostBudget {
-    /// Limit on the estimated daily cost.
+    /// When a limit is exceeded: `warn` (condition `BudgetExceeded`, a Warning event, a
+    /// line in the PR comment), `sleep` (also scale every workload to zero, keeping the
+    /// namespace and volumes, until the budget allows it again) or `delete` (also delete
+    /// the environment). An environment whose estimate already exceeds a limit is not
+    /// created, whatever the policy.
+    #[serde(default)]
+    pub policy: previewd_core::BudgetPolicy,
+    /// Limit on the estimated daily cost of the environment as specified (its desired
+    /// workloads and volumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily: Option<Money>,
-    /// Limit on the total cost over the environment's life.
+    /// Limit on the total cost over the environment's life (`status.costs.actualToDate`;
+    /// at creation, the estimate over the TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<Money>,
 }
@@ -445,17 +528,32 @@ pub struct TestSummary {
     pub failed_tests: Vec<String>,
 }
 
-/// Cost estimate and spend.
+/// Cost estimate and spend, priced from what runs (the environment's pods and volumes).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CostStatus {
-    /// Estimated cost per day at the current size.
+    /// Estimated cost per hour of what runs now (the rate accrued since `lastAccruedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<Money>,
+    /// `hourly × 24`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_daily: Option<Money>,
-    /// Spend since creation.
+    /// `hourly × 730`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<Money>,
+    /// Spend since creation up to `lastAccruedAt`: the hourly rate integrated between
+    /// observations (exact to the micro-dollar, rounded down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_to_date: Option<Money>,
-    /// Daily estimate by category.
+    /// The instant `actualToDate` covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accrued_at: Option<Time>,
+    /// Spend below a micro-dollar not yet in `actualToDate`, in 1/3600 micro-dollars
+    /// (kept so that the sum stays exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3599))]
+    pub accrual_carry: Option<i64>,
+    /// The hourly estimate by category (adds up to `hourly`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<CostBreakdown>,
 }
@@ -489,4 +587,7 @@ pub mod condition {
     pub const SERVICES_DEPLOYED: &str = "ServicesDeployed";
     /// The test run finished.
     pub const TESTS_COMPLETED: &str = "TestsCompleted";
+    /// A cost budget is exceeded (`True`), or not (`False`, reason `WithinBudget` or
+    /// `BudgetWarning` from 80% of a limit).
+    pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
 }

@@ -12,6 +12,8 @@
 //! observed into its observations. Every transition and failure reason has a unit test
 //! in `tests.rs`.
 
+pub mod budget;
+pub mod cost;
 pub mod expiry;
 pub mod health;
 pub mod host;
@@ -31,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::core::ApiResource;
 use previewd_core::phase::transition;
-use previewd_core::{Observation, Phase, Pricing, ResourceRequests, Ttl, tier};
+use previewd_core::{Observation, Phase, Ttl, tier};
 
 use crate::advice::Advice;
 use crate::children::ingress::{desired_ingress, urls};
@@ -42,8 +44,8 @@ use crate::children::namespace::{
 use crate::controller::ControllerConfig;
 use crate::controller::status::set_condition;
 use crate::crd::{
-    CostBreakdown, CostStatus, DeployPolicy, FINALIZER, PreviewEnvironment,
-    PreviewEnvironmentStatus, PreviewRepository, condition,
+    DeployPolicy, FINALIZER, PreviewEnvironment, PreviewEnvironmentStatus, PreviewRepository,
+    condition,
 };
 use crate::strategy::{
     DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError,
@@ -135,8 +137,13 @@ pub struct Plan {
     pub status: PreviewEnvironmentStatus,
     /// Finalizer handling.
     pub finalizer: FinalizerAction,
-    /// The environment expired: delete it (teardown follows through the finalizer).
+    /// Delete the environment (teardown follows through the finalizer): it expired, or
+    /// its budget policy says so.
     pub delete_environment: bool,
+    /// Why the environment is deleted: `TTLExpired` or `BudgetExceeded`.
+    pub deletion_reason: Option<&'static str>,
+    /// Annotations to set (`Some`) or remove (`None`) on the environment itself.
+    pub annotate: BTreeMap<String, Option<String>>,
     /// Objects to server-side apply, in order.
     pub apply: Vec<DesiredObject>,
     /// Objects to delete.
@@ -157,6 +164,8 @@ impl Plan {
             status,
             finalizer: FinalizerAction::Keep,
             delete_environment: false,
+            deletion_reason: None,
+            annotate: BTreeMap::new(),
             apply: Vec::new(),
             delete: Vec::new(),
             events: Vec::new(),
@@ -204,12 +213,17 @@ pub fn watched_kinds(
 }
 
 /// The environment as deployed: with `serviceSelection: Affected`, only the selected
-/// services (never none: an empty selection deploys everything).
+/// services (never none: an empty selection deploys everything); `tier: auto` resolved
+/// to the advisor's recommendation.
 pub fn effective_environment(
     env: &PreviewEnvironment,
     status: &PreviewEnvironmentStatus,
 ) -> PreviewEnvironment {
     let mut effective = env.clone();
+    if let Some(choice) = env.spec.resources.tier {
+        let recommended = status.ai.as_ref().and_then(|ai| ai.recommended_tier);
+        effective.spec.resources.tier = Some(choice.resolve(recommended).into());
+    }
     if env.spec.service_selection == Some(DeployPolicy::Affected)
         && let Some(selected) = status.selected_services.as_ref().filter(|s| !s.is_empty())
     {
@@ -250,6 +264,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let mut plan = Plan::idle(old);
         plan.finalizer = finalizer;
         plan.delete_environment = true;
+        plan.deletion_reason = Some("TTLExpired");
         plan.events.push(PlannedEvent {
             warning: false,
             reason: "TTLExpired".into(),
@@ -381,6 +396,42 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let view = input.observed.views.get(&ns_name).unwrap_or(&empty);
     let ns_meta = input.observed.namespaces.get(&ns_name);
 
+    // Cost: projected from what is about to be applied (the budget), live from what runs
+    // (the estimate and the spend).
+    let pricing = &input.config.pricing;
+    let projected = cost::projected_usage(&app).estimate(pricing);
+    if ns_meta.is_none()
+        && view.children.is_empty()
+        && let Some(message) = budget::refuse_creation(env, &projected, expected_lifespan)
+    {
+        return stall(
+            input,
+            old,
+            status,
+            finalizer,
+            budget::REASON_BUDGET_EXCEEDED,
+            &message,
+        );
+    }
+    let live = cost::live_usage(view).estimate(pricing);
+    let (costs, spent_now) = cost::cost_status(old.costs.as_ref(), &live, created_at, now);
+    status.costs = Some(costs);
+    let decision = budget::decide(env, projected.daily, spent_now);
+    if let Some(d) = decision
+        && d.action == budget::BudgetAction::Delete
+    {
+        let mut plan = Plan::idle(old);
+        plan.finalizer = finalizer;
+        plan.delete_environment = true;
+        plan.deletion_reason = Some(budget::REASON_BUDGET_EXCEEDED);
+        plan.events.push(PlannedEvent {
+            warning: true,
+            reason: d.verdict.reason().into(),
+            note: d.message(),
+        });
+        plan.requeue_after = Some(TEARDOWN_POLL);
+        return plan;
+    }
     let mut plan = Plan::idle(old.clone());
     plan.finalizer = finalizer;
     if let Some(key) = first_duplicate(base.iter().chain(app.iter())) {
@@ -395,6 +446,25 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             ),
         );
     }
+    let asleep = match budget::sleep_reason(env, decision.as_ref()) {
+        Some(reason) => {
+            if budget::sleep_annotation(env) != Some(reason) {
+                plan.annotate
+                    .insert(budget::ANNOTATION_SLEEP.into(), Some(reason.into()));
+            }
+            true
+        }
+        None if decision.is_some_and(|d| d.action == budget::BudgetAction::Wake) => {
+            plan.annotate.insert(budget::ANNOTATION_SLEEP.into(), None);
+            false
+        }
+        None => budget::sleep_annotation(env).is_some(),
+    };
+    let app = if asleep {
+        budget::scaled_to_zero(app)
+    } else {
+        app
+    };
     let mut desired: Vec<DesiredObject> = Vec::new();
     // Objects of later waves that are not applied yet; still wanted (never pruned).
     let mut held: Vec<ChildKey> = Vec::new();
@@ -678,12 +748,36 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         generation,
         now,
     );
-    status.costs = Some(estimate_costs(
-        &effective,
-        &input.config.pricing,
-        created_at,
-        now,
-    ));
+    if let Some(d) = &decision {
+        let exceeded = d.verdict.is_exceeded();
+        let was_exceeded = old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::BUDGET_EXCEEDED && c.status == "True");
+        set_condition(
+            &mut status.conditions,
+            condition::BUDGET_EXCEEDED,
+            exceeded,
+            d.verdict.reason(),
+            &d.message(),
+            generation,
+            now,
+        );
+        if exceeded && !was_exceeded {
+            plan.events.push(PlannedEvent {
+                warning: true,
+                reason: d.verdict.reason().into(),
+                note: d.message(),
+            });
+            plan.report = Some(Report::Changed);
+        } else if !exceeded && was_exceeded {
+            plan.report = Some(Report::Changed);
+        }
+    } else {
+        status
+            .conditions
+            .retain(|c| c.type_ != condition::BUDGET_EXCEEDED);
+    }
 
     if next != original || phase != original || old.phase.is_none() {
         plan.entered = Some(next);
@@ -1065,42 +1159,4 @@ fn humanize(d: Duration) -> String {
     Ttl::try_from(d)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{d:?}"))
-}
-
-/// Cost of the environment as specified: the tier's requests times the replicas.
-fn estimate_costs(
-    env: &PreviewEnvironment,
-    pricing: &Pricing,
-    created_at: jiff::Timestamp,
-    now: jiff::Timestamp,
-) -> CostStatus {
-    let tier = env.spec.resources.tier.unwrap_or_default();
-    let per_container = tier.requests();
-    let requests: ResourceRequests = env
-        .spec
-        .services
-        .iter()
-        .map(|s| {
-            let n = u64::try_from(s.replicas).unwrap_or_default();
-            ResourceRequests {
-                cpu_millicores: per_container.cpu_millicores * n,
-                memory_bytes: per_container.memory_bytes * n,
-            }
-        })
-        .sum();
-    let estimate = previewd_core::CostEstimate::estimate(&requests, pricing);
-    // Spend to date is recomputed from the age rounded down to whole quarter hours, so an
-    // idle environment's status changes (and is written) at most four times an hour.
-    let age_secs = now.duration_since(created_at).as_secs().max(0) as u64;
-    let age = Duration::from_secs(age_secs - age_secs % 900);
-    let actual = previewd_core::cost::actual_cost(&requests, pricing, age);
-    CostStatus {
-        estimated_daily: Some(estimate.daily),
-        actual_to_date: Some(actual),
-        breakdown: Some(CostBreakdown {
-            compute: estimate.breakdown.compute,
-            storage: estimate.breakdown.storage,
-            network: estimate.breakdown.network,
-        }),
-    }
 }

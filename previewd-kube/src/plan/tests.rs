@@ -1166,3 +1166,211 @@ fn an_unknown_strategy_stalls_and_writes_nothing() {
     );
     assert!(stalled.message.contains("catalogue"), "{}", stalled.message);
 }
+
+fn with_budget(e: &PreviewEnvironment, budget: serde_json::Value) -> PreviewEnvironment {
+    let mut e = e.clone();
+    e.spec.cost_budget = Some(serde_json::from_value(budget).unwrap());
+    e
+}
+
+fn spent(e: &PreviewEnvironment, dollars: &str) -> PreviewEnvironment {
+    let mut e = e.clone();
+    let costs = e.status.as_mut().unwrap().costs.as_mut().unwrap();
+    costs.actual_to_date = Some(dollars.parse().unwrap());
+    e
+}
+
+fn replicas_of(plan: &Plan, name: &str) -> Option<i64> {
+    plan.apply
+        .iter()
+        .find(|d| d.resource.kind == "Deployment" && d.name == name)
+        .and_then(|d| d.object.pointer("/spec/replicas")?.as_i64())
+}
+
+#[test]
+fn an_environment_over_its_budget_is_not_created() {
+    // Three small containers: $0.0375 an hour, $0.90 a day.
+    let e = with_budget(&env(), json!({"daily": "$0.50"}));
+    let plan = run(&e, &World::empty(), at(1));
+    assert!(plan.apply.is_empty(), "{:?}", kinds(&plan.apply));
+    let stalled = cond(&plan, condition::STALLED);
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "BudgetExceeded");
+    assert!(
+        stalled.message.contains("$0.90") && stalled.message.contains("$0.50"),
+        "{}",
+        stalled.message
+    );
+    // Over the TTL (4h × $0.0375 = $0.15) against a total of $0.10.
+    let e = with_budget(&env(), json!({"total": "$0.10"}));
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(cond(&plan, condition::STALLED).reason, "BudgetExceeded");
+    // Within both: created, and the condition says so.
+    let e = with_budget(&env(), json!({"daily": "$5", "total": "$1"}));
+    let plan = run(&e, &World::empty(), at(1));
+    assert!(!plan.apply.is_empty());
+    assert_eq!(cond(&plan, condition::BUDGET_EXCEEDED).status, "False");
+    assert_eq!(
+        cond(&plan, condition::BUDGET_EXCEEDED).reason,
+        "WithinBudget"
+    );
+}
+
+#[test]
+fn each_budget_policy_acts_when_the_total_is_exceeded() {
+    let mut world = World::empty();
+    let ready = to_ready(&mut world);
+    assert!(ready.status.as_ref().unwrap().costs.is_some());
+
+    // warn: condition, one Warning event, the PR comment is updated; nothing else.
+    let e = spent(
+        &with_budget(&ready, json!({"total": "$1", "policy": "warn"})),
+        "1.50",
+    );
+    let plan = run(&e, &world, at(10));
+    let c = cond(&plan, condition::BUDGET_EXCEEDED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "TotalBudgetExceeded")
+    );
+    assert!(c.message.contains("policy warn"), "{}", c.message);
+    assert!(
+        plan.events
+            .iter()
+            .any(|ev| ev.warning && ev.reason == "TotalBudgetExceeded")
+    );
+    assert_eq!(plan.report, Some(Report::Changed));
+    assert!(plan.annotate.is_empty() && !plan.delete_environment);
+    let again = run(&written(&e, &plan), &world, at(11));
+    assert!(again.events.is_empty(), "the event is sent once");
+
+    // sleep: annotated, every Deployment applied at zero replicas.
+    let e = spent(
+        &with_budget(&ready, json!({"total": "$1", "policy": "sleep"})),
+        "1.50",
+    );
+    let plan = run(&e, &world, at(10));
+    assert_eq!(
+        plan.annotate.get(budget::ANNOTATION_SLEEP),
+        Some(&Some("budget".to_string()))
+    );
+    assert_eq!(replicas_of(&plan, "api"), Some(0));
+    assert_eq!(replicas_of(&plan, "web"), Some(0));
+    // Asleep: stays asleep while the budget is exceeded...
+    let mut asleep = written(&e, &plan);
+    asleep
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(budget::ANNOTATION_SLEEP.into(), "budget".into());
+    world.apply(&asleep, &plan, true);
+    let still = run(&asleep, &world, at(20));
+    assert!(still.annotate.is_empty() && still.apply.is_empty());
+    // ...and wakes when the budget allows it again.
+    let raised = with_budget(&asleep, json!({"total": "$5", "policy": "sleep"}));
+    let woken = run(&raised, &world, at(30));
+    assert_eq!(woken.annotate.get(budget::ANNOTATION_SLEEP), Some(&None));
+    assert_eq!(replicas_of(&woken, "web"), Some(2));
+
+    // delete: the environment is deleted, with a Warning that says why.
+    let e = spent(
+        &with_budget(&ready, json!({"total": "$1", "policy": "delete"})),
+        "1.50",
+    );
+    let plan = run(&e, &world, at(10));
+    assert!(plan.delete_environment);
+    assert_eq!(plan.deletion_reason, Some("BudgetExceeded"));
+    assert!(plan.apply.is_empty());
+    assert!(plan.events[0].warning && plan.events[0].note.contains("policy delete"));
+}
+
+#[test]
+fn the_estimate_follows_the_pods_and_the_spend_accrues() {
+    let mut world = World::empty();
+    let ready = to_ready(&mut world);
+    let ns = ready.status.as_ref().unwrap().namespace.clone().unwrap();
+    let costs = ready.status.as_ref().unwrap().costs.clone().unwrap();
+    // No pods observed yet: nothing runs, nothing is charged.
+    assert_eq!(costs.hourly, Some(previewd_core::Money::ZERO));
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": ns},
+        "spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]},
+        "status": {"phase": "Running"}
+    }))
+    .unwrap();
+    world.view(&ns).pods.push(Arc::new(pod));
+    let plan = run(&ready, &world, at(3600));
+    let costs = plan.status.costs.clone().unwrap();
+    assert_eq!(costs.hourly, Some("0.05".parse().unwrap()));
+    assert_eq!(costs.estimated_daily, Some("1.20".parse().unwrap()));
+    assert_eq!(costs.monthly, Some("36.50".parse().unwrap()));
+    let e = written(&ready, &plan);
+    // Two hours later at $0.05/h: $0.10.
+    let later = run(&e, &world, at(3600 + 7200));
+    assert_eq!(
+        later.status.costs.unwrap().actual_to_date,
+        Some("0.10".parse().unwrap())
+    );
+}
+
+#[test]
+fn tier_auto_applies_the_recommendation_and_spot_its_preset() {
+    let e = env_with(json!({"resources": {"tier": "auto", "useSpot": true}, "ttl": "2h"}));
+    let requests_of = |plan: &Plan| {
+        plan.apply
+            .iter()
+            .find(|d| d.resource.kind == "Deployment" && d.name == "api")
+            .map(|d| {
+                d.object["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+                    .clone()
+            })
+            .unwrap()
+    };
+    // No recommendation yet: small.
+    let plan = run(&e, &World::empty(), at(1));
+    assert_eq!(
+        requests_of(&plan),
+        json!({"cpu": "250m", "memory": "512Mi"})
+    );
+    let pod_spec = &plan
+        .apply
+        .iter()
+        .find(|d| d.resource.kind == "Deployment")
+        .unwrap()
+        .object["spec"]["template"]["spec"];
+    assert_eq!(
+        pod_spec["nodeSelector"],
+        json!({"karpenter.sh/capacity-type": "spot"})
+    );
+    // The advisor recommends large.
+    let mut world = World::empty();
+    world.observed.advice = Some(Advice {
+        services: None,
+        status: AiStatus {
+            recommended_tier: Some(previewd_core::Tier::Large),
+            ..AiStatus::default()
+        },
+    });
+    let plan = run(&e, &world, at(1));
+    assert_eq!(
+        requests_of(&plan),
+        json!({"cpu": "1000m", "memory": "2048Mi"})
+    );
+    // A service that states its own CPU request keeps it.
+    let e = env_with(json!({"resources": {"tier": "medium"}}));
+    let mut e2 = e.clone();
+    e2.spec.services[0].resources =
+        Some(serde_json::from_value(json!({"requests": {"cpu": "2"}})).unwrap());
+    let plan = run(&e2, &World::empty(), at(1));
+    assert_eq!(requests_of(&plan), json!({"cpu": "2", "memory": "1024Mi"}));
+    // Long-lived environments never go to spot.
+    let e = env_with(json!({"resources": {"useSpot": true}, "ttl": "1d"}));
+    let plan = run(&e, &World::empty(), at(1));
+    let pod_spec = &plan
+        .apply
+        .iter()
+        .find(|d| d.resource.kind == "Deployment")
+        .unwrap()
+        .object["spec"]["template"]["spec"];
+    assert!(pod_spec.get("nodeSelector").is_none());
+}

@@ -28,7 +28,8 @@ impl DeployStrategy for CatalogueStrategy {
 
     fn desired(&self, input: &RenderInput<'_>) -> Result<Vec<DesiredObject>, StrategyError> {
         let env = input.env;
-        let tier = env.spec.resources.tier.unwrap_or_default();
+        // `auto` was resolved against the advice by the planner (effective environment).
+        let tier = env.spec.resources.tier.unwrap_or_default().resolve(None);
         let mut objects = Vec::with_capacity(env.spec.services.len() * 2);
         for svc in &env.spec.services {
             let deployment = desired_deployment(

@@ -89,8 +89,10 @@ pub struct NamespaceView {
     pub children: std::collections::BTreeMap<ChildKey, ObservedChild>,
     /// Deployments in the namespace.
     pub deployments: Vec<Arc<Deployment>>,
-    /// Pods in the namespace (status and labels only).
+    /// Pods in the namespace (labels, status and requests only).
     pub pods: Vec<Arc<Pod>>,
+    /// PersistentVolumeClaims in the namespace (requests and capacity).
+    pub pvcs: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
     /// Whole objects of the kinds watched with `full: true`, by key.
     pub objects: std::collections::BTreeMap<ChildKey, Arc<DynamicObject>>,
 }
