@@ -13,6 +13,7 @@ pub mod gating;
 pub mod naming;
 pub mod phase;
 pub mod source_control;
+pub mod testrun;
 pub mod tier;
 pub mod ttl;
 
