@@ -56,7 +56,7 @@ pub struct TestRunSummary {
 }
 
 /// One failed test.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TestFailure {
     /// Test name, e.g. `tests.checkout.test_pays`.
     pub name: String,

@@ -45,6 +45,9 @@ pub enum Command {
     Extend(crate::ctl::ExtendArgs),
     /// Delete an environment and, with it, its namespace.
     Delete(crate::ctl::NameArgs),
+    /// Turn JUnit XML reports into the test-run summary a test Job writes to
+    /// /dev/termination-log.
+    JunitSummary(crate::junit::JunitSummaryArgs),
 }
 
 impl Default for Command {
@@ -159,6 +162,15 @@ pub struct RunArgs {
     /// (ENABLE_AI, AI_PROVIDER, AI_BASE_URL, AI_MODEL, OPENAI_API_KEY) override it.
     #[arg(long, env = "PREVIEWD_AI_CONFIG_MAP")]
     pub ai_config_map: Option<String>,
+    /// Image of the operator itself, run by each environment's data-seed Job
+    /// (`previewd seed-data`); the Helm chart sets its own image. Default:
+    /// ghcr.io/previewd/previewd:<version>.
+    #[arg(long, env = "PREVIEWD_OPERATOR_IMAGE")]
+    pub operator_image: Option<String>,
+    /// Node selector of the pods of stage Jobs (test data, tests), as `key=value,...`;
+    /// default: none.
+    #[arg(long, env = "PREVIEWD_JOB_NODE_SELECTOR", default_value = "")]
+    pub job_node_selector: String,
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

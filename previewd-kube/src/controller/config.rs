@@ -4,6 +4,7 @@ use previewd_core::Pricing;
 
 use crate::children::namespace::GuardSettings;
 use crate::children::workload::WorkloadSettings;
+use crate::strategy::StageJobSettings;
 
 /// Operator-wide settings of the controller.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub struct ControllerConfig {
     pub backoff_max: Duration,
     /// Longest wait for the advisor; past it every service is deployed.
     pub advice_timeout: Duration,
+    /// Settings of the Jobs the stages run (test data, tests).
+    pub stage_jobs: StageJobSettings,
 }
 
 impl Default for ControllerConfig {
@@ -62,6 +65,7 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             advice_timeout: Duration::from_secs(45),
+            stage_jobs: StageJobSettings::default(),
         }
     }
 }

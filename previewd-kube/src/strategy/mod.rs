@@ -15,6 +15,9 @@
 //! environment within seconds) and prunes it when it is no longer desired.
 
 mod catalogue;
+pub mod jobs;
+pub mod seed;
+pub mod testrun;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,9 +29,12 @@ use kube::api::DynamicObject;
 use kube::core::ApiResource;
 
 pub use catalogue::CatalogueStrategy;
+pub use jobs::StageJobSettings;
+pub use seed::SeedStage;
+pub use testrun::TestRunStage;
 
 use crate::controller::ControllerConfig;
-use crate::crd::PreviewEnvironment;
+use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus};
 use crate::plan::health::Health;
 use crate::plan::object::{ChildKey, DesiredObject, ObservedChild};
 
@@ -74,6 +80,8 @@ pub struct RenderInput<'a> {
     pub use_spot: bool,
     /// The environment's public host, when it has an Ingress.
     pub host: Option<&'a str>,
+    /// The time of this reconcile.
+    pub now: jiff::Timestamp,
 }
 
 /// What the caches hold about the environment's namespace.
@@ -160,9 +168,23 @@ pub trait Stage: Send + Sync {
     /// Judges the stage from the caches.
     fn outcome(&self, input: &RenderInput<'_>, view: &NamespaceView) -> StageOutcome;
 
-    /// How long the stage may run before the environment fails; `None` for no limit of
-    /// its own (the readiness deadline still applies).
+    /// How long the stage may run before the environment fails, counted from the
+    /// creation of the oldest of its objects that are watched whole (typically its Job);
+    /// `None` for no limit of its own.
     fn timeout(&self, _env: &PreviewEnvironment) -> Option<Duration> {
         None
+    }
+
+    /// Records what the stage found in the status (results, its own conditions). Called
+    /// on every plan that judged the stage, with the outcome the planner settled on (a
+    /// stage past its timeout has failed whatever it reported). Must be deterministic:
+    /// an unchanged outcome must record an unchanged status.
+    fn record(
+        &self,
+        _input: &RenderInput<'_>,
+        _view: &NamespaceView,
+        _outcome: &StageOutcome,
+        _status: &mut PreviewEnvironmentStatus,
+    ) {
     }
 }
