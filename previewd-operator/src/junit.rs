@@ -58,3 +58,52 @@ pub fn junit_summary(args: &JunitSummaryArgs) -> anyhow::Result<bool> {
     }
     Ok(summary.passed())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reports_become_a_summary_in_the_output_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.xml");
+        let b = dir.path().join("b.xml");
+        std::fs::write(
+            &a,
+            r#"<testsuite time="1.5"><testcase classname="cart" name="pays"><failure message="expected 200"/></testcase><testcase name="adds"/></testsuite>"#,
+        )
+        .unwrap();
+        std::fs::write(&b, r#"<testsuites><testsuite><testcase name="logs_in"><skipped/></testcase></testsuite></testsuites>"#).unwrap();
+        let out = dir.path().join("termination-log");
+        let args = JunitSummaryArgs {
+            reports: vec![a, b],
+            output: Some(out.clone()),
+            fail_on_failures: true,
+        };
+        assert!(!junit_summary(&args).unwrap(), "a test failed");
+        let written = std::fs::read_to_string(&out).unwrap();
+        let summary = previewd_core::testrun::parse_summary(&written).unwrap();
+        assert_eq!(
+            (
+                summary.total,
+                summary.passed,
+                summary.failed,
+                summary.skipped
+            ),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(summary.failures[0].name, "cart.pays");
+        assert_eq!(summary.failures[0].reason, "expected 200");
+
+        let broken = dir.path().join("broken.xml");
+        std::fs::write(&broken, "<testsuite><testcase").unwrap();
+        let err = junit_summary(&JunitSummaryArgs {
+            reports: vec![broken],
+            output: None,
+            fail_on_failures: false,
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("invalid JUnit XML"), "{err:#}");
+    }
+}

@@ -9,8 +9,7 @@
 //! | `PREVIEW_URL` | in-cluster URL of the main service (the one served at `/`, else the first) |
 //! | `PREVIEW_URL_<SERVICE>` | in-cluster URL of each service, e.g. `PREVIEW_URL_ORDER_API` |
 //! | `PREVIEW_PUBLIC_URL` | the environment's public URL, when it has an Ingress |
-//! | `PREVIEWD_TEST_SELECTOR` | `all`, `changed-files` or `ai-smart` |
-//! | `PREVIEWD_TESTS` | the selected tests, one per line (absent: run everything) |
+//! | `PREVIEWD_TEST_SELECTOR` | `spec.tests.selector`: `all`, `changed-files` or `ai-smart` |
 //! | `PREVIEWD_TEST_WORKERS` | `spec.tests.parallel` (default 1): workers the runner uses |
 //! | `PREVIEWD_TEST_TIMEOUT_SECONDS` | `spec.tests.timeout` (default 30m) |
 //! | `PREVIEWD_HEAD_SHA`, `PREVIEWD_PR_NUMBER` | the commit and pull request under test |
@@ -131,9 +130,6 @@ impl TestRunStage {
             "PREVIEWD_TEST_SELECTOR",
             selector_name(spec.selector),
         ));
-        if let Some(selected) = selected_tests(input.env) {
-            vars.push(env_var("PREVIEWD_TESTS", selected.join("\n")));
-        }
         vars.push(env_var(
             "PREVIEWD_TEST_WORKERS",
             spec.parallel.unwrap_or(1).max(1).to_string(),
@@ -221,11 +217,6 @@ impl TestVerdict {
             other => other,
         }
     }
-}
-
-/// Tests recorded as selected for the head commit; `None` runs everything.
-fn selected_tests(_env: &PreviewEnvironment) -> Option<Vec<String>> {
-    None
 }
 
 impl Stage for TestRunStage {
