@@ -29,6 +29,8 @@ pub struct TestResults {
     pub skipped: i64,
     /// Names of failed tests.
     pub failed_tests: Vec<String>,
+    /// Why each failed test failed (by name), where the runner said.
+    pub failure_reasons: BTreeMap<String, String>,
 }
 
 /// One preview environment: what it is for (spec) and where it stands (status).

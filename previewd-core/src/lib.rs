@@ -14,6 +14,7 @@ pub mod naming;
 pub mod phase;
 pub mod retry;
 pub mod source_control;
+pub mod testrun;
 pub mod tier;
 pub mod ttl;
 

@@ -33,6 +33,8 @@ pub struct TestsView {
     pub skipped: i64,
     /// Names of failed tests.
     pub failed_tests: Vec<String>,
+    /// Why each failed test failed, by name (untrusted text, escaped).
+    pub failure_reasons: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything the comment shows.
@@ -81,6 +83,7 @@ impl CommentView {
                 failed: t.failed,
                 skipped: t.skipped,
                 failed_tests: t.failed_tests.clone(),
+                failure_reasons: t.failure_reasons.clone(),
             }),
             estimated_daily_cost: env.estimated_daily.map(|m| m.to_string()),
             cost_to_date: env.actual_to_date.map(|m| m.to_string()),
@@ -151,7 +154,14 @@ pub fn render_comment(view: &CommentView) -> String {
         if !tests.failed_tests.is_empty() {
             let _ = writeln!(out, "\n<details><summary>Failed tests</summary>\n");
             for name in &tests.failed_tests {
-                let _ = writeln!(out, "- {}", escape(name));
+                match tests.failure_reasons.get(name) {
+                    Some(reason) => {
+                        let _ = writeln!(out, "- {}: {}", escape(name), escape(reason));
+                    }
+                    None => {
+                        let _ = writeln!(out, "- {}", escape(name));
+                    }
+                }
             }
             let _ = writeln!(out, "\n</details>\n");
         }
@@ -220,9 +230,14 @@ mod tests {
             tests: Some(TestsView {
                 total: 10,
                 passed: 8,
-                failed: 1,
+                failed: 2,
                 skipped: 1,
-                failed_tests: vec!["checkout <script>".into()],
+                failed_tests: vec!["checkout <script>".into(), "cart.pays".into()],
+                failure_reasons: [(
+                    "cart.pays".to_string(),
+                    "expected 200, got <500>".to_string(),
+                )]
+                .into(),
             }),
             estimated_daily_cost: Some("$2.34".into()),
             cost_to_date: Some("$0.50".into()),
@@ -237,8 +252,9 @@ mod tests {
         assert!(body.contains("**Ready**"));
         assert!(body.contains("| api | https://pr-7.preview.acme.dev/api |"));
         assert!(body.contains("`ec26c3e`"));
-        assert!(body.contains("8 passed, 1 failed, 1 skipped (10 total)"));
-        assert!(body.contains("- checkout &lt;script&gt;"));
+        assert!(body.contains("8 passed, 2 failed, 1 skipped (10 total)"));
+        assert!(body.contains("- checkout &lt;script&gt;\n"));
+        assert!(body.contains("- cart.pays: expected 200, got &lt;500&gt;"));
         assert!(body.contains("$2.34 per day (estimate), $0.50 so far"));
         assert!(body.contains(
             "**Budget exceeded:** ⚠️ spent $1.50, above the total budget of $1.00 (policy warn)"

@@ -355,7 +355,7 @@ mod tests {
                 passed: 3 - failed,
                 failed,
                 skipped: 0,
-                failed_tests: Vec::new(),
+                ..Default::default()
             }),
             ..EnvironmentView::default()
         }

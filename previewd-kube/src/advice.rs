@@ -30,13 +30,24 @@ pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
         urls: status.urls,
         deployed_sha: status.deployed_sha,
         message: status.message,
-        tests: status.tests.map(|t| TestResults {
-            total: t.total,
-            passed: t.passed,
-            failed: t.failed,
-            skipped: t.skipped,
-            failed_tests: t.failed_tests,
-        }),
+        // Results only: a run in progress, or one that ended without results (timeout,
+        // crash, malformed summary: the status message says why), shows none.
+        tests: status
+            .tests
+            .filter(|t| t.state.as_deref() != Some("Running") && t.error.is_none())
+            .map(|t| TestResults {
+                total: t.total,
+                passed: t.passed,
+                failed: t.failed,
+                skipped: t.skipped,
+                failed_tests: t.failed_tests,
+                failure_reasons: t
+                    .failures
+                    .into_iter()
+                    .filter(|f| !f.reason.is_empty())
+                    .map(|f| (f.name, f.reason))
+                    .collect(),
+            }),
         estimated_daily: status.costs.as_ref().and_then(|c| c.estimated_daily),
         actual_to_date: status.costs.as_ref().and_then(|c| c.actual_to_date),
         budget_exceeded: status

@@ -27,7 +27,7 @@ use previewd_core::environment::{EnvironmentAdvisor, EnvironmentReporter};
 use previewd_kube::controller::{self, Context, Readiness};
 
 use previewd_kube::metrics::Metrics;
-use previewd_kube::strategy::{DeployStrategy, Stage};
+use previewd_kube::strategy::{DeployStrategy, SeedStage, Stage, TestRunStage};
 use prometheus_client::registry::Registry;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,7 @@ impl OperatorBuilder {
             client: None,
             strategy: None,
             extra_strategies: Vec::new(),
-            stages: Vec::new(),
+            stages: vec![Arc::new(SeedStage), Arc::new(TestRunStage)],
             reporter: None,
             advisor: None,
             ai_provider: None,
@@ -90,9 +90,17 @@ impl OperatorBuilder {
         self
     }
 
-    /// Adds a stage that runs after Ready, after those added before.
+    /// Adds a stage that runs after Ready, after those added before. The stock stages,
+    /// seeding test data ([`SeedStage`]) then running the tests ([`TestRunStage`]), come
+    /// first unless [`Self::without_stock_stages`] removed them.
     pub fn stage(mut self, stage: Arc<dyn Stage>) -> Self {
         self.stages.push(stage);
+        self
+    }
+
+    /// Removes the stages registered so far, the stock ones included.
+    pub fn without_stock_stages(mut self) -> Self {
+        self.stages.clear();
         self
     }
 

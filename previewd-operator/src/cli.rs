@@ -47,6 +47,9 @@ pub enum Command {
     Delete(crate::ctl::NameArgs),
     /// Fill the environment's PostgreSQL database with test data (the data-seed Job).
     SeedData(crate::seed::SeedDataArgs),
+    /// Turn JUnit XML reports into the test-run summary a test Job writes to
+    /// /dev/termination-log.
+    JunitSummary(crate::junit::JunitSummaryArgs),
 }
 
 impl Default for Command {
@@ -200,6 +203,15 @@ pub struct RunArgs {
     /// those labelled previewd.io/preview-secret=true); empty switches Secret copies off
     #[arg(long, env = "PREVIEWD_SECRET_NAMESPACE")]
     pub secret_namespace: Option<String>,
+    /// Image of the operator itself, run by each environment's data-seed Job
+    /// (`previewd seed-data`); the Helm chart sets its own image. Default:
+    /// ghcr.io/previewd/previewd:<version>.
+    #[arg(long, env = "PREVIEWD_OPERATOR_IMAGE")]
+    pub operator_image: Option<String>,
+    /// Node selector of the pods of stage Jobs (test data, tests), as `key=value,...`;
+    /// default: none.
+    #[arg(long, env = "PREVIEWD_JOB_NODE_SELECTOR", default_value = "")]
+    pub job_node_selector: String,
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -1,11 +1,13 @@
 //! The previewd operator binary: flags, wiring, the admin server (`/healthz`, `/readyz`,
-//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`, `seed-data`, ...).
+//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`, `seed-data`,
+//! `junit-summary`, ...).
 
 pub mod admin;
 pub mod backfill;
 pub mod builder;
 pub mod cli;
 pub mod ctl;
+pub mod junit;
 pub mod leader;
 pub mod reference;
 pub mod run;
@@ -34,6 +36,11 @@ pub async fn main() -> ExitCode {
         Command::Extend(args) => ctl::extend(args).await,
         Command::Delete(args) => ctl::delete(args).await,
         Command::SeedData(args) => seed::seed_data(args).await,
+        Command::JunitSummary(args) => match junit::junit_summary(&args) {
+            Ok(false) if args.fail_on_failures => return ExitCode::FAILURE,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

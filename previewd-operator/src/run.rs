@@ -11,6 +11,8 @@ use kube::Client;
 use previewd_core::{Money, Pricing};
 use previewd_kube::children::namespace::GuardSettings;
 use previewd_kube::controller::ControllerConfig;
+use previewd_kube::strategy::StageJobSettings;
+use previewd_kube::strategy::jobs::default_operator_image;
 use prometheus_client::registry::Registry;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
@@ -120,8 +122,35 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             .clone()
             .filter(|s| !s.trim().is_empty()),
         workload,
+        stage_jobs: StageJobSettings {
+            operator_image: args
+                .operator_image
+                .clone()
+                .filter(|i| !i.trim().is_empty())
+                .unwrap_or_else(default_operator_image),
+            node_selector: parse_node_selector(&args.job_node_selector)?,
+        },
         ..ControllerConfig::default()
     })
+}
+
+/// `key=value,key=value` (empty: none).
+fn parse_node_selector(value: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').with_context(|| {
+                format!("invalid --job-node-selector entry {pair:?}: expected key=value")
+            })?;
+            anyhow::ensure!(
+                !k.trim().is_empty(),
+                "invalid --job-node-selector entry {pair:?}: empty key"
+            );
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
 }
 
 /// Runs the stock operator until SIGTERM or SIGINT.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -41,6 +42,10 @@ fn environment(name: &str, pr: i64, ttl: Option<&str>) -> PreviewEnvironment {
     });
     if let Some(ttl) = ttl {
         spec["ttl"] = json!(ttl);
+    } else {
+        // The long-lived environment runs tests: a Job after Ready.
+        spec["tests"] =
+            json!({"enabled": true, "image": "registry.k8s.io/pause:3.10", "timeout": "10m"});
     }
     serde_json::from_value(json!({
         "apiVersion": "previewd.io/v1alpha1",
@@ -105,13 +110,14 @@ async fn lifecycle(
         }};
     }
 
+    // Ready, then straight into its test run (or past it: kwok finishes Job pods).
     until!(Duration::from_secs(90), "Ready", {
         envs.get_opt(&main)
             .await
             .unwrap()
             .and_then(|e| e.status)
             .and_then(|s| s.phase)
-            == Some(Phase::Ready)
+            .is_some_and(|p| p.is_serving() || p == Phase::Failed)
     });
     let ns = envs
         .get(&main)
@@ -122,17 +128,51 @@ async fn lifecycle(
         .namespace
         .unwrap();
 
-    // Drop a service and the Ingress: the controller deletes both.
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
+    #[allow(unused_assignments)]
+    let mut test_job = None;
+    until!(Duration::from_secs(60), "test Job", {
+        test_job = jobs
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+            .map(|j| j.name_any());
+        test_job.is_some()
+    });
+    let test_job = test_job.unwrap_or_default();
+
+    // Drop a service and the Ingress, and push a new commit: the controller deletes both
+    // and the test Job of the old commit.
     envs.patch(
         &main,
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {
+            "headSHA": "89abcdef0123456789abcdef0123456789abcdef",
             "services": [{"name": "frontend", "image": "registry.k8s.io/pause:3.10", "port": 8080}],
             "ingress": {"enabled": false},
         }})),
     )
     .await
     .unwrap();
+    until!(Duration::from_secs(60), "old test Job pruned", {
+        matches!(jobs.get_opt(&test_job).await, Ok(None))
+    });
+    // The new commit's run ends like the first (kwok finishes the runner without a
+    // summary): the same failure again, which the Event recorder patches into a series.
+    until!(Duration::from_secs(60), "second test run judged", {
+        envs.get_opt(&main)
+            .await
+            .unwrap()
+            .and_then(|e| e.status)
+            .is_some_and(|s| {
+                s.phase == Some(Phase::Failed)
+                    && s.tests.and_then(|t| t.sha).as_deref()
+                        == Some("89abcdef0123456789abcdef0123456789abcdef")
+            })
+    });
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
     let ingresses: Api<Ingress> = Api::namespaced(admin.clone(), &ns);
@@ -200,7 +240,11 @@ impl Stage {
     async fn run_lifecycle(&self) -> (Outcome, Recording) {
         let token = token(&self.admin, &self.home, SA).await;
         let (sa_client, recording) = recorded_client(&token).await;
-        let ctx = Arc::new(Context::new(sa_client, test_config(&self.team)));
+        let ctx = Arc::new(
+            Context::new(sa_client, test_config(&self.team))
+                .with_stage(Arc::new(previewd_kube::strategy::SeedStage))
+                .with_stage(Arc::new(previewd_kube::strategy::TestRunStage)),
+        );
         let operator =
             tokio::time::timeout(Duration::from_secs(20), Operator::start_with(ctx.clone())).await;
         let outcome = match operator {

@@ -4,6 +4,7 @@ use previewd_core::Pricing;
 
 use crate::children::namespace::GuardSettings;
 use crate::children::workload::WorkloadSettings;
+use crate::strategy::StageJobSettings;
 
 /// Operator-wide settings of the controller.
 #[derive(Clone, Debug)]
@@ -48,6 +49,8 @@ pub struct ControllerConfig {
     /// Namespace of the Secrets repositories may copy into previews (`spec.secrets`);
     /// `None` switches copies off.
     pub secret_namespace: Option<String>,
+    /// Settings of the Jobs the stages run (test data, tests).
+    pub stage_jobs: StageJobSettings,
 }
 
 impl Default for ControllerConfig {
@@ -71,6 +74,7 @@ impl Default for ControllerConfig {
             backoff_max: Duration::from_secs(300),
             advice_timeout: Duration::from_secs(45),
             secret_namespace: None,
+            stage_jobs: StageJobSettings::default(),
         }
     }
 }

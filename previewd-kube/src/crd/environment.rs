@@ -192,6 +192,35 @@ pub struct TestDataSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub seed: Option<i64>,
+    /// Secret in the environment's namespace holding the database URL the seed job
+    /// connects with (given to it as `DATABASE_URL`). Default: Secret `preview-database`,
+    /// key `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_secret: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the environment's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+impl Default for SecretKeyRef {
+    fn default() -> Self {
+        SecretKeyRef {
+            name: "preview-database".into(),
+            key: "url".into(),
+        }
+    }
 }
 
 /// How tests are selected.
@@ -227,10 +256,19 @@ pub struct TestsSpec {
     /// Limit on the test run, e.g. `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Ttl>,
-    /// Parallel test workers.
+    /// Parallel test workers, given to the runner as `PREVIEWD_TEST_WORKERS` (one pod
+    /// runs the tests; the runner spreads them over this many workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub parallel: Option<i32>,
+    /// Entrypoint of the runner container (default: the image's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub command: Vec<String>,
+    /// Arguments of the runner container (default: the image's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub args: Vec<String>,
 }
 
 /// Size of the environment.
@@ -463,9 +501,12 @@ pub struct PreviewEnvironmentStatus {
     /// Human-readable summary of the current state or failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Test results.
+    /// Test results of the head commit (or of the run in progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestSummary>,
+    /// Outcome of seeding the database with test data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_data: Option<TestDataStatus>,
     /// Cost estimate and spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub costs: Option<CostStatus>,
@@ -526,6 +567,56 @@ pub struct TestSummary {
     /// Names of failed tests (at most 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_tests: Vec<String>,
+    /// Failed tests with the reason (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<previewd_core::testrun::TestFailure>,
+    /// Failed tests the runner left out of its summary to fit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_failures: Option<i64>,
+    /// Wall time of the run in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Head commit the run tested.
+    #[serde(default, rename = "sha", skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    /// `Running`, `Passed` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Why the run failed when it gave no results (timeout, crash, malformed summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How tests were selected (`all`, `changed-files`, `ai-smart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Name of the test Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// Outcome of seeding the environment's database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestDataStatus {
+    /// `Running`, `Seeded` or `Failed`.
+    pub state: String,
+    /// Head commit the data was seeded for.
+    #[serde(default, rename = "sha", skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    /// Tables filled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<i64>,
+    /// Rows loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
+    /// Wall time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Why seeding failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Name of the seed Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Cost estimate and spend, priced from what runs (the environment's pods and volumes).
@@ -590,4 +681,6 @@ pub mod condition {
     /// A cost budget is exceeded (`True`), or not (`False`, reason `WithinBudget` or
     /// `BudgetWarning` from 80% of a limit).
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
+    /// The environment's database holds its test data.
+    pub const DATA_SEEDED: &str = "DataSeeded";
 }

@@ -293,6 +293,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         status.provisioning_since = Some(Time(now));
         status.ready_at = None;
     }
+    // Results belong to the commit they were found for; the stages record them again.
+    let head = Some(env.spec.head_sha.as_str());
+    if status.tests.as_ref().and_then(|t| t.sha.as_deref()) != head {
+        status.tests = None;
+    }
+    if status.test_data.as_ref().and_then(|t| t.sha.as_deref()) != head {
+        status.test_data = None;
+    }
 
     // Advice once per head commit: which services, what the AI engine decided.
     if let Some(advice) = &input.observed.advice
@@ -372,6 +380,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         use_spot: tier::use_spot(expected_lifespan, env.spec.resources.use_spot),
         host: host.as_deref(),
         repository,
+        now,
     };
 
     // Desired objects: the namespace and its guard rails, the Ingress, the application.
@@ -546,14 +555,30 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let mut outcome = StageOutcome::Passed(String::new());
         let mut stage_objects = Vec::new();
         for stage in &enabled {
-            match stage
+            let objects = match stage
                 .desired(&render)
                 .and_then(|objects| scoped(objects, &ns_name, &labels))
             {
-                Ok(objects) => stage_objects.extend(objects),
+                Ok(objects) => objects,
                 Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
-            }
+            };
             outcome = stage.outcome(&render, view);
+            if let StageOutcome::Running(_) = outcome
+                && let Some(limit) = stage.timeout(env)
+                && let Some(started) = started_at(&objects, view)
+                && now
+                    >= started
+                        .checked_add(jiff::SignedDuration::try_from(limit).unwrap_or_default())
+                        .unwrap_or(jiff::Timestamp::MAX)
+            {
+                outcome = StageOutcome::Failed(format!(
+                    "stage {} did not finish within {}",
+                    stage.name(),
+                    humanize(limit)
+                ));
+            }
+            stage.record(&render, view, &outcome, &mut status);
+            stage_objects.extend(objects);
             if !matches!(outcome, StageOutcome::Passed(_)) {
                 break;
             }
@@ -810,6 +835,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     plan.requeue_after = Some(wait);
     plan.status = status;
     plan
+}
+
+/// When a stage started: the creation of the oldest of its objects the caches hold whole.
+fn started_at(objects: &[DesiredObject], view: &NamespaceView) -> Option<jiff::Timestamp> {
+    objects
+        .iter()
+        .filter_map(|o| view.objects.get(&o.key()))
+        .filter_map(|o| o.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .min()
 }
 
 /// Places every object of a plug-in in the environment's namespace with the
@@ -1155,7 +1189,7 @@ pub fn reason_of_failure(old: &PreviewEnvironmentStatus, reason: &'static str) -
         .unwrap_or("Failed")
 }
 
-fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     Ttl::try_from(d)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{d:?}"))

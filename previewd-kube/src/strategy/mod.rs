@@ -15,7 +15,10 @@
 //! environment within seconds) and prunes it when it is no longer desired.
 
 mod catalogue;
+pub mod jobs;
 pub mod manifests;
+pub mod seed;
+pub mod testrun;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,10 +30,13 @@ use kube::api::DynamicObject;
 use kube::core::ApiResource;
 
 pub use catalogue::CatalogueStrategy;
+pub use jobs::StageJobSettings;
 pub use manifests::ManifestsStrategy;
+pub use seed::SeedStage;
+pub use testrun::TestRunStage;
 
 use crate::controller::ControllerConfig;
-use crate::crd::{PreviewEnvironment, PreviewRepository};
+use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus, PreviewRepository};
 use crate::plan::health::Health;
 use crate::plan::object::{ChildKey, DesiredObject, ObservedChild};
 
@@ -80,6 +86,8 @@ pub struct RenderInput<'a> {
     /// same namespace), as the watch cache holds it now; `None` when the environment
     /// names none or it does not exist.
     pub repository: Option<&'a PreviewRepository>,
+    /// The time of this reconcile.
+    pub now: jiff::Timestamp,
 }
 
 /// What the caches hold about the environment's namespace.
@@ -262,9 +270,23 @@ pub trait Stage: Send + Sync {
     /// Judges the stage from the caches.
     fn outcome(&self, input: &RenderInput<'_>, view: &NamespaceView) -> StageOutcome;
 
-    /// How long the stage may run before the environment fails; `None` for no limit of
-    /// its own (the readiness deadline still applies).
+    /// How long the stage may run before the environment fails, counted from the
+    /// creation of the oldest of its objects that are watched whole (typically its Job);
+    /// `None` for no limit of its own.
     fn timeout(&self, _env: &PreviewEnvironment) -> Option<Duration> {
         None
+    }
+
+    /// Records what the stage found in the status (results, its own conditions). Called
+    /// on every plan that judged the stage, with the outcome the planner settled on (a
+    /// stage past its timeout has failed whatever it reported). Must be deterministic:
+    /// an unchanged outcome must record an unchanged status.
+    fn record(
+        &self,
+        _input: &RenderInput<'_>,
+        _view: &NamespaceView,
+        _outcome: &StageOutcome,
+        _status: &mut PreviewEnvironmentStatus,
+    ) {
     }
 }

@@ -74,6 +74,7 @@ fn input<'a>(
         use_spot: false,
         host: Some("pr-7.preview.test"),
         repository: repo,
+        now: jiff::Timestamp::UNIX_EPOCH,
     }
 }
 

@@ -1,0 +1,109 @@
+//! `previewd junit-summary <file>...`: turns JUnit XML reports into the test-run summary
+//! the controller reads from a test Job's termination message (docs/TESTS.md), so that a
+//! test image only has to end with
+//!
+//! ```sh
+//! pytest --junitxml=/tmp/report.xml; previewd junit-summary /tmp/report.xml --output /dev/termination-log
+//! ```
+//!
+//! The summary (at most 4 KiB) goes to standard output, and to `--output` when given. The
+//! exit code is 0 when the reports were read, whatever the tests did, unless
+//! `--fail-on-failures` is given.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use previewd_core::testrun::{encode_summary, summary_from_junit};
+
+/// Flags of `previewd junit-summary`.
+#[derive(Debug, Clone, Args)]
+pub struct JunitSummaryArgs {
+    /// JUnit XML reports to combine.
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Also write the summary to this file (in a test Job: /dev/termination-log).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Exit with status 1 when a test failed.
+    #[arg(long)]
+    pub fail_on_failures: bool,
+}
+
+/// Largest report read, so that a runaway report cannot exhaust the runner's memory.
+const MAX_REPORT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Runs `previewd junit-summary`; returns whether every test passed.
+pub fn junit_summary(args: &JunitSummaryArgs) -> anyhow::Result<bool> {
+    let mut reports = Vec::with_capacity(args.reports.len());
+    for path in &args.reports {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            size <= MAX_REPORT_BYTES,
+            "{} is {size} bytes, more than {MAX_REPORT_BYTES}",
+            path.display()
+        );
+        reports.push(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    let summary =
+        summary_from_junit(&reports).with_context(|| "converting the JUnit reports".to_string())?;
+    let json = encode_summary(&summary);
+    println!("{json}");
+    if let Some(out) = &args.output {
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(summary.passed())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reports_become_a_summary_in_the_output_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.xml");
+        let b = dir.path().join("b.xml");
+        std::fs::write(
+            &a,
+            r#"<testsuite time="1.5"><testcase classname="cart" name="pays"><failure message="expected 200"/></testcase><testcase name="adds"/></testsuite>"#,
+        )
+        .unwrap();
+        std::fs::write(&b, r#"<testsuites><testsuite><testcase name="logs_in"><skipped/></testcase></testsuite></testsuites>"#).unwrap();
+        let out = dir.path().join("termination-log");
+        let args = JunitSummaryArgs {
+            reports: vec![a, b],
+            output: Some(out.clone()),
+            fail_on_failures: true,
+        };
+        assert!(!junit_summary(&args).unwrap(), "a test failed");
+        let written = std::fs::read_to_string(&out).unwrap();
+        let summary = previewd_core::testrun::parse_summary(&written).unwrap();
+        assert_eq!(
+            (
+                summary.total,
+                summary.passed,
+                summary.failed,
+                summary.skipped
+            ),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(summary.failures[0].name, "cart.pays");
+        assert_eq!(summary.failures[0].reason, "expected 200");
+
+        let broken = dir.path().join("broken.xml");
+        std::fs::write(&broken, "<testsuite><testcase").unwrap();
+        let err = junit_summary(&JunitSummaryArgs {
+            reports: vec![broken],
+            output: None,
+            fail_on_failures: false,
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("invalid JUnit XML"), "{err:#}");
+    }
+}
