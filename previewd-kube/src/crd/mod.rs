@@ -7,9 +7,11 @@
 //!   and fork policy). The webhook renders environments from it; nothing in it comes from
 //!   a pull request.
 
+mod argocd;
 mod environment;
 mod repository;
 
+pub use argocd::*;
 pub use environment::*;
 pub use repository::*;
 

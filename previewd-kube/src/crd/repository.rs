@@ -9,7 +9,7 @@ use previewd_core::{ServiceCatalogue, Tier, Ttl};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CostBudget, QuotaSpec, TestDataSpec, TestsSpec};
+use super::{ArgoCdSettings, CostBudget, QuotaSpec, TestDataSpec, TestsSpec};
 
 /// Trusted per-repository settings from which pull-request webhooks render
 /// `PreviewEnvironment`s. Owned by platform engineers; a pull request cannot change it.
@@ -93,6 +93,10 @@ pub struct PreviewRepositorySpec {
     /// Test data seeded into each environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_data: Option<TestDataSpec>,
+    /// Settings of the `argocd` deploy strategy: Argo CD deploys the environment from
+    /// the repository's own manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argocd: Option<ArgoCdSettings>,
 }
 
 fn default_true() -> bool {

@@ -321,6 +321,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         config: input.config,
         use_spot: tier::use_spot(expected_lifespan, env.spec.resources.use_spot),
         host: host.as_deref(),
+        repository: None,
     };
 
     // Desired objects: the namespace and its guard rails, the Ingress, the application.
