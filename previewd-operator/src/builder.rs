@@ -173,6 +173,11 @@ impl OperatorBuilder {
                 info!("no GitHub credentials configured; environments are not reported to GitHub");
             }
         }
+        // The CI gate reads the checks of head commits from GitHub when the webhook has
+        // not reported them all.
+        if let Some(scm) = &source_control {
+            ctx = ctx.with_checks_source(scm.clone());
+        }
         let advisor: Arc<dyn EnvironmentAdvisor> = match self.advisor {
             Some(advisor) => advisor,
             None => {

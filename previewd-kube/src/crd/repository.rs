@@ -97,6 +97,12 @@ pub struct PreviewRepositorySpec {
     /// the repository's own manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argocd: Option<ArgoCdSettings>,
+    /// Checks a head commit must pass before it is deployed: names of check runs,
+    /// commit status contexts, or GitHub Apps whose check suite must pass. Empty: deploy
+    /// at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(length(min = 1, max = 255)))]
+    pub required_checks: Vec<String>,
 }
 
 fn default_true() -> bool {

@@ -39,7 +39,7 @@ use kube::core::ApiResource;
 use serde_json::{Value, json};
 
 use super::{DeployStrategy, NamespaceView, RenderInput, StrategyError, WatchedKind};
-use crate::crd::{ArgoCdSettings, ArgoCdTool, ServiceSpec};
+use crate::crd::{ANNOTATION_RETRY, ArgoCdSettings, ArgoCdTool, ServiceSpec};
 use crate::plan::health::{Health, combine};
 use crate::plan::object::{ChildKey, DesiredObject};
 
@@ -164,6 +164,11 @@ pub fn split_image(image: &str) -> (&str, &str) {
 /// The Application for `planned`, deploying `services` of the environment into
 /// `namespace` at `head_sha`. Labels, the Argo CD namespace and the owner marker are
 /// added by the planner.
+///
+/// With `retry` (the environment's `previewd.io/retry` annotation), the Application
+/// also carries that value and a sync `operation`: Argo CD's automated sync does not try
+/// a commit whose sync failed again, an explicit operation does. A new retry value
+/// changes the desired state, so the operation is written once per retry.
 pub fn desired_application(
     resource: &ApiResource,
     settings: &ArgoCdSettings,
@@ -171,6 +176,7 @@ pub fn desired_application(
     namespace: &str,
     head_sha: &str,
     services: &[ServiceSpec],
+    retry: Option<&str>,
 ) -> Result<DesiredObject, StrategyError> {
     let services: Vec<&ServiceSpec> = match &planned.service {
         Some(name) => services.iter().filter(|s| &s.name == name).collect(),
@@ -230,7 +236,7 @@ pub fn desired_application(
             source["helm"] = helm_source;
         }
     }
-    let object = json!({
+    let mut object = json!({
         "apiVersion": resource.api_version,
         "kind": resource.kind,
         "metadata": {
@@ -250,6 +256,14 @@ pub fn desired_application(
             },
         },
     });
+    if let Some(retry) = retry {
+        object["metadata"]["annotations"] = json!({ ANNOTATION_RETRY: retry });
+        object["operation"] = json!({
+            "sync": {"revision": revision, "prune": true},
+            "initiatedBy": {"username": "previewd"},
+            "info": [{"name": "Reason", "value": format!("previewd.io/retry {retry}")}],
+        });
+    }
     Ok(DesiredObject::from_value(resource.clone(), object))
 }
 
@@ -260,6 +274,11 @@ pub fn application_health(name: &str, app: &Value, revision: Option<&str>) -> He
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     if app.pointer("/metadata/deletionTimestamp").is_some() {
         return Health::Progressing(format!("Argo CD application {name}: being deleted"));
+    }
+    // An operation previewd requested (a retry) that Argo CD has not finished: the
+    // status still describes the previous attempt.
+    if app.get("operation").is_some_and(|o| !o.is_null()) {
+        return Health::Progressing(format!("Argo CD application {name}: sync requested"));
     }
     for c in status
         .get("conditions")
@@ -397,6 +416,13 @@ impl DeployStrategy for ArgoCdStrategy {
                     input.namespace,
                     &input.env.spec.head_sha,
                     services,
+                    input
+                        .env
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ANNOTATION_RETRY))
+                        .map(String::as_str),
                 )
             })
             .collect()

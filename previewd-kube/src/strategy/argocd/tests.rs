@@ -85,6 +85,7 @@ fn one_application_per_service_with_kustomize_images_at_the_head_commit() {
         "preview-7-feature",
         SHA,
         &services(),
+        None,
     )
     .unwrap();
     assert_eq!(d.name, "preview-7-feature-api");
@@ -123,6 +124,7 @@ fn one_application_per_service_with_kustomize_images_at_the_head_commit() {
         "preview-7-feature",
         OLD,
         &services(),
+        None,
     )
     .unwrap();
     assert_ne!(newer.hash, d.hash);
@@ -152,6 +154,7 @@ fn one_application_for_the_environment_with_helm_parameters_per_service() {
         "preview-7-feature",
         SHA,
         &services(),
+        None,
     )
     .unwrap();
     let helm = &d.object["spec"]["source"]["helm"];
@@ -179,6 +182,7 @@ fn helm_parameters_shared_by_several_services_are_refused() {
         "preview-7-feature",
         SHA,
         &services(),
+        None,
     )
     .unwrap_err();
     assert_eq!(e.reason, "ArgoCdSettingsInvalid");
@@ -193,6 +197,7 @@ fn helm_parameters_shared_by_several_services_are_refused() {
         "preview-7-feature",
         SHA,
         &services(),
+        None,
     )
     .unwrap();
     assert_eq!(
@@ -213,6 +218,7 @@ fn a_pinned_revision_replaces_the_head_commit() {
         "preview-7-feature",
         SHA,
         &services(),
+        None,
     )
     .unwrap();
     assert_eq!(d.object["spec"]["source"]["targetRevision"], "main");
@@ -317,4 +323,62 @@ fn degraded_failed_syncs_and_error_conditions_fail_with_argos_message() {
             "Argo CD application a: ComparisonError: rpc error: path does not exist".into()
         )
     );
+}
+
+#[test]
+fn a_retry_requests_one_sync_and_waits_for_it() {
+    let s = settings("deploy/{service}", ArgoCdTool::Kustomize);
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    let plain = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert!(plain.object.get("operation").is_none());
+    let retry = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        Some("1"),
+    )
+    .unwrap();
+    assert_eq!(retry.object["operation"]["sync"]["revision"], SHA);
+    assert_eq!(
+        retry.object["metadata"]["annotations"][ANNOTATION_RETRY],
+        "1"
+    );
+    assert_ne!(retry.hash, plain.hash);
+    let again = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        Some("2"),
+    )
+    .unwrap();
+    assert_ne!(
+        again.hash, retry.hash,
+        "each retry value is one new operation"
+    );
+    // While Argo CD has not finished the operation, the old failure does not count.
+    let mut pending = app(json!({
+        "sync": {"status": "OutOfSync", "revision": SHA},
+        "health": {"status": "Degraded"},
+        "operationState": {"phase": "Failed", "message": "old", "syncResult": {"revision": SHA}}
+    }));
+    pending["operation"] = json!({"sync": {"revision": SHA}});
+    assert!(matches!(
+        application_health("a", &pending, Some(SHA)),
+        Health::Progressing(_)
+    ));
 }
