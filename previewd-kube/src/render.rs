@@ -185,6 +185,8 @@ pub fn render_environment(
             base_branch: pr.base_branch.clone(),
             author: pr.author.clone(),
             repository_ref: settings.metadata.name.clone(),
+            // The repository's strategy is read live by the controller.
+            strategy: None,
             services,
             service_selection: Some(spec.deploy),
             test_data: spec.test_data.clone(),

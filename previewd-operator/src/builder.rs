@@ -44,6 +44,7 @@ pub struct OperatorBuilder {
     args: RunArgs,
     client: Option<Client>,
     strategy: Option<Arc<dyn DeployStrategy>>,
+    extra_strategies: Vec<Arc<dyn DeployStrategy>>,
     stages: Vec<Arc<dyn Stage>>,
     reporter: Option<Arc<dyn EnvironmentReporter>>,
     advisor: Option<Arc<dyn EnvironmentAdvisor>>,
@@ -59,6 +60,7 @@ impl OperatorBuilder {
             args,
             client: None,
             strategy: None,
+            extra_strategies: Vec::new(),
             stages: Vec::new(),
             reporter: None,
             advisor: None,
@@ -74,9 +76,17 @@ impl OperatorBuilder {
         self
     }
 
-    /// Deploys applications with `strategy` (default: the catalogue strategy).
+    /// Deploys applications that name no strategy with `strategy` (default: the
+    /// catalogue strategy, which stays available by name).
     pub fn strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
         self.strategy = Some(strategy);
+        self
+    }
+
+    /// Offers `strategy` to repositories and environments that name it
+    /// (`spec.strategy`); replaces one of the same name.
+    pub fn add_strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
+        self.extra_strategies.push(strategy);
         self
     }
 
@@ -153,7 +163,14 @@ impl OperatorBuilder {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let readiness = Readiness::default();
-        let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+        // Argo CD is offered by name; without its CRDs (or the RBAC to read them) the
+        // operator runs normally and only environments that ask for it stall.
+        let mut ctx = Context::new(client.clone(), config)
+            .with_metrics(metrics)
+            .register_strategy(Arc::new(previewd_kube::strategy::ArgoCdStrategy::new()));
+        for strategy in self.extra_strategies {
+            ctx = ctx.register_strategy(strategy);
+        }
         if let Some(strategy) = self.strategy {
             ctx = ctx.with_strategy(strategy);
         }

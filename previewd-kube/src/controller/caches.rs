@@ -7,7 +7,9 @@
 //! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`: whole objects
 //!   (readiness), without managed fields; Pods keep only labels and status;
 //! - every other kind the planner, the strategy and the stages create: metadata only,
-//!   or whole objects where a plug-in judges health from them.
+//!   or whole objects where a plug-in judges health from them;
+//! - `PreviewRepository`s: whole objects (strategies render from them); a change wakes
+//!   every environment that references the repository.
 //!
 //! Every applied or deleted object is mapped through its `previewd.io/env` and
 //! `previewd.io/env-namespace` labels to its environment, which is reconciled. After a
@@ -16,7 +18,7 @@
 //! not reported one by one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -34,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::children::LABEL_ENV_NAMESPACE;
-use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment};
+use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment, PreviewRepository};
 use crate::strategy::WatchedKind;
 
 /// Caches of one dynamic kind.
@@ -55,6 +57,8 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     /// previewd's Pods (labels and status).
     pub pods: Store<Pod>,
+    /// Repository settings.
+    pub repositories: Store<PreviewRepository>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
     /// Optional kinds (`apiVersion/kind`) the cluster does not serve (yet): their caches
@@ -76,6 +80,7 @@ pub struct CacheWriters {
     namespaces: Writer<PartialObjectMeta<Namespace>>,
     deployments: Writer<Deployment>,
     pods: Writer<Pod>,
+    repositories: Writer<PreviewRepository>,
     kinds: Vec<(ApiResource, bool, KindWriter)>,
     missing: Arc<RwLock<BTreeSet<String>>>,
 }
@@ -91,6 +96,7 @@ impl Caches {
         let namespaces = Writer::default();
         let deployments = Writer::default();
         let pods = Writer::default();
+        let repositories = Writer::default();
         let mut readers = BTreeMap::new();
         let mut writers = Vec::new();
         let missing = Arc::new(RwLock::new(BTreeSet::new()));
@@ -114,6 +120,7 @@ impl Caches {
                 namespaces: namespaces.as_reader(),
                 deployments: deployments.as_reader(),
                 pods: pods.as_reader(),
+                repositories: repositories.as_reader(),
                 kinds: readers,
                 missing: missing.clone(),
             },
@@ -121,6 +128,7 @@ impl Caches {
                 namespaces,
                 deployments,
                 pods,
+                repositories,
                 kinds: writers,
                 missing,
             },
@@ -132,6 +140,7 @@ impl Caches {
         if self.namespaces.wait_until_ready().await.is_err()
             || self.deployments.wait_until_ready().await.is_err()
             || self.pods.wait_until_ready().await.is_err()
+            || self.repositories.wait_until_ready().await.is_err()
         {
             return false;
         }
@@ -152,6 +161,7 @@ impl Caches {
         self.namespaces.state().len()
             + self.deployments.state().len()
             + self.pods.state().len()
+            + self.repositories.state().len()
             + self
                 .kinds
                 .values()
@@ -183,10 +193,35 @@ pub struct Triggers {
     pub sender: UnboundedSender<ObjectRef<PreviewEnvironment>>,
     /// Only environments in this namespace, when set.
     pub watch_namespace: Option<String>,
+    /// The controller's cache of environments, once it exists (repository changes are
+    /// routed through it to the environments that reference the repository).
+    pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
 }
 
 impl Triggers {
-    fn send_for<K: Resource>(&self, obj: &K) {
+    /// Wakes every environment that references `repo`.
+    fn send_for_repository(&self, repo: &PreviewRepository) {
+        let Some(envs) = self.environments.get() else {
+            return;
+        };
+        let (Some(name), Some(ns)) = (
+            repo.metadata.name.as_deref(),
+            repo.metadata.namespace.as_deref(),
+        ) else {
+            return;
+        };
+        for env in envs.state() {
+            if env.metadata.namespace.as_deref() == Some(ns)
+                && env.spec.repository_ref.as_deref() == Some(name)
+            {
+                let _ = self
+                    .sender
+                    .unbounded_send(ObjectRef::from_obj(env.as_ref()));
+            }
+        }
+    }
+
+    fn send_for_child<K: Resource>(&self, obj: &K) {
         let labels = obj.labels();
         let (Some(env), Some(env_ns)) = (labels.get(LABEL_ENV), labels.get(LABEL_ENV_NAMESPACE))
         else {
@@ -228,7 +263,10 @@ impl CacheWriters {
             watcher::Config::default().any_semantic(),
             self.namespaces,
             triggers.clone(),
-            strip_meta,
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: strip_meta,
+            },
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -237,7 +275,10 @@ impl CacheWriters {
             children.clone(),
             self.deployments,
             triggers.clone(),
-            |d: &mut Deployment| d.metadata.managed_fields = None,
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: |d: &mut Deployment| d.metadata.managed_fields = None,
+            },
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -246,11 +287,30 @@ impl CacheWriters {
             children.clone(),
             self.pods,
             triggers.clone(),
-            |p: &mut Pod| {
-                p.metadata.managed_fields = None;
-                p.metadata.annotations = None;
-                p.metadata.owner_references = None;
-                p.spec = None;
+            Hooks {
+                route: Triggers::send_for_child,
+                strip: |p: &mut Pod| {
+                    p.metadata.managed_fields = None;
+                    p.metadata.annotations = None;
+                    p.metadata.owner_references = None;
+                    p.spec = None;
+                },
+            },
+            shutdown.clone(),
+        ));
+        let repositories = match triggers.watch_namespace.as_deref() {
+            Some(ns) => Api::<PreviewRepository>::namespaced(client.clone(), ns),
+            None => Api::<PreviewRepository>::all(client.clone()),
+        };
+        tasks.push(spawn_watch(
+            "PreviewRepository".into(),
+            repositories,
+            watcher::Config::default().any_semantic(),
+            self.repositories,
+            triggers.clone(),
+            Hooks {
+                route: Triggers::send_for_repository,
+                strip: strip_meta,
             },
             shutdown.clone(),
         ));
@@ -268,7 +328,10 @@ impl CacheWriters {
                     children.clone(),
                     w,
                     triggers.clone(),
-                    strip_meta,
+                    Hooks {
+                        route: Triggers::send_for_child,
+                        strip: strip_meta,
+                    },
                     shutdown.clone(),
                 )),
                 KindWriter::Full(w) => tasks.push(spawn_watch_when(
@@ -278,13 +341,22 @@ impl CacheWriters {
                     children.clone(),
                     w,
                     triggers.clone(),
-                    |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                    Hooks {
+                        route: Triggers::send_for_child,
+                        strip: |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                    },
                     shutdown.clone(),
                 )),
             }
         }
         tasks
     }
+}
+
+/// What a watch does with each object: whom it wakes, and what it strips before caching.
+struct Hooks<K> {
+    route: fn(&Triggers, &K),
+    strip: fn(&mut K),
 }
 
 /// What an optional kind's watch waits for: the kind served by the API server.
@@ -357,7 +429,7 @@ fn spawn_watch_when<K>(
     config: watcher::Config,
     mut writer: Writer<K>,
     triggers: Triggers,
-    strip: fn(&mut K),
+    hooks: Hooks<K>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -365,7 +437,7 @@ where
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
     let Some(served) = served else {
-        return spawn_watch(kind, api, config, writer, triggers, strip, shutdown);
+        return spawn_watch(kind, api, config, writer, triggers, hooks, shutdown);
     };
     tokio::spawn(async move {
         let mut first = true;
@@ -385,8 +457,16 @@ where
         served.mark(false);
         if !first {
             tracing::info!(kind, "kind now served; watching it");
+            // Environments stalled for want of the kind go on now.
+            if let Some(envs) = triggers.environments.get() {
+                for env in envs.state() {
+                    let _ = triggers
+                        .sender
+                        .unbounded_send(ObjectRef::from_obj(env.as_ref()));
+                }
+            }
         }
-        let _ = spawn_watch(kind, api, config, writer, triggers, strip, shutdown).await;
+        let _ = spawn_watch(kind, api, config, writer, triggers, hooks, shutdown).await;
     })
 }
 
@@ -400,13 +480,14 @@ fn spawn_watch<K>(
     config: watcher::Config,
     mut writer: Writer<K>,
     triggers: Triggers,
-    strip: fn(&mut K),
+    hooks: Hooks<K>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
+    let Hooks { route, strip } = hooks;
     let reader = writer.as_reader();
     let seen_lists = Arc::new(Mutex::new(0u64));
     tokio::spawn(async move {
@@ -432,7 +513,7 @@ where
             match &event {
                 Event::Apply(o) | Event::Delete(o) => {
                     writer.apply_watcher_event(&event);
-                    triggers.send_for(o);
+                    route(&triggers, o);
                 }
                 Event::InitDone => {
                     let before = reader.state();
@@ -443,7 +524,7 @@ where
                     // knows now: deletions during the gap are not reported one by one.
                     if *lists > 1 {
                         for o in before.iter().chain(reader.state().iter()) {
-                            triggers.send_for(o.as_ref());
+                            route(&triggers, o.as_ref());
                         }
                     }
                 }

@@ -44,7 +44,7 @@ use crate::crd::PreviewEnvironment;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::report::{EnvironmentReporter, NoopReporter};
-use crate::strategy::{CatalogueStrategy, DeployStrategy, Stage};
+use crate::strategy::{DeployStrategy, Stage, Strategies};
 use caches::{CacheWriters, Caches, Triggers};
 
 /// Shared state of the controller.
@@ -63,15 +63,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Advises which services to deploy and records AI decisions.
     pub advisor: Arc<dyn EnvironmentAdvisor>,
-    /// How applications are deployed.
-    pub strategy: Arc<dyn DeployStrategy>,
+    /// How applications are deployed: the strategies offered, by name.
+    pub strategies: Strategies,
     /// What happens after Ready, in order.
     pub stages: Vec<Arc<dyn Stage>>,
     /// The watch caches the planner reads (filled once [`run`] starts).
     pub caches: Caches,
     writers: Mutex<Option<CacheWriters>>,
     /// The controller's cache of environments (set by [`run`]).
-    pub environments: OnceLock<Store<PreviewEnvironment>>,
+    pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
     failures: Mutex<HashMap<String, u32>>,
     /// Asked for the required checks of a head commit when the webhook has not reported
     /// them all (the CI gate's fallback poll); `None` without GitHub credentials.
@@ -93,8 +93,8 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok(),
             },
         );
-        let strategy: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
-        let (caches, writers) = Caches::new(&crate::plan::watched_kinds(strategy.as_ref(), &[]));
+        let strategies = Strategies::default();
+        let (caches, writers) = Caches::new(&crate::plan::watched_kinds(&strategies, &[]));
         Context {
             client,
             config,
@@ -103,20 +103,29 @@ impl Context {
             reporter: Arc::new(NoopReporter),
             metrics: Arc::new(Metrics::default()),
             advisor: Arc::new(NoAdvice),
-            strategy,
+            strategies,
             stages: Vec::new(),
             caches,
             writers: Mutex::new(Some(writers)),
-            environments: OnceLock::new(),
+            environments: Arc::new(OnceLock::new()),
             failures: Mutex::new(HashMap::new()),
             checks_source: None,
             polled_checks: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Replaces the deploy strategy (before [`run`]).
+    /// Deploys environments that name no strategy with `strategy` (before [`run`]). The
+    /// catalogue strategy stays available by name.
     pub fn with_strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
-        self.strategy = strategy;
+        self.strategies.set_default(strategy);
+        self.rebuild_caches();
+        self
+    }
+
+    /// Offers `strategy` to environments and repositories that name it (before [`run`]);
+    /// replaces one of the same name.
+    pub fn register_strategy(mut self, strategy: Arc<dyn DeployStrategy>) -> Self {
+        self.strategies.register(strategy);
         self.rebuild_caches();
         self
     }
@@ -129,10 +138,8 @@ impl Context {
     }
 
     fn rebuild_caches(&mut self) {
-        let (caches, writers) = Caches::new(&crate::plan::watched_kinds(
-            self.strategy.as_ref(),
-            &self.stages,
-        ));
+        let (caches, writers) =
+            Caches::new(&crate::plan::watched_kinds(&self.strategies, &self.stages));
         self.caches = caches;
         self.writers = Mutex::new(Some(writers));
     }
@@ -284,7 +291,7 @@ async fn observe_plan_execute(env: &PreviewEnvironment, ctx: &Context) -> Result
         observed: &observed,
         now: ctx.clock.now(),
         config: &ctx.config,
-        strategy: ctx.strategy.as_ref(),
+        strategies: &ctx.strategies,
         stages: &ctx.stages,
     });
     tracing::debug!(
@@ -367,6 +374,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
             Triggers {
                 sender,
                 watch_namespace: config.watch_namespace.clone(),
+                environments: ctx.environments.clone(),
             },
             shutdown.clone(),
         ),

@@ -45,6 +45,15 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
                 .insert(name.clone(), namespace_view(&ctx.caches, env, &name));
         }
     }
+    if let (Some(repo), Some(ns)) = (
+        env.spec.repository_ref.as_deref(),
+        env.metadata.namespace.as_deref(),
+    ) {
+        observed.repository = ctx
+            .caches
+            .repositories
+            .get(&ObjectRef::new(repo).within(ns));
+    }
     if deleting {
         ctx.forget_checks(env);
         return observed;

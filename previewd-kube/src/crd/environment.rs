@@ -62,6 +62,14 @@ pub struct PreviewEnvironmentSpec {
     /// Name of the `PreviewRepository` (same namespace) this environment was rendered from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_ref: Option<String>,
+    /// Deploy strategy by name (`catalogue`, `manifests`, `argocd`, or one an embedding
+    /// operator registers). Default: the repository's, else the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub strategy: Option<String>,
     /// Services to deploy. Names are unique (a list map keyed by name: the API server
     /// rejects duplicates).
     #[serde(default)]

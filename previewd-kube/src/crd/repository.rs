@@ -48,6 +48,15 @@ pub struct PreviewRepositorySpec {
     /// Which services an environment deploys.
     #[serde(default)]
     pub deploy: DeployPolicy,
+    /// Deploy strategy of the repository's environments by name (`catalogue`,
+    /// `manifests`, `argocd`, or one an embedding operator registers). Default: the
+    /// operator's default (`catalogue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub strategy: Option<String>,
     /// Base domain; environments are served at `pr-<number>.<baseDomain>`.
     #[schemars(
         length(min = 1, max = 200),

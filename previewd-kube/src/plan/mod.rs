@@ -42,10 +42,10 @@ use crate::controller::ControllerConfig;
 use crate::controller::status::set_condition;
 use crate::crd::{
     ANNOTATION_CHECKS, ANNOTATION_RETRY, CostBreakdown, CostStatus, DeployPolicy, FINALIZER,
-    PreviewEnvironment, PreviewEnvironmentStatus, condition,
+    PreviewEnvironment, PreviewEnvironmentStatus, PreviewRepository, condition,
 };
 use crate::strategy::{
-    DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind,
+    NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError, WatchedKind,
 };
 use health::Health;
 use host::{HostChoice, HostClaim};
@@ -78,10 +78,12 @@ pub struct Observed {
     pub advice: Option<Advice>,
     /// Hosts claimed by other environments.
     pub host_claims: BTreeMap<String, Vec<HostClaim>>,
+    /// The `PreviewRepository` named by `spec.repositoryRef`, when it exists.
+    pub repository: Option<std::sync::Arc<PreviewRepository>>,
     /// Optional kinds (`apiVersion/kind`) the cluster does not serve.
     pub missing_kinds: BTreeSet<String>,
     /// The environment's objects outside preview namespaces (a strategy's
-    /// [`DeployStrategy::external_namespace`]), marked with its UID.
+    /// [`crate::strategy::DeployStrategy::external_namespace`]), marked with its UID.
     pub external: BTreeMap<ChildKey, ExternalChild>,
     /// Required checks of the head commit as the source-control system reported them
     /// to the fallback poll, when it ran (merged with the webhook's annotation).
@@ -110,8 +112,8 @@ pub struct PlanInput<'a> {
     pub now: jiff::Timestamp,
     /// The operator's settings.
     pub config: &'a ControllerConfig,
-    /// How the application is deployed.
-    pub strategy: &'a dyn DeployStrategy,
+    /// The deploy strategies offered; the environment's is chosen by name.
+    pub strategies: &'a Strategies,
     /// What happens after Ready, in order.
     pub stages: &'a [std::sync::Arc<dyn Stage>],
 }
@@ -191,7 +193,7 @@ impl Plan {
 /// Namespaces (always watched): the guard rails and the Ingress, plus what the strategy
 /// and the stages create.
 pub fn watched_kinds(
-    strategy: &dyn DeployStrategy,
+    strategies: &Strategies,
     stages: &[std::sync::Arc<dyn Stage>],
 ) -> Vec<WatchedKind> {
     let mut kinds = vec![
@@ -200,7 +202,9 @@ pub fn watched_kinds(
         WatchedKind::metadata::<NetworkPolicy>(),
         WatchedKind::metadata::<Ingress>(),
     ];
-    kinds.extend(strategy.watched_kinds());
+    for strategy in strategies.iter() {
+        kinds.extend(strategy.watched_kinds());
+    }
     for stage in stages {
         kinds.extend(stage.watched_kinds());
     }
@@ -363,6 +367,23 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
     status.host = host.clone();
 
+    // The deploy strategy: the environment's, else its repository's, else the default.
+    let repository = input.observed.repository.as_deref();
+    let strategy_name = input.strategies.name_for(env, repository);
+    let Some(strategy) = input.strategies.get(strategy_name) else {
+        return stall(
+            input,
+            old,
+            status,
+            finalizer,
+            "UnknownStrategy",
+            &format!(
+                "deploy strategy {strategy_name:?} is not available in this operator (available: {})",
+                input.strategies.names().join(", ")
+            ),
+        );
+    };
+
     let expected_lifespan = expiry::expiry_policy(env).ttl.as_duration();
     let render = RenderInput {
         env: &effective,
@@ -370,7 +391,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         config: input.config,
         use_spot: tier::use_spot(expected_lifespan, env.spec.resources.use_spot),
         host: host.as_deref(),
-        repository: None,
+        repository,
     };
 
     // Desired objects: the namespace and its guard rails, the Ingress, the application.
@@ -379,8 +400,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
     };
     let labels = crate::children::common_labels(env);
-    let external_namespace = input.strategy.external_namespace(&render);
-    let app = match input.strategy.desired(&render).and_then(|objects| {
+    let external_namespace = strategy.external_namespace(&render);
+    let app = match strategy.desired(&render).and_then(|objects| {
         scoped_app(
             objects,
             &ns_name,
@@ -394,7 +415,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     // A strategy whose kinds this cluster does not serve (Argo CD not installed) cannot
     // work: say so at once instead of waiting for the readiness deadline.
-    if let Some(kind) = input.strategy.watched_kinds().into_iter().find(|k| {
+    if let Some(kind) = strategy.watched_kinds().into_iter().find(|k| {
         k.optional
             && input
                 .observed
@@ -412,7 +433,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             "StrategyUnavailable",
             &format!(
                 "deploy strategy {} needs {} {} ({}), which this cluster does not serve; install its CRDs (the operator notices within 30 s)",
-                input.strategy.name(),
+                strategy.name(),
                 kind.resource.kind,
                 kind.resource.api_version,
                 kind.resource.plural
@@ -453,7 +474,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     } else if holding {
         Health::Progressing(String::new())
     } else {
-        input.strategy.health(&render, view, &applying)
+        strategy.health(&render, view, &applying)
     };
     let (observation, message, services_deployed) = match health {
         _ if !waiting_for_namespace && let Gate::Failed(check) = &gate => (
@@ -830,7 +851,7 @@ fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
     if key.kind == "Deployment" && key.api_version == "apps/v1" {
         return Some(ApiResource::erase::<Deployment>(&()));
     }
-    watched_kinds(input.strategy, input.stages)
+    watched_kinds(input.strategies, input.stages)
         .into_iter()
         .map(|k| k.resource)
         .find(|r| r.kind == key.kind && r.api_version == key.api_version)

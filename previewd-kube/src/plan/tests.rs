@@ -21,7 +21,8 @@ use crate::advice::Advice;
 use crate::controller::ControllerConfig;
 use crate::crd::{AiStatus, PreviewEnvironment, condition};
 use crate::strategy::{
-    CatalogueStrategy, DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, WatchedKind,
+    CatalogueStrategy, DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies,
+    WatchedKind,
 };
 
 const SHA1: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -161,23 +162,24 @@ impl World {
 }
 
 fn run(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) -> Plan {
-    run_with(env, world, now, &CatalogueStrategy, &[])
+    run_with(env, world, now, Arc::new(CatalogueStrategy), &[])
 }
 
 fn run_with(
     env: &PreviewEnvironment,
     world: &World,
     now: jiff::Timestamp,
-    strategy: &dyn DeployStrategy,
+    strategy: Arc<dyn DeployStrategy>,
     stages: &[Arc<dyn Stage>],
 ) -> Plan {
     let cfg = config();
+    let strategies = Strategies::new(strategy);
     plan(&PlanInput {
         env,
         observed: &world.observed,
         now,
         config: &cfg,
-        strategy,
+        strategies: &strategies,
         stages,
     })
 }
@@ -776,7 +778,7 @@ fn stages_move_ready_through_testing_to_complete_or_failed() {
     let running: Vec<Arc<dyn Stage>> = vec![Arc::new(FakeStage(StageOutcome::Running(
         "running 3 tests".into(),
     )))];
-    let plan = run_with(&e, &world, at(10), &CatalogueStrategy, &running);
+    let plan = run_with(&e, &world, at(10), Arc::new(CatalogueStrategy), &running);
     assert_eq!(phase(&plan), Phase::Testing);
     assert_eq!(kinds(&plan.apply), vec!["ConfigMap/stage-0123456"]);
     assert_eq!(cond(&plan, condition::TESTS_COMPLETED).status, "False");
@@ -787,7 +789,13 @@ fn stages_move_ready_through_testing_to_complete_or_failed() {
     let passed: Vec<Arc<dyn Stage>> = vec![Arc::new(FakeStage(StageOutcome::Passed(
         "12 passed".into(),
     )))];
-    let plan = run_with(&testing, &world, at(20), &CatalogueStrategy, &passed);
+    let plan = run_with(
+        &testing,
+        &world,
+        at(20),
+        Arc::new(CatalogueStrategy),
+        &passed,
+    );
     assert_eq!(phase(&plan), Phase::Complete);
     assert_eq!(cond(&plan, condition::TESTS_COMPLETED).status, "True");
     assert_eq!(plan.events[0].reason, "TestsPassed");
@@ -799,7 +807,13 @@ fn stages_move_ready_through_testing_to_complete_or_failed() {
     let failed: Vec<Arc<dyn Stage>> = vec![Arc::new(FakeStage(StageOutcome::Failed(
         "2 of 12 failed: login, cart".into(),
     )))];
-    let plan = run_with(&testing, &world, at(20), &CatalogueStrategy, &failed);
+    let plan = run_with(
+        &testing,
+        &world,
+        at(20),
+        Arc::new(CatalogueStrategy),
+        &failed,
+    );
     assert_eq!(phase(&plan), Phase::Failed);
     assert_eq!(cond(&plan, condition::READY).reason, "TestsFailed");
     assert_eq!(
@@ -807,7 +821,7 @@ fn stages_move_ready_through_testing_to_complete_or_failed() {
         Some("2 of 12 failed: login, cart")
     );
     let f = written(&testing, &plan);
-    let again = run_with(&f, &world, at(30), &CatalogueStrategy, &failed);
+    let again = run_with(&f, &world, at(30), Arc::new(CatalogueStrategy), &failed);
     assert!(
         again.delete.is_empty(),
         "a failed stage's objects stay for inspection"
@@ -816,7 +830,13 @@ fn stages_move_ready_through_testing_to_complete_or_failed() {
     // A new head commit: back to Provisioning; the old stage object is pruned.
     let mut pushed = testing.clone();
     pushed.spec.head_sha = SHA2.into();
-    let plan = run_with(&pushed, &world, at(40), &CatalogueStrategy, &running);
+    let plan = run_with(
+        &pushed,
+        &world,
+        at(40),
+        Arc::new(CatalogueStrategy),
+        &running,
+    );
     assert_eq!(phase(&plan), Phase::Provisioning);
     assert!(plan.delete.iter().any(|c| c.name == "stage-0123456"));
 }
@@ -915,16 +935,22 @@ fn the_sweep_deletes_only_marked_namespaces_of_gone_environments() {
 fn watched_kinds_cover_every_kind_the_plan_creates() {
     let stages: Vec<Arc<dyn Stage>> =
         vec![Arc::new(FakeStage(StageOutcome::Running(String::new())))];
-    let kinds: BTreeSet<String> = watched_kinds(&CatalogueStrategy, &stages)
+    let kinds: BTreeSet<String> = watched_kinds(&Strategies::default(), &stages)
         .into_iter()
         .map(|k| k.resource.kind)
         .collect();
     let mut world = World::empty();
     let e = to_ready(&mut world);
-    let plan = run_with(&e, &world, at(10), &CatalogueStrategy, &stages);
+    let plan = run_with(&e, &world, at(10), Arc::new(CatalogueStrategy), &stages);
     let mut created: BTreeSet<String> =
         plan.apply.iter().map(|d| d.resource.kind.clone()).collect();
-    let fresh = run_with(&env(), &World::empty(), at(1), &CatalogueStrategy, &stages);
+    let fresh = run_with(
+        &env(),
+        &World::empty(),
+        at(1),
+        Arc::new(CatalogueStrategy),
+        &stages,
+    );
     created.extend(fresh.apply.iter().map(|d| d.resource.kind.clone()));
     for kind in created {
         assert!(
@@ -963,7 +989,7 @@ impl DeployStrategy for Escaping {
 
 #[test]
 fn plug_in_objects_get_the_environment_labels_and_never_leave_its_namespace() {
-    let plan = run_with(&env(), &World::empty(), at(1), &Escaping, &[]);
+    let plan = run_with(&env(), &World::empty(), at(1), Arc::new(Escaping), &[]);
     assert!(plan.apply.is_empty(), "nothing is written");
     assert_eq!(cond(&plan, condition::STALLED).reason, "ForeignNamespace");
     assert!(plan.status.message.clone().unwrap().contains("kube-system"));
@@ -972,7 +998,7 @@ fn plug_in_objects_get_the_environment_labels_and_never_leave_its_namespace() {
         vec![Arc::new(FakeStage(StageOutcome::Running(String::new())))];
     let mut world = World::empty();
     let e = to_ready(&mut world);
-    let plan = run_with(&e, &world, at(10), &CatalogueStrategy, &running);
+    let plan = run_with(&e, &world, at(10), Arc::new(CatalogueStrategy), &running);
     let cm = plan
         .apply
         .iter()
@@ -995,4 +1021,148 @@ fn plug_in_objects_get_the_environment_labels_and_never_leave_its_namespace() {
         cm.hash.as_str(),
         "the hash covers the labels added"
     );
+}
+
+/// A strategy that deploys one ConfigMap, to tell which strategy a plan used.
+struct Marker(&'static str);
+
+impl DeployStrategy for Marker {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn watched_kinds(&self) -> Vec<WatchedKind> {
+        vec![WatchedKind::metadata::<ConfigMap>()]
+    }
+
+    fn desired(
+        &self,
+        input: &RenderInput<'_>,
+    ) -> Result<Vec<DesiredObject>, crate::strategy::StrategyError> {
+        let repo = input
+            .repository
+            .and_then(|r| r.metadata.name.clone())
+            .unwrap_or_default();
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": self.0, "namespace": input.namespace},
+            "data": {"repository": repo}
+        }))
+        .unwrap();
+        Ok(vec![DesiredObject::from_typed(&cm).unwrap()])
+    }
+
+    fn health(
+        &self,
+        _input: &RenderInput<'_>,
+        _view: &NamespaceView,
+        _applying: &BTreeSet<ChildKey>,
+    ) -> super::health::Health {
+        super::health::Health::Progressing("marker".into())
+    }
+}
+
+fn plan_with_strategies(
+    env: &PreviewEnvironment,
+    observed: &Observed,
+    strategies: &Strategies,
+) -> Plan {
+    let cfg = config();
+    plan(&PlanInput {
+        env,
+        observed,
+        now: at(1),
+        config: &cfg,
+        strategies,
+        stages: &[],
+    })
+}
+
+fn configmaps(plan: &Plan) -> Vec<&str> {
+    plan.apply
+        .iter()
+        .filter(|d| d.resource.kind == "ConfigMap")
+        .map(|d| d.name.as_str())
+        .collect()
+}
+
+fn repository(strategy: Option<&str>) -> Arc<PreviewRepository> {
+    let mut spec = json!({
+        "repository": "acme/shop",
+        "catalogue": {"services": []},
+        "baseDomain": "preview.test"
+    });
+    if let Some(s) = strategy {
+        spec["strategy"] = json!(s);
+    }
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1",
+            "kind": "PreviewRepository",
+            "metadata": {"name": "shop", "namespace": "previews"},
+            "spec": spec
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn the_strategy_is_the_environments_else_the_repositorys_else_the_default() {
+    let mut strategies = Strategies::new(Arc::new(Marker("house")));
+    strategies.register(Arc::new(Marker("manifests")));
+    strategies.register(Arc::new(Marker("argocd")));
+    assert_eq!(strategies.default_name(), "house");
+
+    // Neither names one: the operator's default.
+    let plain = env_with(json!({"repositoryRef": "shop"}));
+    let plan = plan_with_strategies(&plain, &Observed::default(), &strategies);
+    assert_eq!(configmaps(&plan), ["house"]);
+
+    // The repository names one, and the strategy sees the repository.
+    let observed = Observed {
+        repository: Some(repository(Some("manifests"))),
+        ..Observed::default()
+    };
+    let plan = plan_with_strategies(&plain, &observed, &strategies);
+    assert_eq!(configmaps(&plan), ["manifests"]);
+    let cm = plan.apply.iter().find(|d| d.name == "manifests").unwrap();
+    assert_eq!(cm.object["data"]["repository"], "shop");
+
+    // The environment's own choice wins over the repository's.
+    let own = env_with(json!({"repositoryRef": "shop", "strategy": "argocd"}));
+    let plan = plan_with_strategies(&own, &observed, &strategies);
+    assert_eq!(configmaps(&plan), ["argocd"]);
+
+    // The catalogue stays available by name.
+    let catalogue = env_with(json!({"strategy": "catalogue"}));
+    let plan = plan_with_strategies(&catalogue, &Observed::default(), &strategies);
+    assert!(configmaps(&plan).is_empty());
+    assert!(plan.apply.iter().any(|d| d.resource.kind == "Deployment"));
+
+    // Every strategy's kinds are watched.
+    assert!(
+        watched_kinds(&strategies, &[])
+            .iter()
+            .any(|k| k.resource.kind == "ConfigMap")
+    );
+}
+
+#[test]
+fn an_unknown_strategy_stalls_and_writes_nothing() {
+    let strategies = Strategies::default();
+    let e = env_with(json!({"repositoryRef": "shop"}));
+    let observed = Observed {
+        repository: Some(repository(Some("argocd"))),
+        ..Observed::default()
+    };
+    let plan = plan_with_strategies(&e, &observed, &strategies);
+    assert!(plan.apply.is_empty(), "{:?}", plan.apply);
+    let stalled = cond(&plan, condition::STALLED);
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "UnknownStrategy");
+    assert!(
+        stalled.message.contains("\"argocd\""),
+        "{}",
+        stalled.message
+    );
+    assert!(stalled.message.contains("catalogue"), "{}", stalled.message);
 }

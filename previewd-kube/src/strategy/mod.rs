@@ -17,7 +17,7 @@
 mod argocd;
 mod catalogue;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +113,93 @@ impl NamespaceView {
             .iter()
             .map(AsRef::as_ref)
             .find(|d| d.metadata.name.as_deref() == Some(name))
+    }
+}
+
+/// Name of the strategy used when neither the environment nor its repository names one
+/// and the operator sets no other default.
+pub const DEFAULT_STRATEGY: &str = "catalogue";
+
+/// The deploy strategies an operator offers, by name, and the one used when an
+/// environment names none.
+#[derive(Clone)]
+pub struct Strategies {
+    by_name: BTreeMap<String, Arc<dyn DeployStrategy>>,
+    default: String,
+}
+
+impl Default for Strategies {
+    fn default() -> Self {
+        Strategies::new(Arc::new(CatalogueStrategy))
+    }
+}
+
+impl std::fmt::Debug for Strategies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Strategies")
+            .field("names", &self.by_name.keys().collect::<Vec<_>>())
+            .field("default", &self.default)
+            .finish()
+    }
+}
+
+impl Strategies {
+    /// Strategies with `default` as the only one and the default. The catalogue strategy
+    /// is always offered as well.
+    pub fn new(default: Arc<dyn DeployStrategy>) -> Strategies {
+        let mut by_name: BTreeMap<String, Arc<dyn DeployStrategy>> = BTreeMap::new();
+        by_name.insert(DEFAULT_STRATEGY.to_string(), Arc::new(CatalogueStrategy));
+        let name = default.name().to_string();
+        by_name.insert(name.clone(), default);
+        Strategies {
+            by_name,
+            default: name,
+        }
+    }
+
+    /// Offers `strategy` under its name (replacing one of the same name).
+    pub fn register(&mut self, strategy: Arc<dyn DeployStrategy>) {
+        self.by_name.insert(strategy.name().to_string(), strategy);
+    }
+
+    /// Offers `strategy` and makes it the default.
+    pub fn set_default(&mut self, strategy: Arc<dyn DeployStrategy>) {
+        self.default = strategy.name().to_string();
+        self.register(strategy);
+    }
+
+    /// The default strategy's name.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    /// The strategy named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DeployStrategy>> {
+        self.by_name.get(name)
+    }
+
+    /// Every strategy offered.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DeployStrategy>> {
+        self.by_name.values()
+    }
+
+    /// Names of the strategies offered.
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    /// The name of the strategy `env` is deployed with: the environment's, else its
+    /// repository's, else the default.
+    pub fn name_for<'a>(
+        &'a self,
+        env: &'a PreviewEnvironment,
+        repository: Option<&'a PreviewRepository>,
+    ) -> &'a str {
+        env.spec
+            .strategy
+            .as_deref()
+            .or_else(|| repository.and_then(|r| r.spec.strategy.as_deref()))
+            .unwrap_or(&self.default)
     }
 }
 
