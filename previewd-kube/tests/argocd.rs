@@ -157,6 +157,9 @@ fn synced_healthy(sha: &str) -> Value {
         "sync": {"status": "Synced", "revision": sha},
         "health": {"status": "Healthy"},
         "operationState": {"phase": "Succeeded", "message": "successfully synced",
+                           "operation": {"sync": {"revision": sha}},
+                           "startedAt": "2026-11-29T12:00:00Z",
+                           "finishedAt": "2026-11-29T12:00:05Z",
                            "syncResult": {"revision": sha}}
     })
 }
