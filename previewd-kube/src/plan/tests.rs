@@ -2,6 +2,8 @@
 //! failure reason, from plain values (no cluster).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod gate;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
