@@ -386,7 +386,7 @@ impl Served {
             }
             Err(kube::Error::Api(s)) if s.is_not_found() => false,
             Err(e) => {
-                warn!(kind = %self.resource.kind, error = %e, "could not look the kind up; trying again");
+                tracing::debug!(kind = %self.resource.kind, error = %e, "could not look the kind up; trying again");
                 false
             }
         }
@@ -401,7 +401,7 @@ impl Served {
         match api.list_metadata(&params).await {
             Ok(_) => true,
             Err(e) => {
-                warn!(kind = %self.resource.kind, error = %e, "kind served but not listable by the operator");
+                tracing::debug!(kind = %self.resource.kind, error = %e, "kind served but not listable by the operator");
                 false
             }
         }
@@ -443,7 +443,7 @@ where
         let mut first = true;
         while !served.now().await {
             if first {
-                warn!(kind, api_version = %served.resource.api_version, "kind not served; environments that need it are stalled until it is");
+                warn!(kind, api_version = %served.resource.api_version, "kind not served (or not readable by the operator); environments that need it are stalled until it is");
                 served.mark(true);
                 writer.apply_watcher_event(&Event::Init);
                 writer.apply_watcher_event(&Event::InitDone);
