@@ -6,6 +6,7 @@
 
 pub mod ai;
 pub mod catalogue;
+pub mod checks;
 pub mod clock;
 pub mod cost;
 pub mod environment;

@@ -25,6 +25,9 @@
 //! | `Expired`                   | Terminating  | Terminating  | Terminating | Terminating | Terminating | Terminating  | =           | =          |
 //! | `DeletionRequested`         | Terminating  | Terminating  | Terminating | Terminating | Terminating | Terminating  | =           | =          |
 //! | `CleanupFinished`           | error        | error        | error       | error       | error       | error        | Terminated  | =          |
+//! | `ChecksPending`             | =            | Pending      | =           | =           | =           | =            | =           | =          |
+//! | `ChecksFailed`              | Failed       | Failed       | Failed      | Failed      | Failed      | =            | =           | =          |
+//! | `RetryRequested`            | =            | =            | =           | =           | =           | Provisioning | =           | =          |
 //!
 //! Decisions worth knowing:
 //! - `Terminated` absorbs everything: every observation is an `Ok` no-op there, so a
@@ -33,8 +36,12 @@
 //!   once `Ready` the deadline was met and the observation is a no-op.
 //! - `TestsPassed` / `TestsFailed` in `Ready` are accepted (a fast test Job may finish
 //!   between two reconciles, so `TestsStarted` was never observed).
-//! - A `Failed` environment recovers only through `SpecChanged` (a new push); services
-//!   becoming available again do not hide a failure.
+//! - A `Failed` environment recovers only through `SpecChanged` (a new push) or
+//!   `RetryRequested` (the `previewd.io/retry` annotation); services becoming available
+//!   again do not hide a failure.
+//! - `ChecksPending` (required CI checks of the head commit not finished) holds a
+//!   provisioning environment back in `Pending`; a serving one keeps serving its previous
+//!   commit only until `SpecChanged` moved it to `Provisioning`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -185,6 +192,15 @@ pub enum Observation {
     DeletionRequested,
     /// Cleanup finished: children are gone and external state is updated.
     CleanupFinished,
+    /// Required CI checks of the head commit have not finished yet.
+    ChecksPending,
+    /// A required CI check of the head commit failed.
+    ChecksFailed {
+        /// Name of the failed check.
+        check: String,
+    },
+    /// Somebody asked to retry a failed environment without a new push.
+    RetryRequested,
 }
 
 impl Observation {
@@ -203,6 +219,9 @@ impl Observation {
             Observation::Expired => "Expired",
             Observation::DeletionRequested => "DeletionRequested",
             Observation::CleanupFinished => "CleanupFinished",
+            Observation::ChecksPending => "WaitingForChecks",
+            Observation::ChecksFailed { .. } => "ChecksFailed",
+            Observation::RetryRequested => "RetryRequested",
         }
     }
 }
@@ -212,6 +231,7 @@ impl fmt::Display for Observation {
         match self {
             Observation::ServiceFailed { reason } => write!(f, "ServiceFailed ({reason})"),
             Observation::TestsFailed { failed } => write!(f, "TestsFailed ({failed} failed)"),
+            Observation::ChecksFailed { check } => write!(f, "ChecksFailed ({check})"),
             other => f.write_str(other.reason()),
         }
     }
@@ -289,7 +309,18 @@ pub fn transition(phase: Phase, obs: &Observation) -> Result<Transition, Transit
             P::Pending => stay(),
             _ => go(P::Provisioning),
         },
-        O::ServiceFailed { .. } => go(P::Failed),
+        O::ServiceFailed { .. } | O::ChecksFailed { .. } => match phase {
+            P::Failed => stay(),
+            _ => go(P::Failed),
+        },
+        O::ChecksPending => match phase {
+            P::Provisioning => go(P::Pending),
+            _ => stay(),
+        },
+        O::RetryRequested => match phase {
+            P::Failed => go(P::Provisioning),
+            _ => stay(),
+        },
         O::ReadinessDeadlineExceeded => match phase {
             P::Pending | P::Provisioning => go(P::Failed),
             _ => stay(),
@@ -421,6 +452,45 @@ mod tests {
         assert!(!t.changes(Phase::Provisioning));
         let t = transition(Phase::Provisioning, &Observation::ServicesAvailable).unwrap();
         assert!(t.changes(Phase::Provisioning));
+    }
+
+    #[test]
+    fn checks_hold_back_fail_and_retries_recover() {
+        let pending = transition(Phase::Provisioning, &Observation::ChecksPending).unwrap();
+        assert_eq!(
+            (pending.next, pending.reason),
+            (Phase::Pending, "WaitingForChecks")
+        );
+        assert_eq!(
+            transition(Phase::Ready, &Observation::ChecksPending)
+                .unwrap()
+                .next,
+            Phase::Ready
+        );
+        let failed = Observation::ChecksFailed {
+            check: "build".into(),
+        };
+        for p in [
+            Phase::Pending,
+            Phase::Provisioning,
+            Phase::Ready,
+            Phase::Complete,
+        ] {
+            let t = transition(p, &failed).unwrap();
+            assert_eq!((t.next, t.reason), (Phase::Failed, "ChecksFailed"));
+        }
+        assert_eq!(failed.to_string(), "ChecksFailed (build)");
+        let retry = transition(Phase::Failed, &Observation::RetryRequested).unwrap();
+        assert_eq!(
+            (retry.next, retry.reason),
+            (Phase::Provisioning, "RetryRequested")
+        );
+        assert_eq!(
+            transition(Phase::Ready, &Observation::RetryRequested)
+                .unwrap()
+                .next,
+            Phase::Ready
+        );
     }
 
     #[test]

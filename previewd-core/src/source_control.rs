@@ -480,6 +480,21 @@ pub trait SourceControl: Send + Sync {
         number: u64,
         body: &str,
     ) -> Result<CommentUpsert, SourceControlError>;
+
+    /// The states of the `required` checks of commit `sha` (check runs, commit status
+    /// contexts and Apps' check suites, by name), for the CI gate's fallback poll. The
+    /// default answers that the provider cannot tell.
+    async fn commit_checks(
+        &self,
+        repo: &RepoRef,
+        sha: &str,
+        required: &[String],
+    ) -> Result<crate::checks::RecordedChecks, SourceControlError> {
+        let _ = (repo, sha, required);
+        Err(SourceControlError::Config(
+            "this source-control client does not read checks".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ fn observation() -> impl Strategy<Value = Observation> {
         Just(Observation::Expired),
         Just(Observation::DeletionRequested),
         Just(Observation::CleanupFinished),
+        Just(Observation::ChecksPending),
+        "[a-z]{1,10}".prop_map(|check| Observation::ChecksFailed { check }),
+        Just(Observation::RetryRequested),
     ]
 }
 
@@ -128,6 +131,11 @@ fn every_phase_is_reachable_from_pending() {
         Observation::Expired,
         Observation::DeletionRequested,
         Observation::CleanupFinished,
+        Observation::ChecksPending,
+        Observation::ChecksFailed {
+            check: "build".into(),
+        },
+        Observation::RetryRequested,
     ];
     let mut seen = BTreeSet::from([Phase::Pending]);
     let mut frontier = vec![Phase::Pending];

@@ -167,3 +167,91 @@ pub struct Envelope {
     #[serde(default)]
     pub repository: Option<Repository>,
 }
+
+/// A `check_run` delivery (only what the CI gate reads).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CheckRunEvent {
+    /// `created`, `completed`, `rerequested`, `requested_action`.
+    pub action: String,
+    /// The check run.
+    pub check_run: CheckRun,
+    /// Repository.
+    pub repository: Repository,
+}
+
+/// A check run.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CheckRun {
+    /// Name of the check (what `requiredChecks` names).
+    pub name: String,
+    /// Commit it checks.
+    pub head_sha: String,
+    /// `queued`, `in_progress`, `completed`, ...
+    pub status: String,
+    /// Set once completed.
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    /// When it started, RFC 3339.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// When it completed, RFC 3339.
+    #[serde(default)]
+    pub completed_at: Option<String>,
+}
+
+/// A `check_suite` delivery.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CheckSuiteEvent {
+    /// `completed`, `requested`, `rerequested`.
+    pub action: String,
+    /// The check suite.
+    pub check_suite: CheckSuite,
+    /// Repository.
+    pub repository: Repository,
+}
+
+/// A check suite: every check run of one GitHub App on one commit.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CheckSuite {
+    /// Commit it checks.
+    pub head_sha: String,
+    /// `queued`, `in_progress`, `completed`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Set once completed.
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    /// Last change, RFC 3339.
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    /// The App that runs it (its slug and name are what `requiredChecks` may name).
+    #[serde(default)]
+    pub app: Option<App>,
+}
+
+/// A GitHub App.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct App {
+    /// Short name.
+    #[serde(default)]
+    pub slug: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A `status` delivery (a commit status).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// Commit.
+    pub sha: String,
+    /// `pending`, `success`, `failure`, `error`.
+    pub state: String,
+    /// Context (what `requiredChecks` names).
+    pub context: String,
+    /// Last change, RFC 3339.
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    /// Repository.
+    pub repository: Repository,
+}

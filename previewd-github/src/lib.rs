@@ -10,6 +10,7 @@
 //!   App authentication and GitHub's rate-limit rules.
 //! - [`comment`]: the pure renderer of the sticky comment's body.
 
+pub mod ci;
 #[cfg(feature = "kube")]
 pub mod claims;
 pub mod client;

@@ -50,9 +50,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jiff::Timestamp;
+use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
-    ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, CONDITION_CLAIMED, PreviewEnvironment,
-    PreviewRepository,
+    ANNOTATION_CHECKS, ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, CONDITION_CLAIMED,
+    PreviewEnvironment, PreviewRepository,
 };
 use previewd_kube::render::{self, PullRequestSnapshot};
 use secrecy::SecretString;
@@ -62,6 +63,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+use crate::ci;
 use crate::claims::{self, ClaimPolicy, ClaimVerdict};
 use crate::decision::{self, Plan};
 use crate::event::{Envelope, PullRequestEvent};
@@ -78,7 +80,7 @@ pub use crate::decision::{ANNOTATION_APPROVED_SHA, ANNOTATION_HEAD_SHA};
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Events whose body is read; every other event is answered `ignored` from its headers.
-pub const HANDLED_EVENTS: &[&str] = &["pull_request", "ping"];
+pub const HANDLED_EVENTS: &[&str] = &["pull_request", "ping", "check_run", "check_suite", "status"];
 
 const LOCK_STRIPES: usize = 64;
 const MAX_CONFLICT_RETRIES: usize = 3;
@@ -645,6 +647,17 @@ async fn receive(
                 Some(format!("not a pull_request payload: {err}")),
             ),
         },
+        "check_run" | "check_suite" | "status" => match ci::report_of(event, &payload) {
+            Ok(Some(report)) => handle_check(state, &report).await,
+            Ok(None) => {
+                DeliveryOutcome::new(StatusCode::OK, "ignored", Some("action_not_handled".into()))
+            }
+            Err(err) => DeliveryOutcome::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                Some(format!("not a {event} payload: {err}")),
+            ),
+        },
         _ => DeliveryOutcome::new(StatusCode::OK, "ignored", Some("event_not_handled".into())),
     };
     if outcome.is_success() {
@@ -794,6 +807,104 @@ async fn handle_pull_request(
             Err(StoreError::Conflict) => continue,
             Err(err) => return store_failure(&err),
             Ok(outcome) => return outcome,
+        }
+    }
+    DeliveryOutcome::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        Some("the environment kept changing concurrently".into()),
+    )
+}
+
+/// Handles a check report: if the repository requires that check, records its state on
+/// every environment of the repository at that commit (`previewd.io/checks`), which wakes
+/// the controller. Nothing else is written; the controller decides.
+async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> DeliveryOutcome {
+    let store = &state.inner.store;
+    let candidates = match state
+        .with_timeout(store.find_repositories(&report.repository))
+        .await
+    {
+        Ok(candidates) => candidates,
+        Err(err) => return store_failure(&err),
+    };
+    let resolution = claims::resolve(
+        &report.repository,
+        candidates,
+        &state.inner.config.claim_policy,
+    );
+    let Some(settings) = resolution.bound else {
+        return DeliveryOutcome::new(
+            StatusCode::ACCEPTED,
+            "unknown_repository",
+            Some(format!(
+                "no PreviewRepository is bound to {}",
+                report.repository
+            )),
+        );
+    };
+    let Some(name) = ci::required_name(report, &settings.spec.required_checks) else {
+        return DeliveryOutcome::new(StatusCode::OK, "ignored", Some("check_not_required".into()));
+    };
+    let Some(namespace) = settings.metadata.namespace.as_deref() else {
+        return DeliveryOutcome::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("PreviewRepository has no namespace".into()),
+        );
+    };
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let environments = match state
+            .with_timeout(store.environments_at(namespace, &report.repository, &report.sha))
+            .await
+        {
+            Ok(environments) => environments,
+            Err(err) => return store_failure(&err),
+        };
+        if environments.is_empty() {
+            return DeliveryOutcome::new(
+                StatusCode::ACCEPTED,
+                "absent",
+                Some(format!("no environment is at commit {}", report.sha)),
+            );
+        }
+        let mut conflict = false;
+        let mut recorded = 0;
+        for env in &environments {
+            if env.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let mut checks: RecordedChecks = annotation(env, ANNOTATION_CHECKS)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default();
+            if !checks.record(&report.sha, name, report.state, &report.at) {
+                continue;
+            }
+            let (Some(env_name), Some(rv)) = (
+                env.metadata.name.as_deref(),
+                env.metadata.resource_version.as_deref(),
+            ) else {
+                continue;
+            };
+            match state
+                .with_timeout(store.record_checks(namespace, env_name, &checks, rv))
+                .await
+            {
+                Ok(()) => recorded += 1,
+                Err(StoreError::Conflict) => conflict = true,
+                Err(err) => return store_failure(&err),
+            }
+        }
+        if !conflict {
+            return DeliveryOutcome::new(
+                StatusCode::ACCEPTED,
+                if recorded > 0 {
+                    "recorded"
+                } else {
+                    "unchanged"
+                },
+                Some(format!("{name}: {}", report.state.as_str())),
+            );
         }
     }
     DeliveryOutcome::new(

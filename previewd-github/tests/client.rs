@@ -889,3 +889,86 @@ async fn a_rate_limit_wait_does_not_hold_the_write_gate() {
     assert!(waited >= Duration::from_secs(3), "{waited:?}");
     assert_eq!(github.hits(&Method::POST, limited), 2);
 }
+
+#[tokio::test]
+async fn commit_checks_read_runs_suites_and_statuses_of_one_commit() {
+    use previewd_core::checks::{CheckState, Gate, gate};
+    let github = FakeGitHub::start().await;
+    let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+    github.with(|s| {
+        s.check_runs.push(serde_json::json!({
+            "name": "build", "head_sha": sha, "status": "completed", "conclusion": "success",
+            "started_at": "2026-11-29T12:00:00Z", "completed_at": "2026-11-29T12:04:00Z"
+        }));
+        s.check_runs.push(serde_json::json!({
+            "name": "lint", "head_sha": sha, "status": "in_progress", "conclusion": null,
+            "started_at": "2026-11-29T12:00:00Z"
+        }));
+        // Another commit's run and a run nobody requires are left out.
+        s.check_runs.push(serde_json::json!({
+            "name": "build", "head_sha": "ffff", "status": "completed", "conclusion": "failure"
+        }));
+        s.check_runs.push(serde_json::json!({
+            "name": "docs", "head_sha": sha, "status": "completed", "conclusion": "failure"
+        }));
+        s.check_suites.push(serde_json::json!({
+            "head_sha": sha, "status": "completed", "conclusion": "success",
+            "updated_at": "2026-11-29T12:05:00Z",
+            "app": {"slug": "octocoders-linter", "name": "Octocoders Linter"}
+        }));
+        for state in ["pending", "failure"] {
+            s.commit_statuses.push((
+                sha.to_string(),
+                serde_json::json!({"context": "ci/jenkins", "state": state,
+                                   "updated_at": "2026-11-29T12:06:00+00:00"}),
+            ));
+        }
+    });
+    let client = token_client(&github);
+    let required: Vec<String> = ["build", "lint", "octocoders-linter", "ci/jenkins"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let checks = SourceControl::commit_checks(&client, &repo(), sha, &required)
+        .await
+        .unwrap();
+    assert_eq!(checks.sha, sha);
+    assert_eq!(checks.checks.len(), 4, "{checks:?}");
+    assert_eq!(checks.checks["build"].state, CheckState::Success);
+    assert_eq!(checks.checks["build"].at, "2026-11-29T12:04:00Z");
+    assert_eq!(checks.checks["lint"].state, CheckState::Pending);
+    assert_eq!(
+        checks.checks["octocoders-linter"].state,
+        CheckState::Success
+    );
+    assert_eq!(checks.checks["ci/jenkins"].state, CheckState::Failure);
+    assert_eq!(checks.checks["ci/jenkins"].at, "2026-11-29T12:06:00Z");
+    assert_eq!(
+        gate(&required, sha, &checks),
+        Gate::Failed("ci/jenkins".into())
+    );
+    for path in ["check-runs", "check-suites", "status"] {
+        assert_eq!(
+            github.hits(
+                &Method::GET,
+                &format!("/repos/acme/shop/commits/{sha}/{path}")
+            ),
+            1
+        );
+    }
+
+    // GitHub refusing the read (no Checks permission) is an error, not a verdict.
+    github.script(
+        Method::GET,
+        &format!("/repos/acme/shop/commits/{sha}/check-runs"),
+        vec![Scripted::status(
+            403,
+            "Resource not accessible by integration",
+        )],
+    );
+    let refused = SourceControl::commit_checks(&client, &repo(), sha, &required).await;
+    assert!(
+        matches!(refused, Err(SourceControlError::Forbidden(_))),
+        "{refused:?}"
+    );
+}

@@ -209,6 +209,7 @@ pub fn render_environment(
                 cluster_issuer: spec.cluster_issuer.clone(),
             }),
             quota: spec.quota.clone(),
+            required_checks: spec.required_checks.clone(),
         },
         status: None,
     })

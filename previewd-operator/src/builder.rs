@@ -171,7 +171,11 @@ impl OperatorBuilder {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let readiness = Readiness::default();
-        let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+        // Argo CD is offered by name; without its CRDs (or the RBAC to read them) the
+        // operator runs normally and only environments that ask for it stall.
+        let mut ctx = Context::new(client.clone(), config)
+            .with_metrics(metrics)
+            .register_strategy(Arc::new(previewd_kube::strategy::ArgoCdStrategy::new()));
         if !args.manifest_kinds.trim().is_empty() {
             let kinds = previewd_kube::strategy::manifests::ManifestKinds::resolve(
                 &client,
@@ -208,6 +212,11 @@ impl OperatorBuilder {
             (None, None) => {
                 info!("no GitHub credentials configured; environments are not reported to GitHub");
             }
+        }
+        // The CI gate reads the checks of head commits from GitHub when the webhook has
+        // not reported them all.
+        if let Some(scm) = &source_control {
+            ctx = ctx.with_checks_source(scm.clone());
         }
         let advisor: Arc<dyn EnvironmentAdvisor> = match self.advisor {
             Some(advisor) => advisor,

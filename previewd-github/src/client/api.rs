@@ -1,6 +1,7 @@
 //! The [`SourceControl`] implementation: GitHub endpoints and their wire types.
 
 use async_trait::async_trait;
+use previewd_core::checks::{CheckState, RecordedChecks};
 use previewd_core::source_control::{
     ChangedFile, ChangedFiles, CommentId, CommentUpsert, CommitStatus, DeploymentId,
     DeploymentRequest, DeploymentStatusUpdate, FileChangeKind, PullRequestDiff, PullRequestInfo,
@@ -57,6 +58,41 @@ impl FileEntry {
             patch: self.patch,
         }
     }
+}
+
+/// Pages of check runs, suites and statuses read per commit.
+const MAX_CHECK_PAGES: usize = 10;
+
+#[derive(Deserialize)]
+struct CheckRunList {
+    #[serde(default)]
+    total_count: usize,
+    #[serde(default)]
+    check_runs: Vec<crate::event::CheckRun>,
+}
+
+#[derive(Deserialize)]
+struct CheckSuiteList {
+    #[serde(default)]
+    total_count: usize,
+    #[serde(default)]
+    check_suites: Vec<crate::event::CheckSuite>,
+}
+
+#[derive(Deserialize)]
+struct CombinedStatus {
+    #[serde(default)]
+    total_count: usize,
+    #[serde(default)]
+    statuses: Vec<StatusEntry>,
+}
+
+#[derive(Deserialize)]
+struct StatusEntry {
+    context: String,
+    state: String,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +157,90 @@ impl GitHubClient {
         })
     }
 
+    /// The states of the `required` checks of commit `sha`: the latest check run of each
+    /// name, each App's check suite (by slug and name) and the latest commit status of
+    /// each context (`GET .../commits/{sha}/check-runs`, `.../check-suites`, `.../status`,
+    /// 100 per page, at most 10 pages each). Names not required are left out.
+    pub async fn commit_checks(
+        &self,
+        repo: &RepoRef,
+        sha: &str,
+        required: &[String],
+    ) -> Result<RecordedChecks, GitHubError> {
+        let mut checks = RecordedChecks::default();
+        let base = format!("{}/commits/{sha}", repo_path(repo));
+        let mut record = |name: &str, state: CheckState, at: String| {
+            if required.iter().any(|r| r == name) {
+                checks.record(sha, name, state, &at);
+            }
+        };
+        for page in 1..=MAX_CHECK_PAGES {
+            let mut url = self.url(&format!("{base}/check-runs"))?;
+            url.query_pairs_mut()
+                .append_pair("per_page", PER_PAGE)
+                .append_pair("page", &page.to_string());
+            let list: CheckRunList = self.get(url, JSON_MEDIA_TYPE).await?.json()?;
+            let seen = list.check_runs.len();
+            for run in list.check_runs {
+                let state = CheckState::of_check(&run.status, run.conclusion.as_deref());
+                record(
+                    &run.name,
+                    state,
+                    crate::ci::utc(run.completed_at.or(run.started_at)),
+                );
+            }
+            if seen < 100 || page * 100 >= list.total_count {
+                break;
+            }
+        }
+        for page in 1..=MAX_CHECK_PAGES {
+            let mut url = self.url(&format!("{base}/check-suites"))?;
+            url.query_pairs_mut()
+                .append_pair("per_page", PER_PAGE)
+                .append_pair("page", &page.to_string());
+            let list: CheckSuiteList = self.get(url, JSON_MEDIA_TYPE).await?.json()?;
+            let seen = list.check_suites.len();
+            for suite in list.check_suites {
+                let state = CheckState::of_check(
+                    suite.status.as_deref().unwrap_or("queued"),
+                    suite.conclusion.as_deref(),
+                );
+                let app = suite.app.unwrap_or(crate::event::App {
+                    slug: None,
+                    name: None,
+                });
+                for name in [app.slug, app.name].into_iter().flatten() {
+                    record(&name, state, crate::ci::utc(suite.updated_at.clone()));
+                }
+            }
+            if seen < 100 || page * 100 >= list.total_count {
+                break;
+            }
+        }
+        for page in 1..=MAX_CHECK_PAGES {
+            let mut url = self.url(&format!("{base}/status"))?;
+            url.query_pairs_mut()
+                .append_pair("per_page", PER_PAGE)
+                .append_pair("page", &page.to_string());
+            let combined: CombinedStatus = self.get(url, JSON_MEDIA_TYPE).await?.json()?;
+            let seen = combined.statuses.len();
+            for status in combined.statuses {
+                record(
+                    &status.context,
+                    CheckState::of_status(&status.state),
+                    crate::ci::utc(status.updated_at),
+                );
+            }
+            if seen < 100 || page * 100 >= combined.total_count {
+                break;
+            }
+        }
+        if checks.sha.is_empty() {
+            checks.sha = sha.to_string();
+        }
+        Ok(checks)
+    }
+
     /// Finds previewd's comment on the PR: carries the marker and is authored by the bot.
     pub async fn find_sticky_comment(
         &self,
@@ -175,6 +295,15 @@ impl SourceControl for GitHubClient {
         number: u64,
     ) -> Result<ChangedFiles, SourceControlError> {
         Ok(self.list_changed_files(repo, number).await?)
+    }
+
+    async fn commit_checks(
+        &self,
+        repo: &RepoRef,
+        sha: &str,
+        required: &[String],
+    ) -> Result<RecordedChecks, SourceControlError> {
+        Ok(GitHubClient::commit_checks(self, repo, sha, required).await?)
     }
 
     async fn diff(

@@ -6,8 +6,10 @@
 use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
+use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
-    CONDITION_CLAIMED, ClosedPullRequest, FIELD_MANAGER, PreviewEnvironment, PreviewRepository,
+    ANNOTATION_CHECKS, CONDITION_CLAIMED, ClosedPullRequest, FIELD_MANAGER, PreviewEnvironment,
+    PreviewRepository,
 };
 use serde_json::json;
 
@@ -197,6 +199,52 @@ impl EnvironmentStore for KubeStore {
         match api.delete(name, &params).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(err) => Err(map_error(err)),
+        }
+    }
+
+    async fn environments_at(
+        &self,
+        namespace: &str,
+        repository: &str,
+        sha: &str,
+    ) -> Result<Vec<PreviewEnvironment>, StoreError> {
+        let api: Api<PreviewEnvironment> = Api::namespaced(self.client.clone(), namespace);
+        let list = api.list(&ListParams::default()).await.map_err(map_error)?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.spec.repository.eq_ignore_ascii_case(repository) && e.spec.head_sha == sha
+            })
+            .collect())
+    }
+
+    async fn record_checks(
+        &self,
+        namespace: &str,
+        name: &str,
+        checks: &RecordedChecks,
+        resource_version: &str,
+    ) -> Result<(), StoreError> {
+        let api: Api<PreviewEnvironment> = Api::namespaced(self.client.clone(), namespace);
+        let value =
+            serde_json::to_string(checks).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // The resourceVersion makes the merge patch fail with a conflict when another
+        // delivery recorded a check meanwhile; the handler reads again and merges.
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": resource_version,
+                "annotations": { ANNOTATION_CHECKS: value },
+            }
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile: nothing to record.
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(err) => Err(map_error(err)),
         }
     }

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
-    CONDITION_CLAIMED, ClosedPullRequest, PreviewEnvironment, PreviewRepository,
+    ANNOTATION_CHECKS, CONDITION_CLAIMED, ClosedPullRequest, PreviewEnvironment, PreviewRepository,
 };
 
 use crate::claims::ClaimVerdict;
@@ -267,6 +268,55 @@ impl EnvironmentStore for MemoryStore {
             name: name.to_string(),
         });
         Ok(true)
+    }
+
+    async fn environments_at(
+        &self,
+        namespace: &str,
+        repository: &str,
+        sha: &str,
+    ) -> Result<Vec<PreviewEnvironment>, StoreError> {
+        self.check_available()?;
+        Ok(self
+            .lock()
+            .environments
+            .values()
+            .filter(|e| {
+                e.metadata.namespace.as_deref() == Some(namespace)
+                    && e.spec.repository.eq_ignore_ascii_case(repository)
+                    && e.spec.head_sha == sha
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn record_checks(
+        &self,
+        namespace: &str,
+        name: &str,
+        checks: &RecordedChecks,
+        resource_version: &str,
+    ) -> Result<(), StoreError> {
+        self.check_available()?;
+        let value =
+            serde_json::to_string(checks).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let version = self.next_version();
+        let mut state = self.lock();
+        let Some(env) = state
+            .environments
+            .get_mut(&(namespace.to_string(), name.to_string()))
+        else {
+            return Ok(());
+        };
+        if env.metadata.resource_version.as_deref() != Some(resource_version) {
+            return Err(StoreError::Conflict);
+        }
+        env.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_CHECKS.to_string(), value);
+        env.metadata.resource_version = Some(version);
+        Ok(())
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

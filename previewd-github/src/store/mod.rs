@@ -9,6 +9,7 @@ mod kube_store;
 mod memory;
 
 use async_trait::async_trait;
+use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{ClosedPullRequest, PreviewEnvironment, PreviewRepository};
 
 use crate::claims::ClaimVerdict;
@@ -98,6 +99,35 @@ pub trait EnvironmentStore: Send + Sync + 'static {
         name: &str,
         resource_version: &str,
     ) -> Result<bool, StoreError>;
+
+    /// Environments in `namespace` rendered for `repository` (`owner/name`,
+    /// case-insensitive) whose head commit is `sha`.
+    async fn environments_at(
+        &self,
+        namespace: &str,
+        repository: &str,
+        sha: &str,
+    ) -> Result<Vec<PreviewEnvironment>, StoreError> {
+        let _ = (namespace, repository, sha);
+        Err(StoreError::Unavailable(
+            "this store does not record checks".into(),
+        ))
+    }
+
+    /// Writes `checks` into the environment's `previewd.io/checks` annotation if it still
+    /// has `resource_version` (else [`StoreError::Conflict`]).
+    async fn record_checks(
+        &self,
+        namespace: &str,
+        name: &str,
+        checks: &RecordedChecks,
+        resource_version: &str,
+    ) -> Result<(), StoreError> {
+        let _ = (namespace, name, checks, resource_version);
+        Err(StoreError::Unavailable(
+            "this store does not record checks".into(),
+        ))
+    }
 
     /// The store can serve requests (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError> {

@@ -109,6 +109,10 @@ pub struct State {
     pub in_flight_mutations: usize,
     pub max_in_flight_mutations: usize,
     pub rate_limit_remaining: u64,
+    /// Check runs (as GitHub lists them, with `head_sha`), for `GET .../check-runs`.
+    pub check_runs: Vec<Value>,
+    /// Check suites (with `head_sha`), for `GET .../check-suites`.
+    pub check_suites: Vec<Value>,
 }
 
 pub struct FakeGitHub {
@@ -441,6 +445,50 @@ fn route(
             let count = state.pr_files.get(&number).copied().unwrap_or(0).min(3000);
             let items = (0..count).map(|i| file_entry(number, i)).collect();
             paginate(&state, path, query, items)
+        }
+        ("GET", ["repos", _, _, "commits", sha, "check-runs"]) => {
+            let runs: Vec<Value> = state
+                .check_runs
+                .iter()
+                .filter(|r| r["head_sha"] == *sha)
+                .cloned()
+                .collect();
+            answer(200, json!({"total_count": runs.len(), "check_runs": runs}))
+        }
+        ("GET", ["repos", _, _, "commits", sha, "check-suites"]) => {
+            let suites: Vec<Value> = state
+                .check_suites
+                .iter()
+                .filter(|r| r["head_sha"] == *sha)
+                .cloned()
+                .collect();
+            answer(
+                200,
+                json!({"total_count": suites.len(), "check_suites": suites}),
+            )
+        }
+        ("GET", ["repos", _, _, "commits", sha, "status"]) => {
+            // The latest status of each context, newest first, as GitHub combines them.
+            let mut latest: Vec<Value> = Vec::new();
+            for (s, body) in state.commit_statuses.iter().rev() {
+                if s == sha && !latest.iter().any(|l| l["context"] == body["context"]) {
+                    latest.push(body.clone());
+                }
+            }
+            let combined = if latest
+                .iter()
+                .any(|l| l["state"] == "failure" || l["state"] == "error")
+            {
+                "failure"
+            } else if latest.is_empty() || latest.iter().any(|l| l["state"] == "pending") {
+                "pending"
+            } else {
+                "success"
+            };
+            answer(
+                200,
+                json!({"state": combined, "sha": sha, "total_count": latest.len(), "statuses": latest}),
+            )
         }
         ("POST", ["repos", _, _, "statuses", sha]) => {
             state.statuses.push(body.clone());

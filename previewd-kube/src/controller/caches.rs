@@ -23,8 +23,9 @@
 //! were in the cache before or after is reconciled, since deletions during the gap are
 //! not reported one by one.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
@@ -72,7 +73,14 @@ pub struct Caches {
     pub pvcs: Store<PersistentVolumeClaim>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
+    /// Optional kinds (`apiVersion/kind`) the cluster does not serve (yet): their caches
+    /// are empty and ready, and the kind is looked up again every
+    /// [`OPTIONAL_KIND_RECHECK`].
+    pub missing: Arc<RwLock<BTreeSet<String>>>,
 }
+
+/// How often a watch of an optional kind that is not served looks again.
+pub const OPTIONAL_KIND_RECHECK: Duration = Duration::from_secs(30);
 
 enum KindWriter {
     Metadata(Writer<PartialObjectMeta<DynamicObject>>),
@@ -87,7 +95,8 @@ pub struct CacheWriters {
     repositories: Writer<PreviewRepository>,
     source_secrets: Option<(String, Writer<Secret>)>,
     pvcs: Writer<PersistentVolumeClaim>,
-    kinds: Vec<(ApiResource, KindWriter)>,
+    kinds: Vec<(ApiResource, bool, KindWriter)>,
+    missing: Arc<RwLock<BTreeSet<String>>>,
 }
 
 /// Key of a dynamic kind in [`Caches::kinds`].
@@ -107,19 +116,20 @@ impl Caches {
         let pvcs = Writer::default();
         let mut readers = BTreeMap::new();
         let mut writers = Vec::new();
+        let missing = Arc::new(RwLock::new(BTreeSet::new()));
         for k in kinds {
             let key = kind_key(&k.resource.api_version, &k.resource.kind);
             if k.full {
                 let w: Writer<DynamicObject> = Writer::new(k.resource.clone());
                 readers.insert(key, (k.resource.clone(), KindCache::Full(w.as_reader())));
-                writers.push((k.resource.clone(), KindWriter::Full(w)));
+                writers.push((k.resource.clone(), k.optional, KindWriter::Full(w)));
             } else {
                 let w: Writer<PartialObjectMeta<DynamicObject>> = Writer::new(k.resource.clone());
                 readers.insert(
                     key,
                     (k.resource.clone(), KindCache::Metadata(w.as_reader())),
                 );
-                writers.push((k.resource.clone(), KindWriter::Metadata(w)));
+                writers.push((k.resource.clone(), k.optional, KindWriter::Metadata(w)));
             }
         }
         (
@@ -133,6 +143,7 @@ impl Caches {
                     .map(|(ns, w)| (ns.clone(), w.as_reader())),
                 pvcs: pvcs.as_reader(),
                 kinds: readers,
+                missing: missing.clone(),
             },
             CacheWriters {
                 namespaces,
@@ -142,6 +153,7 @@ impl Caches {
                 source_secrets,
                 pvcs,
                 kinds: writers,
+                missing,
             },
         )
     }
@@ -192,6 +204,14 @@ impl Caches {
                     KindCache::Full(s) => s.state().len(),
                 })
                 .sum::<usize>()
+    }
+
+    /// Optional kinds the cluster does not serve now.
+    pub fn missing_kinds(&self) -> BTreeSet<String> {
+        self.missing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the caches hold nothing.
@@ -368,9 +388,15 @@ impl CacheWriters {
             },
             shutdown.clone(),
         ));
-        for (resource, writer) in self.kinds {
+        for (resource, optional, writer) in self.kinds {
+            let served = optional.then(|| Served {
+                client: client.clone(),
+                resource: resource.clone(),
+                missing: self.missing.clone(),
+            });
             match writer {
-                KindWriter::Metadata(w) => tasks.push(spawn_watch(
+                KindWriter::Metadata(w) => tasks.push(spawn_watch_when(
+                    served,
                     resource.kind.clone(),
                     Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource),
                     children.clone(),
@@ -382,7 +408,8 @@ impl CacheWriters {
                     },
                     shutdown.clone(),
                 )),
-                KindWriter::Full(w) => tasks.push(spawn_watch(
+                KindWriter::Full(w) => tasks.push(spawn_watch_when(
+                    served,
                     resource.kind.clone(),
                     Api::<DynamicObject>::all_with(client.clone(), &resource),
                     children.clone(),
@@ -434,6 +461,117 @@ pub fn strip_pod(p: &mut Pod) {
 struct Hooks<K> {
     route: fn(&Triggers, &K),
     strip: fn(&mut K),
+}
+
+/// What an optional kind's watch waits for: the kind served by the API server.
+struct Served {
+    client: Client,
+    resource: ApiResource,
+    missing: Arc<RwLock<BTreeSet<String>>>,
+}
+
+impl Served {
+    /// Whether the API server serves the kind now (discovery of its group version); an
+    /// error other than 404 counts as not served, and is looked up again.
+    async fn now(&self) -> bool {
+        match self
+            .client
+            .list_api_group_resources(&self.resource.api_version)
+            .await
+        {
+            Ok(list) => {
+                let served = list
+                    .resources
+                    .iter()
+                    .any(|r| r.kind == self.resource.kind && r.name == self.resource.plural);
+                // Served but not readable by this operator (its RBAC leaves the kind
+                // out): as good as absent, and a watch would never sync.
+                served && self.readable().await
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => false,
+            Err(e) => {
+                tracing::debug!(kind = %self.resource.kind, error = %e, "could not look the kind up; trying again");
+                false
+            }
+        }
+    }
+
+    async fn readable(&self) -> bool {
+        let api =
+            Api::<PartialObjectMeta<DynamicObject>>::all_with(self.client.clone(), &self.resource);
+        let params = kube::api::ListParams::default()
+            .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+            .limit(1);
+        match api.list_metadata(&params).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(kind = %self.resource.kind, error = %e, "kind served but not listable by the operator");
+                false
+            }
+        }
+    }
+
+    fn mark(&self, missing: bool) {
+        let key = kind_key(&self.resource.api_version, &self.resource.kind);
+        let mut set = self.missing.write().unwrap_or_else(|p| p.into_inner());
+        if missing {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+}
+
+/// [`spawn_watch`], for an optional kind only once the API server serves it: until then
+/// the cache is empty and ready (so it never holds up the controller's start) and the
+/// kind is listed in [`Caches::missing`].
+#[allow(clippy::too_many_arguments)]
+fn spawn_watch_when<K>(
+    served: Option<Served>,
+    kind: String,
+    api: Api<K>,
+    config: watcher::Config,
+    mut writer: Writer<K>,
+    triggers: Triggers,
+    hooks: Hooks<K>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    let Some(served) = served else {
+        return spawn_watch(kind, api, config, writer, triggers, hooks, shutdown);
+    };
+    tokio::spawn(async move {
+        let mut first = true;
+        while !served.now().await {
+            if first {
+                warn!(kind, api_version = %served.resource.api_version, "kind not served (or not readable by the operator); environments that need it are stalled until it is");
+                served.mark(true);
+                writer.apply_watcher_event(&Event::Init);
+                writer.apply_watcher_event(&Event::InitDone);
+                first = false;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(OPTIONAL_KIND_RECHECK) => {}
+            }
+        }
+        served.mark(false);
+        if !first {
+            tracing::info!(kind, "kind now served; watching it");
+            // Environments stalled for want of the kind go on now.
+            if let Some(envs) = triggers.environments.get() {
+                for env in envs.state() {
+                    let _ = triggers
+                        .sender
+                        .unbounded_send(ObjectRef::from_obj(env.as_ref()));
+                }
+            }
+        }
+        let _ = spawn_watch(kind, api, config, writer, triggers, hooks, shutdown).await;
+    })
 }
 
 fn strip_meta<K: Resource>(obj: &mut K) {

@@ -30,6 +30,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use previewd_core::checks::RecordedChecks;
+use previewd_core::source_control::SourceControl;
 use previewd_core::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,7 +73,15 @@ pub struct Context {
     /// The controller's cache of environments (set by [`run`]).
     pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Asked for the required checks of a head commit when the webhook has not reported
+    /// them all (the CI gate's fallback poll); `None` without GitHub credentials.
+    pub checks_source: Option<Arc<dyn SourceControl>>,
+    polled_checks: Mutex<HashMap<String, (RecordedChecks, std::time::Instant)>>,
 }
+
+/// How often the CI gate's fallback poll asks the source-control system about one
+/// environment's head commit.
+pub const CHECKS_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Context {
     /// Creates a context with the system clock and no reporter.
@@ -102,6 +112,8 @@ impl Context {
             writers: Mutex::new(Some(writers)),
             environments: Arc::new(OnceLock::new()),
             failures: Mutex::new(HashMap::new()),
+            checks_source: None,
+            polled_checks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -135,6 +147,36 @@ impl Context {
         );
         self.caches = caches;
         self.writers = Mutex::new(Some(writers));
+    }
+
+    /// Polls `source` for the required checks of head commits the webhook has not
+    /// reported on (every [`CHECKS_POLL_INTERVAL`] per environment while it waits).
+    pub fn with_checks_source(mut self, source: Arc<dyn SourceControl>) -> Self {
+        self.checks_source = Some(source);
+        self
+    }
+
+    /// The last poll of `env`'s head commit, and whether it is due again.
+    pub(crate) fn polled_checks(&self, env: &PreviewEnvironment) -> (Option<RecordedChecks>, bool) {
+        let polled = self.polled_checks.lock().unwrap_or_else(|p| p.into_inner());
+        match polled.get(&backoff_key(env)) {
+            Some((checks, at)) if checks.sha == env.spec.head_sha => {
+                (Some(checks.clone()), at.elapsed() >= CHECKS_POLL_INTERVAL)
+            }
+            _ => (None, true),
+        }
+    }
+
+    /// Remembers a poll of `env`'s head commit.
+    pub(crate) fn remember_checks(&self, env: &PreviewEnvironment, checks: RecordedChecks) {
+        let mut polled = self.polled_checks.lock().unwrap_or_else(|p| p.into_inner());
+        polled.insert(backoff_key(env), (checks, std::time::Instant::now()));
+    }
+
+    /// Forgets polls of an environment that is gone.
+    pub(crate) fn forget_checks(&self, env: &PreviewEnvironment) {
+        let mut polled = self.polled_checks.lock().unwrap_or_else(|p| p.into_inner());
+        polled.remove(&backoff_key(env));
     }
 
     /// Replaces the clock.

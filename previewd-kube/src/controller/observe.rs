@@ -3,26 +3,33 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PartialObjectMeta;
+use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
 use super::caches::{Caches, KindCache};
+use previewd_core::checks::RecordedChecks;
+use previewd_core::source_control::RepoRef;
+
 use crate::advice::Advice;
 use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE};
 use crate::crd::{AiStatus, LABEL_ENV, PreviewEnvironment};
-use crate::plan::Observed;
 use crate::plan::host::{HostClaim, requested_host};
 use crate::plan::namespace::{self, ANNOTATION_OWNER_UID, NamespaceMeta};
 use crate::plan::object::{ChildKey, ObservedChild, fingerprint};
+use crate::plan::{ExternalChild, Observed};
 use crate::strategy::NamespaceView;
 
 /// Reads what the planner needs about `env`.
 pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed {
     let mut observed = Observed::default();
     let deleting = env.metadata.deletion_timestamp.is_some();
+    observed.external = external_children(&ctx.caches, env);
+    observed.missing_kinds = ctx.caches.missing_kinds();
     let names = if deleting {
         vec![namespace::recorded_name(env).unwrap_or_else(|| namespace::primary_name(env))]
     } else {
@@ -60,8 +67,10 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
         }
     }
     if deleting {
+        ctx.forget_checks(env);
         return observed;
     }
+    observed.polled_checks = poll_checks(env, ctx).await;
     let head = env.spec.head_sha.as_str();
     let advised = env.status.as_ref().and_then(|s| s.advised_sha.as_deref());
     if advised != Some(head) {
@@ -87,6 +96,58 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
         observed.host_claims = host_claims(&envs.state(), ctx);
     }
     observed
+}
+
+/// The CI gate's fallback poll: what the source-control system says about the required
+/// checks of the head commit, asked at most every [`super::CHECKS_POLL_INTERVAL`] while
+/// the webhook's reports leave the environment waiting; the last answer otherwise.
+async fn poll_checks(env: &PreviewEnvironment, ctx: &Context) -> Option<RecordedChecks> {
+    let source = ctx.checks_source.as_ref()?;
+    if env.spec.required_checks.is_empty() {
+        return None;
+    }
+    let (last, due) = ctx.polled_checks(env);
+    let waiting = matches!(
+        crate::plan::checks_gate(env, last.as_ref()),
+        previewd_core::checks::Gate::Waiting(_)
+    );
+    // A retry asks again at once: a re-run may have passed without its webhook arriving.
+    let retry = env.annotations().get(crate::crd::ANNOTATION_RETRY);
+    let retrying = retry.is_some() && retry != env.status.as_ref().and_then(|s| s.retry.as_ref());
+    if !retrying && (!waiting || !due) {
+        return last;
+    }
+    let repo = RepoRef::parse(&env.spec.repository)?;
+    let asked = tokio::time::timeout(
+        ctx.config.advice_timeout,
+        source.commit_checks(&repo, &env.spec.head_sha, &env.spec.required_checks),
+    )
+    .await;
+    match asked {
+        Ok(Ok(checks)) => {
+            ctx.remember_checks(env, checks.clone());
+            Some(checks)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(env = %env.name_any(), error = %e, "could not read the checks of the head commit; relying on webhooks");
+            if let Some(last) = &last {
+                ctx.remember_checks(env, last.clone());
+            } else {
+                ctx.remember_checks(
+                    env,
+                    RecordedChecks {
+                        sha: env.spec.head_sha.clone(),
+                        ..RecordedChecks::default()
+                    },
+                );
+            }
+            last
+        }
+        Err(_) => {
+            tracing::warn!(env = %env.name_any(), "reading the checks of the head commit timed out");
+            last
+        }
+    }
 }
 
 /// Hosts claimed by every environment in the cache (the planner skips its own).
@@ -151,6 +212,74 @@ fn child<K: Resource>(obj: &K, fingerprint: Option<String>) -> ObservedChild {
     }
 }
 
+/// The environment's objects outside preview namespaces (Argo CD Applications): labelled
+/// as the environment's and marked with its UID. Labels alone are not enough, since
+/// anybody who can write in that namespace can set them.
+pub(crate) fn external_children(
+    caches: &Caches,
+    env: &PreviewEnvironment,
+) -> BTreeMap<ChildKey, ExternalChild> {
+    let mut found = BTreeMap::new();
+    let Some(uid) = env.uid() else {
+        return found;
+    };
+    let marked = |meta: &kube::api::ObjectMeta| {
+        let labels = meta.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        !meta
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns.starts_with(namespace::NAMESPACE_PREFIX))
+            && label(LABEL_ENV) == Some(env.name_any().as_str())
+            && label(LABEL_ENV_NAMESPACE) == env.namespace().as_deref()
+            && meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_OWNER_UID))
+                == Some(&uid)
+    };
+    for (resource, cache) in caches.kinds.values() {
+        let mut add = |meta: &kube::api::ObjectMeta, object: Option<Arc<DynamicObject>>| {
+            if !marked(meta) {
+                return;
+            }
+            found.insert(
+                ChildKey {
+                    api_version: resource.api_version.clone(),
+                    kind: resource.kind.clone(),
+                    name: meta.name.clone().unwrap_or_default(),
+                },
+                ExternalChild {
+                    namespace: meta.namespace.clone().unwrap_or_default(),
+                    child: ObservedChild {
+                        applied_hash: meta
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(ANNOTATION_APPLIED_HASH))
+                            .cloned(),
+                        deleting: meta.deletion_timestamp.is_some(),
+                        fingerprint: None,
+                    },
+                    object,
+                },
+            );
+        };
+        match cache {
+            KindCache::Metadata(store) => {
+                for o in store.state() {
+                    add(&o.metadata, None);
+                }
+            }
+            KindCache::Full(store) => {
+                for o in store.state() {
+                    add(&o.metadata, Some(o.clone()));
+                }
+            }
+        }
+    }
+    found
+}
+
 /// What the caches hold for `env` in `namespace`.
 pub(crate) fn namespace_view(
     caches: &Caches,
@@ -208,6 +337,13 @@ pub(crate) fn namespace_view(
                     }
                 }
             }
+        }
+    }
+    // The environment's objects in Argo CD's namespace are judged with the rest.
+    for (key, external) in external_children(caches, env) {
+        view.children.insert(key.clone(), external.child);
+        if let Some(object) = external.object {
+            view.objects.insert(key, object);
         }
     }
     view

@@ -108,6 +108,12 @@ pub struct PreviewEnvironmentSpec {
     /// Namespace quota; defaults are cpu 2, memory 4Gi, storage 10Gi, 5 PVCs, 20 pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaSpec>,
+    /// Checks the head commit must pass before it is deployed (check runs, commit status
+    /// contexts or GitHub Apps' check suites, by name); meanwhile the environment waits
+    /// with reason `WaitingForChecks`, and a failed one fails it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(length(min = 1, max = 255)))]
+    pub required_checks: Vec<String>,
 }
 
 /// One service of the environment.
@@ -550,6 +556,10 @@ pub struct PreviewEnvironmentStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The value of the `previewd.io/retry` annotation last acted on: a new value retries
+    /// a Failed environment once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
 }
 
 /// Summary of one test run.

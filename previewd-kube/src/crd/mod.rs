@@ -8,10 +8,12 @@
 //!   a pull request.
 
 mod application;
+mod argocd;
 mod environment;
 mod repository;
 
 pub use application::*;
+pub use argocd::*;
 pub use environment::*;
 pub use repository::*;
 
@@ -44,3 +46,10 @@ pub const ANNOTATION_DELIVERY: &str = "previewd.io/delivery";
 /// Annotation on a `PreviewEnvironment`: last activity (push) time, RFC 3339; renews the TTL
 /// when `autoExtend` is on.
 pub const ANNOTATION_LAST_ACTIVITY: &str = "previewd.io/last-activity";
+/// Annotation on a `PreviewEnvironment`: what is known about the required checks of the
+/// head commit (JSON, `previewd_core::checks::RecordedChecks`), written by the webhook
+/// from `check_run`, `check_suite` and `status` events.
+pub const ANNOTATION_CHECKS: &str = "previewd.io/checks";
+/// Annotation on a `PreviewEnvironment`: set it to a new value to retry a Failed
+/// environment without a new push.
+pub const ANNOTATION_RETRY: &str = "previewd.io/retry";

@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CostBudget, EgressRule, ManifestTemplate, QuotaSpec, SecretReference, TestDataSpec, TestsSpec,
+    ArgoCdSettings, CostBudget, EgressRule, ManifestTemplate, QuotaSpec, SecretReference,
+    TestDataSpec, TestsSpec,
 };
 
 /// Trusted per-repository settings from which pull-request webhooks render
@@ -124,6 +125,16 @@ pub struct PreviewRepositorySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub egress: Vec<EgressRule>,
+    /// Settings of the `argocd` deploy strategy: Argo CD deploys the environment from
+    /// the repository's own manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argocd: Option<ArgoCdSettings>,
+    /// Checks a head commit must pass before it is deployed: names of check runs,
+    /// commit status contexts, or GitHub Apps whose check suite must pass. Empty: deploy
+    /// at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(length(min = 1, max = 255)))]
+    pub required_checks: Vec<String>,
 }
 
 fn default_true() -> bool {

@@ -32,6 +32,7 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::core::ApiResource;
+use previewd_core::checks::{Gate, RecordedChecks, gate};
 use previewd_core::phase::transition;
 use previewd_core::{Observation, Phase, Ttl, tier};
 
@@ -44,8 +45,8 @@ use crate::children::namespace::{
 use crate::controller::ControllerConfig;
 use crate::controller::status::set_condition;
 use crate::crd::{
-    DeployPolicy, FINALIZER, PreviewEnvironment, PreviewEnvironmentStatus, PreviewRepository,
-    condition,
+    ANNOTATION_CHECKS, ANNOTATION_RETRY, DeployPolicy, FINALIZER, PreviewEnvironment,
+    PreviewEnvironmentStatus, PreviewRepository, condition,
 };
 use crate::strategy::{
     DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError,
@@ -54,14 +55,22 @@ use crate::strategy::{
 use health::Health;
 use host::{HostChoice, HostClaim};
 use namespace::{NamespaceChoice, NamespaceMeta};
-use object::{ChildKey, ChildRef, DesiredObject};
+use object::{ChildKey, ChildRef, DesiredObject, ObservedChild};
 
 /// How often a terminating environment looks at its namespace, besides the watch.
 pub const TEARDOWN_POLL: Duration = Duration::from_secs(1);
 
 /// Failure reasons the `Ready` condition can carry.
-pub const FAILURE_REASONS: [&str; 3] =
-    ["ReadinessDeadlineExceeded", "ServiceFailed", "TestsFailed"];
+pub const FAILURE_REASONS: [&str; 4] = [
+    "ReadinessDeadlineExceeded",
+    "ServiceFailed",
+    "TestsFailed",
+    "ChecksFailed",
+];
+
+/// How often an environment waiting for CI checks looks again (besides the webhook's
+/// annotation, which wakes it at once, and the fallback poll of the GitHub API).
+pub const CHECKS_RECHECK: Duration = Duration::from_secs(30);
 
 /// Everything the planner looks at besides the environment itself.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +88,25 @@ pub struct Observed {
     /// Secrets of the operator's secret source namespace that the repository names and
     /// that may be copied, by name.
     pub source_secrets: BTreeMap<String, std::sync::Arc<Secret>>,
+    /// Optional kinds (`apiVersion/kind`) the cluster does not serve.
+    pub missing_kinds: BTreeSet<String>,
+    /// The environment's objects outside preview namespaces (a strategy's
+    /// [`crate::strategy::DeployStrategy::external_namespace`]), marked with its UID.
+    pub external: BTreeMap<ChildKey, ExternalChild>,
+    /// Required checks of the head commit as the source-control system reported them
+    /// to the fallback poll, when it ran (merged with the webhook's annotation).
+    pub polled_checks: Option<RecordedChecks>,
+}
+
+/// An object of the environment outside its namespace.
+#[derive(Clone, Debug, Default)]
+pub struct ExternalChild {
+    /// Its namespace.
+    pub namespace: String,
+    /// What the planner needs to apply or prune it.
+    pub child: ObservedChild,
+    /// The whole object, for kinds watched whole.
+    pub object: Option<std::sync::Arc<kube::api::DynamicObject>>,
 }
 
 /// The planner's inputs.
@@ -302,6 +330,27 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         status.test_data = None;
     }
 
+    // Required CI checks of the head commit, and retries: a new value of the retry
+    // annotation moves a Failed environment back to Provisioning once; so does a failed
+    // check that is no longer failed (re-run on GitHub).
+    let gate = checks_gate(env, input.observed.polled_checks.as_ref());
+    let retry = env.annotations().get(ANNOTATION_RETRY).cloned();
+    let failed_by_checks = original == Phase::Failed && ready_reason(&old) == Some("ChecksFailed");
+    let retried = (retry.is_some() && retry != old.retry)
+        || (failed_by_checks && !matches!(gate, Gate::Failed(_)));
+    let mut retrying = false;
+    if phase == Phase::Failed
+        && retried
+        && let Ok(t) = transition(phase, &Observation::RetryRequested)
+    {
+        phase = t.next;
+        retrying = true;
+        status.provisioning_since = Some(Time(now));
+        status.ready_at = None;
+    }
+    status.retry = retry;
+    let holding = !matches!(gate, Gate::Open);
+
     // Advice once per head commit: which services, what the AI engine decided.
     if let Some(advice) = &input.observed.advice
         && status.advised_sha.as_deref() != Some(env.spec.head_sha.as_str())
@@ -394,13 +443,46 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
     };
     let labels = crate::children::common_labels(env);
-    let app = match strategy
-        .desired(&render)
-        .and_then(|objects| scoped(objects, &ns_name, &labels))
-    {
+    let external_namespace = strategy.external_namespace(&render);
+    let app = match strategy.desired(&render).and_then(|objects| {
+        scoped_app(
+            objects,
+            &ns_name,
+            external_namespace.as_deref(),
+            env,
+            &labels,
+        )
+    }) {
         Ok(app) => app,
         Err(e) => return stall(input, old, status, finalizer, &e.reason, &e.message),
     };
+    // A strategy whose kinds this cluster does not serve (Argo CD not installed) cannot
+    // work: say so at once instead of waiting for the readiness deadline.
+    if let Some(kind) = strategy.watched_kinds().into_iter().find(|k| {
+        k.optional
+            && input
+                .observed
+                .missing_kinds
+                .contains(&crate::controller::caches::kind_key(
+                    &k.resource.api_version,
+                    &k.resource.kind,
+                ))
+    }) {
+        return stall(
+            input,
+            old,
+            status,
+            finalizer,
+            "StrategyUnavailable",
+            &format!(
+                "deploy strategy {} needs {} {} ({}), which this cluster does not serve; install its CRDs (the operator notices within 30 s)",
+                strategy.name(),
+                kind.resource.kind,
+                kind.resource.api_version,
+                kind.resource.plural
+            ),
+        );
+    }
     let empty = NamespaceView::default();
     let view = input.observed.views.get(&ns_name).unwrap_or(&empty);
     let ns_meta = input.observed.namespaces.get(&ns_name);
@@ -479,9 +561,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut held: Vec<ChildKey> = Vec::new();
     if !waiting_for_namespace {
         desired.extend(base);
-        let (now_, later) = open_waves(app, strategy.as_ref(), view, ns_meta);
-        desired.extend(now_);
-        held = later;
+        // Waiting for (or failed by) CI: the application stays as it is (applied
+        // objects are neither changed nor pruned).
+        if holding {
+            held = app.iter().map(DesiredObject::key).collect();
+        } else {
+            let (now_, later) = open_waves(app, strategy.as_ref(), view, ns_meta);
+            desired.extend(now_);
+            held = later;
+        }
     }
 
     // Phase: namespace first, then services, then stages.
@@ -500,10 +588,24 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Health::Progressing(format!(
             "waiting for the previous namespace {ns_name} to finish terminating"
         ))
+    } else if holding {
+        Health::Progressing(String::new())
     } else {
         strategy.health(&render, view, &applying)
     };
     let (observation, message, services_deployed) = match health {
+        _ if !waiting_for_namespace && let Gate::Failed(check) = &gate => (
+            Observation::ChecksFailed {
+                check: check.clone(),
+            },
+            format!("build failed: {check}"),
+            false,
+        ),
+        _ if !waiting_for_namespace && let Gate::Waiting(names) = &gate => (
+            Observation::ChecksPending,
+            format!("waiting for checks: {}", names.join(", ")),
+            false,
+        ),
         Health::Available(message) => (Observation::ServicesAvailable, message, true),
         Health::Failed(message) => (
             Observation::ServiceFailed {
@@ -523,7 +625,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Health::Progressing(message) => (Observation::ServicesProgressing, message, false),
     };
     let mut next = phase;
-    let mut reason = if phase != original {
+    let mut reason = if retrying {
+        "RetryRequested"
+    } else if phase != original {
         "SpecChanged"
     } else {
         "Pending"
@@ -643,7 +747,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     // The namespace first, then by wave, keeping the strategy's order within a wave.
     desired.sort_by_key(|d| (d.resource.kind != "Namespace", d.wave));
     plan.apply = desired;
-    if !waiting_for_namespace {
+    if !waiting_for_namespace && !holding {
         plan.delete = view
             .children
             .iter()
@@ -652,9 +756,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             })
             .filter_map(|(key, _)| {
                 let resource = resource_of(key, input)?;
+                let namespace = match input.observed.external.get(key) {
+                    Some(external) => external.namespace.clone(),
+                    None => ns_name.clone(),
+                };
                 Some(ChildRef {
                     resource,
-                    namespace: Some(ns_name.clone()),
+                    namespace: Some(namespace),
                     name: key.name.clone(),
                 })
             })
@@ -662,7 +770,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.delete.extend(dropped_copies);
     }
 
-    if status.provisioning_since.is_none() {
+    if holding && next == Phase::Pending {
+        // The readiness deadline starts when the checks passed.
+        status.provisioning_since = None;
+    } else if status.provisioning_since.is_none() {
         status.provisioning_since = Some(Time(now));
     }
     if next == Phase::Ready && !phase.is_serving() {
@@ -687,6 +798,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     // Conditions.
     let serving = next.is_serving();
     let failed = next == Phase::Failed;
+    let waiting_for_checks = holding && next == Phase::Pending;
     set_condition(
         &mut status.conditions,
         condition::NAMESPACE_READY,
@@ -708,6 +820,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             "ServicesAvailable"
         } else if failed {
             "ServicesFailed"
+        } else if waiting_for_checks {
+            "WaitingForChecks"
         } else {
             "ServicesProgressing"
         },
@@ -735,6 +849,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             "Ready"
         } else if failed {
             failure_reason
+        } else if waiting_for_checks {
+            "WaitingForChecks"
         } else {
             "Provisioning"
         },
@@ -756,6 +872,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         },
         if next == Phase::Testing {
             "running post-ready stages"
+        } else if waiting_for_checks {
+            "waiting for CI checks"
         } else if reconciling {
             "rolling out services"
         } else {
@@ -829,7 +947,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .unwrap_or(Duration::ZERO)
         + Duration::from_millis(5);
     let mut wait = input.config.resync_interval.min(until_expiry);
-    if matches!(next, Phase::Provisioning | Phase::Pending | Phase::Testing) {
+    if waiting_for_checks {
+        wait = wait.min(CHECKS_RECHECK);
+    } else if matches!(next, Phase::Provisioning | Phase::Pending | Phase::Testing) {
         wait = wait.min(input.config.poll_interval);
     }
     plan.requeue_after = Some(wait);
@@ -896,6 +1016,36 @@ fn first_duplicate<'a>(objects: impl Iterator<Item = &'a DesiredObject>) -> Opti
     objects
         .map(DesiredObject::key)
         .find(|k| !seen.insert(k.clone()))
+}
+
+/// [`scoped`] for a strategy's objects, which may also go to its external namespace
+/// (never a preview namespace), marked with the environment's UID.
+fn scoped_app(
+    objects: Vec<DesiredObject>,
+    namespace: &str,
+    external: Option<&str>,
+    env: &PreviewEnvironment,
+    labels: &BTreeMap<String, String>,
+) -> Result<Vec<DesiredObject>, StrategyError> {
+    let external = external.filter(|ext| {
+        *ext != namespace && !ext.starts_with(namespace::NAMESPACE_PREFIX) && !ext.is_empty()
+    });
+    let (outside, inside): (Vec<DesiredObject>, Vec<DesiredObject>) = objects
+        .into_iter()
+        .partition(|o| external.is_some() && o.namespace.as_deref() == external);
+    let mut scoped_objects = scoped(inside, namespace, labels)?;
+    if !outside.is_empty() {
+        let uid = env.uid().ok_or_else(|| StrategyError {
+            reason: "RenderFailed".into(),
+            message: "the environment has no UID yet".into(),
+        })?;
+        scoped_objects.extend(
+            outside
+                .iter()
+                .map(|o| o.marked_external(labels, namespace::ANNOTATION_OWNER_UID, &uid)),
+        );
+    }
+    Ok(scoped_objects)
 }
 
 /// The keys whose desired state differs from what the caches hold: missing, applied with
@@ -1078,6 +1228,71 @@ fn plan_teardown(input: &PlanInput<'_>) -> Plan {
         plan.report = Some(Report::Changed);
     }
 
+    // Objects outside the namespace (Argo CD Applications) go first, and are waited for:
+    // their finalizers delete what they deployed into the namespace, which must still
+    // exist then.
+    if !input.observed.external.is_empty() {
+        for (key, external) in &input.observed.external {
+            if external.child.deleting {
+                continue;
+            }
+            if let Some(resource) = resource_of(key, input) {
+                plan.delete.push(ChildRef {
+                    resource,
+                    namespace: Some(external.namespace.clone()),
+                    name: key.name.clone(),
+                });
+            }
+        }
+        let names: Vec<String> = input
+            .observed
+            .external
+            .iter()
+            .map(|(k, e)| format!("{} {}/{}", k.kind, e.namespace, k.name))
+            .collect();
+        let waited = status
+            .deleted_at
+            .as_ref()
+            .map(|t| now.duration_since(t.0))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        let overdue = waited >= input.config.readiness_timeout;
+        let message = if overdue {
+            format!(
+                "{} still not gone after {}; is its controller running? The namespace is deleted once they are",
+                names.join(", "),
+                humanize(input.config.readiness_timeout)
+            )
+        } else {
+            format!("deleting {} before the namespace", names.join(", "))
+        };
+        set_condition(
+            &mut status.conditions,
+            condition::RECONCILING,
+            true,
+            "Terminating",
+            &message,
+            generation,
+            now,
+        );
+        set_condition(
+            &mut status.conditions,
+            condition::STALLED,
+            overdue,
+            if overdue {
+                "ExternalObjectsRemain"
+            } else {
+                "NotStalled"
+            },
+            if overdue { message.as_str() } else { "" },
+            generation,
+            now,
+        );
+        plan.status = status;
+        plan.requeue_after = Some(TEARDOWN_POLL);
+        return plan;
+    }
+
     let ns_name = namespace::recorded_name(env).unwrap_or_else(|| namespace::primary_name(env));
     if let Some(ns) = input.observed.namespaces.get(&ns_name)
         && namespace::is_owned(env, &ns_name, ns)
@@ -1173,6 +1388,33 @@ fn stall(
     }
     plan.requeue_after = Some(input.config.resync_interval);
     plan
+}
+
+/// The verdict on the head commit's required checks: the webhook's annotation merged
+/// with the fallback poll's answer.
+pub fn checks_gate(env: &PreviewEnvironment, polled: Option<&RecordedChecks>) -> Gate {
+    if env.spec.required_checks.is_empty() {
+        return Gate::Open;
+    }
+    let recorded: RecordedChecks = env
+        .annotations()
+        .get(ANNOTATION_CHECKS)
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default();
+    let recorded = match polled {
+        Some(p) => recorded.merged(p),
+        None => recorded,
+    };
+    gate(&env.spec.required_checks, &env.spec.head_sha, &recorded)
+}
+
+/// The reason of the `Ready` condition recorded in `status`.
+fn ready_reason(status: &PreviewEnvironmentStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.reason.as_str())
 }
 
 /// The reason of a failure: the observation that caused it, or, on later reconciles of

@@ -166,6 +166,36 @@ impl DesiredObject {
         Ok(DesiredObject::from_value(self.resource.clone(), value).in_wave(self.wave))
     }
 
+    /// The object kept in its own namespace (a strategy's external namespace, e.g. Argo
+    /// CD's) with `labels` added and the environment's UID in `owner_annotation`: the
+    /// mark without which previewd never prunes or deletes an object there.
+    pub fn marked_external(
+        &self,
+        labels: &BTreeMap<String, String>,
+        owner_annotation: &str,
+        owner_uid: &str,
+    ) -> DesiredObject {
+        let mut value = self.object.clone();
+        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.remove(ANNOTATION_APPLIED_HASH);
+                a.insert(owner_annotation.into(), owner_uid.into());
+            }
+            let existing = meta
+                .entry("labels")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if let Some(l) = existing.as_object_mut() {
+                for (k, v) in labels {
+                    l.insert(k.clone(), v.clone().into());
+                }
+            }
+        }
+        DesiredObject::from_value(self.resource.clone(), value).in_wave(self.wave)
+    }
+
     /// Its key.
     pub fn key(&self) -> ChildKey {
         ChildKey {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod stages;
+mod gate;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -14,6 +14,7 @@
 //! [`WatchedKind`]s, so that the controller watches it (a change or deletion wakes the
 //! environment within seconds) and prunes it when it is no longer desired.
 
+mod argocd;
 mod catalogue;
 pub mod jobs;
 pub mod manifests;
@@ -29,6 +30,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 use kube::core::ApiResource;
 
+pub use argocd::{
+    ARGOCD_ERROR_CONDITIONS, ARGOCD_RESOURCES_FINALIZER, ArgoCdStrategy, PlannedApplication,
+    application_health, application_name, application_resource, desired_application,
+    planned_applications, split_image,
+};
 pub use catalogue::CatalogueStrategy;
 pub use jobs::StageJobSettings;
 pub use manifests::ManifestsStrategy;
@@ -48,6 +54,11 @@ pub struct WatchedKind {
     /// Keep whole objects (needed to judge health from their status); otherwise only
     /// metadata is cached.
     pub full: bool,
+    /// The kind may not be served (a custom resource of another product, e.g. Argo CD's
+    /// Application): the controller looks it up at start and every 30 s, watches it only
+    /// once it is served, and meanwhile stalls the environments whose strategy needs it
+    /// instead of blocking every other one.
+    pub optional: bool,
 }
 
 impl WatchedKind {
@@ -56,6 +67,7 @@ impl WatchedKind {
         WatchedKind {
             resource: ApiResource::erase::<K>(&()),
             full: false,
+            optional: false,
         }
     }
 
@@ -64,6 +76,7 @@ impl WatchedKind {
         WatchedKind {
             resource: ApiResource::erase::<K>(&()),
             full: true,
+            optional: false,
         }
     }
 }
@@ -219,6 +232,15 @@ pub trait DeployStrategy: Send + Sync {
 
     /// Kinds this strategy creates.
     fn watched_kinds(&self) -> Vec<WatchedKind>;
+
+    /// The one namespace besides the environment's own this strategy may write to (Argo
+    /// CD's, where Applications live), or `None` (the default: only the environment's
+    /// namespace). Objects there carry the environment's labels and its UID
+    /// (`previewd.io/owner-uid`); only objects with that UID are ever pruned, and they
+    /// are deleted, and waited for, before the namespace on teardown.
+    fn external_namespace(&self, _input: &RenderInput<'_>) -> Option<String> {
+        None
+    }
 
     /// The objects the application needs. An error stalls the environment with its
     /// reason and writes nothing.

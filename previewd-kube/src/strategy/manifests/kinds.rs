@@ -127,6 +127,7 @@ impl ManifestKinds {
             .map(|k| WatchedKind {
                 resource: k.resource.clone(),
                 full: k.full,
+                optional: false,
             })
             .collect()
     }

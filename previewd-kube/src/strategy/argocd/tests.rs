@@ -1,0 +1,384 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+
+use super::*;
+use crate::crd::ArgoCdHelm;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const OLD: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+fn settings(path: &str, tool: ArgoCdTool) -> ArgoCdSettings {
+    serde_json::from_value(json!({
+        "repoURL": "https://github.com/acme/shop.git",
+        "path": path,
+        "tool": tool,
+    }))
+    .unwrap()
+}
+
+fn services() -> Vec<ServiceSpec> {
+    serde_json::from_value(json!([
+        {"name": "api", "image": "ghcr.io/acme/api:pr-7"},
+        {"name": "web", "image": "registry.local:5000/acme/web@sha256:abcd"}
+    ]))
+    .unwrap()
+}
+
+fn resource() -> ApiResource {
+    application_resource("argoproj.io", "v1alpha1")
+}
+
+#[test]
+fn settings_default_to_the_argocd_namespace_and_project() {
+    let s = settings("deploy/{service}", ArgoCdTool::Kustomize);
+    assert_eq!(s.namespace, "argocd");
+    assert_eq!(s.project, "default");
+    assert_eq!(s.destination_server, "https://kubernetes.default.svc");
+    assert_eq!(s.target_revision, None);
+}
+
+#[test]
+fn images_split_into_repository_and_tag() {
+    assert_eq!(
+        split_image("ghcr.io/acme/api:pr-7"),
+        ("ghcr.io/acme/api", "pr-7")
+    );
+    assert_eq!(
+        split_image("registry.local:5000/acme/web"),
+        ("registry.local:5000/acme/web", "latest")
+    );
+    assert_eq!(
+        split_image("registry.local:5000/web:1.2"),
+        ("registry.local:5000/web", "1.2")
+    );
+    assert_eq!(split_image("web@sha256:abcd"), ("web", "sha256:abcd"));
+}
+
+#[test]
+fn names_derive_from_the_namespace_and_stay_label_sized() {
+    assert_eq!(
+        application_name("preview-7-feature", Some("api")),
+        "preview-7-feature-api"
+    );
+    assert_eq!(
+        application_name("preview-7-feature", None),
+        "preview-7-feature"
+    );
+    let long_ns = format!("preview-7-{}", "x".repeat(53));
+    let a = application_name(&long_ns, Some("api"));
+    let b = application_name(&long_ns, Some("web"));
+    assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+    assert_ne!(a, b);
+    assert!(previewd_core::naming::is_dns1123_label(&a));
+}
+
+#[test]
+fn one_application_per_service_with_kustomize_images_at_the_head_commit() {
+    let s = settings("deploy/{service}/overlays/preview", ArgoCdTool::Kustomize);
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    assert_eq!(planned.len(), 2);
+    let d = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(d.name, "preview-7-feature-api");
+    assert_eq!(d.namespace.as_deref(), Some("argocd"));
+    let o = &d.object;
+    assert_eq!(o["apiVersion"], "argoproj.io/v1alpha1");
+    assert_eq!(o["kind"], "Application");
+    assert_eq!(
+        o["metadata"]["finalizers"],
+        json!([ARGOCD_RESOURCES_FINALIZER])
+    );
+    assert_eq!(o["spec"]["project"], "default");
+    assert_eq!(
+        o["spec"]["source"]["repoURL"],
+        "https://github.com/acme/shop.git"
+    );
+    assert_eq!(o["spec"]["source"]["path"], "deploy/api/overlays/preview");
+    assert_eq!(o["spec"]["source"]["targetRevision"], SHA);
+    assert_eq!(
+        o["spec"]["source"]["kustomize"]["images"],
+        json!(["ghcr.io/acme/api=ghcr.io/acme/api:pr-7"])
+    );
+    assert_eq!(
+        o["spec"]["destination"],
+        json!({"server": "https://kubernetes.default.svc", "namespace": "preview-7-feature"})
+    );
+    assert_eq!(
+        o["spec"]["syncPolicy"]["automated"],
+        json!({"prune": true, "selfHeal": true})
+    );
+    // A new head commit is a new desired state.
+    let newer = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        OLD,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert_ne!(newer.hash, d.hash);
+    assert_eq!(newer.object["spec"]["source"]["targetRevision"], OLD);
+}
+
+#[test]
+fn one_application_for_the_environment_with_helm_parameters_per_service() {
+    let mut s = settings("charts/shop", ArgoCdTool::Helm);
+    s.helm = Some(ArgoCdHelm {
+        value_files: vec!["values-preview.yaml".into()],
+        image_repository_parameter: "{service}.image.repository".into(),
+        image_tag_parameter: "{service}.image.tag".into(),
+    });
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    assert_eq!(
+        planned,
+        vec![PlannedApplication {
+            name: "preview-7-feature".into(),
+            service: None
+        }]
+    );
+    let d = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    let helm = &d.object["spec"]["source"]["helm"];
+    assert_eq!(helm["valueFiles"], json!(["values-preview.yaml"]));
+    assert_eq!(
+        helm["parameters"],
+        json!([
+            {"name": "api.image.repository", "value": "ghcr.io/acme/api", "forceString": true},
+            {"name": "api.image.tag", "value": "pr-7", "forceString": true},
+            {"name": "web.image.repository", "value": "registry.local:5000/acme/web", "forceString": true},
+            {"name": "web.image.tag", "value": "sha256:abcd", "forceString": true},
+        ])
+    );
+    assert!(d.object["spec"]["source"].get("kustomize").is_none());
+}
+
+#[test]
+fn helm_parameters_shared_by_several_services_are_refused() {
+    let s = settings("charts/shop", ArgoCdTool::Helm);
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    let e = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.reason, "ArgoCdSettingsInvalid");
+    assert!(e.message.contains("{service}"), "{}", e.message);
+    // One Application per service may use plain names.
+    let s = settings("charts/{service}", ArgoCdTool::Helm);
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    let d = desired_application(
+        &resource(),
+        &s,
+        &planned[1],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        d.object["spec"]["source"]["helm"]["parameters"][0]["name"],
+        "image.repository"
+    );
+}
+
+#[test]
+fn a_pinned_revision_replaces_the_head_commit() {
+    let mut s = settings("deploy/{service}", ArgoCdTool::Kustomize);
+    s.target_revision = Some("main".into());
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    let d = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(d.object["spec"]["source"]["targetRevision"], "main");
+}
+
+fn app(status: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"name": "a"}, "status": status})
+}
+
+fn available(h: &Health) -> bool {
+    matches!(h, Health::Available(_))
+}
+
+#[test]
+fn synced_and_healthy_at_the_head_commit_is_available() {
+    let ok = app(json!({
+        "sync": {"status": "Synced", "revision": SHA},
+        "health": {"status": "Healthy"},
+        "operationState": {"phase": "Succeeded", "syncResult": {"revision": SHA}}
+    }));
+    assert!(available(&application_health("a", &ok, Some(SHA))));
+    // No operation recorded yet is fine too.
+    let no_op = app(json!({
+        "sync": {"status": "Synced", "revision": SHA},
+        "health": {"status": "Healthy"}
+    }));
+    assert!(available(&application_health("a", &no_op, Some(SHA))));
+    // A pinned revision is not compared.
+    assert!(available(&application_health("a", &no_op, None)));
+}
+
+#[test]
+fn anything_short_of_that_is_progressing() {
+    let cases = [
+        json!(null),
+        json!({"sync": {"status": "OutOfSync", "revision": OLD}, "health": {"status": "Healthy"}}),
+        json!({"sync": {"status": "Synced", "revision": OLD}, "health": {"status": "Healthy"}}),
+        json!({"sync": {"status": "Synced", "revision": SHA}, "health": {"status": "Progressing", "message": "1 of 2 replicas"}}),
+        json!({"sync": {"status": "Synced", "revision": SHA}, "health": {"status": "Healthy"},
+               "operationState": {"phase": "Running", "syncResult": {"revision": SHA}}}),
+        // Degraded at the previous commit: the new one may fix it.
+        json!({"sync": {"status": "OutOfSync", "revision": OLD}, "health": {"status": "Degraded"}}),
+        // A failed sync of the previous commit.
+        json!({"sync": {"status": "OutOfSync", "revision": OLD}, "health": {"status": "Healthy"},
+               "operationState": {"phase": "Failed", "message": "old", "syncResult": {"revision": OLD}}}),
+    ];
+    for status in cases {
+        let h = application_health("a", &app(status.clone()), Some(SHA));
+        assert!(matches!(h, Health::Progressing(_)), "{status}: {h:?}");
+    }
+    let h = application_health(
+        "a",
+        &app(
+            json!({"sync": {"status": "Synced", "revision": OLD}, "health": {"status": "Healthy"}}),
+        ),
+        Some(SHA),
+    );
+    assert_eq!(
+        h,
+        Health::Progressing(
+            "Argo CD application a: sync Synced, health Healthy, waiting for revision 0123456"
+                .into()
+        )
+    );
+}
+
+#[test]
+fn degraded_failed_syncs_and_error_conditions_fail_with_argos_message() {
+    let degraded = app(json!({
+        "sync": {"status": "Synced", "revision": SHA},
+        "health": {"status": "Degraded", "message": "Deployment \"api\" exceeded its progress deadline"}
+    }));
+    assert_eq!(
+        application_health("a", &degraded, Some(SHA)),
+        Health::Failed(
+            "Argo CD application a: Degraded: Deployment \"api\" exceeded its progress deadline"
+                .into()
+        )
+    );
+    let sync_failed = app(json!({
+        "sync": {"status": "OutOfSync", "revision": SHA},
+        "health": {"status": "Missing"},
+        "operationState": {"phase": "Failed", "message": "one or more objects failed to apply",
+                           "syncResult": {"revision": SHA}}
+    }));
+    assert_eq!(
+        application_health("a", &sync_failed, Some(SHA)),
+        Health::Failed(
+            "Argo CD application a: sync failed: one or more objects failed to apply".into()
+        )
+    );
+    let error = app(json!({
+        "sync": {"status": "Unknown"},
+        "conditions": [
+            {"type": "OrphanedResourceWarning", "message": "ignored"},
+            {"type": "ComparisonError", "message": "rpc error: path does not exist"}
+        ]
+    }));
+    assert_eq!(
+        application_health("a", &error, Some(SHA)),
+        Health::Failed(
+            "Argo CD application a: ComparisonError: rpc error: path does not exist".into()
+        )
+    );
+}
+
+#[test]
+fn a_retry_requests_one_sync_and_waits_for_it() {
+    let s = settings("deploy/{service}", ArgoCdTool::Kustomize);
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    let plain = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert!(plain.object.get("operation").is_none());
+    let retry = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        Some("1"),
+    )
+    .unwrap();
+    assert_eq!(retry.object["operation"]["sync"]["revision"], SHA);
+    assert_eq!(
+        retry.object["metadata"]["annotations"][ANNOTATION_RETRY],
+        "1"
+    );
+    assert_ne!(retry.hash, plain.hash);
+    let again = desired_application(
+        &resource(),
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        Some("2"),
+    )
+    .unwrap();
+    assert_ne!(
+        again.hash, retry.hash,
+        "each retry value is one new operation"
+    );
+    // While Argo CD has not finished the operation, the old failure does not count.
+    let mut pending = app(json!({
+        "sync": {"status": "OutOfSync", "revision": SHA},
+        "health": {"status": "Degraded"},
+        "operationState": {"phase": "Failed", "message": "old", "syncResult": {"revision": SHA}}
+    }));
+    pending["operation"] = json!({"sync": {"revision": SHA}});
+    assert!(matches!(
+        application_health("a", &pending, Some(SHA)),
+        Health::Progressing(_)
+    ));
+}
