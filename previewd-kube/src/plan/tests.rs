@@ -2,8 +2,8 @@
 //! failure reason, from plain values (no cluster).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod stages;
 mod gate;
+mod stages;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -168,7 +168,13 @@ fn seed_then_tests_pass_to_complete() {
     // Converged: the same caches plan nothing and write the same status.
     world.apply(&e, &plan, true);
     let done = written(&e, &plan);
-    let again = run_with(&done, &world, at(30), Arc::new(CatalogueStrategy), &stages());
+    let again = run_with(
+        &done,
+        &world,
+        at(30),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
     assert_eq!(again.status.tests, done.status.as_ref().unwrap().tests);
     assert_eq!(
         again.status.test_data,
@@ -288,9 +294,21 @@ fn timeouts_crashes_and_bad_summaries_fail_clearly() {
     let mut world = World::empty();
     let (e, job) = testing(&mut world, "5m");
     job_exists(&mut world, &job, at(5), json!([]));
-    let plan = run_with(&e, &world, at(5 + 300 + 59), Arc::new(CatalogueStrategy), &stages());
+    let plan = run_with(
+        &e,
+        &world,
+        at(5 + 300 + 59),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
     assert_eq!(phase(&plan), Phase::Testing);
-    let plan = run_with(&e, &world, at(5 + 360), Arc::new(CatalogueStrategy), &stages());
+    let plan = run_with(
+        &e,
+        &world,
+        at(5 + 360),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
     assert_eq!(phase(&plan), Phase::Failed);
     assert_eq!(
         plan.status.message.as_deref(),
@@ -339,7 +357,13 @@ fn a_new_push_prunes_the_running_job_and_tests_again() {
     job_exists(&mut world, &job, at(5), json!([]));
     let mut pushed = e.clone();
     pushed.spec.head_sha = SHA2.into();
-    let plan = run_with(&pushed, &world, at(10), Arc::new(CatalogueStrategy), &stages());
+    let plan = run_with(
+        &pushed,
+        &world,
+        at(10),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
     assert_eq!(phase(&plan), Phase::Provisioning);
     assert!(
         plan.delete
@@ -357,7 +381,13 @@ fn a_new_push_prunes_the_running_job_and_tests_again() {
         .clear();
     let pushed = written(&pushed, &plan);
     // Services available again: straight to Testing with a Job for the new commit.
-    let plan = run_with(&pushed, &world, at(11), Arc::new(CatalogueStrategy), &stages());
+    let plan = run_with(
+        &pushed,
+        &world,
+        at(11),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
     assert_eq!(phase(&plan), Phase::Testing);
     let new = applied_job(&plan, "tests").metadata.name.unwrap();
     assert!(
@@ -493,7 +523,13 @@ fn the_seed_job_runs_the_operator_image_with_the_spec_and_the_database_secret() 
         name: "shop-db".into(),
         key: "dsn".into(),
     });
-    let plan = run_with(&custom, &world, at(5), Arc::new(CatalogueStrategy), &stages());
+    let plan = run_with(
+        &custom,
+        &world,
+        at(5),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
     let c = applied_job(&plan, "seed")
         .spec
         .unwrap()
