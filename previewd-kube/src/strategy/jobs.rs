@@ -228,6 +228,34 @@ pub fn deadline_seconds(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)
 }
 
+/// The container resources of a stage Job: the environment's tier (`auto` resolved to
+/// the advisor's recommendation).
+pub fn stage_resources(
+    env: &PreviewEnvironment,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    let recommended = env
+        .status
+        .as_ref()
+        .and_then(|s| s.ai.as_ref())
+        .and_then(|ai| ai.recommended_tier);
+    crate::children::workload::tier_resources(
+        env.spec
+            .resources
+            .tier
+            .unwrap_or_default()
+            .resolve(recommended),
+    )
+}
+
+/// A stage's one Job as a desired object.
+pub fn desired_job_object(job: &Job) -> Result<Vec<super::DesiredObject>, super::StrategyError> {
+    let object = super::DesiredObject::from_typed(job).map_err(|e| super::StrategyError {
+        reason: "RenderFailed".into(),
+        message: e.to_string(),
+    })?;
+    Ok(vec![object])
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -19,7 +19,6 @@ use previewd_core::testrun::parse_seed_report;
 
 use super::jobs::{JobState, deadline_seconds, job, job_state, restricted_job, terminated_runner};
 use super::{NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind};
-use crate::children::workload::tier_resources;
 use crate::controller::status::set_condition;
 use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus, TestDataStatus, condition};
 use crate::plan::object::DesiredObject;
@@ -63,14 +62,7 @@ impl SeedStage {
                     }),
                 },
             ]),
-            resources: Some(tier_resources(
-                env.spec.resources.tier.unwrap_or_default().resolve(
-                    env.status
-                        .as_ref()
-                        .and_then(|s| s.ai.as_ref())
-                        .and_then(|ai| ai.recommended_tier),
-                ),
-            )),
+            resources: Some(super::jobs::stage_resources(env)),
             ..Container::default()
         };
         Ok(restricted_job(
@@ -168,12 +160,7 @@ impl Stage for SeedStage {
     }
 
     fn desired(&self, input: &RenderInput<'_>) -> Result<Vec<DesiredObject>, StrategyError> {
-        let job = self.desired_job(input)?;
-        let object = DesiredObject::from_typed(&job).map_err(|e| StrategyError {
-            reason: "RenderFailed".into(),
-            message: e.to_string(),
-        })?;
-        Ok(vec![object])
+        super::jobs::desired_job_object(&self.desired_job(input)?)
     }
 
     fn outcome(&self, input: &RenderInput<'_>, view: &NamespaceView) -> StageOutcome {

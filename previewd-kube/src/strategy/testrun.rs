@@ -32,7 +32,6 @@ use super::jobs::{
 };
 use super::{NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind};
 use crate::children::ingress::urls;
-use crate::children::workload::tier_resources;
 use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus, TestSelector, TestSummary};
 use crate::plan::object::DesiredObject;
 
@@ -148,14 +147,7 @@ impl TestRunStage {
             command: (!spec.command.is_empty()).then(|| spec.command.clone()),
             args: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(vars),
-            resources: Some(tier_resources(
-                env.spec.resources.tier.unwrap_or_default().resolve(
-                    env.status
-                        .as_ref()
-                        .and_then(|s| s.ai.as_ref())
-                        .and_then(|ai| ai.recommended_tier),
-                ),
-            )),
+            resources: Some(super::jobs::stage_resources(env)),
             ..Container::default()
         };
         Ok(restricted_job(
@@ -240,12 +232,7 @@ impl Stage for TestRunStage {
     }
 
     fn desired(&self, input: &RenderInput<'_>) -> Result<Vec<DesiredObject>, StrategyError> {
-        let job = self.desired_job(input)?;
-        let object = DesiredObject::from_typed(&job).map_err(|e| StrategyError {
-            reason: "RenderFailed".into(),
-            message: e.to_string(),
-        })?;
-        Ok(vec![object])
+        super::jobs::desired_job_object(&self.desired_job(input)?)
     }
 
     fn outcome(&self, input: &RenderInput<'_>, view: &NamespaceView) -> StageOutcome {
