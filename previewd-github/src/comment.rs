@@ -56,6 +56,12 @@ pub struct CommentView {
     pub expires_at: Option<Timestamp>,
     /// Status message (why it failed, what it waits for). Untrusted text is escaped.
     pub message: Option<String>,
+    /// Why the environment is asleep, when it is.
+    pub sleeping: Option<String>,
+    /// Deletion is near: the comment warns and says how to extend.
+    pub expiring_soon: bool,
+    /// The answer to the last PR command (escaped).
+    pub command_reply: Option<String>,
 }
 
 impl CommentView {
@@ -84,6 +90,9 @@ impl CommentView {
             cost_to_date: env.actual_to_date.map(|m| m.to_string()),
             expires_at: env.expires_at,
             message: env.message.clone(),
+            sleeping: env.sleeping.clone(),
+            expiring_soon: env.expiring_soon,
+            command_reply: env.command_reply.clone(),
         }
     }
 }
@@ -124,7 +133,23 @@ pub fn render_comment(view: &CommentView) -> String {
     let mut out = String::new();
     let (icon, phase) = phase_badge(view.phase);
     let _ = writeln!(out, "{COMMENT_MARKER}");
-    let _ = writeln!(out, "### {icon} Preview environment: **{phase}**\n");
+    if view.sleeping.is_some() && view.phase.is_some_and(Phase::is_active) {
+        let _ = writeln!(out, "### 💤 Preview environment: **Asleep** ({phase})\n");
+    } else {
+        let _ = writeln!(out, "### {icon} Preview environment: **{phase}**\n");
+    }
+    if view.expiring_soon
+        && let Some(expires) = view.expires_at
+    {
+        let _ = writeln!(
+            out,
+            "> [!WARNING]\n> This environment will be deleted at {} UTC. Comment `/preview extend` (or `/preview extend 4h`) to keep it.\n",
+            expires.strftime("%Y-%m-%d %H:%M")
+        );
+    }
+    if let Some(sleeping) = &view.sleeping {
+        let _ = writeln!(out, "**Asleep:** {}\n", escape(sleeping));
+    }
     if let Some(url) = &view.url {
         let _ = writeln!(out, "**URL:** {}\n", escape(url));
     }
@@ -177,8 +202,13 @@ pub fn render_comment(view: &CommentView) -> String {
             expires.strftime("%Y-%m-%d %H:%M")
         );
     }
-    if let Some(message) = &view.message {
+    if let Some(message) = &view.message
+        && view.sleeping.as_ref() != Some(message)
+    {
         let _ = writeln!(out, "\n> {}", escape(message));
+    }
+    if let Some(reply) = &view.command_reply {
+        let _ = writeln!(out, "\n**Last command:** {}", escape(reply));
     }
     cap_body(&out)
 }

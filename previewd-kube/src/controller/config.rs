@@ -41,6 +41,12 @@ pub struct ControllerConfig {
     pub backoff_max: Duration,
     /// Longest wait for the advisor; past it every service is deployed.
     pub advice_timeout: Duration,
+    /// Idle time after which an environment's workloads are scaled to zero (`None`:
+    /// never for idleness). See [`crate::plan::sleep`] for what counts as activity.
+    pub idle_sleep_after: Option<Duration>,
+    /// How long before deletion the PR comment warns that the environment expires
+    /// (zero: no warning).
+    pub expiry_warning: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -62,6 +68,8 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             advice_timeout: Duration::from_secs(45),
+            idle_sleep_after: Some(Duration::from_secs(2 * 3600)),
+            expiry_warning: Duration::from_secs(3600),
         }
     }
 }

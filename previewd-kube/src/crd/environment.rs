@@ -84,7 +84,7 @@ pub struct PreviewEnvironmentSpec {
     /// Time to live, e.g. `4h`, `30m`, `7d`, `1w`. Default 4h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Ttl>,
-    /// Renew the TTL from the last activity (push) instead of from creation.
+    /// Renew the TTL from the last activity (push or PR command) instead of from creation.
     #[serde(default)]
     pub auto_extend: bool,
     /// Hard cap on the environment's life, counted from creation, that no extension and
@@ -392,7 +392,7 @@ pub struct PreviewEnvironmentStatus {
     )]
     pub advised_sha: Option<String>,
     /// Standard conditions: Ready, Reconciling, Stalled, NamespaceReady, ServicesDeployed,
-    /// TestsCompleted.
+    /// TestsCompleted, Sleeping, ExpiringSoon.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -414,6 +414,12 @@ pub struct PreviewEnvironmentStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Token of the last `/preview redeploy` or `/preview retry` acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_for: Option<String>,
+    /// Id of the PR comment whose command answer was last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_command: Option<String>,
 }
 
 /// Summary of one test run.
@@ -477,4 +483,9 @@ pub mod condition {
     pub const SERVICES_DEPLOYED: &str = "ServicesDeployed";
     /// The test run finished.
     pub const TESTS_COMPLETED: &str = "TestsCompleted";
+    /// Workloads are scaled to zero (idle, on request or over budget); the reason says
+    /// which, the message since when and how to wake it.
+    pub const SLEEPING: &str = "Sleeping";
+    /// The environment will be deleted within the expiry warning time.
+    pub const EXPIRING_SOON: &str = "ExpiringSoon";
 }
