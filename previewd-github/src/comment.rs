@@ -252,6 +252,7 @@ mod tests {
             cost_to_date: Some("$0.50".into()),
             expires_at: Some("2024-05-01T12:30:00Z".parse().unwrap()),
             message: Some("line1\nline2 | x".into()),
+            ..CommentView::default()
         };
         let body = render_comment(&view);
         assert!(body.starts_with(COMMENT_MARKER));
@@ -280,5 +281,41 @@ mod tests {
         assert!(body.ends_with(TRUNCATION_NOTE));
         let bare = cap_body("hello");
         assert_eq!(bare, format!("{COMMENT_MARKER}\nhello"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn the_expiry_warning_sleep_and_command_answer_are_rendered() {
+        let view = CommentView {
+            phase: Some(Phase::Ready),
+            expires_at: Some("2026-05-01T12:30:00Z".parse().unwrap()),
+            expiring_soon: true,
+            sleeping: Some("asleep: no push or command for 2h".into()),
+            command_reply: Some("`/preview sleep` by @alice <b>".into()),
+            ..CommentView::default()
+        };
+        let body = render_comment(&view);
+        assert!(body.contains("**Asleep**"), "{body}");
+        assert!(
+            body.contains("will be deleted at 2026-05-01 12:30 UTC"),
+            "{body}"
+        );
+        assert!(body.contains("/preview extend"));
+        assert!(body.contains("no push or command for 2h"));
+        assert!(
+            body.contains("**Last command:** '/preview sleep' by @alice &lt;b&gt;"),
+            "{body}"
+        );
+        let quiet = render_comment(&CommentView {
+            phase: Some(Phase::Ready),
+            expires_at: Some("2026-05-01T12:30:00Z".parse().unwrap()),
+            ..CommentView::default()
+        });
+        assert!(!quiet.contains("will be deleted") && !quiet.contains("Asleep"));
     }
 }

@@ -72,3 +72,15 @@ pub const ANNOTATION_COMMAND_REPLY: &str = "previewd.io/command-reply";
 /// Field manager of the PR-command writes (separate from [`FIELD_MANAGER`], so that the
 /// webhook's apply of a push neither owns nor removes the command annotations).
 pub const COMMAND_FIELD_MANAGER: &str = "previewd-commands";
+/// Every annotation the PR commands write (under [`COMMAND_FIELD_MANAGER`]).
+pub const COMMAND_ANNOTATIONS: [&str; 9] = [
+    ANNOTATION_SLEEP,
+    ANNOTATION_SLEEP_REQUESTED_AT,
+    ANNOTATION_LAST_COMMAND,
+    ANNOTATION_EXTENDED_UNTIL,
+    ANNOTATION_REDEPLOY,
+    ANNOTATION_RETRY,
+    ANNOTATION_DELETE_REQUESTED,
+    ANNOTATION_COMMAND_IDS,
+    ANNOTATION_COMMAND_REPLY,
+];
