@@ -109,6 +109,8 @@ pub struct State {
     pub in_flight_mutations: usize,
     pub max_in_flight_mutations: usize,
     pub rate_limit_remaining: u64,
+    /// Reactions as `(comment id, content)`, each at most once (as GitHub keeps them).
+    pub reactions: Vec<(u64, String)>,
 }
 
 pub struct FakeGitHub {
@@ -507,6 +509,22 @@ fn route(
                 201,
                 json!({"id": id, "body": text, "user": {"login": user}}),
             )
+        }
+        ("POST", ["repos", _, _, "issues", "comments", id, "reactions"]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let content = body["content"].as_str().unwrap_or("").to_string();
+            let allowed = [
+                "+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes",
+            ];
+            if !allowed.contains(&content.as_str()) {
+                return answer(422, json!({"message": "Validation Failed"}));
+            }
+            let entry = (id, content.clone());
+            if state.reactions.contains(&entry) {
+                return answer(200, json!({"id": id, "content": content}));
+            }
+            state.reactions.push(entry);
+            answer(201, json!({"id": id, "content": content}))
         }
         ("PATCH", ["repos", _, _, "issues", "comments", id]) => {
             let id: u64 = id.parse().unwrap_or(0);
