@@ -143,7 +143,7 @@ pub fn record(
             reaction = Reaction::Confused;
             activity = false;
             if why.is_empty() {
-                format!("{HELP}")
+                HELP.to_string()
             } else {
                 format!("{why}; {HELP}")
             }
