@@ -78,6 +78,22 @@ pub struct EnvironmentView {
     pub budget_exceeded: Option<String>,
     /// When the environment expires.
     pub expires_at: Option<Timestamp>,
+    /// The environment will be deleted soon (within the expiry warning time).
+    pub expiring_soon: bool,
+    /// Why the environment is asleep (workloads scaled to zero), when it is.
+    pub sleeping: Option<String>,
+    /// Since when it is asleep.
+    pub sleeping_since: Option<Timestamp>,
+    /// The answer to the last PR command. Untrusted text (it quotes the command).
+    pub command_reply: Option<String>,
+    /// When the environment was created.
+    pub created_at: Option<Timestamp>,
+    /// When it first became ready for its current head commit.
+    pub ready_at: Option<Timestamp>,
+    /// The last push to the PR.
+    pub last_push: Option<Timestamp>,
+    /// The tier its workloads run at.
+    pub tier: Option<Tier>,
 }
 
 impl EnvironmentView {
@@ -159,6 +175,26 @@ pub trait EnvironmentReporter: Send + Sync {
 
     /// The environment is gone (finalizer released).
     async fn environment_deleted(&self, env: &EnvironmentView);
+}
+
+/// Several reporters, each told about every change in turn (each queues its own work, so
+/// none waits for another).
+#[derive(Default, Clone)]
+pub struct Reporters(pub Vec<std::sync::Arc<dyn EnvironmentReporter>>);
+
+#[async_trait]
+impl EnvironmentReporter for Reporters {
+    async fn environment_changed(&self, env: &EnvironmentView) {
+        for reporter in &self.0 {
+            reporter.environment_changed(env).await;
+        }
+    }
+
+    async fn environment_deleted(&self, env: &EnvironmentView) {
+        for reporter in &self.0 {
+            reporter.environment_deleted(env).await;
+        }
+    }
 }
 
 /// A reporter that reports nothing (no source-control system configured).

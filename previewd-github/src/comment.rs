@@ -60,6 +60,12 @@ pub struct CommentView {
     pub expires_at: Option<Timestamp>,
     /// Status message (why it failed, what it waits for). Untrusted text is escaped.
     pub message: Option<String>,
+    /// Why the environment is asleep, when it is.
+    pub sleeping: Option<String>,
+    /// Deletion is near: the comment warns and says how to extend.
+    pub expiring_soon: bool,
+    /// The answer to the last PR command (escaped).
+    pub command_reply: Option<String>,
 }
 
 impl CommentView {
@@ -90,6 +96,9 @@ impl CommentView {
             budget_exceeded: env.budget_exceeded.clone(),
             expires_at: env.expires_at,
             message: env.message.clone(),
+            sleeping: env.sleeping.clone(),
+            expiring_soon: env.expiring_soon,
+            command_reply: env.command_reply.clone(),
         }
     }
 }
@@ -130,7 +139,23 @@ pub fn render_comment(view: &CommentView) -> String {
     let mut out = String::new();
     let (icon, phase) = phase_badge(view.phase);
     let _ = writeln!(out, "{COMMENT_MARKER}");
-    let _ = writeln!(out, "### {icon} Preview environment: **{phase}**\n");
+    if view.sleeping.is_some() && view.phase.is_some_and(Phase::is_active) {
+        let _ = writeln!(out, "### 💤 Preview environment: **Asleep** ({phase})\n");
+    } else {
+        let _ = writeln!(out, "### {icon} Preview environment: **{phase}**\n");
+    }
+    if view.expiring_soon
+        && let Some(expires) = view.expires_at
+    {
+        let _ = writeln!(
+            out,
+            "> [!WARNING]\n> This environment will be deleted at {} UTC. Comment `/preview extend` (or `/preview extend 4h`) to keep it.\n",
+            expires.strftime("%Y-%m-%d %H:%M")
+        );
+    }
+    if let Some(sleeping) = &view.sleeping {
+        let _ = writeln!(out, "**Asleep:** {}\n", escape(sleeping));
+    }
     if let Some(url) = &view.url {
         let _ = writeln!(out, "**URL:** {}\n", escape(url));
     }
@@ -193,8 +218,13 @@ pub fn render_comment(view: &CommentView) -> String {
             expires.strftime("%Y-%m-%d %H:%M")
         );
     }
-    if let Some(message) = &view.message {
+    if let Some(message) = &view.message
+        && view.sleeping.as_ref() != Some(message)
+    {
         let _ = writeln!(out, "\n> {}", escape(message));
+    }
+    if let Some(reply) = &view.command_reply {
+        let _ = writeln!(out, "\n**Last command:** {}", escape(reply));
     }
     cap_body(&out)
 }
@@ -246,6 +276,7 @@ mod tests {
             ),
             expires_at: Some("2024-05-01T12:30:00Z".parse().unwrap()),
             message: Some("line1\nline2 | x".into()),
+            ..CommentView::default()
         };
         let body = render_comment(&view);
         assert!(body.starts_with(COMMENT_MARKER));
@@ -278,5 +309,41 @@ mod tests {
         assert!(body.ends_with(TRUNCATION_NOTE));
         let bare = cap_body("hello");
         assert_eq!(bare, format!("{COMMENT_MARKER}\nhello"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn the_expiry_warning_sleep_and_command_answer_are_rendered() {
+        let view = CommentView {
+            phase: Some(Phase::Ready),
+            expires_at: Some("2026-05-01T12:30:00Z".parse().unwrap()),
+            expiring_soon: true,
+            sleeping: Some("asleep: no push or command for 2h".into()),
+            command_reply: Some("`/preview sleep` by @alice <b>".into()),
+            ..CommentView::default()
+        };
+        let body = render_comment(&view);
+        assert!(body.contains("**Asleep**"), "{body}");
+        assert!(
+            body.contains("will be deleted at 2026-05-01 12:30 UTC"),
+            "{body}"
+        );
+        assert!(body.contains("/preview extend"));
+        assert!(body.contains("no push or command for 2h"));
+        assert!(
+            body.contains("**Last command:** '/preview sleep' by @alice &lt;b&gt;"),
+            "{body}"
+        );
+        let quiet = render_comment(&CommentView {
+            phase: Some(Phase::Ready),
+            expires_at: Some("2026-05-01T12:30:00Z".parse().unwrap()),
+            ..CommentView::default()
+        });
+        assert!(!quiet.contains("will be deleted") && !quiet.contains("Asleep"));
     }
 }

@@ -255,3 +255,54 @@ pub struct StatusEvent {
     /// Repository.
     pub repository: Repository,
 }
+
+/// An `issue_comment` delivery (comments on pull requests arrive as issue comments).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct IssueCommentEvent {
+    /// `created`, `edited` or `deleted`.
+    pub action: String,
+    /// The issue or pull request commented on.
+    pub issue: Issue,
+    /// The comment.
+    pub comment: IssueComment,
+    /// Repository.
+    pub repository: Repository,
+    /// GitHub App installation that received the event.
+    #[serde(default)]
+    pub installation: Option<Installation>,
+}
+
+/// The issue of an `issue_comment` event.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Issue {
+    /// Issue or PR number.
+    pub number: u64,
+    /// Present (an object of links) when the issue is a pull request.
+    #[serde(default)]
+    pub pull_request: Option<serde_json::Value>,
+}
+
+/// A comment.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct IssueComment {
+    /// Comment id (increases over time).
+    pub id: u64,
+    /// Body (untrusted).
+    #[serde(default)]
+    pub body: String,
+    /// Author.
+    pub user: User,
+    /// The author's association with the repository (`OWNER`, `MEMBER`, ...).
+    #[serde(default)]
+    pub author_association: String,
+}
+
+impl IssueCommentEvent {
+    /// The comment is on a pull request (not a plain issue).
+    pub fn on_pull_request(&self) -> bool {
+        self.issue
+            .pull_request
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+    }
+}

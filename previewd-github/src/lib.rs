@@ -9,11 +9,16 @@
 //!   diffs, commit statuses, deployments and the sticky PR comment, with token or GitHub
 //!   App authentication and GitHub's rate-limit rules.
 //! - [`comment`]: the pure renderer of the sticky comment's body.
+//! - [`command`]: PR commands (`/preview extend`, `sleep`, `wake`, ...): parsing and who
+//!   may run them; the webhook records them on the environment.
 
 pub mod ci;
 #[cfg(feature = "kube")]
 pub mod claims;
 pub mod client;
+pub mod command;
+#[cfg(feature = "kube")]
+pub mod command_record;
 pub mod comment;
 #[cfg(feature = "kube")]
 pub mod decision;

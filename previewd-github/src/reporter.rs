@@ -112,8 +112,22 @@ pub fn plan_report(
             "Preview environment was deleted".to_string(),
         ),
     };
+    let asleep = !deleted && env.sleeping.is_some();
+    let (deployment, text) = if asleep {
+        (
+            DeploymentState::Inactive,
+            "Preview environment is asleep (scaled to zero); push or comment /preview wake"
+                .to_string(),
+        )
+    } else {
+        (deployment, text)
+    };
     let mut view = CommentView::from_environment(env);
     view.phase = Some(phase);
+    if deleted {
+        view.sleeping = None;
+        view.expiring_soon = false;
+    }
     if deleted {
         view.url = None;
         view.service_urls.clear();

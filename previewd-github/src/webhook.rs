@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `Content-Type` is `application/json` or `application/x-www-form-urlencoded` | 415 |
 //! | `X-GitHub-Event` and `X-GitHub-Delivery` present | 400 |
-//! | event is `pull_request` or `ping` (nothing else is read) | 200 `ignored` |
+//! | event is `pull_request`, `issue_comment` or `ping` (nothing else is read) | 200 `ignored` |
 //! | `X-Hub-Signature-256` is `sha256=` and 64 hex digits | 401 |
 //! | declared `Content-Length` within the limit (default 1 MiB) | 413 |
 //! | fewer than [`WebhookConfig::max_in_flight`] bodies being read or handled | 503 `overloaded` |
@@ -65,8 +65,9 @@ use tracing::Instrument;
 
 use crate::ci;
 use crate::claims::{self, ClaimPolicy, ClaimVerdict};
+use crate::command::{self, CommandPolicy, CommandResponder, Reaction};
 use crate::decision::{self, Plan};
-use crate::event::{Envelope, PullRequestEvent};
+use crate::event::{Envelope, IssueCommentEvent, PullRequestEvent};
 use crate::metrics::WebhookMetrics;
 use crate::policy;
 use crate::signature::{self, SIGNATURE_HEADER};
@@ -80,9 +81,17 @@ pub use crate::decision::{ANNOTATION_APPROVED_SHA, ANNOTATION_HEAD_SHA};
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Events whose body is read; every other event is answered `ignored` from its headers.
-pub const HANDLED_EVENTS: &[&str] = &["pull_request", "ping", "check_run", "check_suite", "status"];
+pub const HANDLED_EVENTS: &[&str] = &[
+    "pull_request",
+    "issue_comment",
+    "ping",
+    "check_run",
+    "check_suite",
+    "status",
+];
 
 const LOCK_STRIPES: usize = 64;
+const REACTIONS_IN_FLIGHT: usize = 16;
 const MAX_CONFLICT_RETRIES: usize = 3;
 
 /// Settings of the webhook server.
@@ -107,6 +116,8 @@ pub struct WebhookConfig {
     pub ready_cache_ttl: Duration,
     /// Which namespaces may claim which repositories.
     pub claim_policy: ClaimPolicy,
+    /// Who may run PR commands.
+    pub command_policy: CommandPolicy,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -124,6 +135,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("ready_cache_ttl", &self.ready_cache_ttl)
             .field("claim_policy", &self.claim_policy)
+            .field("command_policy", &self.command_policy)
             .finish()
     }
 }
@@ -143,6 +155,7 @@ impl WebhookConfig {
             max_in_flight: 32,
             ready_cache_ttl: Duration::from_secs(5),
             claim_policy: ClaimPolicy::open(),
+            command_policy: CommandPolicy::default(),
         }
     }
 }
@@ -191,6 +204,10 @@ struct Inner {
     /// Last `/readyz` check of the store: when, and the answer. The lock is held while
     /// checking, so concurrent probes share one API call.
     ready: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Acknowledges PR commands on GitHub, when configured.
+    responder: Option<Arc<dyn CommandResponder>>,
+    /// Bounds the background acknowledgements in flight.
+    reactions: Arc<Semaphore>,
 }
 
 /// Shared state of the webhook handlers. Cheap to clone.
@@ -229,8 +246,39 @@ impl WebhookState {
                 locks,
                 in_flight,
                 ready: Mutex::new(None),
+                responder: None,
+                reactions: Arc::new(Semaphore::new(REACTIONS_IN_FLIGHT)),
             }),
         }
+    }
+
+    /// Acknowledges PR commands with reactions through `responder` (call before serving).
+    pub fn with_responder(mut self, responder: Arc<dyn CommandResponder>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.responder = Some(responder);
+        }
+        self
+    }
+
+    /// Reacts to a comment in the background; dropped when too many are in flight (a
+    /// flood of comments never queues work without bound).
+    fn react(&self, repository: &str, comment_id: u64, reaction: Reaction) {
+        let Some(responder) = self.inner.responder.clone() else {
+            return;
+        };
+        let Ok(permit) = self.inner.reactions.clone().try_acquire_owned() else {
+            tracing::warn!(
+                repository,
+                comment_id,
+                "too many reactions in flight; skipped"
+            );
+            return;
+        };
+        let repository = repository.to_string();
+        tokio::spawn(async move {
+            let _permit = permit;
+            responder.react(&repository, comment_id, reaction).await;
+        });
     }
 
     /// The metrics this state counts into.
@@ -658,6 +706,17 @@ async fn receive(
                 Some(format!("not a {event} payload: {err}")),
             ),
         },
+        "issue_comment" => match serde_json::from_slice::<IssueCommentEvent>(&payload) {
+            Ok(comment) => {
+                facts.number = Some(comment.issue.number);
+                handle_issue_comment(state, &comment).await
+            }
+            Err(err) => DeliveryOutcome::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                Some(format!("not an issue_comment payload: {err}")),
+            ),
+        },
         _ => DeliveryOutcome::new(StatusCode::OK, "ignored", Some("event_not_handled".into())),
     };
     if outcome.is_success() {
@@ -1022,6 +1081,140 @@ async fn attempt(
             accepted("applied", None)
         }
     }
+}
+
+/// Handles an `issue_comment`: a PR command from someone allowed to run it is recorded
+/// on the environment ([`crate::command_record`]) and acknowledged with a reaction; the
+/// controller acts on it and answers on the sticky comment.
+async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -> DeliveryOutcome {
+    let ignored = |why: &str| DeliveryOutcome::new(StatusCode::OK, "ignored", Some(why.into()));
+    if event.action != "created" {
+        return ignored("action_not_handled");
+    }
+    if !event.on_pull_request() {
+        return ignored("not_a_pull_request");
+    }
+    let Some(command) = command::parse(&event.comment.body) else {
+        return ignored("no_command");
+    };
+    let repository = event.repository.full_name.clone();
+    let comment_id = event.comment.id;
+    // Refused before any store call: a flood of comments costs no API requests.
+    if !state
+        .inner
+        .config
+        .command_policy
+        .allows(&event.comment.author_association)
+    {
+        state.react(&repository, comment_id, Reaction::Refused);
+        return DeliveryOutcome::new(
+            StatusCode::OK,
+            "refused",
+            Some(format!(
+                "{} may not run commands (author association {:?})",
+                event.comment.user.login, event.comment.author_association
+            )),
+        );
+    }
+    let candidates = match state
+        .with_timeout(state.inner.store.find_repositories(&repository))
+        .await
+    {
+        Ok(candidates) => candidates,
+        Err(err) => return store_failure(&err),
+    };
+    let resolution = claims::resolve(&repository, candidates, &state.inner.config.claim_policy);
+    let Some(settings) = resolution.bound else {
+        return DeliveryOutcome::new(
+            StatusCode::ACCEPTED,
+            "unknown_repository",
+            Some(format!("no PreviewRepository may claim {repository}")),
+        );
+    };
+    let Some(namespace) = settings.metadata.namespace.clone() else {
+        return DeliveryOutcome::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("PreviewRepository has no namespace".into()),
+        );
+    };
+    let name = render::environment_name(&settings.spec.repository, event.issue.number);
+    let _guard = state.lock_for(&namespace, &name).lock().await;
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let existing = match state
+            .with_timeout(state.inner.store.get_environment(&namespace, &name))
+            .await
+        {
+            Ok(existing) => existing,
+            Err(err) => return store_failure(&err),
+        };
+        let Some(env) = existing else {
+            state.react(&repository, comment_id, Reaction::Refused);
+            return DeliveryOutcome::new(
+                StatusCode::ACCEPTED,
+                "absent",
+                Some("this pull request has no preview environment".into()),
+            );
+        };
+        if env.metadata.deletion_timestamp.is_some() {
+            return DeliveryOutcome::new(
+                StatusCode::ACCEPTED,
+                "deleted",
+                Some("the environment is being deleted".into()),
+            );
+        }
+        if let Some(why) = crate::command_record::fork_refusal(&env, settings.spec.gating.forks) {
+            state.react(&repository, comment_id, Reaction::Refused);
+            return DeliveryOutcome::new(StatusCode::OK, "refused", Some(why.into()));
+        }
+        let (annotations, reaction) = match crate::command_record::record(
+            &env,
+            &command,
+            comment_id,
+            &event.comment.user.login,
+            Timestamp::now(),
+        ) {
+            crate::command_record::Recorded::Duplicate => {
+                return DeliveryOutcome::new(
+                    StatusCode::OK,
+                    "duplicate",
+                    Some("this comment is already recorded".into()),
+                );
+            }
+            crate::command_record::Recorded::Write {
+                annotations,
+                reaction,
+            } => (annotations, reaction),
+        };
+        let Some(rv) = env.metadata.resource_version.clone() else {
+            return store_failure(&StoreError::Unavailable("no resourceVersion".into()));
+        };
+        match state
+            .with_timeout(state.inner.store.apply_command_annotations(
+                &namespace,
+                &name,
+                &annotations,
+                &rv,
+            ))
+            .await
+        {
+            Err(StoreError::Conflict) => continue,
+            Err(err) => return store_failure(&err),
+            Ok(()) => {
+                state.react(&repository, comment_id, reaction);
+                return DeliveryOutcome::new(
+                    StatusCode::ACCEPTED,
+                    "command",
+                    Some(command.verb().to_string()),
+                );
+            }
+        }
+    }
+    DeliveryOutcome::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        Some("the environment kept changing concurrently".into()),
+    )
 }
 
 /// The PR snapshot the renderer needs, from a webhook event.

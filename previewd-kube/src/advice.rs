@@ -8,11 +8,21 @@ pub use previewd_core::environment::{Advice, EnvironmentAdvisor, EnvironmentView
 use kube::ResourceExt;
 use previewd_core::environment::TestResults;
 
-use crate::crd::PreviewEnvironment;
+use crate::crd::{ANNOTATION_COMMAND_REPLY, PreviewEnvironment, condition};
 
 /// The Kubernetes-free view of an environment (spec and status).
 pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
     let status = env.status.clone().unwrap_or_default();
+    let expiring_soon = condition_true(&status, condition::EXPIRING_SOON).is_some();
+    let sleeping = condition_true(&status, condition::SLEEPING)
+        .map(|c| (c.message.clone(), c.last_transition_time.0));
+    let created_at = status
+        .created_at
+        .as_ref()
+        .or(env.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0);
+    let ready_at = status.ready_at.as_ref().map(|t| t.0);
+    let status_ai_tier = status.ai.as_ref().and_then(|ai| ai.recommended_tier);
     EnvironmentView {
         namespace: env.namespace().unwrap_or_default(),
         name: env.name_any(),
@@ -56,5 +66,33 @@ pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
             .find(|c| c.type_ == crate::crd::condition::BUDGET_EXCEEDED && c.status == "True")
             .map(|c| c.message.clone()),
         expires_at: status.expires_at.map(|t| t.0),
+        expiring_soon,
+        sleeping_since: sleeping.as_ref().map(|s| s.1),
+        sleeping: sleeping.map(|s| s.0),
+        command_reply: env
+            .annotations()
+            .get(ANNOTATION_COMMAND_REPLY)
+            .map(|r| r.split_once(' ').map_or("", |(_, text)| text).to_string())
+            .filter(|r| !r.is_empty()),
+        created_at,
+        ready_at,
+        last_push: crate::plan::expiry::last_push(env),
+        tier: Some(
+            env.spec
+                .resources
+                .tier
+                .unwrap_or_default()
+                .resolve(status_ai_tier),
+        ),
     }
+}
+
+fn condition_true<'a>(
+    status: &'a crate::crd::PreviewEnvironmentStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
 }

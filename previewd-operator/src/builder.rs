@@ -198,16 +198,21 @@ impl OperatorBuilder {
         for stage in self.stages {
             ctx = ctx.with_stage(stage);
         }
-        let source_control = github_client(&args, &mut registry)?;
+        let history = crate::run::history_store(&args, &client).await?;
+        let github = github_client(&args, &mut registry)?;
+        let source_control = github
+            .clone()
+            .map(|c| Arc::new(c) as Arc<dyn previewd_core::source_control::SourceControl>);
+        let mut reporters: Vec<Arc<dyn previewd_kube::report::EnvironmentReporter>> = Vec::new();
         match (self.reporter, &source_control) {
-            (Some(reporter), _) => ctx = ctx.with_reporter(reporter),
+            (Some(reporter), _) => reporters.push(reporter),
             (None, Some(scm)) => {
                 let reporter = previewd_github::reporter::GitHubReporter::new(
                     scm.clone(),
                     args.log_url_base.clone(),
                 );
                 reporter.register(&mut registry);
-                ctx = ctx.with_reporter(Arc::new(reporter));
+                reporters.push(Arc::new(reporter));
             }
             (None, None) => {
                 info!("no GitHub credentials configured; environments are not reported to GitHub");
@@ -218,6 +223,12 @@ impl OperatorBuilder {
         if let Some(scm) = &source_control {
             ctx = ctx.with_checks_source(scm.clone());
         }
+        if let Some(store) = &history {
+            reporters.push(Arc::new(previewd_ai::history::HistoryRecorder::spawn(
+                store.clone(),
+            )));
+        }
+        ctx = ctx.with_reporter(Arc::new(previewd_core::environment::Reporters(reporters)));
         let advisor: Arc<dyn EnvironmentAdvisor> = match self.advisor {
             Some(advisor) => advisor,
             None => {
@@ -230,11 +241,15 @@ impl OperatorBuilder {
                             provider = provider.id(),
                             "AI engine enabled with an embedded provider"
                         );
-                        Arc::new(previewd_ai::environment::AiEnvironmentAdvisor::new(
+                        let advisor = previewd_ai::environment::AiEnvironmentAdvisor::new(
                             catalogues,
                             source_control.clone(),
                             Some(provider),
-                        ))
+                        );
+                        Arc::new(match &history {
+                            Some(store) => advisor.with_history(store.clone()),
+                            None => advisor,
+                        })
                     }
                     None => {
                         let ai_config = ai_config(&args, &client).await?;
@@ -250,7 +265,10 @@ impl OperatorBuilder {
                         if let Some(metrics) = advisor.metrics() {
                             metrics.register(&mut registry);
                         }
-                        Arc::new(advisor)
+                        Arc::new(match &history {
+                            Some(store) => advisor.with_history(store.clone()),
+                            None => advisor,
+                        })
                     }
                 }
             }
@@ -263,6 +281,9 @@ impl OperatorBuilder {
                     &args,
                     secret,
                     client.clone(),
+                    github.clone().map(|c| {
+                        Arc::new(c) as Arc<dyn previewd_github::command::CommandResponder>
+                    }),
                     &mut registry,
                     shutdown.clone(),
                 )

@@ -91,6 +91,30 @@ pub struct RunArgs {
     /// How long services may take to become available before the environment fails.
     #[arg(long, env = "PREVIEWD_READINESS_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub readiness_timeout: Duration,
+    /// Idle time after which an environment's workloads are scaled to zero (namespace and
+    /// data kept); idle means no push and no PR command. `0s` turns idle sleep off.
+    #[arg(long, env = "PREVIEWD_IDLE_SLEEP_AFTER", default_value = "2h", value_parser = parse_duration)]
+    pub idle_sleep_after: Duration,
+    /// How long before deletion the PR comment warns that the environment expires
+    /// (`0s`: no warning).
+    #[arg(long, env = "PREVIEWD_EXPIRY_WARNING", default_value = "1h", value_parser = parse_duration)]
+    pub expiry_warning: Duration,
+    /// Comma-separated GitHub author associations allowed to run `/preview` commands.
+    #[arg(
+        long,
+        env = "PREVIEWD_COMMAND_ASSOCIATIONS",
+        default_value = "OWNER,MEMBER,COLLABORATOR"
+    )]
+    pub command_associations: String,
+    /// PostgreSQL URL of the environment history (`postgres://user:pass@host/db`); when
+    /// set, history goes there instead of the ConfigMap.
+    #[arg(long, env = "PREVIEWD_HISTORY_POSTGRES_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub history_postgres_url: Option<SecretString>,
+    /// ConfigMap (`namespace/name`) holding the environment history when no PostgreSQL URL
+    /// is set; default: `previewd-history` in $POD_NAMESPACE, else in --namespace, else in
+    /// `default`. `off` records no history.
+    #[arg(long, env = "PREVIEWD_HISTORY_CONFIG_MAP")]
+    pub history_config_map: Option<String>,
     /// Price of one CPU core for one hour, in dollars.
     #[arg(long, env = "PREVIEWD_CPU_PRICE_PER_HOUR", default_value = "0.04")]
     pub cpu_price_per_hour: String,

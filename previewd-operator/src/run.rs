@@ -130,6 +130,8 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
                 .unwrap_or_else(default_operator_image),
             node_selector: parse_node_selector(&args.job_node_selector)?,
         },
+        idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
+        expiry_warning: args.expiry_warning,
         ..ControllerConfig::default()
     })
 }
@@ -186,10 +188,9 @@ pub async fn ai_config(
 pub fn github_client(
     args: &RunArgs,
     registry: &mut Registry,
-) -> anyhow::Result<Option<Arc<dyn previewd_core::source_control::SourceControl>>> {
+) -> anyhow::Result<Option<previewd_github::GitHubClient>> {
     let metrics = previewd_github::metrics::ClientMetrics::register(registry);
-    Ok(github_rest_client(args, metrics)?
-        .map(|c| Arc::new(c) as Arc<dyn previewd_core::source_control::SourceControl>))
+    github_rest_client(args, metrics)
 }
 
 /// The concrete GitHub REST client, when a token or GitHub App credentials are
@@ -234,6 +235,7 @@ pub(crate) async fn start_webhook(
     args: &RunArgs,
     secret: &SecretString,
     client: Client,
+    responder: Option<Arc<dyn previewd_github::command::CommandResponder>>,
     registry: &mut Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
@@ -248,7 +250,13 @@ pub(crate) async fn start_webhook(
         config.claim_policy = previewd_github::claims::ClaimPolicy::parse(claims)
             .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?;
     }
-    let state = WebhookState::new(config, store, metrics);
+    config.command_policy = previewd_github::command::CommandPolicy {
+        allowed_associations: split_list(&args.command_associations),
+    };
+    let mut state = WebhookState::new(config, store, metrics);
+    if let Some(responder) = responder {
+        state = state.with_responder(responder);
+    }
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
@@ -276,4 +284,50 @@ pub(crate) async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Name of the default history ConfigMap.
+pub const HISTORY_CONFIG_MAP: &str = "previewd-history";
+
+/// The environment history store: PostgreSQL when `--history-postgres-url` is set, else
+/// the ConfigMap of `--history-config-map` (`off`: none).
+pub async fn history_store(
+    args: &RunArgs,
+    client: &Client,
+) -> anyhow::Result<Option<Arc<dyn previewd_ai::history::HistoryStore>>> {
+    use previewd_ai::history::{ConfigMapHistory, PostgresHistory};
+    if let Some(url) = args
+        .history_postgres_url
+        .as_ref()
+        .filter(|u| !u.expose_secret().is_empty())
+    {
+        let store = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            PostgresHistory::connect(url.expose_secret()),
+        )
+        .await
+        .context("connecting to the history database timed out")?
+        .context("connecting to the history database (--history-postgres-url)")?;
+        info!(table = store.table(), "environment history in PostgreSQL");
+        return Ok(Some(Arc::new(store)));
+    }
+    let reference = match args.history_config_map.as_deref().map(str::trim) {
+        Some("off") => return Ok(None),
+        Some(r) if !r.is_empty() => r.to_string(),
+        _ => {
+            let namespace = std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .or_else(|| args.namespace.clone())
+                .unwrap_or_else(|| "default".into());
+            format!("{namespace}/{HISTORY_CONFIG_MAP}")
+        }
+    };
+    let (namespace, name) = reference
+        .split_once('/')
+        .with_context(|| format!("--history-config-map {reference:?} must be namespace/name"))?;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), namespace);
+    info!(configmap = %reference, "environment history in a ConfigMap");
+    Ok(Some(Arc::new(ConfigMapHistory::new(api, name))))
 }

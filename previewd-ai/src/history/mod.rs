@@ -16,6 +16,7 @@
 mod configmap;
 mod memory;
 mod postgres;
+mod recorder;
 
 #[cfg(feature = "kube")]
 pub use configmap::{
@@ -23,6 +24,7 @@ pub use configmap::{
 };
 pub use memory::MemoryHistory;
 pub use postgres::PostgresHistory;
+pub use recorder::{HistoryRecorder, LifeEvent};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -64,6 +66,15 @@ pub struct EnvironmentRecord {
     /// Peak usage, when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_usage: Option<PeakUsage>,
+    /// When it first became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Timestamp>,
+    /// When it fell asleep (workloads scaled to zero), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slept: Vec<Timestamp>,
+    /// Spend over its life, in micro-dollars, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<i64>,
 }
 
 impl EnvironmentRecord {
@@ -78,6 +89,9 @@ impl EnvironmentRecord {
             closed_at: None,
             tier,
             peak_usage: None,
+            ready_at: None,
+            slept: Vec::new(),
+            cost_micros: None,
         }
     }
 

@@ -115,6 +115,9 @@ impl PostgresHistory {
                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                 PRIMARY KEY (repo, pr, opened_at_ms)
             );
+            ALTER TABLE {t} ADD COLUMN IF NOT EXISTS ready_at_ms BIGINT;
+            ALTER TABLE {t} ADD COLUMN IF NOT EXISTS slept_ms BIGINT[] NOT NULL DEFAULT '{{}}';
+            ALTER TABLE {t} ADD COLUMN IF NOT EXISTS cost_micros BIGINT;
             CREATE INDEX IF NOT EXISTS {t}_repo_idx ON {t} (repo, opened_at_ms DESC);
             CREATE INDEX IF NOT EXISTS {t}_author_idx ON {t} (author, opened_at_ms DESC);"
         ))
@@ -125,7 +128,8 @@ impl PostgresHistory {
 
     fn columns() -> &'static str {
         "repo, pr, opened_at_ms, author, pushes_ms, closed_at_ms, tier, \
-         peak_cpu_millicores, peak_memory_bytes, peak_hit_limits"
+         peak_cpu_millicores, peak_memory_bytes, peak_hit_limits, ready_at_ms, slept_ms, \
+         cost_micros"
     }
 
     async fn query(
@@ -169,6 +173,8 @@ fn from_row(row: &Row) -> Result<EnvironmentRecord, HistoryError> {
     let cpu: Option<i64> = row.try_get("peak_cpu_millicores")?;
     let mem: Option<i64> = row.try_get("peak_memory_bytes")?;
     let hit: Option<bool> = row.try_get("peak_hit_limits")?;
+    let ready: Option<i64> = row.try_get("ready_at_ms")?;
+    let slept: Vec<i64> = row.try_get("slept_ms")?;
     let peak_usage = match (cpu, mem, hit) {
         (Some(cpu), Some(mem), Some(hit)) => Some(PeakUsage {
             cpu_millicores: to_u64(cpu)?,
@@ -187,6 +193,9 @@ fn from_row(row: &Row) -> Result<EnvironmentRecord, HistoryError> {
         tier: Tier::from_str(&tier)
             .map_err(|_| HistoryError::Encoding(format!("unknown tier {tier:?}")))?,
         peak_usage,
+        ready_at: ready.map(ts).transpose()?,
+        slept: slept.into_iter().map(ts).collect::<Result<_, _>>()?,
+        cost_micros: row.try_get("cost_micros")?,
     })
 }
 
@@ -195,7 +204,7 @@ impl HistoryStore for PostgresHistory {
     async fn upsert(&self, record: &EnvironmentRecord) -> Result<(), HistoryError> {
         let client = self.client().await?;
         let sql = format!(
-            "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (repo, pr, opened_at_ms) DO UPDATE SET
                author = EXCLUDED.author,
                pushes_ms = EXCLUDED.pushes_ms,
@@ -204,12 +213,17 @@ impl HistoryStore for PostgresHistory {
                peak_cpu_millicores = EXCLUDED.peak_cpu_millicores,
                peak_memory_bytes = EXCLUDED.peak_memory_bytes,
                peak_hit_limits = EXCLUDED.peak_hit_limits,
+               ready_at_ms = EXCLUDED.ready_at_ms,
+               slept_ms = EXCLUDED.slept_ms,
+               cost_micros = EXCLUDED.cost_micros,
                updated_at = now()",
             t = self.table,
             cols = Self::columns()
         );
         let pushes: Vec<i64> = record.pushes.iter().copied().map(ms).collect();
         let closed = record.closed_at.map(ms);
+        let ready = record.ready_at.map(ms);
+        let slept: Vec<i64> = record.slept.iter().copied().map(ms).collect();
         let (cpu, mem, hit) = match record.peak_usage {
             Some(p) => (
                 Some(to_i64(p.cpu_millicores)?),
@@ -232,6 +246,9 @@ impl HistoryStore for PostgresHistory {
                     &cpu,
                     &mem,
                     &hit,
+                    &ready,
+                    &slept,
+                    &record.cost_micros,
                 ],
             )
             .await?;

@@ -439,3 +439,23 @@ impl SourceControl for GitHubClient {
         }
     }
 }
+
+impl GitHubClient {
+    /// Adds a reaction to an issue or pull-request comment
+    /// (`POST /repos/{owner}/{repo}/issues/comments/{id}/reactions`). GitHub answers 200
+    /// when the same reaction exists already, so a retry never adds a second one.
+    pub async fn react_to_comment(
+        &self,
+        repo: &RepoRef,
+        comment_id: u64,
+        reaction: crate::command::Reaction,
+    ) -> Result<(), GitHubError> {
+        let url = self.url(&format!(
+            "{}/issues/comments/{comment_id}/reactions",
+            repo_path(repo)
+        ))?;
+        self.send_json(Method::POST, url, json!({ "content": reaction.content() }))
+            .await?;
+        Ok(())
+    }
+}

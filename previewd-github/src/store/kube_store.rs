@@ -8,8 +8,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions
 use kube::{Client, ResourceExt};
 use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
-    ANNOTATION_CHECKS, CONDITION_CLAIMED, ClosedPullRequest, FIELD_MANAGER, PreviewEnvironment,
-    PreviewRepository,
+    ANNOTATION_CHECKS, COMMAND_FIELD_MANAGER, CONDITION_CLAIMED, ClosedPullRequest, FIELD_MANAGER,
+    PreviewEnvironment, PreviewRepository,
 };
 use serde_json::json;
 
@@ -176,6 +176,31 @@ impl EnvironmentStore for KubeStore {
             Precondition::Absent => None,
         };
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &params, &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(map_error)
+    }
+
+    async fn apply_command_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
+        resource_version: &str,
+    ) -> Result<(), StoreError> {
+        let api: Api<PreviewEnvironment> = Api::namespaced(self.client.clone(), namespace);
+        let body = json!({
+            "apiVersion": "previewd.io/v1alpha1",
+            "kind": "PreviewEnvironment",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "resourceVersion": resource_version,
+                "annotations": annotations,
+            },
+        });
+        let params = PatchParams::apply(COMMAND_FIELD_MANAGER).force();
         api.patch(name, &params, &Patch::Apply(&body))
             .await
             .map(|_| ())

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
-    ANNOTATION_CHECKS, CONDITION_CLAIMED, ClosedPullRequest, PreviewEnvironment, PreviewRepository,
+    ANNOTATION_CHECKS, COMMAND_ANNOTATIONS, CONDITION_CLAIMED, ClosedPullRequest,
+    PreviewEnvironment, PreviewRepository,
 };
 
 use crate::claims::ClaimVerdict;
@@ -241,9 +242,59 @@ impl EnvironmentStore for MemoryStore {
         if let Some(old) = state.environments.get(&key) {
             stored.status = old.status.clone();
             stored.metadata.finalizers = old.metadata.finalizers.clone();
+            // The PR commands' annotations belong to another field manager.
+            let kept: Vec<(String, String)> = old
+                .metadata
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| COMMAND_ANNOTATIONS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !kept.is_empty() {
+                stored
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .extend(kept);
+            }
         }
         state.environments.insert(key, stored);
         state.ops.push(StoreOp::Applied(Box::new(env.clone())));
+        Ok(())
+    }
+
+    async fn apply_command_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &BTreeMap<String, String>,
+        resource_version: &str,
+    ) -> Result<(), StoreError> {
+        self.check_available()?;
+        let version = self.next_version();
+        let mut state = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        let Some(env) = state.environments.get_mut(&key) else {
+            return Err(StoreError::Conflict);
+        };
+        if env.metadata.resource_version.as_deref() != Some(resource_version) {
+            return Err(StoreError::Conflict);
+        }
+        let current = env
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        current.retain(|k, _| !COMMAND_ANNOTATIONS.contains(&k.as_str()));
+        current.extend(
+            annotations
+                .iter()
+                .filter(|(k, _)| COMMAND_ANNOTATIONS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        env.metadata.resource_version = Some(version);
+        let written = env.clone();
+        state.ops.push(StoreOp::Applied(Box::new(written)));
         Ok(())
     }
 

@@ -91,6 +91,23 @@ pub trait EnvironmentStore: Send + Sync + 'static {
         precondition: &Precondition,
     ) -> Result<(), StoreError>;
 
+    /// Sets the PR-command annotations of the environment `namespace/name` if it still
+    /// has `resource_version`: afterwards, of the keys in
+    /// [`previewd_kube::crd::COMMAND_ANNOTATIONS`], exactly those in `annotations` are set
+    /// by the commands (server-side apply with field manager `previewd-commands`, so the
+    /// webhook's apply of a push neither owns nor removes them).
+    async fn apply_command_annotations(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _annotations: &std::collections::BTreeMap<String, String>,
+        _resource_version: &str,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(
+            "this store does not record PR commands".into(),
+        ))
+    }
+
     /// Deletes the environment if it still has `resource_version`; `Ok(false)` when it
     /// was already gone.
     async fn delete_environment(

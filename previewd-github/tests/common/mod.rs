@@ -117,6 +117,44 @@ pub async fn start_with_store(store: Arc<dyn previewd_github::store::Environment
     }
 }
 
+/// A server over `state` (any store, any responder); the `store` field holds an empty
+/// in-memory store that this server does not use.
+pub async fn start_with_state(state: WebhookState) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(webhook::serve(
+        listener,
+        webhook::router(state),
+        shutdown.clone(),
+    ));
+    Server {
+        addr,
+        store: Arc::new(MemoryStore::new()),
+        metrics: WebhookMetrics::default(),
+        shutdown,
+        handle,
+    }
+}
+
+/// The first `issue_comment` example (`created`, on an issue), made a comment on pull
+/// request `pr` with `body` by a commenter with `association`, and comment id `id`.
+pub fn pr_comment(pr: u64, id: u64, body: &str, association: &str) -> Value {
+    let mut payload = examples("issue_comment")
+        .into_iter()
+        .find(|e| e["action"] == "created")
+        .expect("a created issue_comment example");
+    payload["issue"]["number"] = json!(pr);
+    payload["issue"]["pull_request"] = json!({
+        "url": format!("https://api.github.com/repos/{REPOSITORY}/pulls/{pr}"),
+        "html_url": format!("https://github.com/{REPOSITORY}/pull/{pr}"),
+    });
+    payload["comment"]["id"] = json!(id);
+    payload["comment"]["body"] = json!(body);
+    payload["comment"]["author_association"] = json!(association);
+    payload
+}
+
 /// Same as [`deliver_json`]; named for servers over other stores.
 pub async fn deliver_json_to(
     server: &Server,

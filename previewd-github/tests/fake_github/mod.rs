@@ -113,6 +113,8 @@ pub struct State {
     pub check_runs: Vec<Value>,
     /// Check suites (with `head_sha`), for `GET .../check-suites`.
     pub check_suites: Vec<Value>,
+    /// Reactions as `(comment id, content)`, each at most once (as GitHub keeps them).
+    pub reactions: Vec<(u64, String)>,
 }
 
 pub struct FakeGitHub {
@@ -555,6 +557,22 @@ fn route(
                 201,
                 json!({"id": id, "body": text, "user": {"login": user}}),
             )
+        }
+        ("POST", ["repos", _, _, "issues", "comments", id, "reactions"]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let content = body["content"].as_str().unwrap_or("").to_string();
+            let allowed = [
+                "+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes",
+            ];
+            if !allowed.contains(&content.as_str()) {
+                return answer(422, json!({"message": "Validation Failed"}));
+            }
+            let entry = (id, content.clone());
+            if state.reactions.contains(&entry) {
+                return answer(200, json!({"id": id, "content": content}));
+            }
+            state.reactions.push(entry);
+            answer(201, json!({"id": id, "content": content}))
         }
         ("PATCH", ["repos", _, _, "issues", "comments", id]) => {
             let id: u64 = id.parse().unwrap_or(0);

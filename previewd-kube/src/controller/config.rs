@@ -51,6 +51,12 @@ pub struct ControllerConfig {
     pub secret_namespace: Option<String>,
     /// Settings of the Jobs the stages run (test data, tests).
     pub stage_jobs: StageJobSettings,
+    /// Idle time after which an environment's workloads are scaled to zero (`None`:
+    /// never for idleness). See [`crate::plan::sleep`] for what counts as activity.
+    pub idle_sleep_after: Option<Duration>,
+    /// How long before deletion the PR comment warns that the environment expires
+    /// (zero: no warning).
+    pub expiry_warning: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -75,6 +81,8 @@ impl Default for ControllerConfig {
             advice_timeout: Duration::from_secs(45),
             secret_namespace: None,
             stage_jobs: StageJobSettings::default(),
+            idle_sleep_after: Some(Duration::from_secs(2 * 3600)),
+            expiry_warning: Duration::from_secs(3600),
         }
     }
 }

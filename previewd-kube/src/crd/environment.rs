@@ -92,7 +92,7 @@ pub struct PreviewEnvironmentSpec {
     /// Time to live, e.g. `4h`, `30m`, `7d`, `1w`. Default 4h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Ttl>,
-    /// Renew the TTL from the last activity (push) instead of from creation.
+    /// Renew the TTL from the last activity (push or PR command) instead of from creation.
     #[serde(default)]
     pub auto_extend: bool,
     /// Hard cap on the environment's life, counted from creation, that no extension and
@@ -534,7 +534,7 @@ pub struct PreviewEnvironmentStatus {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub copied_secrets: BTreeMap<String, String>,
     /// Standard conditions: Ready, Reconciling, Stalled, NamespaceReady, ServicesDeployed,
-    /// TestsCompleted.
+    /// TestsCompleted, Sleeping, ExpiringSoon.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -560,6 +560,12 @@ pub struct PreviewEnvironmentStatus {
     /// a Failed environment once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<String>,
+    /// Token of the last `/preview redeploy` or `/preview retry` acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_for: Option<String>,
+    /// Id of the PR comment whose command answer was last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_command: Option<String>,
 }
 
 /// Summary of one test run.
@@ -693,4 +699,9 @@ pub mod condition {
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     /// The environment's database holds its test data.
     pub const DATA_SEEDED: &str = "DataSeeded";
+    /// Workloads are scaled to zero (idle, on request or over budget); the reason says
+    /// which, the message since when and how to wake it.
+    pub const SLEEPING: &str = "Sleeping";
+    /// The environment will be deleted within the expiry warning time.
+    pub const EXPIRING_SOON: &str = "ExpiringSoon";
 }

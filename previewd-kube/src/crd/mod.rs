@@ -50,6 +50,46 @@ pub const ANNOTATION_LAST_ACTIVITY: &str = "previewd.io/last-activity";
 /// head commit (JSON, `previewd_core::checks::RecordedChecks`), written by the webhook
 /// from `check_run`, `check_suite` and `status` events.
 pub const ANNOTATION_CHECKS: &str = "previewd.io/checks";
-/// Annotation on a `PreviewEnvironment`: set it to a new value to retry a Failed
-/// environment without a new push.
+
+/// Annotation on a `PreviewEnvironment`: a request to put the environment to sleep, with
+/// its reason (`command` from `/preview sleep`, `budget` from the budget policy; any
+/// other value counts as a command). See [`crate::plan::sleep`].
+pub const ANNOTATION_SLEEP: &str = "previewd.io/sleep";
+/// Annotation: when the [`ANNOTATION_SLEEP`] request was made (RFC 3339). Activity after
+/// it (a push, a command) wakes a `command` sleep; a request without it holds until the
+/// annotation is removed.
+pub const ANNOTATION_SLEEP_REQUESTED_AT: &str = "previewd.io/sleep-requested-at";
+/// Annotation: time of the last accepted PR command (RFC 3339); activity, like a push.
+pub const ANNOTATION_LAST_COMMAND: &str = "previewd.io/last-command-at";
+/// Annotation: `/preview extend` asked the environment to live until this time (RFC
+/// 3339); never honoured past the hard cap (`maxLifespan`).
+pub const ANNOTATION_EXTENDED_UNTIL: &str = "previewd.io/extended-until";
+/// Annotation: token of the last `/preview redeploy` (the comment id); a new token
+/// restarts every workload.
+pub const ANNOTATION_REDEPLOY: &str = "previewd.io/redeploy";
+/// Annotation: set it to a new value to retry a Failed environment without a new push
+/// (`/preview retry` writes the comment id); a new token rebuilds the environment (a
+/// failed one gets a fresh readiness deadline).
 pub const ANNOTATION_RETRY: &str = "previewd.io/retry";
+/// Annotation: `/preview delete` asked for deletion (value: the comment id).
+pub const ANNOTATION_DELETE_REQUESTED: &str = "previewd.io/delete-requested";
+/// Annotation: ids of the last PR comments handled as commands (comma-separated, newest
+/// last); a redelivered comment is recognised and changes nothing.
+pub const ANNOTATION_COMMAND_IDS: &str = "previewd.io/command-ids";
+/// Annotation: the answer to the last PR command, shown on the sticky comment.
+pub const ANNOTATION_COMMAND_REPLY: &str = "previewd.io/command-reply";
+/// Field manager of the PR-command writes (separate from [`FIELD_MANAGER`], so that the
+/// webhook's apply of a push neither owns nor removes the command annotations).
+pub const COMMAND_FIELD_MANAGER: &str = "previewd-commands";
+/// Every annotation the PR commands write (under [`COMMAND_FIELD_MANAGER`]).
+pub const COMMAND_ANNOTATIONS: [&str; 9] = [
+    ANNOTATION_SLEEP,
+    ANNOTATION_SLEEP_REQUESTED_AT,
+    ANNOTATION_LAST_COMMAND,
+    ANNOTATION_EXTENDED_UNTIL,
+    ANNOTATION_REDEPLOY,
+    ANNOTATION_RETRY,
+    ANNOTATION_DELETE_REQUESTED,
+    ANNOTATION_COMMAND_IDS,
+    ANNOTATION_COMMAND_REPLY,
+];

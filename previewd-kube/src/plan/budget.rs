@@ -11,24 +11,22 @@
 //!   with reason `BudgetExceeded`), whatever the policy.
 //!
 //! Sleeping is the annotation [`ANNOTATION_SLEEP`] on the environment: the plan sets it
-//! to [`SLEEP_FOR_BUDGET`] and removes it once the budget allows the environment again
-//! (a sleep for another reason is never undone here). While it is set, every workload
-//! the strategy renders is applied with zero replicas ([`scaled_to_zero`]); namespace,
-//! volumes and Services stay.
+//! to [`SLEEP_FOR_BUDGET`] (over a sleep for another reason) and removes it once the
+//! budget allows the environment again (a sleep for another reason is never undone
+//! here). The lifecycle's sleep ([`super::sleep`]) does the rest: workloads at zero,
+//! namespace, volumes and Services kept.
 
 use std::time::Duration;
 
 use kube::ResourceExt;
 use previewd_core::{Budget, BudgetPolicy, BudgetVerdict, CostEstimate, Money};
 
-use super::object::DesiredObject;
-use crate::children::ANNOTATION_APPLIED_HASH;
 use crate::crd::PreviewEnvironment;
 
 /// Annotation on an environment that is asleep; the value says why.
-pub const ANNOTATION_SLEEP: &str = "previewd.io/sleep";
+pub use crate::crd::ANNOTATION_SLEEP;
 /// Value of [`ANNOTATION_SLEEP`] when the budget put the environment to sleep.
-pub const SLEEP_FOR_BUDGET: &str = "budget";
+pub const SLEEP_FOR_BUDGET: &str = super::sleep::SLEEP_REQUEST_BUDGET;
 /// Reason of the `Stalled` condition of an environment refused for its budget.
 pub const REASON_BUDGET_EXCEEDED: &str = "BudgetExceeded";
 
@@ -130,7 +128,7 @@ pub fn decide(
     let asleep_for_budget = sleep_annotation(env) == Some(SLEEP_FOR_BUDGET);
     let action = match (verdict.is_exceeded(), policy) {
         (true, BudgetPolicy::Delete) => BudgetAction::Delete,
-        (true, BudgetPolicy::Sleep) if sleep_annotation(env).is_none() => BudgetAction::Sleep,
+        (true, BudgetPolicy::Sleep) if !asleep_for_budget => BudgetAction::Sleep,
         (false, _) if asleep_for_budget => BudgetAction::Wake,
         _ => BudgetAction::Keep,
     };
@@ -139,48 +137,4 @@ pub fn decide(
         policy,
         action,
     })
-}
-
-/// Why the environment should sleep for its budget: [`SLEEP_FOR_BUDGET`] when the
-/// decision says so or it already sleeps for it and the budget still does not allow it.
-/// The lifecycle's sleep takes this as one of its reasons.
-pub fn sleep_reason(
-    env: &PreviewEnvironment,
-    decision: Option<&BudgetDecision>,
-) -> Option<&'static str> {
-    let d = decision?;
-    let asleep_for_budget = sleep_annotation(env) == Some(SLEEP_FOR_BUDGET);
-    match d.action {
-        BudgetAction::Sleep => Some(SLEEP_FOR_BUDGET),
-        BudgetAction::Keep if asleep_for_budget => Some(SLEEP_FOR_BUDGET),
-        _ => None,
-    }
-}
-
-/// The same objects with every Deployment, StatefulSet and ReplicaSet at zero replicas.
-pub fn scaled_to_zero(objects: Vec<DesiredObject>) -> Vec<DesiredObject> {
-    objects
-        .into_iter()
-        .map(|o| {
-            if o.resource.group != "apps"
-                || !matches!(
-                    o.resource.kind.as_str(),
-                    "Deployment" | "StatefulSet" | "ReplicaSet"
-                )
-            {
-                return o;
-            }
-            let mut value = o.object.clone();
-            if let Some(a) = value
-                .pointer_mut("/metadata/annotations")
-                .and_then(|a| a.as_object_mut())
-            {
-                a.remove(ANNOTATION_APPLIED_HASH);
-            }
-            if let Some(spec) = value.get_mut("spec").and_then(|s| s.as_object_mut()) {
-                spec.insert("replicas".into(), 0.into());
-            }
-            DesiredObject::from_value(o.resource.clone(), value).in_wave(o.wave)
-        })
-        .collect()
 }

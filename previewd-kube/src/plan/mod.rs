@@ -21,6 +21,7 @@ pub mod host;
 mod manifests_tests;
 pub mod namespace;
 pub mod object;
+pub mod sleep;
 #[cfg(test)]
 mod tests;
 
@@ -45,8 +46,9 @@ use crate::children::namespace::{
 use crate::controller::ControllerConfig;
 use crate::controller::status::set_condition;
 use crate::crd::{
-    ANNOTATION_CHECKS, ANNOTATION_RETRY, DeployPolicy, FINALIZER, PreviewEnvironment,
-    PreviewEnvironmentStatus, PreviewRepository, condition,
+    ANNOTATION_CHECKS, ANNOTATION_COMMAND_REPLY, ANNOTATION_DELETE_REQUESTED, ANNOTATION_REDEPLOY,
+    ANNOTATION_RETRY, DeployPolicy, FINALIZER, PreviewEnvironment, PreviewEnvironmentStatus,
+    PreviewRepository, condition,
 };
 use crate::strategy::{
     DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies, StrategyError,
@@ -302,18 +304,61 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         return plan;
     }
 
+    // `/preview delete`: deleted like an expired environment.
+    if let Some(comment) = env.annotations().get(ANNOTATION_DELETE_REQUESTED) {
+        let mut plan = Plan::idle(old);
+        plan.finalizer = finalizer;
+        plan.delete_environment = true;
+        plan.events.push(PlannedEvent {
+            warning: false,
+            reason: "DeleteRequested".into(),
+            note: format!(
+                "deletion requested by PR comment {}; deleting",
+                truncate(comment, 32)
+            ),
+        });
+        plan.requeue_after = Some(TEARDOWN_POLL);
+        return plan;
+    }
+
     // Spec problems the schema cannot express stall the environment with a clear message.
     if let Err(e) = expiry::expiry_policy(env).validate() {
         return stall(input, old, status, finalizer, "InvalidSpec", &e.to_string());
     }
 
-    // A new head commit or spec rolls the services again.
+    // Lifecycle policy: asleep or awake, redeploy and retry requests.
+    let sleeping = sleep::sleep_reason(
+        env,
+        now,
+        input.config.idle_sleep_after,
+        // The budget's verdict needs the rendered application and the live usage; it is
+        // applied below, and a budget sleep already decided is the annotation.
+        false,
+    );
+    let was_asleep = is_true(&old, condition::SLEEPING);
+    let woke = was_asleep && sleeping.is_none();
+    let restart_token = restart_token(env);
+    // A new redeploy token rolls the environment out again; a new retry token alone is the
+    // retry below (a Failed environment gets a fresh deadline; a healthy one only restarts
+    // its pods).
+    let redeploy_part = |token: Option<&str>| {
+        token
+            .map(|t| t.split_once('/').map_or(t, |p| p.0).to_string())
+            .filter(|p| !p.is_empty())
+    };
+    let restart_requested = restart_token.is_some()
+        && restart_token != old.restarted_for
+        && redeploy_part(restart_token.as_deref()) != redeploy_part(old.restarted_for.as_deref());
+    status.restarted_for = restart_token.clone();
+
+    // A new head commit or spec rolls the services again; so do waking, redeploy and retry.
     let original = old.phase.unwrap_or(Phase::Pending);
     let mut phase = original;
     let spec_changed = old.observed_generation.is_some()
         && (old.observed_generation != generation
             || old.deployed_sha.as_deref() != Some(env.spec.head_sha.as_str()));
-    if spec_changed
+    if (spec_changed || woke || restart_requested)
+        && sleeping.is_none()
         && phase != Phase::Pending
         && let Ok(t) = transition(phase, &Observation::SpecChanged)
     {
@@ -444,7 +489,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     let labels = crate::children::common_labels(env);
     let external_namespace = strategy.external_namespace(&render);
-    let app = match strategy.desired(&render).and_then(|objects| {
+    let mut app = match strategy.desired(&render).and_then(|objects| {
         scoped_app(
             objects,
             &ns_name,
@@ -482,6 +527,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 kind.resource.plural
             ),
         );
+    }
+    if let Some(token) = &restart_token {
+        app = app
+            .into_iter()
+            .map(|o| sleep::restarted(o, token))
+            .collect();
     }
     let empty = NamespaceView::default();
     let view = input.observed.views.get(&ns_name).unwrap_or(&empty);
@@ -523,6 +574,45 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.requeue_after = Some(TEARDOWN_POLL);
         return plan;
     }
+    // The budget's sleep is one of the lifecycle's reasons: it sets the sleep annotation
+    // (asleep from this pass on) and withdraws it once the budget allows the environment
+    // (awake from the next pass, rolled out like a push).
+    let mut budget_annotation: Option<Option<String>> = None;
+    let sleeping = match decision.map(|d| d.action) {
+        Some(budget::BudgetAction::Sleep) => {
+            budget_annotation = Some(Some(budget::SLEEP_FOR_BUDGET.into()));
+            Some(sleep::SleepReason::Budget)
+        }
+        Some(budget::BudgetAction::Wake) => {
+            budget_annotation = Some(None);
+            sleeping
+        }
+        _ => sleeping,
+    };
+    if let Some(reason) = sleeping {
+        let mut plan = plan_asleep(
+            input,
+            Asleep {
+                old,
+                status,
+                finalizer,
+                reason,
+                namespace: ns_name,
+                desired: if waiting_for_namespace {
+                    Vec::new()
+                } else {
+                    base.into_iter()
+                        .chain(app.into_iter().map(sleep::asleep))
+                        .collect()
+                },
+                expires_at,
+            },
+        );
+        if let Some(value) = budget_annotation {
+            plan.annotate.insert(budget::ANNOTATION_SLEEP.into(), value);
+        }
+        return plan;
+    }
     let mut plan = Plan::idle(old.clone());
     plan.finalizer = finalizer;
     if let Some(key) = first_duplicate(base.iter().chain(app.iter())) {
@@ -537,25 +627,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             ),
         );
     }
-    let asleep = match budget::sleep_reason(env, decision.as_ref()) {
-        Some(reason) => {
-            if budget::sleep_annotation(env) != Some(reason) {
-                plan.annotate
-                    .insert(budget::ANNOTATION_SLEEP.into(), Some(reason.into()));
-            }
-            true
-        }
-        None if decision.is_some_and(|d| d.action == budget::BudgetAction::Wake) => {
-            plan.annotate.insert(budget::ANNOTATION_SLEEP.into(), None);
-            false
-        }
-        None => budget::sleep_annotation(env).is_some(),
-    };
-    let app = if asleep {
-        budget::scaled_to_zero(app)
-    } else {
-        app
-    };
     let mut desired: Vec<DesiredObject> = Vec::new();
     // Objects of later waves that are not applied yet; still wanted (never pruned).
     let mut held: Vec<ChildKey> = Vec::new();
@@ -922,6 +993,27 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .retain(|c| c.type_ != condition::BUDGET_EXCEEDED);
     }
 
+    if was_asleep {
+        set_condition(
+            &mut status.conditions,
+            condition::SLEEPING,
+            false,
+            "Awake",
+            "woken by activity",
+            generation,
+            now,
+        );
+        plan.events.push(PlannedEvent {
+            warning: false,
+            reason: "Woken".into(),
+            note: "workloads restored to their replicas".into(),
+        });
+    }
+    let lifecycle_changed = lifecycle_conditions(input, &old, &mut status, expires_at);
+    if lifecycle_changed {
+        plan.report = Some(Report::Changed);
+    }
+
     if next != original || phase != original || old.phase.is_none() {
         plan.entered = Some(next);
         plan.events.push(if next == Phase::Failed {
@@ -947,6 +1039,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .unwrap_or(Duration::ZERO)
         + Duration::from_millis(5);
     let mut wait = input.config.resync_interval.min(until_expiry);
+    for at in [
+        expiry::warning_at(env, now, input.config.expiry_warning),
+        sleep::idle_sleep_at(env, now, input.config.idle_sleep_after),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|at| *at > now)
+    {
+        wait = wait.min(until(now, at));
+    }
     if waiting_for_checks {
         wait = wait.min(CHECKS_RECHECK);
     } else if matches!(next, Phase::Provisioning | Phase::Pending | Phase::Testing) {
@@ -964,6 +1066,181 @@ fn started_at(objects: &[DesiredObject], view: &NamespaceView) -> Option<jiff::T
         .filter_map(|o| view.objects.get(&o.key()))
         .filter_map(|o| o.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .min()
+}
+
+/// The time from `now` to `at` (zero when past), plus a few milliseconds so that the
+/// reconcile lands after `at`.
+fn until(now: jiff::Timestamp, at: jiff::Timestamp) -> Duration {
+    at.duration_since(now).try_into().unwrap_or(Duration::ZERO) + Duration::from_millis(5)
+}
+
+fn is_true(status: &PreviewEnvironmentStatus, type_: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// The redeploy and retry requests, as one token: a new token restarts the workloads.
+fn restart_token(env: &PreviewEnvironment) -> Option<String> {
+    let annotations = env.annotations();
+    let redeploy = annotations
+        .get(ANNOTATION_REDEPLOY)
+        .map(|v| truncate(v, 32));
+    let retry = annotations.get(ANNOTATION_RETRY).map(|v| truncate(v, 32));
+    match (redeploy, retry) {
+        (None, None) => None,
+        (a, b) => Some(format!(
+            "{}/{}",
+            a.unwrap_or_default(),
+            b.unwrap_or_default()
+        )),
+    }
+}
+
+/// Sets the `ExpiringSoon` condition and records the answer to the last PR command;
+/// true when the PR comment must be updated (warning started or ended, new answer).
+fn lifecycle_conditions(
+    input: &PlanInput<'_>,
+    old: &PreviewEnvironmentStatus,
+    status: &mut PreviewEnvironmentStatus,
+    expires_at: jiff::Timestamp,
+) -> bool {
+    let env = input.env;
+    let now = input.now;
+    let generation = env.metadata.generation;
+    let mut changed = false;
+    let warning =
+        expiry::warning_at(env, now, input.config.expiry_warning).is_some_and(|at| now >= at);
+    let was_warning = is_true(old, condition::EXPIRING_SOON);
+    if warning
+        || old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::EXPIRING_SOON)
+    {
+        set_condition(
+            &mut status.conditions,
+            condition::EXPIRING_SOON,
+            warning,
+            if warning { "ExpiryNear" } else { "Extended" },
+            &if warning {
+                format!(
+                    "the environment will be deleted at {expires_at}; comment `/preview extend` to keep it"
+                )
+            } else {
+                format!("expires at {expires_at}")
+            },
+            generation,
+            now,
+        );
+    }
+    changed |= warning != was_warning;
+    if let Some(reply) = env.annotations().get(ANNOTATION_COMMAND_REPLY) {
+        let id = reply.split_once(' ').map_or(reply.as_str(), |(id, _)| id);
+        let id = truncate(id, 32);
+        if old.answered_command.as_deref() != Some(id.as_str()) {
+            changed = true;
+        }
+        status.answered_command = Some(id);
+    }
+    changed
+}
+
+/// What an asleep environment's plan is made of.
+struct Asleep {
+    old: PreviewEnvironmentStatus,
+    status: PreviewEnvironmentStatus,
+    finalizer: FinalizerAction,
+    reason: sleep::SleepReason,
+    namespace: String,
+    desired: Vec<DesiredObject>,
+    expires_at: jiff::Timestamp,
+}
+
+/// An asleep environment: the namespace and everything in it kept, every Deployment and
+/// StatefulSet at zero replicas, nothing pruned, no stage run; the phase kept, the
+/// `Sleeping` condition set.
+fn plan_asleep(input: &PlanInput<'_>, asleep: Asleep) -> Plan {
+    let Asleep {
+        old,
+        mut status,
+        finalizer,
+        reason,
+        namespace,
+        desired,
+        expires_at,
+    } = asleep;
+    let env = input.env;
+    let now = input.now;
+    let generation = env.metadata.generation;
+    let empty = NamespaceView::default();
+    let view = input.observed.views.get(&namespace).unwrap_or(&empty);
+    let applying = needs_apply(&desired, view, input.observed.namespaces.get(&namespace));
+    let mut apply: Vec<DesiredObject> = desired
+        .into_iter()
+        .filter(|d| applying.contains(&d.key()))
+        .collect();
+    apply.sort_by_key(|d| (d.resource.kind != "Namespace", d.wave));
+
+    let message = format!(
+        "{}; workloads scaled to zero, namespace and data kept; push or comment `/preview wake` to wake it",
+        reason.describe(input.config.idle_sleep_after)
+    );
+    if status.phase.is_none() {
+        status.phase = Some(Phase::Pending);
+    }
+    status.message = Some(message.clone());
+    for (type_, value, why) in [
+        (condition::SLEEPING, true, reason.as_str()),
+        (condition::READY, false, "Sleeping"),
+        (condition::RECONCILING, false, "Sleeping"),
+    ] {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            value,
+            why,
+            &message,
+            generation,
+            now,
+        );
+    }
+    let mut plan = Plan::idle(old.clone());
+    plan.finalizer = finalizer;
+    plan.apply = apply;
+    let entering = !is_true(&old, condition::SLEEPING)
+        || old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::SLEEPING && c.reason != reason.as_str());
+    if entering {
+        plan.events.push(PlannedEvent {
+            warning: false,
+            reason: "Sleeping".into(),
+            note: message.clone(),
+        });
+        plan.report = Some(Report::Changed);
+    }
+    if lifecycle_conditions(input, &old, &mut status, expires_at) {
+        plan.report = Some(Report::Changed);
+    }
+    let mut wait = input.config.resync_interval.min(until(now, expires_at));
+    if let Some(at) = expiry::warning_at(env, now, input.config.expiry_warning)
+        && at > now
+    {
+        wait = wait.min(until(now, at));
+    }
+    if !plan.apply.is_empty() {
+        wait = wait.min(input.config.poll_interval);
+    }
+    plan.requeue_after = Some(wait);
+    plan.status = status;
+    plan
 }
 
 /// Places every object of a plug-in in the environment's namespace with the

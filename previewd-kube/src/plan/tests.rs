@@ -47,7 +47,18 @@ fn config() -> ControllerConfig {
         readiness_timeout: Duration::from_secs(600),
         poll_interval: Duration::from_secs(2),
         resync_interval: Duration::from_secs(300),
+        // Lifecycle policy is off here; `lifecycle_config` turns it on.
+        idle_sleep_after: None,
+        expiry_warning: Duration::ZERO,
         ..ControllerConfig::default()
+    }
+}
+
+fn lifecycle_config() -> ControllerConfig {
+    ControllerConfig {
+        idle_sleep_after: Some(Duration::from_secs(3600)),
+        expiry_warning: Duration::from_secs(1800),
+        ..config()
     }
 }
 
@@ -1273,7 +1284,14 @@ fn each_budget_policy_acts_when_the_total_is_exceeded() {
     let raised = with_budget(&asleep, json!({"total": "$5", "policy": "sleep"}));
     let woken = run(&raised, &world, at(30));
     assert_eq!(woken.annotate.get(budget::ANNOTATION_SLEEP), Some(&None));
-    assert_eq!(replicas_of(&woken, "web"), Some(2));
+    // Awake from the next pass, rolled out again like a push.
+    let mut awake = written(&raised, &woken);
+    if let Some(a) = awake.metadata.annotations.as_mut() {
+        a.remove(budget::ANNOTATION_SLEEP);
+    }
+    let rolled = run(&awake, &world, at(31));
+    assert_eq!(replicas_of(&rolled, "web"), Some(2));
+    assert_eq!(phase(&rolled), Phase::Provisioning);
 
     // delete: the environment is deleted, with a Warning that says why.
     let e = spent(
@@ -1376,4 +1394,236 @@ fn tier_auto_applies_the_recommendation_and_spot_its_preset() {
         .unwrap()
         .object["spec"]["template"]["spec"];
     assert!(pod_spec.get("nodeSelector").is_none());
+}
+
+fn run_lifecycle(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) -> Plan {
+    let cfg = lifecycle_config();
+    let strategies = Strategies::default();
+    plan(&PlanInput {
+        env,
+        observed: &world.observed,
+        now,
+        config: &cfg,
+        strategies: &strategies,
+        stages: &[],
+    })
+}
+
+fn annotate(env: &PreviewEnvironment, pairs: &[(&str, &str)]) -> PreviewEnvironment {
+    let mut env = env.clone();
+    let annotations = env
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    for (k, v) in pairs {
+        annotations.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+fn replicas_applied(plan: &Plan) -> Vec<(String, i64)> {
+    plan.apply
+        .iter()
+        .filter(|d| d.resource.kind == "Deployment")
+        .map(|d| {
+            (
+                d.name.clone(),
+                d.object["spec"]["replicas"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_environment_sleeps_at_zero_replicas_and_a_push_wakes_it() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    // Still awake just before the idle time; the requeue lands on it.
+    let before = run_lifecycle(&e, &world, at(3599));
+    assert!(before.apply.is_empty());
+    assert!(before.requeue_after.unwrap() <= Duration::from_secs(2));
+    let asleep = run_lifecycle(&e, &world, at(3600));
+    assert_eq!(
+        replicas_applied(&asleep),
+        vec![("api".into(), 0), ("web".into(), 0)]
+    );
+    assert!(asleep.delete.is_empty(), "nothing is pruned while asleep");
+    assert_eq!(phase(&asleep), Phase::Ready, "the phase is kept");
+    let sleeping = cond(&asleep, condition::SLEEPING);
+    assert_eq!(
+        (sleeping.status.as_str(), sleeping.reason.as_str()),
+        ("True", "Idle")
+    );
+    assert_eq!(cond(&asleep, condition::READY).reason, "Sleeping");
+    assert!(
+        asleep
+            .status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("/preview wake")
+    );
+    assert_eq!(asleep.report, Some(Report::Changed));
+    assert_eq!(asleep.events[0].reason, "Sleeping");
+    world.apply(&e, &asleep, true);
+    let e = written(&e, &asleep);
+    let again = run_lifecycle(&e, &world, at(3700));
+    assert!(again.apply.is_empty() && again.events.is_empty() && again.report.is_none());
+    assert_eq!(
+        again.status,
+        e.status.clone().unwrap(),
+        "converged while asleep"
+    );
+
+    // A push wakes it: replicas from the spec, rolled out again.
+    let pushed = annotate(
+        &e,
+        &[(crate::crd::ANNOTATION_LAST_ACTIVITY, &at(3800).to_string())],
+    );
+    let awake = run_lifecycle(&pushed, &world, at(3801));
+    assert_eq!(
+        replicas_applied(&awake),
+        vec![("api".into(), 1), ("web".into(), 2)]
+    );
+    assert_eq!(phase(&awake), Phase::Provisioning);
+    assert_eq!(cond(&awake, condition::SLEEPING).status, "False");
+    assert!(awake.events.iter().any(|ev| ev.reason == "Woken"));
+    world.apply(&pushed, &awake, true);
+    let e = written(&pushed, &awake);
+    assert_eq!(phase(&run_lifecycle(&e, &world, at(3802))), Phase::Ready);
+}
+
+#[test]
+fn a_sleep_command_holds_until_a_later_wake_command() {
+    use crate::crd::{ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT};
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let t = at(60).to_string();
+    let asked = annotate(
+        &e,
+        &[
+            (ANNOTATION_SLEEP, "command"),
+            (ANNOTATION_SLEEP_REQUESTED_AT, &t),
+            (ANNOTATION_LAST_COMMAND, &t),
+        ],
+    );
+    let plan = run_lifecycle(&asked, &world, at(61));
+    assert_eq!(cond(&plan, condition::SLEEPING).reason, "Command");
+    assert_eq!(replicas_applied(&plan).len(), 2);
+    world.apply(&asked, &plan, true);
+    let asleep = written(&asked, &plan);
+    let woken = annotate(&asleep, &[(ANNOTATION_LAST_COMMAND, &at(120).to_string())]);
+    let plan = run_lifecycle(&woken, &world, at(121));
+    assert_eq!(cond(&plan, condition::SLEEPING).status, "False");
+    assert_eq!(
+        replicas_applied(&plan),
+        vec![("api".into(), 1), ("web".into(), 2)]
+    );
+}
+
+#[test]
+fn the_expiry_warning_is_reported_once_before_deletion() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    // TTL 4h, warning 30 minutes before: at 3h30.
+    let mut e = annotate(
+        &e,
+        &[(
+            crate::crd::ANNOTATION_LAST_COMMAND,
+            &at(3 * 3600).to_string(),
+        )],
+    );
+    e.spec.auto_extend = false;
+    let early = run_lifecycle(&e, &world, at(3 * 3600 + 1799));
+    assert!(
+        early
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != condition::EXPIRING_SOON)
+    );
+    let warned = run_lifecycle(&e, &world, at(3 * 3600 + 1800));
+    let c = cond(&warned, condition::EXPIRING_SOON);
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("/preview extend"), "{}", c.message);
+    assert_eq!(warned.report, Some(Report::Changed));
+    let e = written(&e, &warned);
+    let later = run_lifecycle(&e, &world, at(3 * 3600 + 1900));
+    assert_eq!(later.report, None, "warned once");
+    assert!(!later.delete_environment);
+    assert!(run_lifecycle(&e, &world, at(4 * 3600)).delete_environment);
+    // Extending ends the warning and reports it.
+    let extended = annotate(
+        &e,
+        &[(
+            crate::crd::ANNOTATION_EXTENDED_UNTIL,
+            &at(10 * 3600).to_string(),
+        )],
+    );
+    let plan = run_lifecycle(&extended, &world, at(3 * 3600 + 2000));
+    assert_eq!(cond(&plan, condition::EXPIRING_SOON).status, "False");
+    assert_eq!(plan.report, Some(Report::Changed));
+    assert_eq!(plan.status.expires_at, Some(Time(at(10 * 3600))));
+}
+
+#[test]
+fn retry_rebuilds_a_failed_environment_and_redeploy_restarts_pods_once() {
+    let mut world = World::empty();
+    let e = env();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, false);
+    let e = written(&e, &first);
+    let failed = run(&e, &world, at(700));
+    assert_eq!(phase(&failed), Phase::Failed);
+    let e = written(&e, &failed);
+    let retried = annotate(&e, &[(crate::crd::ANNOTATION_RETRY, "1001")]);
+    let plan = run(&retried, &world, at(701));
+    assert_eq!(phase(&plan), Phase::Provisioning);
+    assert_eq!(plan.status.provisioning_since, Some(Time(at(701))));
+    let restarted: Vec<_> = plan
+        .apply
+        .iter()
+        .filter(|d| d.resource.kind == "Deployment")
+        .map(|d| {
+            d.object["spec"]["template"]["metadata"]["annotations"][sleep::ANNOTATION_RESTARTED_FOR]
+                .clone()
+        })
+        .collect();
+    assert_eq!(restarted, vec![json!("/1001"), json!("/1001")]);
+    world.apply(&retried, &plan, true);
+    let e = written(&retried, &plan);
+    let ready = run(&e, &world, at(702));
+    assert_eq!(phase(&ready), Phase::Ready);
+    world.apply(&e, &ready, true);
+    let e = written(&e, &ready);
+    let again = run(&e, &world, at(703));
+    assert!(
+        again.apply.is_empty() && again.entered.is_none(),
+        "acted on once"
+    );
+}
+
+#[test]
+fn a_delete_command_deletes_the_environment() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let asked = annotate(&e, &[(crate::crd::ANNOTATION_DELETE_REQUESTED, "1002")]);
+    let plan = run(&asked, &world, at(10));
+    assert!(plan.delete_environment);
+    assert_eq!(plan.events[0].reason, "DeleteRequested");
+}
+
+#[test]
+fn a_command_answer_updates_the_comment_once() {
+    let mut world = World::empty();
+    let e = to_ready(&mut world);
+    let answered = annotate(
+        &e,
+        &[(crate::crd::ANNOTATION_COMMAND_REPLY, "1003 extended")],
+    );
+    let plan = run(&answered, &world, at(10));
+    assert_eq!(plan.report, Some(Report::Changed));
+    assert_eq!(plan.status.answered_command.as_deref(), Some("1003"));
+    let e = written(&answered, &plan);
+    assert_eq!(run(&e, &world, at(11)).report, None);
 }

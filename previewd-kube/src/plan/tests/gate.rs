@@ -193,7 +193,7 @@ fn the_retry_annotation_retries_a_failed_environment_once() {
     let plan = run(&failed_again, &world, at(1410));
     assert_eq!(phase(&plan), Phase::Failed);
 
-    // A retry value set while healthy is only recorded.
+    // A retry value set while healthy is recorded (its pods restart; the phase stays).
     let mut healthy_world = World::empty();
     let mut ready = to_ready(&mut healthy_world);
     ready.metadata.annotations = Some([(ANNOTATION_RETRY.to_string(), "x".to_string())].into());

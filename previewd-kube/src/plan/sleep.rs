@@ -1,0 +1,350 @@
+//! Sleep and wake: when an environment's workloads are scaled to zero while its
+//! namespace, Services, volumes and data stay.
+//!
+//! # What "idle" means
+//!
+//! An environment is idle when nobody has *acted on it* for the idle time
+//! (`--idle-sleep-after`): no push to the PR (`previewd.io/last-activity`), no accepted PR
+//! command (`previewd.io/last-command-at`, which `/preview wake` also sets), counted from
+//! the latest of those and the creation time. HTTP traffic to the preview is not
+//! observed: the operator sees no request logs, and a reviewer who only browses wakes it
+//! with `/preview wake`. Idle is measured from what the `PreviewEnvironment` records, so
+//! it is exact across operator restarts.
+//!
+//! # Reasons and who decides
+//!
+//! [`sleep_reason`] is the one decision, in this order:
+//! 1. `Budget`: the budget policy says so (the `over_budget` argument, filled by the
+//!    budget check), or the annotation `previewd.io/sleep: budget` asks for it. Activity
+//!    does not wake a budget sleep; it ends when the request is withdrawn.
+//! 2. `Command`: the annotation `previewd.io/sleep` with any other value (written by
+//!    `/preview sleep`). Activity *after* `previewd.io/sleep-requested-at` (a push,
+//!    `/preview wake`) wakes it; without a request time it holds until removed.
+//! 3. `Idle`: the idle time has passed since the last activity.
+//!
+//! # While asleep
+//!
+//! Every Deployment and StatefulSet the strategy renders is applied with `replicas: 0`
+//! (nothing else changes, so no volume, claim or Service is touched); post-Ready stages do
+//! not run. The phase stays what it was (the rollout state of the deployed commit) and
+//! the `Sleeping` condition is `True` with the reason and since when; `Ready` is `False`
+//! with reason `Sleeping`. On waking the environment is rolled out again like a new push
+//! (phase `Provisioning` until the restored replicas are available).
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use crate::crd::{
+    ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT, PreviewEnvironment,
+};
+use crate::plan::expiry;
+use crate::plan::object::DesiredObject;
+
+/// Value of [`ANNOTATION_SLEEP`] set by the budget policy.
+pub const SLEEP_REQUEST_BUDGET: &str = "budget";
+/// Value of [`ANNOTATION_SLEEP`] set by `/preview sleep`.
+pub const SLEEP_REQUEST_COMMAND: &str = "command";
+
+/// Kinds scaled to zero while asleep.
+pub const SCALED_KINDS: [&str; 2] = ["Deployment", "StatefulSet"];
+
+/// Why an environment sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SleepReason {
+    /// Nobody acted on it for the idle time.
+    Idle,
+    /// A PR command (`/preview sleep`) or a person asked for it.
+    Command,
+    /// The budget policy put it to sleep.
+    Budget,
+}
+
+impl SleepReason {
+    /// CamelCase word, used as the `Sleeping` condition's reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SleepReason::Idle => "Idle",
+            SleepReason::Command => "Command",
+            SleepReason::Budget => "Budget",
+        }
+    }
+
+    /// Why, for people (the condition message and the PR comment).
+    pub fn describe(self, idle_after: Option<Duration>) -> String {
+        match self {
+            SleepReason::Idle => format!(
+                "asleep: no push or command for {}",
+                idle_after
+                    .and_then(|d| previewd_core::Ttl::try_from(d).ok())
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "the idle time".into())
+            ),
+            SleepReason::Command => "asleep: put to sleep on request".into(),
+            SleepReason::Budget => "asleep: the cost budget is exhausted".into(),
+        }
+    }
+}
+
+fn timestamp_annotation(env: &PreviewEnvironment, key: &str) -> Option<jiff::Timestamp> {
+    env.annotations().get(key).and_then(|v| v.parse().ok())
+}
+
+/// The latest time someone acted on the environment: creation, the last push, the last
+/// accepted PR command.
+pub fn last_active(env: &PreviewEnvironment, now: jiff::Timestamp) -> jiff::Timestamp {
+    let created = expiry::created_at(env, now);
+    [
+        expiry::last_push(env),
+        timestamp_annotation(env, ANNOTATION_LAST_COMMAND),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(created, jiff::Timestamp::max)
+}
+
+/// The sleep requested through [`ANNOTATION_SLEEP`], if it still holds.
+pub fn requested(env: &PreviewEnvironment, now: jiff::Timestamp) -> Option<SleepReason> {
+    let value = env.annotations().get(ANNOTATION_SLEEP)?.trim();
+    if value.eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET) {
+        return Some(SleepReason::Budget);
+    }
+    if value.is_empty() {
+        return None;
+    }
+    match timestamp_annotation(env, ANNOTATION_SLEEP_REQUESTED_AT) {
+        // Activity after the request wakes the environment.
+        Some(at) if last_active(env, now) > at => None,
+        _ => Some(SleepReason::Command),
+    }
+}
+
+/// Whether the environment should sleep at `now`, and why (see the module documentation
+/// for the order). `idle_after` is the idle time (`None`: never sleep for idleness);
+/// `over_budget` is the budget policy's verdict.
+pub fn sleep_reason(
+    env: &PreviewEnvironment,
+    now: jiff::Timestamp,
+    idle_after: Option<Duration>,
+    over_budget: bool,
+) -> Option<SleepReason> {
+    if over_budget {
+        return Some(SleepReason::Budget);
+    }
+    if let Some(reason) = requested(env, now) {
+        return Some(reason);
+    }
+    let at = idle_sleep_at(env, now, idle_after)?;
+    (now >= at).then_some(SleepReason::Idle)
+}
+
+/// When the environment falls asleep for idleness if nobody acts on it.
+pub fn idle_sleep_at(
+    env: &PreviewEnvironment,
+    now: jiff::Timestamp,
+    idle_after: Option<Duration>,
+) -> Option<jiff::Timestamp> {
+    let idle = jiff::SignedDuration::try_from(idle_after?).ok()?;
+    last_active(env, now).checked_add(idle).ok()
+}
+
+/// The object as it runs while asleep: Deployments and StatefulSets with `replicas: 0`
+/// (everything else unchanged).
+pub fn asleep(object: DesiredObject) -> DesiredObject {
+    if !SCALED_KINDS.contains(&object.resource.kind.as_str()) {
+        return object;
+    }
+    let mut value = without_hash(object.object);
+    if let Some(spec) = value.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.insert("replicas".into(), 0.into());
+    }
+    DesiredObject::from_value(object.resource, value).in_wave(object.wave)
+}
+
+/// The object without the applied-hash annotation (recomputed after a change).
+fn without_hash(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(a) = value
+        .pointer_mut("/metadata/annotations")
+        .and_then(|a| a.as_object_mut())
+    {
+        a.remove(crate::children::ANNOTATION_APPLIED_HASH);
+    }
+    value
+}
+
+/// The object with its pods restarted for `token` (redeploy and retry): the pod
+/// template of Deployments and StatefulSets carries `previewd.io/restarted-for`.
+pub fn restarted(object: DesiredObject, token: &str) -> DesiredObject {
+    if !SCALED_KINDS.contains(&object.resource.kind.as_str()) {
+        return object;
+    }
+    let mut value = without_hash(object.object);
+    if let Some(template) = value
+        .pointer_mut("/spec/template")
+        .and_then(|t| t.as_object_mut())
+    {
+        let meta = template
+            .entry("metadata")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let Some(meta) = meta.as_object_mut() {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(ANNOTATION_RESTARTED_FOR.into(), token.into());
+            }
+        }
+    }
+    DesiredObject::from_value(object.resource, value).in_wave(object.wave)
+}
+
+/// Pod-template annotation carrying the redeploy/retry token that restarted the pods.
+pub const ANNOTATION_RESTARTED_FOR: &str = "previewd.io/restarted-for";
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crd::ANNOTATION_LAST_ACTIVITY;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::core::ApiResource;
+
+    fn t(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn env(annotations: &[(&str, &str)]) -> PreviewEnvironment {
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "previewd.io/v1alpha1",
+            "kind": "PreviewEnvironment",
+            "metadata": {
+                "name": "pe", "namespace": "ns",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": annotations,
+            },
+            "spec": {"repository": "acme/shop", "prNumber": 1, "branch": "b", "headSHA": "abcdef1"},
+        }))
+        .unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn idle_counts_from_the_latest_push_or_command() {
+        let e = env(&[]);
+        assert_eq!(
+            sleep_reason(&e, t("2026-01-01T01:59:59Z"), Some(2 * HOUR), false),
+            None
+        );
+        assert_eq!(
+            sleep_reason(&e, t("2026-01-01T02:00:00Z"), Some(2 * HOUR), false),
+            Some(SleepReason::Idle)
+        );
+        let pushed = env(&[(ANNOTATION_LAST_ACTIVITY, "2026-01-01T01:00:00Z")]);
+        assert_eq!(
+            sleep_reason(&pushed, t("2026-01-01T02:30:00Z"), Some(2 * HOUR), false),
+            None
+        );
+        let commanded = env(&[
+            (ANNOTATION_LAST_ACTIVITY, "2026-01-01T01:00:00Z"),
+            (ANNOTATION_LAST_COMMAND, "2026-01-01T02:00:00Z"),
+        ]);
+        assert_eq!(
+            idle_sleep_at(&commanded, t("2026-01-01T02:30:00Z"), Some(2 * HOUR)),
+            Some(t("2026-01-01T04:00:00Z"))
+        );
+        // No idle time: never sleeps for idleness.
+        assert_eq!(
+            sleep_reason(&e, t("2027-01-01T00:00:00Z"), None, false),
+            None
+        );
+    }
+
+    #[test]
+    fn a_command_sleep_ends_with_later_activity() {
+        let asked = env(&[
+            (ANNOTATION_SLEEP, "command"),
+            (ANNOTATION_SLEEP_REQUESTED_AT, "2026-01-01T00:10:00Z"),
+            (ANNOTATION_LAST_COMMAND, "2026-01-01T00:10:00Z"),
+        ]);
+        let now = t("2026-01-01T00:20:00Z");
+        assert_eq!(
+            sleep_reason(&asked, now, None, false),
+            Some(SleepReason::Command)
+        );
+        let pushed = env(&[
+            (ANNOTATION_SLEEP, "command"),
+            (ANNOTATION_SLEEP_REQUESTED_AT, "2026-01-01T00:10:00Z"),
+            (ANNOTATION_LAST_ACTIVITY, "2026-01-01T00:15:00Z"),
+        ]);
+        assert_eq!(sleep_reason(&pushed, now, None, false), None);
+        // A request without a time (set by hand) holds until removed.
+        let by_hand = env(&[
+            (ANNOTATION_SLEEP, "maintenance"),
+            (ANNOTATION_LAST_ACTIVITY, "2026-01-01T00:15:00Z"),
+        ]);
+        assert_eq!(
+            sleep_reason(&by_hand, now, None, false),
+            Some(SleepReason::Command)
+        );
+        assert_eq!(
+            sleep_reason(&env(&[(ANNOTATION_SLEEP, " ")]), now, None, false),
+            None
+        );
+    }
+
+    #[test]
+    fn budget_wins_and_activity_does_not_wake_it() {
+        let now = t("2026-01-01T00:20:00Z");
+        assert_eq!(
+            sleep_reason(&env(&[]), now, None, true),
+            Some(SleepReason::Budget)
+        );
+        let e = env(&[
+            (ANNOTATION_SLEEP, "Budget"),
+            (ANNOTATION_SLEEP_REQUESTED_AT, "2026-01-01T00:10:00Z"),
+            (ANNOTATION_LAST_ACTIVITY, "2026-01-01T00:15:00Z"),
+        ]);
+        assert_eq!(
+            sleep_reason(&e, now, Some(HOUR), false),
+            Some(SleepReason::Budget)
+        );
+    }
+
+    fn deployment(replicas: i32) -> DesiredObject {
+        let value = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": []}}}
+        });
+        DesiredObject::from_value(ApiResource::erase::<Deployment>(&()), value)
+    }
+
+    #[test]
+    fn asleep_scales_workloads_only() {
+        let d = asleep(deployment(3));
+        assert_eq!(d.object["spec"]["replicas"], 0);
+        assert_ne!(d.hash, deployment(3).hash);
+        assert_eq!(d.hash, asleep(deployment(3)).hash, "stable hash");
+        let service = DesiredObject::from_value(
+            ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+            serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web"}, "spec": {"ports": []}}),
+        );
+        assert_eq!(asleep(service.clone()), service);
+    }
+
+    #[test]
+    fn restarted_stamps_the_pod_template() {
+        let d = restarted(deployment(1), "123");
+        assert_eq!(
+            d.object["spec"]["template"]["metadata"]["annotations"][ANNOTATION_RESTARTED_FOR],
+            "123"
+        );
+        assert_ne!(d.hash, deployment(1).hash);
+    }
+}
