@@ -52,7 +52,7 @@ pub struct ServiceBuildSpec {
     /// Build arguments as written; a null value is taken from the environment (compose
     /// `args: [NAME]`), so a change to `NAME` in an env file affects the service.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(extend("maxProperties" = 100))]
     pub args: BTreeMap<String, Option<String>>,
     /// Build target stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
