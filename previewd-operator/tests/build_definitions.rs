@@ -115,6 +115,10 @@ fn file(path: &str, patch: &str) -> Value {
 }
 
 fn environment(pr: u64) -> PreviewEnvironment {
+    let services: Vec<Value> = ["api", "web", "worker"]
+        .iter()
+        .map(|s| json!({"name": s, "image": "registry.k8s.io/pause:3.10", "port": 8080}))
+        .collect();
     serde_json::from_value(json!({
         "apiVersion": "previewd.io/v1alpha1",
         "kind": "PreviewEnvironment",
@@ -126,9 +130,7 @@ fn environment(pr: u64) -> PreviewEnvironment {
             "headSHA": "abcdef1234567890abcdef1234567890abcdef12",
             "repositoryRef": "shop",
             "serviceSelection": "Affected",
-            "services": ["api", "web", "worker"].iter().map(|s| json!({
-                "name": s, "image": "registry.k8s.io/pause:3.10", "port": 8080
-            })).collect::<Vec<_>>()
+            "services": services
         }
     }))
     .unwrap()
