@@ -157,3 +157,46 @@ fn declared_images_name_services_whose_catalogue_image_differs() {
         .with_build_definitions(builds);
     assert_eq!(names(&with.affected(&change)), ["api"]);
 }
+
+#[test]
+fn skaffold_helm_releases_affect_the_service_whose_image_they_set() {
+    let patch = "\
+diff --git a/skaffold.yaml b/skaffold.yaml
+--- a/skaffold.yaml
++++ b/skaffold.yaml
+@@ -18,12 +18,12 @@ build:
+ deploy:
+   helm:
+     releases:
+       - name: shop-web
+         chartPath: charts/shop
+         setValues:
+-          web.image.tag: v1
++          web.image.tag: v2
+       - name: shop-api
+         chartPath: charts/shop
+         setValues:
+-          image.repository: ghcr.io/acme/api
+-          image.tag: v1
++          image.repository: ghcr.io/acme/api
++          image.tag: v2
+";
+    let change = ChangeInput {
+        files: vec!["skaffold.yaml".to_owned()],
+        diff: Some(patch.to_owned()),
+        ..ChangeInput::default()
+    };
+    let cat = catalogue("ghcr.io/acme/{{service}}:pr-{{number}}");
+    let mut cat = cat;
+    cat.shared_paths = vec!["skaffold.yaml".to_owned()];
+    let r = CompiledCatalogue::new(&cat).unwrap().affected(&change);
+    // web by the dotted key, api by the repository beside the tag; worker untouched
+    assert_eq!(names(&r), ["api", "web"], "{:?}", r.evidence);
+    assert!(
+        r.evidence["api"].iter().any(|e| matches!(e,
+            Evidence::BuildDefinition { detail, .. } if detail.ends_with("setValues.image.tag")
+                || detail.ends_with("setValues.image.repository"))),
+        "{:?}",
+        r.evidence
+    );
+}

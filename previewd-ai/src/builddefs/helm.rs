@@ -103,6 +103,45 @@ pub fn values_changes(hunks: &[Hunk]) -> Vec<ValuesChange> {
     out
 }
 
+/// For a changed line under skaffold's `deploy`, `manifests` or `profiles`: when it sets
+/// an image value of a Helm release (`setValues`, `setValueTemplates`, `valuesFiles`
+/// neighbours such as `image.tag: v2`, `api.image.repository: ...`), the image it names
+/// (the repository on the line or beside it, else the first segment of a dotted key, else
+/// the release's `name`) and a detail; `None` for any other line.
+pub fn deployed_image(
+    lines: &[yaml::YamlLine],
+    i: usize,
+    loc: &yaml::Location,
+) -> Option<(Option<String>, String)> {
+    let key = lines[i].key.as_deref()?;
+    let segments: Vec<&str> = key.split('.').collect();
+    let last = segments.last().copied().unwrap_or(key);
+    if !is_image_key(last) || !loc.keys().any(|k| k.starts_with("setValue")) {
+        return None;
+    }
+    let detail = loc.keys().collect::<Vec<_>>().join(".");
+    let concrete = |v: &str| {
+        let v = scalar(v);
+        (!v.is_empty() && !v.contains("{{")).then_some(v)
+    };
+    let from_repository = siblings(lines, i).into_iter().find_map(|(k, v)| {
+        let last = k.rsplit('.').next().unwrap_or(&k);
+        REPOSITORY_KEYS
+            .contains(&last)
+            .then(|| concrete(&v))
+            .flatten()
+    });
+    let from_key = (segments.len() > 2).then(|| segments[0].to_owned());
+    let from_release = loc.path.iter().rev().find_map(|n| match n {
+        yaml::Node::Item(start) => yaml::item_fields(lines, *start)
+            .into_iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, v)| concrete(&v)),
+        yaml::Node::Key(_) => None,
+    });
+    Some((from_repository.or(from_key).or(from_release), detail))
+}
+
 /// The keys and values of the line and of the visible lines of the same mapping.
 fn siblings(lines: &[yaml::YamlLine], i: usize) -> Vec<(String, String)> {
     let me = &lines[i];
@@ -247,6 +286,43 @@ mod tests {
             ValuesChange::Image { repositories, keys, .. }
                 if repositories.is_empty() && keys == &["worker", "image"]
         ));
+    }
+
+    #[test]
+    fn skaffold_helm_releases_name_their_images() {
+        let text = "@@ -30,8 +30,8 @@ deploy:\n   helm:\n     releases:\n       - name: checkout\n         chartPath: charts/checkout\n         setValues:\n-          image.tag: v1\n+          image.tag: v2\n           replicaCount: 2\n         setValueTemplates:\n";
+        let hunks = parse_hunks(text).unwrap();
+        let side: Vec<yaml::YamlLine> = hunks[0]
+            .side(true)
+            .iter()
+            .map(|(t, _)| yaml::classify(t))
+            .collect();
+        let at = |key: &str| {
+            side.iter()
+                .position(|l| l.key.as_deref() == Some(key))
+                .unwrap()
+        };
+        let i = at("image.tag");
+        let loc = yaml::locate(&side, i, &hunks[0].section);
+        // no repository beside it: the release's name
+        assert_eq!(
+            deployed_image(&side, i, &loc),
+            Some((
+                Some("checkout".to_owned()),
+                "deploy.helm.releases.setValues.image.tag".to_owned()
+            ))
+        );
+        // replicas are not an image; chartPath is not under setValues
+        let i = at("replicaCount");
+        assert_eq!(
+            deployed_image(&side, i, &yaml::locate(&side, i, "deploy:")),
+            None
+        );
+        let i = at("chartPath");
+        assert_eq!(
+            deployed_image(&side, i, &yaml::locate(&side, i, "deploy:")),
+            None
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | file | rule |
 //! |---|---|
 //! | compose (`compose*.y*ml`, `docker-compose*.y*ml`) | a changed line under `services.<name>.build` (or a `build:` shorthand, or a new service entry) affects `<name>`; runtime settings (`environment`, `ports`, `image`, ...) affect nothing; a change the patch does not show enough of to place affects every service the file defines |
-//! | skaffold (`skaffold*.y*ml`) | a changed `context`, `docker.dockerfile`, `docker.buildArgs` or `docker.target` of a `build.artifacts` entry affects the service of that artifact (named by its image or context); profiles, deploy and tag policy affect nothing |
+//! | skaffold (`skaffold*.y*ml`) | a changed `context`, `docker.dockerfile`, `docker.buildArgs` or `docker.target` of a `build.artifacts` entry affects the service of that artifact (named by its image or context); an image a Helm release deploys (`setValues: {image.tag: ...}`) affects the service it names (by repository, else by the release's name); other profile, deploy and tag policy settings affect nothing |
 //! | `.env` | a variable whose value changed affects the services whose build definition substitutes it (`${VAR}`, `${VAR:-default}`, `$VAR`) or passes it as a build argument |
 //! | Dockerfile | every service built from it ([`ServiceBuild::dockerfile`]); `ARG` changes are named in the evidence |
 //! | `.dockerignore` | the services whose context it governs, only when a changed pattern can match one of their inputs |
@@ -764,7 +764,28 @@ pub fn skaffold_changes(hunks: &[Hunk]) -> Vec<YamlChange> {
             match root {
                 Some("build") => {}
                 Some(other) => {
-                    out.push(YamlChange::NoBuild(format!("top-level `{other}`")));
+                    let line = &lines[i];
+                    let deploys = matches!(other, "deploy" | "manifests" | "profiles");
+                    match deploys
+                        .then(|| helm::deployed_image(&lines, i, &loc))
+                        .flatten()
+                    {
+                        Some((entry, detail)) if entry.is_some() => out.push(YamlChange::Build {
+                            entry,
+                            context: None,
+                            detail,
+                        }),
+                        Some((_, detail)) => out.push(YamlChange::Unplaced {
+                            entry: None,
+                            detail,
+                            hint: Hint {
+                                key: line.key.clone(),
+                                value: yaml::unquote(&line.value).to_owned(),
+                                ..Hint::default()
+                            },
+                        }),
+                        None => out.push(YamlChange::NoBuild(format!("top-level `{other}`"))),
+                    }
                     continue;
                 }
                 None => {
