@@ -200,3 +200,30 @@ diff --git a/skaffold.yaml b/skaffold.yaml
         r.evidence
     );
 }
+
+#[test]
+fn notes_quote_few_and_short_details_of_a_hostile_patch() {
+    let mut patch = String::from(
+        "diff --git a/charts/shop/values.yaml b/charts/shop/values.yaml\n--- a/charts/shop/values.yaml\n+++ b/charts/shop/values.yaml\n@@ -1,1 +1,61 @@\n global:\n",
+    );
+    for i in 0..60 {
+        patch.push_str(&format!("+  image{i}{}: x\n", "Z".repeat(500)));
+    }
+    let r = compiled().affected(&ChangeInput {
+        files: vec![VALUES.to_owned()],
+        diff: Some(patch),
+        ..ChangeInput::default()
+    });
+    assert_eq!(
+        names(&r),
+        ["api", "web", "worker"],
+        "the shared path stands"
+    );
+    let note = r
+        .notes
+        .iter()
+        .find(|n| n.contains("no service is named"))
+        .expect("a note");
+    assert!(note.contains("55 more"), "{note}");
+    assert!(note.chars().count() < 1500, "{}", note.chars().count());
+}

@@ -640,11 +640,25 @@ impl CompiledCatalogue {
                 ValuesChange::Setting { .. } => {}
             }
         }
+        // the details quote the patch: untrusted, so few and short
+        let quote = |items: Vec<String>| {
+            let n = items.len();
+            let mut shown: Vec<String> = items
+                .into_iter()
+                .take(MAX_QUOTED)
+                .map(|d| cap(&d, MAX_DETAIL_CHARS))
+                .collect();
+            if n > MAX_QUOTED {
+                shown.push(format!("{} more", n - MAX_QUOTED));
+            }
+            shown.join("; ")
+        };
         if !unplaced.is_empty() {
+            unplaced.sort();
             unplaced.dedup();
             return Outcome::Unknown(format!(
                 "no service is named by the change ({})",
-                unplaced.join("; ")
+                quote(unplaced)
             ));
         }
         if out.is_empty() {
@@ -653,10 +667,7 @@ impl CompiledCatalogue {
                 if foreign.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        " (other images: {})",
-                        foreign.into_iter().collect::<Vec<_>>().join(", ")
-                    )
+                    format!(" (other images: {})", quote(foreign.into_iter().collect()))
                 }
             ));
         }
@@ -824,6 +835,8 @@ pub const MAX_PATCH_LINES: usize = 5_000;
 
 /// Longest evidence detail, in characters.
 const MAX_DETAIL_CHARS: usize = 200;
+/// Most details of one file quoted in a note.
+const MAX_QUOTED: usize = 5;
 
 fn cap(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
