@@ -4,7 +4,8 @@
 //!
 //! For each head commit, [`AiEnvironmentAdvisor`]:
 //!
-//! 1. reads the service catalogue from its [`CatalogueSource`] (in the operator: the
+//! 1. reads the service catalogue and the build definitions from its [`CatalogueSource`]
+//!    (in the operator: `spec.catalogue` and `spec.buildDefinitions` of the
 //!    `PreviewRepository` named by `spec.repositoryRef`, same namespace, [`KubeCatalogues`]
 //!    with the `kube` feature);
 //! 2. asks source control for the pull request (is it a fork? its title) and its changed
@@ -49,13 +50,15 @@ use previewd_core::environment::{Advice, AiStatus, EnvironmentAdvisor, Environme
 use previewd_core::source_control::{RepoRef, SourceControl, SourceControlError};
 
 use crate::advisor::{Advisors, PullRequestFacts};
+use crate::builddefs::BuildDefinitions;
 use crate::config::{AiConfig, ConfigError, build_stack};
 use crate::history::HistoryStore;
 use crate::lifespan::{HistoryStats, LifespanConfig, PrSize, predict_ttl};
 use crate::provider::for_environment;
 use crate::provider::layers::Cached;
 use crate::services::{
-    CONFIDENCE_ASSUMED_ALL, ChangeInput, ServicesAdvisor, ServicesError, ServicesOptions,
+    CONFIDENCE_ASSUMED_ALL, ChangeInput, CompiledCatalogue, ServicesAdvisor, ServicesError,
+    ServicesOptions,
 };
 use crate::tier::{TierPolicy, advise_tier};
 
@@ -123,11 +126,32 @@ impl AdviceError {
     }
 }
 
+/// What the advisor reads from a repository's settings: its service catalogue and, when
+/// known, how the services are built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepositorySettings {
+    /// The service catalogue.
+    pub catalogue: ServiceCatalogue,
+    /// How the catalogue's images are built; `None` when the settings do not say (the
+    /// build-definition rules then read compose and skaffold files alone, and env files
+    /// and Dockerfiles no definition names are matched by path).
+    pub builds: Option<BuildDefinitions>,
+}
+
 /// Where the advisor finds an environment's service catalogue.
 #[async_trait]
 pub trait CatalogueSource: Send + Sync {
     /// The catalogue of the repository settings the environment was rendered from.
     async fn catalogue(&self, env: &EnvironmentView) -> Result<ServiceCatalogue, AdviceError>;
+
+    /// The catalogue and the build definitions of those settings. The default has no
+    /// build definitions.
+    async fn settings(&self, env: &EnvironmentView) -> Result<RepositorySettings, AdviceError> {
+        Ok(RepositorySettings {
+            catalogue: self.catalogue(env).await?,
+            builds: None,
+        })
+    }
 }
 
 /// A fixed catalogue for every environment (embedders, tests, single-repository setups).
@@ -161,6 +185,11 @@ impl KubeCatalogues {
 #[async_trait]
 impl CatalogueSource for KubeCatalogues {
     async fn catalogue(&self, env: &EnvironmentView) -> Result<ServiceCatalogue, AdviceError> {
+        Ok(self.settings(env).await?.catalogue)
+    }
+
+    /// `spec.catalogue` and `spec.buildDefinitions` of the `PreviewRepository`.
+    async fn settings(&self, env: &EnvironmentView) -> Result<RepositorySettings, AdviceError> {
         use previewd_kube::crd::PreviewRepository;
         let name = env
             .repository_ref
@@ -175,13 +204,30 @@ impl CatalogueSource for KubeCatalogues {
         let api: kube::Api<PreviewRepository> =
             kube::Api::namespaced(self.client.clone(), namespace);
         match api.get_opt(name).await {
-            Ok(Some(repo)) => Ok(repo.spec.catalogue),
+            Ok(Some(repo)) => Ok(settings_of(repo.spec)),
             Ok(None) => Err(AdviceError::RepositoryNotFound(name.to_owned())),
             Err(source) => Err(AdviceError::ReadRepository {
                 name: name.to_owned(),
                 source: Box::new(source),
             }),
         }
+    }
+}
+
+/// The advisor's view of a `PreviewRepository`'s spec: its catalogue and its build
+/// definitions, normalised ([`crate::builddefs::from_spec`]; what is left out is logged).
+#[cfg(feature = "kube")]
+pub fn settings_of(spec: previewd_kube::crd::PreviewRepositorySpec) -> RepositorySettings {
+    let builds = spec.build_definitions.as_ref().map(|b| {
+        let (builds, warnings) = crate::builddefs::from_spec(b);
+        for w in warnings {
+            tracing::warn!(repository = %spec.repository, "buildDefinitions: {w}; entry ignored");
+        }
+        builds
+    });
+    RepositorySettings {
+        catalogue: spec.catalogue,
+        builds,
     }
 }
 
@@ -343,8 +389,16 @@ impl AiEnvironmentAdvisor {
         ))
     }
 
-    fn advisors(&self, catalogue: &ServiceCatalogue) -> Result<Advisors, ServicesError> {
-        let services = ServicesAdvisor::new(catalogue, self.provider.clone())?
+    fn advisors(
+        &self,
+        catalogue: &ServiceCatalogue,
+        builds: Option<&BuildDefinitions>,
+    ) -> Result<Advisors, ServicesError> {
+        let mut compiled = CompiledCatalogue::new(catalogue)?;
+        if let Some(builds) = builds {
+            compiled = compiled.with_build_definitions(builds.clone());
+        }
+        let services = ServicesAdvisor::from_compiled(Arc::new(compiled), self.provider.clone())
             .with_options(self.options.services.clone());
         Ok(Advisors {
             services,
@@ -385,8 +439,19 @@ impl AiEnvironmentAdvisor {
         env: &EnvironmentView,
         catalogue: &ServiceCatalogue,
     ) -> Advice {
+        self.advise_with_builds(env, catalogue, None).await
+    }
+
+    /// Advice for `env` given its repository's catalogue and build definitions (source
+    /// control and the model are consulted; the `PreviewRepository` is not read).
+    pub async fn advise_with_builds(
+        &self,
+        env: &EnvironmentView,
+        catalogue: &ServiceCatalogue,
+        builds: Option<&BuildDefinitions>,
+    ) -> Advice {
         let now = Timestamp::now();
-        let advisors = match self.advisors(catalogue) {
+        let advisors = match self.advisors(catalogue, builds) {
             Ok(a) => a,
             Err(e) => return self.fallback(env, None, &AdviceError::InvalidCatalogue(e), now),
         };
@@ -511,8 +576,11 @@ impl EnvironmentAdvisor for AiEnvironmentAdvisor {
     async fn advise(&self, env: &EnvironmentView) -> Advice {
         // Model answers are tagged with the environment so its deletion drops them.
         for_environment(environment_key(env), async {
-            match self.catalogues.catalogue(env).await {
-                Ok(catalogue) => self.advise_with_catalogue(env, &catalogue).await,
+            match self.catalogues.settings(env).await {
+                Ok(settings) => {
+                    self.advise_with_builds(env, &settings.catalogue, settings.builds.as_ref())
+                        .await
+                }
                 Err(e) => self.fallback(env, None, &e, Timestamp::now()),
             }
         })

@@ -468,6 +468,7 @@ fn load_catalogue(path: &Path) -> Result<Known, EvalError> {
                 args,
                 target: None,
                 env_files,
+                images: Vec::new(),
             }
         });
         out.insert(
@@ -570,7 +571,9 @@ fn miss_cause(files: &[String], status: &[String], service: &str) -> (Cause, Str
         let (rank, cause) = match builddefs::kind_of(f, None) {
             Some(FileKind::DockerIgnore) => (0, Cause::IgnoreRules),
             Some(FileKind::EnvFile) => (1, Cause::EnvBuildArgument),
-            Some(FileKind::Compose) | Some(FileKind::Skaffold) => (2, Cause::BuildDefinition),
+            Some(FileKind::Compose) | Some(FileKind::Skaffold) | Some(FileKind::HelmValues) => {
+                (2, Cause::BuildDefinition)
+            }
             Some(FileKind::Dockerfile) if f.contains(service) => (2, Cause::BuildDefinition),
             _ => continue,
         };

@@ -331,6 +331,7 @@ pub fn from_compose(files: &dyn RepoFiles, compose: &str) -> Result<Generated, G
             target,
             variables,
             env_files: vec![env_path.clone()],
+            images: Vec::new(),
         });
     }
     Ok(out)

@@ -9,10 +9,11 @@
 //! | file | rule |
 //! |---|---|
 //! | compose (`compose*.y*ml`, `docker-compose*.y*ml`) | a changed line under `services.<name>.build` (or a `build:` shorthand, or a new service entry) affects `<name>`; runtime settings (`environment`, `ports`, `image`, ...) affect nothing; a change the patch does not show enough of to place affects every service the file defines |
-//! | skaffold (`skaffold*.y*ml`) | a changed `context`, `docker.dockerfile`, `docker.buildArgs` or `docker.target` of a `build.artifacts` entry affects the service of that artifact (named by its image or context); profiles, deploy and tag policy affect nothing |
+//! | skaffold (`skaffold*.y*ml`) | a changed `context`, `docker.dockerfile`, `docker.buildArgs` or `docker.target` of a `build.artifacts` entry affects the service of that artifact (named by its image or context); an image a Helm release deploys (`setValues: {image.tag: ...}`) affects the service it names (by repository, else by the release's name); other profile, deploy and tag policy settings affect nothing |
 //! | `.env` | a variable whose value changed affects the services whose build definition substitutes it (`${VAR}`, `${VAR:-default}`, `$VAR`) or passes it as a build argument |
 //! | Dockerfile | every service built from it ([`ServiceBuild::dockerfile`]); `ARG` changes are named in the evidence |
 //! | `.dockerignore` | the services whose context it governs, only when a changed pattern can match one of their inputs |
+//! | Helm values (`values*.y*ml`, `*-values.y*ml`, `*.values.y*ml`) | a changed `image`, `repository`, `tag` or `digest` affects the service whose image it names (by the repository beside it, else by the key it sits under); an image no catalogue service uses and settings that are not images (replicas, resources) affect nothing; an image change that names no service (a chart-wide registry) keeps the path-matching answer ([`helm`]) |
 //!
 //! Lines are parsed with real grammars: [`yaml`] places a changed line in the YAML
 //! structure from the lines the patch shows (a whole YAML parser needs the whole file,
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub mod diff;
 pub mod dockerfile;
 pub mod generate;
+pub mod helm;
 pub mod yaml;
 
 pub use diff::{ChangeDiff, DiffLine, FileDiff, FileStatus, Hunk};
@@ -80,6 +82,10 @@ pub struct ServiceBuild {
     /// compose file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_files: Vec<String>,
+    /// Image repositories that name the service in Helm values or skaffold files, besides
+    /// its catalogue image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 impl ServiceBuild {
@@ -88,6 +94,62 @@ impl ServiceBuild {
     pub fn uses_variable(&self, var: &str) -> bool {
         self.variables.contains(var) || self.args.get(var).is_some_and(Option::is_none)
     }
+}
+
+/// Build definitions from a `PreviewRepository`'s `spec.buildDefinitions`.
+///
+/// Paths are normalised to the repository-relative form the rules compare against
+/// (`./src/api/` becomes `src/api`). An entry whose context or Dockerfile leaves the
+/// repository describes no file a pull request can change: it is left out, and so is any
+/// other path that leaves the repository. The returned strings say what was left out.
+#[cfg(feature = "kube")]
+pub fn from_spec(
+    spec: &previewd_kube::crd::BuildDefinitionsSpec,
+) -> (BuildDefinitions, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut services = Vec::with_capacity(spec.services.len());
+    for s in &spec.services {
+        let mut inside = |what: &str, p: &str| -> Option<String> {
+            let joined = join("", p);
+            if joined.is_none() {
+                warnings.push(format!(
+                    "service {:?}: {what} {p:?} leaves the repository",
+                    s.name
+                ));
+            }
+            joined
+        };
+        let (Some(context), Some(dockerfile)) = (
+            inside("context", &s.context),
+            inside("dockerfile", &s.dockerfile),
+        ) else {
+            continue;
+        };
+        let defined_in = s.defined_in.as_deref().and_then(|p| inside("definedIn", p));
+        let dockerignore = s
+            .dockerignore
+            .as_deref()
+            .and_then(|p| inside("dockerignore", p));
+        let env_files = s
+            .env_files
+            .iter()
+            .filter_map(|p| inside("envFiles entry", p))
+            .collect();
+        services.push(ServiceBuild {
+            name: s.name.clone(),
+            defined_in,
+            key: s.key.clone(),
+            context,
+            dockerfile,
+            dockerignore,
+            args: s.args.clone(),
+            target: s.target.clone(),
+            variables: s.variables.clone(),
+            env_files,
+            images: s.images.clone(),
+        });
+    }
+    (BuildDefinitions { services }, warnings)
 }
 
 /// What kind of build-definition file a path is.
@@ -103,6 +165,8 @@ pub enum FileKind {
     Dockerfile,
     /// A `.dockerignore` file.
     DockerIgnore,
+    /// A Helm values file.
+    HelmValues,
 }
 
 impl FileKind {
@@ -114,6 +178,7 @@ impl FileKind {
             FileKind::EnvFile => "env file",
             FileKind::Dockerfile => "Dockerfile",
             FileKind::DockerIgnore => ".dockerignore",
+            FileKind::HelmValues => "Helm values file",
         }
     }
 }
@@ -128,6 +193,14 @@ pub fn kind_of(path: &str, builds: Option<&BuildDefinitions>) -> Option<FileKind
     }
     if yaml && lower.starts_with("skaffold") {
         return Some(FileKind::Skaffold);
+    }
+    if yaml
+        && (lower.starts_with("values.")
+            || lower.starts_with("values-")
+            || lower.contains("-values.")
+            || lower.contains(".values."))
+    {
+        return Some(FileKind::HelmValues);
     }
     if lower.ends_with(".dockerignore") {
         return Some(FileKind::DockerIgnore);
@@ -691,7 +764,28 @@ pub fn skaffold_changes(hunks: &[Hunk]) -> Vec<YamlChange> {
             match root {
                 Some("build") => {}
                 Some(other) => {
-                    out.push(YamlChange::NoBuild(format!("top-level `{other}`")));
+                    let line = &lines[i];
+                    let deploys = matches!(other, "deploy" | "manifests" | "profiles");
+                    match deploys
+                        .then(|| helm::deployed_image(&lines, i, &loc))
+                        .flatten()
+                    {
+                        Some((entry, detail)) if entry.is_some() => out.push(YamlChange::Build {
+                            entry,
+                            context: None,
+                            detail,
+                        }),
+                        Some((_, detail)) => out.push(YamlChange::Unplaced {
+                            entry: None,
+                            detail,
+                            hint: Hint {
+                                key: line.key.clone(),
+                                value: yaml::unquote(&line.value).to_owned(),
+                                ..Hint::default()
+                            },
+                        }),
+                        None => out.push(YamlChange::NoBuild(format!("top-level `{other}`"))),
+                    }
                     continue;
                 }
                 None => {
@@ -917,6 +1011,19 @@ mod tests {
         );
         assert_eq!(kind_of(".env", None), Some(FileKind::EnvFile));
         assert_eq!(kind_of("src/main.rs", None), None);
+        assert_eq!(
+            kind_of("charts/shop/values.yaml", None),
+            Some(FileKind::HelmValues)
+        );
+        assert_eq!(
+            kind_of("deploy/values-staging.yml", None),
+            Some(FileKind::HelmValues)
+        );
+        assert_eq!(
+            kind_of("preview.values.yaml", None),
+            Some(FileKind::HelmValues)
+        );
+        assert_eq!(kind_of("src/values.ts", None), None);
         let builds = BuildDefinitions {
             services: vec![ServiceBuild {
                 name: "api".to_owned(),
@@ -927,6 +1034,65 @@ mod tests {
         assert_eq!(
             kind_of("docker/api.build", Some(&builds)),
             Some(FileKind::Dockerfile)
+        );
+    }
+
+    #[cfg(feature = "kube")]
+    #[test]
+    fn repository_build_definitions_convert_to_repository_relative_paths() {
+        // the shape `previewd catalogue --build-definitions` prints, as a platform
+        // engineer pastes it under `spec.buildDefinitions`
+        let spec: previewd_kube::crd::BuildDefinitionsSpec = serde_saphyr::from_str(
+            r#"
+services:
+  - name: api
+    definedIn: ./docker-compose.yml
+    key: api-server
+    context: ./src/api/
+    dockerfile: src/api/Dockerfile
+    dockerignore: src/api/.dockerignore
+    args:
+      NODE_VERSION: ${NODE_VERSION:-20}
+      GIT_SHA: null
+    target: prod
+    variables: [NODE_VERSION]
+    envFiles: [./.env]
+    images: [ghcr.io/acme/api]
+  - name: escape
+    context: ../elsewhere
+    dockerfile: ../elsewhere/Dockerfile
+  - name: web
+    context: web
+    dockerfile: web/Dockerfile
+    envFiles: [../outside.env, deploy/.env]
+"#,
+        )
+        .unwrap();
+        let (builds, warnings) = from_spec(&spec);
+        let names: Vec<&str> = builds.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+        let api = &builds.services[0];
+        assert_eq!(api.defined_in.as_deref(), Some("docker-compose.yml"));
+        assert_eq!(api.key.as_deref(), Some("api-server"));
+        assert_eq!(api.context, "src/api");
+        assert_eq!(api.dockerfile, "src/api/Dockerfile");
+        assert_eq!(api.dockerignore.as_deref(), Some("src/api/.dockerignore"));
+        assert_eq!(api.env_files, [".env"]);
+        assert_eq!(api.target.as_deref(), Some("prod"));
+        assert_eq!(api.images, ["ghcr.io/acme/api"]);
+        // an argument without a value comes from the environment; one with a value does not
+        assert!(api.uses_variable("GIT_SHA"));
+        assert!(api.uses_variable("NODE_VERSION"));
+        assert!(!api.uses_variable("OTHER"));
+        assert_eq!(builds.services[1].env_files, ["deploy/.env"]);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("\"escape\": context"), "{warnings:?}");
+        assert!(warnings[2].contains("outside.env"), "{warnings:?}");
+        // the converted definitions are the ones the rules read
+        assert_eq!(kind_of(".env", Some(&builds)), Some(FileKind::EnvFile));
+        assert_eq!(
+            kind_of("deploy/.env", Some(&builds)),
+            Some(FileKind::EnvFile)
         );
     }
 

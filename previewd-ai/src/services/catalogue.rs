@@ -459,6 +459,7 @@ impl CompiledCatalogue {
                     .unwrap_or_default();
                 Outcome::Affects(list)
             }
+            FileKind::HelmValues => self.values_outcome(&builddefs::helm::values_changes(hunks)),
             FileKind::DockerIgnore => {
                 let patterns = builddefs::ignore_changes(hunks);
                 let mut out = Vec::new();
@@ -597,6 +598,163 @@ impl CompiledCatalogue {
 
     /// The catalogue service a compose service key or a skaffold artifact (image,
     /// context) names.
+    /// What the changed lines of a Helm values file do: an image reference affects the
+    /// service it names, by repository (catalogue image, [`ServiceBuild::images`]) or by
+    /// the key it sits under; other settings affect nothing. One image line that names no
+    /// service, and is not surely an image no service uses, leaves the file to path
+    /// matching.
+    fn values_outcome(&self, changes: &[builddefs::helm::ValuesChange]) -> Outcome {
+        use builddefs::helm::ValuesChange;
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
+        let mut unplaced = Vec::new();
+        let mut foreign = BTreeSet::new();
+        for change in changes {
+            match change {
+                ValuesChange::Image {
+                    repositories,
+                    keys,
+                    detail,
+                } => {
+                    if !repositories.is_empty() {
+                        let named: BTreeSet<String> = repositories
+                            .iter()
+                            .filter_map(|r| self.service_of_image(r))
+                            .collect();
+                        if named.is_empty() {
+                            if repositories.iter().all(|r| self.surely_foreign(r)) {
+                                foreign.extend(repositories.iter().cloned());
+                            } else {
+                                unplaced.push(format!("{detail} {}", repositories.join(", ")));
+                            }
+                        }
+                        for name in named {
+                            out.entry(name).or_insert_with(|| detail.clone());
+                        }
+                    } else if let Some(name) = self.service_of_keys(keys) {
+                        out.entry(name).or_insert_with(|| detail.clone());
+                    } else {
+                        unplaced.push(detail.clone());
+                    }
+                }
+                // how a service runs, not what image it runs
+                ValuesChange::Setting { .. } => {}
+            }
+        }
+        // the details quote the patch: untrusted, so few and short
+        let quote = |items: Vec<String>| {
+            let n = items.len();
+            let mut shown: Vec<String> = items
+                .into_iter()
+                .take(MAX_QUOTED)
+                .map(|d| cap(&d, MAX_DETAIL_CHARS))
+                .collect();
+            if n > MAX_QUOTED {
+                shown.push(format!("{} more", n - MAX_QUOTED));
+            }
+            shown.join("; ")
+        };
+        if !unplaced.is_empty() {
+            unplaced.sort();
+            unplaced.dedup();
+            return Outcome::Unknown(format!(
+                "no service is named by the change ({})",
+                quote(unplaced)
+            ));
+        }
+        if out.is_empty() {
+            return Outcome::NoEffect(format!(
+                "no catalogue service's image changed{}",
+                if foreign.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (other images: {})", quote(foreign.into_iter().collect()))
+                }
+            ));
+        }
+        Outcome::Affects(out.into_iter().collect())
+    }
+
+    /// The catalogue service whose image `reference` names: the one whose catalogue image
+    /// or declared image repository is the same repository, else the one named like the
+    /// repository's last segment. `None` when no service, or more than one, matches.
+    fn service_of_image(&self, reference: &str) -> Option<String> {
+        use builddefs::helm::{image_repository, key_names, same_repository};
+        let wanted = image_repository(reference);
+        if wanted.is_empty() || wanted.contains("{{") {
+            return None;
+        }
+        let builds = self.build_definitions();
+        let mut found = BTreeSet::new();
+        for svc in &self.source.services {
+            let template = svc.image.replace("{{service}}", &svc.name);
+            let mut repos = vec![image_repository(&template)];
+            repos.extend(
+                builds
+                    .iter()
+                    .flat_map(|b| b.services.iter())
+                    .filter(|b| b.name == svc.name)
+                    .flat_map(|b| b.images.iter().map(|i| image_repository(i))),
+            );
+            if repos
+                .iter()
+                .any(|r| !r.contains("{{") && same_repository(r, &wanted))
+            {
+                found.insert(svc.name.clone());
+            }
+        }
+        if found.is_empty() {
+            let last = wanted.rsplit('/').next().unwrap_or(&wanted);
+            found.extend(
+                self.names()
+                    .filter(|n| key_names(last, n))
+                    .map(str::to_owned),
+            );
+        }
+        (found.len() == 1)
+            .then(|| found.into_iter().next())
+            .flatten()
+    }
+
+    /// Whether an image reference surely belongs to no catalogue service: every service's
+    /// image repository is known (no placeholder in it), and `reference` is neither one of
+    /// them nor a registry or organisation prefix of one (a chart-wide `repository` that
+    /// every service's image is built from).
+    fn surely_foreign(&self, reference: &str) -> bool {
+        use builddefs::helm::image_repository;
+        let wanted = image_repository(reference);
+        if wanted.is_empty() || wanted.contains("{{") {
+            return false;
+        }
+        self.source.services.iter().all(|svc| {
+            let repo = image_repository(&svc.image.replace("{{service}}", &svc.name));
+            !repo.is_empty()
+                && !repo.contains("{{")
+                && !repo.starts_with(&format!("{wanted}/"))
+                && !repo.ends_with(&format!("/{wanted}"))
+                && repo != wanted
+        })
+    }
+
+    /// The catalogue service a key above a values line names (innermost first): its name,
+    /// or its compose key, ignoring case, `-` and `_`.
+    fn service_of_keys(&self, keys: &[String]) -> Option<String> {
+        use builddefs::helm::key_names;
+        let builds = self.build_definitions();
+        keys.iter().rev().find_map(|k| {
+            self.names()
+                .find(|n| key_names(k, n))
+                .map(str::to_owned)
+                .or_else(|| {
+                    builds?
+                        .services
+                        .iter()
+                        .find(|b| b.key.as_deref().is_some_and(|bk| key_names(k, bk)))
+                        .filter(|b| self.index_of(&b.name).is_some())
+                        .map(|b| b.name.clone())
+                })
+        })
+    }
+
     fn resolve_entry(
         &self,
         file: &str,
@@ -677,6 +835,8 @@ pub const MAX_PATCH_LINES: usize = 5_000;
 
 /// Longest evidence detail, in characters.
 const MAX_DETAIL_CHARS: usize = 200;
+/// Most details of one file quoted in a note.
+const MAX_QUOTED: usize = 5;
 
 fn cap(s: &str, n: usize) -> String {
     if s.chars().count() <= n {

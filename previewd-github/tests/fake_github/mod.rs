@@ -98,6 +98,9 @@ pub struct State {
     pub deployment_statuses: Vec<(u64, Value)>,
     /// PR number → number of changed files.
     pub pr_files: BTreeMap<u64, usize>,
+    /// PR number → its changed files as GitHub lists them (`filename`, `status`,
+    /// `patch`, ...); wins over `pr_files`.
+    pub pr_file_list: BTreeMap<u64, Vec<Value>>,
     /// PR numbers whose diff GitHub refuses (too large).
     pub diff_refused: Vec<u64>,
     pub public_key_pem: Option<String>,
@@ -444,8 +447,13 @@ fn route(
         }
         ("GET", ["repos", _, _, "pulls", n, "files"]) => {
             let number: u64 = n.parse().unwrap_or(0);
-            let count = state.pr_files.get(&number).copied().unwrap_or(0).min(3000);
-            let items = (0..count).map(|i| file_entry(number, i)).collect();
+            let items = match state.pr_file_list.get(&number) {
+                Some(listed) => listed.iter().take(3000).cloned().collect(),
+                None => {
+                    let count = state.pr_files.get(&number).copied().unwrap_or(0).min(3000);
+                    (0..count).map(|i| file_entry(number, i)).collect()
+                }
+            };
             paginate(&state, path, query, items)
         }
         ("GET", ["repos", _, _, "commits", sha, "check-runs"]) => {

@@ -9,11 +9,13 @@
 
 mod application;
 mod argocd;
+mod builds;
 mod environment;
 mod repository;
 
 pub use application::*;
 pub use argocd::*;
+pub use builds::*;
 pub use environment::*;
 pub use repository::*;
 

@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ArgoCdSettings, CostBudget, EgressRule, ManifestTemplate, QuotaSpec, SecretReference,
-    TestDataSpec, TestsSpec,
+    ArgoCdSettings, BuildDefinitionsSpec, CostBudget, EgressRule, ManifestTemplate, QuotaSpec,
+    SecretReference, TestDataSpec, TestsSpec,
 };
 
 /// Trusted per-repository settings from which pull-request webhooks render
@@ -48,6 +48,14 @@ pub struct PreviewRepositorySpec {
     pub repository: String,
     /// Services, their image templates and the paths they are built from.
     pub catalogue: ServiceCatalogue,
+    /// How the catalogue's images are built (compose or skaffold file, context,
+    /// Dockerfile, `.dockerignore`, build arguments, env files, image names). With it,
+    /// affected-service detection reads what changed inside shared build files (a compose
+    /// entry, an env variable a build substitutes, a Dockerfile, an ignore rule, an image
+    /// in Helm values) instead of matching their paths only. Generate it with `previewd
+    /// catalogue --from-compose FILE --build-definitions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_definitions: Option<BuildDefinitionsSpec>,
     /// Which services an environment deploys.
     #[serde(default)]
     pub deploy: DeployPolicy,
