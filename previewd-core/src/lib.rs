@@ -36,4 +36,4 @@ pub use naming::{
 };
 pub use phase::{Observation, Phase, Transition, TransitionError, transition};
 pub use tier::{Tier, use_spot};
-pub use ttl::{DO_NOT_EXPIRE_LABEL, ExpiryPolicy, ExpiryPolicyError, Ttl, TtlError};
+pub use ttl::{DO_NOT_EXPIRE_LABEL, ExpiryPolicy, ExpiryPolicyError, Ttl, TtlChoice, TtlError};

@@ -305,6 +305,97 @@ impl JsonSchema for Ttl {
     }
 }
 
+/// A time to live as configured: a fixed duration, or `auto` for the lifespan predictor's
+/// answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TtlChoice {
+    /// This duration.
+    Fixed(Ttl),
+    /// The lifespan predictor's answer for the PR ([`TtlChoice::resolve`]).
+    Auto,
+}
+
+impl TtlChoice {
+    /// The schema pattern: `auto` or a [`Ttl`].
+    pub const PATTERN: &'static str = "^(auto|([1-9][0-9]*[smhdw])+)$";
+
+    /// The TTL to apply: the fixed one; for `auto` the prediction, never past
+    /// `max_lifespan`, and [`Ttl::DEFAULT`] (capped the same way) until there is one.
+    pub fn resolve(self, predicted: Option<Ttl>, max_lifespan: Ttl) -> Ttl {
+        match self {
+            TtlChoice::Fixed(ttl) => ttl,
+            TtlChoice::Auto => predicted.unwrap_or(Ttl::DEFAULT).min(max_lifespan),
+        }
+    }
+
+    /// True for `auto`.
+    pub const fn is_auto(self) -> bool {
+        matches!(self, TtlChoice::Auto)
+    }
+}
+
+impl From<Ttl> for TtlChoice {
+    fn from(ttl: Ttl) -> Self {
+        TtlChoice::Fixed(ttl)
+    }
+}
+
+impl fmt::Display for TtlChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TtlChoice::Fixed(ttl) => ttl.fmt(f),
+            TtlChoice::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl FromStr for TtlChoice {
+    type Err = TtlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(TtlChoice::Auto)
+        } else {
+            s.parse().map(TtlChoice::Fixed)
+        }
+    }
+}
+
+impl Serialize for TtlChoice {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TtlChoice {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = Cow::<'de, str>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for TtlChoice {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("TtlChoice")
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        Cow::Borrowed(concat!(module_path!(), "::TtlChoice"))
+    }
+
+    fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": TtlChoice::PATTERN,
+            "description": "Duration such as 30m, 4h, 7d or 1h30m (units s, m, h, d, w; at most 520w), or auto for the lifespan predictor's answer.",
+        })
+    }
+}
+
 /// An expiry policy whose TTL exceeds its hard cap.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExpiryPolicyError {
@@ -423,8 +514,47 @@ impl ExpiryPolicy {
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn ttl_choice_is_a_duration_or_auto() {
+        let auto: TtlChoice = "auto".parse().unwrap();
+        assert!(auto.is_auto());
+        assert_eq!(auto.to_string(), "auto");
+        let fixed: TtlChoice = "2h".parse().unwrap();
+        assert_eq!(fixed, TtlChoice::Fixed(ttl("2h")));
+        assert!("automatic".parse::<TtlChoice>().is_err());
+        assert!("0h".parse::<TtlChoice>().is_err());
+        let pattern = regex::Regex::new(TtlChoice::PATTERN).unwrap();
+        let re = |s: &str| pattern.is_match(s);
+        for ok in ["auto", "4h", "1h30m"] {
+            assert!(re(ok), "{ok}");
+        }
+        for bad in ["Auto ", "auto4h", "", "4"] {
+            assert!(!re(bad), "{bad}");
+        }
+        assert_eq!(
+            serde_json::from_str::<TtlChoice>("\"auto\"").unwrap(),
+            TtlChoice::Auto
+        );
+        assert_eq!(serde_json::to_string(&fixed).unwrap(), "\"2h\"");
+    }
+
+    #[test]
+    fn auto_takes_the_prediction_capped_by_the_lifespan() {
+        let cap = ttl("1d");
+        assert_eq!(TtlChoice::Auto.resolve(Some(ttl("6h")), cap), ttl("6h"));
+        assert_eq!(TtlChoice::Auto.resolve(Some(ttl("3d")), cap), cap);
+        assert_eq!(TtlChoice::Auto.resolve(None, cap), Ttl::DEFAULT);
+        assert_eq!(TtlChoice::Auto.resolve(None, ttl("1h")), ttl("1h"));
+        assert_eq!(
+            TtlChoice::Fixed(ttl("2d")).resolve(Some(ttl("6h")), cap),
+            ttl("2d"),
+            "a fixed TTL is never replaced (validation reports it past the cap)"
+        );
+    }
 
     fn ttl(s: &str) -> Ttl {
         s.parse().unwrap()

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use previewd_core::Ttl;
 use previewd_core::gating::ForkPolicy;
 use previewd_kube::crd::{
     ANNOTATION_COMMAND_IDS, ANNOTATION_COMMAND_REPLY, ANNOTATION_DELETE_REQUESTED,
@@ -97,7 +96,7 @@ pub fn record(
     let mut activity = true;
     let reply = match command {
         Command::Extend(duration) => {
-            let ttl = duration.or(env.spec.ttl).unwrap_or(Ttl::DEFAULT);
+            let ttl = duration.unwrap_or_else(|| expiry::expiry_policy(env).ttl);
             let until = now
                 .checked_add(ttl.as_signed_duration())
                 .unwrap_or(jiff::Timestamp::MAX);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
-use previewd_core::{Money, Phase, Tier, Ttl};
+use previewd_core::{Money, Phase, Tier, Ttl, TtlChoice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -89,9 +89,11 @@ pub struct PreviewEnvironmentSpec {
     /// Size of the environment.
     #[serde(default)]
     pub resources: ResourcesSpec,
-    /// Time to live, e.g. `4h`, `30m`, `7d`, `1w`. Default 4h.
+    /// Time to live, e.g. `4h`, `30m`, `7d`, `1w`, or `auto`: the lifespan predictor's
+    /// answer for this PR (`status.ai.predictedTtl`, from the repository's history),
+    /// never past `maxLifespan`, and 4h until there is one. Default 4h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<Ttl>,
+    pub ttl: Option<TtlChoice>,
     /// Renew the TTL from the last activity (push or PR command) instead of from creation.
     #[serde(default)]
     pub auto_extend: bool,

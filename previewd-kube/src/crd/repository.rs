@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
-use previewd_core::{ServiceCatalogue, Tier, Ttl};
+use previewd_core::{ServiceCatalogue, Tier, Ttl, TtlChoice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -83,9 +83,10 @@ pub struct PreviewRepositorySpec {
     /// cert-manager ClusterIssuer; default is the operator's `--cert-issuer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_issuer: Option<String>,
-    /// Default TTL of environments. Default 4h.
+    /// Default TTL of environments (`spec.ttl`), or `auto` for the lifespan predictor's
+    /// answer. Default 4h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_ttl: Option<Ttl>,
+    pub default_ttl: Option<TtlChoice>,
     /// Hard cap on any environment's life. Default 7d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lifespan: Option<Ttl>,

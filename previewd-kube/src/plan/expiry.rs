@@ -12,10 +12,18 @@ use crate::crd::{
 
 /// The expiry policy of an environment: spec fields plus the opt-out label.
 pub fn expiry_policy(env: &PreviewEnvironment) -> ExpiryPolicy {
+    let max_lifespan = env.spec.max_lifespan.unwrap_or(Ttl::MAX_LIFESPAN_DEFAULT);
+    let predicted = env
+        .status
+        .as_ref()
+        .and_then(|s| s.ai.as_ref())
+        .and_then(|ai| ai.predicted_ttl);
     ExpiryPolicy {
-        ttl: env.spec.ttl.unwrap_or(Ttl::DEFAULT),
+        ttl: env.spec.ttl.map_or(Ttl::DEFAULT, |choice| {
+            choice.resolve(predicted, max_lifespan)
+        }),
         auto_extend: env.spec.auto_extend,
-        max_lifespan: env.spec.max_lifespan.unwrap_or(Ttl::MAX_LIFESPAN_DEFAULT),
+        max_lifespan,
         do_not_expire: env
             .labels()
             .get(DO_NOT_EXPIRE_LABEL)

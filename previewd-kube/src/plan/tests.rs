@@ -1627,3 +1627,39 @@ fn a_command_answer_updates_the_comment_once() {
     let e = written(&answered, &plan);
     assert_eq!(run(&e, &world, at(11)).report, None);
 }
+
+#[test]
+fn ttl_auto_follows_the_lifespan_prediction_within_the_cap() {
+    let e = env_with(json!({"ttl": "auto", "maxLifespan": "1d"}));
+    let expires = |plan: &Plan| plan.status.expires_at.as_ref().map(|t| t.0);
+    // No prediction yet: the default 4h.
+    let mut world = World::empty();
+    let first = run(&e, &world, at(1));
+    world.apply(&e, &first, false);
+    assert_eq!(expires(&first), Some(at(4 * 3600)));
+    // The advisor predicts 6h: once recorded in status, the expiry follows it.
+    world.observed.advice = Some(Advice {
+        services: None,
+        status: AiStatus {
+            predicted_ttl: Some("6h".parse().unwrap()),
+            ..AiStatus::default()
+        },
+    });
+    let advised = run(&written(&e, &first), &world, at(2));
+    let e6 = written(&e, &advised);
+    let plan = run(&e6, &world, at(3));
+    assert_eq!(expires(&plan), Some(at(6 * 3600)));
+    // A prediction past maxLifespan is capped, not refused.
+    let mut long = e6.clone();
+    if let Some(ai) = long.status.as_mut().and_then(|s| s.ai.as_mut()) {
+        ai.predicted_ttl = Some("3d".parse().unwrap());
+    }
+    let plan = run(&long, &world, at(4));
+    assert_eq!(expires(&plan), Some(at(24 * 3600)));
+    assert!(
+        plan.status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != condition::STALLED || c.status != "True")
+    );
+}
