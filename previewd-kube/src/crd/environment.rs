@@ -168,9 +168,11 @@ pub enum TestDataStrategy {
     /// Generated from the database schema, reproducible from the seed.
     #[default]
     Synthetic,
-    /// A masked snapshot of production.
+    /// Restores an anonymised dump the platform team provides (never a live production
+    /// connection).
     ProductionSnapshot,
-    /// Only what migrations create.
+    /// Only the tables named in `counts`, plus the parent rows their required foreign
+    /// keys need.
     Minimal,
 }
 
@@ -181,7 +183,10 @@ pub struct TestDataSpec {
     /// Seed the environment's database.
     #[serde(default)]
     pub enabled: bool,
-    /// Strategy.
+    /// Strategy: `synthetic` (every table, generated from the schema, reproducible from
+    /// the seed), `production-snapshot` (restores the anonymised dump the platform team
+    /// provides) or `minimal` (only the tables in `counts`, plus the parent rows their
+    /// required foreign keys need).
     #[serde(default)]
     pub strategy: TestDataStrategy,
     /// Let a model pick column generators (`true`), or use heuristics only.
