@@ -56,5 +56,6 @@ pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
             .find(|c| c.type_ == crate::crd::condition::BUDGET_EXCEEDED && c.status == "True")
             .map(|c| c.message.clone()),
         expires_at: status.expires_at.map(|t| t.0),
+        test_selection: crate::strategy::testrun::selection_request(env),
     }
 }

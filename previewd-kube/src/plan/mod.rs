@@ -248,6 +248,10 @@ pub fn effective_environment(
     status: &PreviewEnvironmentStatus,
 ) -> PreviewEnvironment {
     let mut effective = env.clone();
+    // The test Job passes on the selection recorded for this head commit.
+    let recorded = effective.status.get_or_insert_default();
+    recorded.test_selection = status.test_selection.clone();
+    recorded.advised_sha = status.advised_sha.clone();
     if let Some(choice) = env.spec.resources.tier {
         let recommended = status.ai.as_ref().and_then(|ai| ai.recommended_tier);
         effective.spec.resources.tier = Some(choice.resolve(recommended).into());
@@ -358,6 +362,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         status.ai =
             (advice.status != crate::crd::AiStatus::default()).then(|| advice.status.clone());
         status.selected_services = advice.services.clone();
+        status.test_selection = crate::strategy::testrun::recorded_selection(env, advice);
         status.advised_sha = Some(env.spec.head_sha.clone());
     }
     let effective = effective_environment(env, &status);

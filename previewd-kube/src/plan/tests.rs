@@ -655,6 +655,7 @@ fn affected_services_only_deploy_what_the_advice_selected() {
             services_detected: vec!["web".into()],
             ..Default::default()
         },
+        tests: None,
     });
     let plan = run(&e, &world, at(1));
     let applied = kinds(&plan.apply);
@@ -1353,6 +1354,7 @@ fn tier_auto_applies_the_recommendation_and_spot_its_preset() {
             recommended_tier: Some(previewd_core::Tier::Large),
             ..AiStatus::default()
         },
+        tests: None,
     });
     let plan = run(&e, &world, at(1));
     assert_eq!(
