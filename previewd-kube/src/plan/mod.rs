@@ -15,6 +15,7 @@
 pub mod budget;
 pub mod cost;
 pub mod expiry;
+pub mod fork;
 pub mod health;
 pub mod host;
 #[cfg(test)]
@@ -411,6 +412,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     // The deploy strategy: the environment's, else its repository's, else the default.
     let repository = input.observed.repository.as_deref();
+    // A fork's environment gets neither the repository's Secrets nor its egress rules.
+    fork::record(env, repository, &mut status, now);
+    let restricted = fork::restricted_repository(env, repository);
+    let repository = restricted.as_ref().or(repository);
     let strategy_name = input.strategies.name_for(env, repository);
     let Some(strategy) = input.strategies.get(strategy_name) else {
         return stall(
