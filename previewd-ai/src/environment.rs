@@ -60,7 +60,13 @@ use crate::services::{
     CONFIDENCE_ASSUMED_ALL, ChangeInput, CompiledCatalogue, ServicesAdvisor, ServicesError,
     ServicesOptions,
 };
+use crate::tests_select::{TestSelection, TestSelectionConfig, TestSelector, TestStrategy};
 use crate::tier::{TierPolicy, advise_tier};
+use previewd_core::ai::Decision;
+use previewd_core::testselect::{
+    SOURCE_DETERMINISTIC as TESTS_DETERMINISTIC, SOURCE_FALLBACK as TESTS_FALLBACK,
+    SOURCE_MODEL as TESTS_MODEL, TestSelectionRequest, TestSelectionStatus,
+};
 
 /// `status.ai.source` when only the deterministic rules ran.
 pub const SOURCE_DETERMINISTIC: &str = "deterministic";
@@ -475,15 +481,44 @@ impl AiEnvironmentAdvisor {
                 previewd_core::source_control::PullRequestDiff::Files(pr.files.clone()).to_text(),
             );
         }
+        let mut advisors = advisors;
+        let mut tests = None;
+        if let Some(request) = &env.test_selection {
+            match self.test_selector(request) {
+                Err(status) => tests = Some(*status),
+                Ok(_) if pr.change.file_list_incomplete => {
+                    tests = Some(TestSelectionStatus::every_test(
+                        &request.selector,
+                        TESTS_FALLBACK,
+                        "the list of changed files is incomplete; running every test",
+                    ));
+                }
+                Ok(selector) => advisors.tests = Some(Arc::new(selector)),
+            }
+        }
+        let inventory = env
+            .test_selection
+            .as_ref()
+            .map(|r| r.spec.inventory.clone())
+            .unwrap_or_default();
+        let changed = pr.change.files.len();
         let facts = PullRequestFacts {
             repo: pr.repo.full_name(),
             pr: pr.number,
             author: pr.author,
             change: pr.change,
             lines_changed: pr.lines_changed,
-            test_inventory: Vec::new(),
+            test_inventory: inventory,
         };
         let advice = advisors.advise(&facts, now).await;
+        if let (Some(request), Some(decision)) = (&env.test_selection, &advice.tests) {
+            tests = Some(selection_status(
+                &request.selector,
+                decision,
+                changed,
+                facts.test_inventory.len(),
+            ));
+        }
         let affected = &advice.services.value.services;
         let (source, mut reason) = match &advice.services.source {
             DecisionSource::Deterministic => (SOURCE_DETERMINISTIC, None),
@@ -518,7 +553,53 @@ impl AiEnvironmentAdvisor {
                 predicted_ttl: Some(advice.lifespan.value.ttl),
                 recommended_tier: Some(advice.tier.value.tier),
             },
+            tests,
         }
+    }
+
+    /// The test selector for `request`, or (selector `all`, no inventory, settings that
+    /// do not compile) the selection to record instead.
+    fn test_selector(
+        &self,
+        request: &TestSelectionRequest,
+    ) -> Result<TestSelector, Box<TestSelectionStatus>> {
+        let strategy = match request.selector.as_str() {
+            "changed-files" => TestStrategy::ChangedFiles,
+            "ai-smart" => TestStrategy::AiSmart,
+            _ => {
+                return Err(Box::new(TestSelectionStatus::every_test(
+                    &request.selector,
+                    TESTS_DETERMINISTIC,
+                    "selector all: every test",
+                )));
+            }
+        };
+        if request.spec.inventory.is_empty() {
+            return Err(Box::new(TestSelectionStatus::every_test(
+                &request.selector,
+                TESTS_FALLBACK,
+                "no test inventory (spec.tests.selection.inventory); running every test",
+            )));
+        }
+        let config = TestSelectionConfig {
+            strategy,
+            rules: request.spec.rules.clone(),
+            smoke: request.spec.smoke.clone(),
+            budget: request
+                .spec
+                .budget
+                .and_then(|b| usize::try_from(b).ok())
+                .unwrap_or(0),
+        };
+        TestSelector::new(config, self.provider.clone())
+            .map(|s| s.allow_forks(self.options.services.allow_forks))
+            .map_err(|e| {
+                Box::new(TestSelectionStatus::every_test(
+                    &request.selector,
+                    TESTS_FALLBACK,
+                    format!("invalid test selection settings: {e}; running every test"),
+                ))
+            })
     }
 
     /// Every service, with the reason. The lifespan rule still answers (without history:
@@ -557,6 +638,17 @@ impl AiEnvironmentAdvisor {
             }
             None => (Vec::new(), None, None),
         };
+        let tests = env
+            .test_selection
+            .as_ref()
+            .map(|request| match self.test_selector(request) {
+                Err(status) => *status,
+                Ok(_) => TestSelectionStatus::every_test(
+                    &request.selector,
+                    TESTS_FALLBACK,
+                    format!("{error}; running every test"),
+                ),
+            });
         Advice {
             services: every_service(env),
             status: AiStatus {
@@ -567,6 +659,7 @@ impl AiEnvironmentAdvisor {
                 predicted_ttl: Some(prediction.ttl),
                 recommended_tier: tier,
             },
+            tests,
         }
     }
 }
@@ -631,6 +724,65 @@ pub fn selected_services(
     } else {
         Some(selected.into_iter().collect())
     }
+}
+
+/// The selection to record for the advisor's answer: the selected tests with a reason
+/// that counts them by why they were chosen, and the model's error when it fell back.
+pub fn selection_status(
+    selector: &str,
+    decision: &Decision<TestSelection>,
+    changed_files: usize,
+    inventory: usize,
+) -> TestSelectionStatus {
+    let selection = &decision.value;
+    let strategy = match selection.strategy {
+        TestStrategy::All => "all",
+        TestStrategy::ChangedFiles => "changed-files",
+        TestStrategy::AiSmart => "ai-smart",
+    };
+    let with = |kind: &dyn Fn(&str) -> bool| {
+        selection
+            .reasons
+            .values()
+            .filter(|r| r.iter().any(|x| kind(x)))
+            .count()
+    };
+    let mut parts = vec![format!(
+        "{} of {inventory} tests for {changed_files} changed files",
+        selection.tests.len()
+    )];
+    for (label, n) in [
+        ("by mapping rules", with(&|r| r.starts_with("rule:"))),
+        ("smoke", with(&|r| r == "smoke")),
+        ("changed test files", with(&|r| r == "changed")),
+        ("ranked by the model", with(&|r| r == "model")),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {label}"));
+        }
+    }
+    if selection.dropped > 0 {
+        parts.push(format!("{} dropped by the budget", selection.dropped));
+    }
+    let mut reason = parts.join(", ");
+    let source = match &decision.source {
+        DecisionSource::Deterministic => TESTS_DETERMINISTIC,
+        DecisionSource::Model { .. } => TESTS_MODEL,
+        DecisionSource::Fallback {
+            reason: why,
+            detail,
+        } => {
+            reason = format!("{reason}; model not used ({why}): {detail}");
+            TESTS_FALLBACK
+        }
+    };
+    TestSelectionStatus::subset(
+        selector,
+        strategy,
+        source,
+        reason,
+        selection.tests.iter().cloned(),
+    )
 }
 
 /// A confidence as a decimal string with two places, clamped to `0..1`.

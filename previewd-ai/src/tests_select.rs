@@ -44,16 +44,8 @@ pub enum TestStrategy {
     AiSmart,
 }
 
-/// Maps changed source paths to test patterns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TestMappingRule {
-    /// Regular expression matched against the whole changed path, e.g.
-    /// `src/(?P<svc>[^/]+)/.*\.go`.
-    pub source: String,
-    /// Test patterns with `{name}` / `{1}` placeholders, e.g. `tests/{svc}/**`.
-    pub tests: Vec<String>,
-}
+/// Maps changed source paths to test patterns (the CRD's `spec.tests.selection.rules`).
+pub use previewd_core::testselect::TestMappingRule;
 
 /// Configuration of test selection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

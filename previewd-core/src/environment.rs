@@ -94,6 +94,8 @@ pub struct EnvironmentView {
     pub last_push: Option<Timestamp>,
     /// The tier its workloads run at.
     pub tier: Option<Tier>,
+    /// Which tests to select for the head commit, when the environment runs tests.
+    pub test_selection: Option<crate::testselect::TestSelectionRequest>,
 }
 
 impl EnvironmentView {
@@ -134,6 +136,9 @@ pub struct Advice {
     pub services: Option<Vec<String>>,
     /// What to record in `status.ai`.
     pub status: AiStatus,
+    /// The tests selected for the head commit (`status.testSelection`), when the view
+    /// asked for a selection; the controller runs every test when this is `None`.
+    pub tests: Option<crate::testselect::TestSelectionStatus>,
 }
 
 /// Advises the controller about an environment.

@@ -16,6 +16,7 @@ pub mod phase;
 pub mod retry;
 pub mod source_control;
 pub mod testrun;
+pub mod testselect;
 pub mod tier;
 pub mod ttl;
 

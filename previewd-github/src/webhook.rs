@@ -53,7 +53,7 @@ use jiff::Timestamp;
 use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
     ANNOTATION_CHECKS, ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, CONDITION_CLAIMED,
-    PreviewEnvironment, PreviewRepository,
+    LABEL_FORK, PreviewEnvironment, PreviewRepository,
 };
 use previewd_kube::render::{self, PullRequestSnapshot};
 use secrecy::SecretString;
@@ -1262,7 +1262,29 @@ pub fn desired_environment(
     if let Some(sha) = approved_sha {
         annotations.insert(ANNOTATION_APPROVED_SHA.to_string(), sha.to_string());
     }
+    mark_fork(&mut env, event, existing);
     Ok(env)
+}
+
+/// Labels the environment of a fork's pull request `previewd.io/fork: "true"` (the
+/// planner then withholds the repository's Secrets and egress rules). The mark is
+/// sticky: once an environment carries it, no later event (whatever its payload says)
+/// removes it, since the head repository of a pull request never changes.
+fn mark_fork(
+    env: &mut PreviewEnvironment,
+    event: &PullRequestEvent,
+    existing: Option<&PreviewEnvironment>,
+) {
+    let marked = existing
+        .and_then(|e| e.metadata.labels.as_ref())
+        .and_then(|l| l.get(LABEL_FORK))
+        .is_some_and(|v| v == "true");
+    if event.is_fork() || marked {
+        env.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_FORK.to_string(), "true".to_string());
+    }
 }
 
 /// The existing object already holds everything `desired` says, apart from the
@@ -1353,6 +1375,74 @@ mod tests {
             "2024-01-01T00:00:00Z"
         );
         assert!(body.get("status").is_none_or(serde_json::Value::is_null));
+    }
+
+    /// A fork's `pull_request` payload as GitHub sends it: `head.repo` is the fork (a
+    /// full repository object with `fork: true` and another owner), `base.repo` the
+    /// repository the PR is opened against.
+    fn fork_event(action: &str) -> PullRequestEvent {
+        serde_json::from_value(json!({
+            "action": action,
+            "number": 12,
+            "pull_request": {
+                "number": 12, "state": "open", "draft": false,
+                "updated_at": "2024-01-01T00:00:00Z",
+                "author_association": "FIRST_TIME_CONTRIBUTOR",
+                "user": {"login": "mallory", "type": "User"},
+                "head": {
+                    "label": "mallory:feat/x", "ref": "feat/x", "sha": "abcdef1",
+                    "user": {"login": "mallory"},
+                    "repo": {"id": 2, "name": "shop", "full_name": "mallory/shop",
+                             "private": false, "fork": true, "owner": {"login": "mallory"}}
+                },
+                "base": {
+                    "label": "acme:main", "ref": "main", "sha": "bbbbbbb",
+                    "user": {"login": "acme"},
+                    "repo": {"id": 1, "name": "shop", "full_name": "acme/shop",
+                             "private": false, "fork": false, "owner": {"login": "acme"}}
+                }
+            },
+            "repository": {"id": 1, "full_name": "acme/shop", "fork": false}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn fork_environments_are_labelled_and_stay_labelled() {
+        let fork_label = |env: &PreviewEnvironment| {
+            env.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_FORK))
+                .cloned()
+        };
+        let s = settings();
+        let forked =
+            desired_environment(&fork_event("opened"), &s, None, "d-1", Some("abcdef1")).unwrap();
+        assert_eq!(fork_label(&forked).as_deref(), Some("true"));
+        let own = desired_environment(
+            &event("opened", "abcdef1", "2024-01-01T00:00:00Z"),
+            &s,
+            None,
+            "d-2",
+            None,
+        )
+        .unwrap();
+        assert_eq!(fork_label(&own), None);
+        // An update whose payload no longer looks like a fork keeps the label.
+        let update = desired_environment(
+            &event("synchronize", "abcdef2", "2024-01-02T00:00:00Z"),
+            &s,
+            Some(&forked),
+            "d-3",
+            None,
+        )
+        .unwrap();
+        assert_eq!(fork_label(&update).as_deref(), Some("true"));
+        assert!(
+            !same_desired_state(&own, &forked),
+            "the label is part of the state"
+        );
     }
 
     #[test]

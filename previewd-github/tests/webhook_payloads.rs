@@ -312,3 +312,57 @@ async fn ping_examples_answer_pong() {
     assert_eq!(server.store.write_count(), 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn fork_prs_are_labelled_and_the_label_is_never_removed() {
+    use previewd_kube::crd::LABEL_FORK;
+    let fork_label = |server: &Server| {
+        server.store.environments()[0]
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get(LABEL_FORK)
+            .cloned()
+    };
+    // A PR from the repository itself carries no fork label.
+    let server = start_default(json!({})).await;
+    seed_opened(&server).await;
+    assert_eq!(fork_label(&server), None);
+    server.stop().await;
+
+    // A fork's PR, admitted by the policy: labelled on create.
+    let server = start_default(json!({"forks": "Allow"})).await;
+    let answer = deliver_json(
+        &server,
+        "pull_request",
+        &delivery_id(),
+        &forked(example("opened")),
+    )
+    .await;
+    assert_eq!((answer.status, answer.outcome()), (202, "applied"));
+    assert_eq!(fork_label(&server).as_deref(), Some("true"));
+
+    // And on update: a push to the fork keeps it.
+    let mut push = forked(example("synchronize"));
+    push["pull_request"]["head"]["sha"] = json!("1111111111111111111111111111111111111111");
+    push["pull_request"]["updated_at"] = json!("2019-05-15T16:00:00Z");
+    let answer = deliver_json(&server, "pull_request", &delivery_id(), &push).await;
+    assert_eq!((answer.status, answer.outcome()), (202, "applied"));
+    assert_eq!(fork_label(&server).as_deref(), Some("true"));
+
+    // A later payload that looks like a same-repository PR (the head repository was
+    // renamed to match, say) does not remove it.
+    let mut same = example("synchronize");
+    same["pull_request"]["head"]["sha"] = json!("2222222222222222222222222222222222222222");
+    same["pull_request"]["updated_at"] = json!("2019-05-15T16:01:00Z");
+    let answer = deliver_json(&server, "pull_request", &delivery_id(), &same).await;
+    assert_eq!((answer.status, answer.outcome()), (202, "applied"));
+    let env = &server.store.environments()[0];
+    assert_eq!(
+        env.spec.head_sha,
+        "2222222222222222222222222222222222222222"
+    );
+    assert_eq!(fork_label(&server).as_deref(), Some("true"));
+    server.stop().await;
+}

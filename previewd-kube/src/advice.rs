@@ -84,6 +84,7 @@ pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
                 .unwrap_or_default()
                 .resolve(status_ai_tier),
         ),
+        test_selection: crate::strategy::testrun::selection_request(env),
     }
 }
 

@@ -515,3 +515,91 @@ async fn each_refused_kind_gives_its_condition_and_writes_nothing() {
     );
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_environment_gets_no_secret_and_no_egress() {
+    let setup = Setup::new("manifests-fork").await;
+    let repo = example(&setup.team, "shop");
+    assert!(!repo.spec.secrets.is_empty() && !repo.spec.egress.is_empty());
+    Api::<PreviewRepository>::namespaced(setup.client.clone(), &setup.team)
+        .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+    let snapshot = PullRequestSnapshot {
+        repository: "acme/shop".into(),
+        number: 402,
+        branch: "feature-402".into(),
+        head_sha: SHA.into(),
+        base_branch: Some("main".into()),
+        author: Some("mallory".into()),
+        updated_at: None,
+        last_activity: None,
+    };
+    let mut env = render_environment(&repo, &snapshot).unwrap();
+    // What the webhook writes for a pull request from a fork.
+    env.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(previewd_kube::crd::LABEL_FORK.into(), "true".into());
+    setup
+        .envs()
+        .create(&PostParams::default(), &env)
+        .await
+        .unwrap();
+    let name = env.name_any();
+    let ns = setup.namespace_of(&name).await;
+    let c = &setup.client;
+
+    // Wave 0 is applied after the Secret copies would be: none was made.
+    wait_for(&Api::<StatefulSet>::namespaced(c.clone(), &ns), "db").await;
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
+    assert!(!exists(&secrets, "shop-db-credentials").await);
+
+    // The allow policy holds only DNS and the namespace itself.
+    let policy = wait_for(
+        &Api::<NetworkPolicy>::namespaced(c.clone(), &ns),
+        "previewd-allow",
+    )
+    .await;
+    let egress = serde_json::to_value(policy.spec.unwrap().egress.unwrap()).unwrap();
+    assert_eq!(egress.as_array().unwrap().len(), 2, "{egress}");
+    let text = egress.to_string();
+    assert!(
+        !text.contains("203.0.113.0/24") && !text.contains("payments-sandbox"),
+        "{text}"
+    );
+
+    // The status says what was withheld.
+    let message = eventually(TIMEOUT, "the ForkRestricted condition", || {
+        let envs = setup.envs();
+        let name = name.clone();
+        async move {
+            let e = envs.get(&name).await.ok()?;
+            e.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "ForkRestricted" && c.status == "True")
+                .map(|c| c.message)
+        }
+    })
+    .await;
+    assert!(
+        message.contains("Secrets (1) and egress rules (2)"),
+        "{message}"
+    );
+    let status = setup.envs().get(&name).await.unwrap().status.unwrap();
+    assert!(status.copied_secrets.is_empty(), "{status:?}");
+
+    setup
+        .envs()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, "the environment is gone", || {
+        let envs = setup.envs();
+        let name = name.clone();
+        async move { matches!(envs.get_opt(&name).await, Ok(None)).then_some(()) }
+    })
+    .await;
+    setup.stop().await;
+}

@@ -87,6 +87,7 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
                     reason: Some("advisor timed out; deploying every service".into()),
                     ..Default::default()
                 },
+                tests: None,
             }),
         );
     }

@@ -170,9 +170,11 @@ pub enum TestDataStrategy {
     /// Generated from the database schema, reproducible from the seed.
     #[default]
     Synthetic,
-    /// A masked snapshot of production.
+    /// Restores an anonymised dump the platform team provides (never a live production
+    /// connection).
     ProductionSnapshot,
-    /// Only what migrations create.
+    /// Only the tables named in `counts`, plus the parent rows their required foreign
+    /// keys need.
     Minimal,
 }
 
@@ -183,7 +185,10 @@ pub struct TestDataSpec {
     /// Seed the environment's database.
     #[serde(default)]
     pub enabled: bool,
-    /// Strategy.
+    /// Strategy: `synthetic` (every table, generated from the schema, reproducible from
+    /// the seed), `production-snapshot` (restores the anonymised dump the platform team
+    /// provides) or `minimal` (only the tables in `counts`, plus the parent rows their
+    /// required foreign keys need).
     #[serde(default)]
     pub strategy: TestDataStrategy,
     /// Let a model pick column generators (`true`), or use heuristics only.
@@ -258,9 +263,17 @@ pub struct TestsSpec {
     /// Test runner image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Selection strategy.
+    /// Selection strategy: `all`, `changed-files` (the inventory entries the rules map
+    /// the PR's changed files to, the smoke set and changed test files) or `ai-smart`
+    /// (those ranked by the model and trimmed to `selection.budget`; the `changed-files`
+    /// answer on any model error). The controller computes the selection once per head
+    /// commit, records it in `status.testSelection` and passes it to the runner as
+    /// `PREVIEWD_TESTS` (docs/TESTS.md).
     #[serde(default)]
     pub selector: TestSelector,
+    /// Inventory, mapping rules, smoke set and budget of `changed-files` and `ai-smart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<previewd_core::testselect::TestSelectionSpec>,
     /// Limit on the test run, e.g. `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Ttl>,
@@ -515,6 +528,10 @@ pub struct PreviewEnvironmentStatus {
     /// Outcome of seeding the database with test data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_data: Option<TestDataStatus>,
+    /// Tests selected for the head commit (with `advisedSHA`) and why; what the test
+    /// runner receives as `PREVIEWD_TESTS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_selection: Option<previewd_core::testselect::TestSelectionStatus>,
     /// Cost estimate and spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub costs: Option<CostStatus>,

@@ -36,6 +36,10 @@ pub const LABEL_PR: &str = "previewd.io/pr";
 pub const LABEL_REPO: &str = "previewd.io/repo";
 /// Label: the service a child belongs to.
 pub const LABEL_SERVICE: &str = "previewd.io/service";
+/// Label on a `PreviewEnvironment`: `"true"` when the pull request comes from a fork.
+/// The webhook sets it from the event and never removes it; the planner then withholds
+/// the repository's Secrets and egress rules.
+pub const LABEL_FORK: &str = "previewd.io/fork";
 /// Standard managed-by label.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].

@@ -125,12 +125,14 @@ pub struct PreviewRepositorySpec {
     #[schemars(range(min = -100, max = 100))]
     pub catalogue_wave: Option<i32>,
     /// Secrets of the operator's secret source namespace copied into each environment's
-    /// namespace and kept in sync.
+    /// namespace and kept in sync. Never copied for pull requests from forks (label
+    /// `previewd.io/fork`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub secrets: Vec<SecretReference>,
     /// Destinations the environments' pods may reach besides DNS and their own namespace.
+    /// Not granted to pull requests from forks (label `previewd.io/fork`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub egress: Vec<EgressRule>,

@@ -366,3 +366,141 @@ fn egress_rules_reach_the_allow_policy_and_bad_ones_stall() {
     assert_eq!(reason, "EgressInvalid");
     assert!(message.contains("metadata"), "{message}");
 }
+
+fn forked(mut e: PreviewEnvironment, value: &str) -> PreviewEnvironment {
+    e.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(crate::crd::LABEL_FORK.into(), value.into());
+    e
+}
+
+#[test]
+fn fork_environments_get_no_secrets_and_no_egress() {
+    use super::fork::CONDITION_FORK_RESTRICTED;
+    let cfg = config();
+    let catalogue: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
+    let both = json!({
+        "secrets": [{"name": "db"}],
+        "egress": [{"cidrs": ["192.0.2.0/24"], "ports": [{"port": 443}]}]
+    });
+    /// Fork label, repository extra, copy applied, egress rules in the allow policy,
+    /// condition message.
+    type Case = (
+        Option<&'static str>,
+        serde_json::Value,
+        bool,
+        usize,
+        Option<&'static str>,
+    );
+    let table: [Case; 6] = [
+        (None, both.clone(), true, 3, None),
+        (Some("false"), both.clone(), true, 3, None),
+        (
+            Some("true"),
+            both.clone(),
+            false,
+            2,
+            Some("Secrets (1) and egress rules (1) are withheld"),
+        ),
+        (
+            Some("true"),
+            json!({"secrets": [{"name": "db"}]}),
+            false,
+            2,
+            Some("Secrets (1) and egress rules (0)"),
+        ),
+        (
+            Some("true"),
+            json!({"egress": [{"cidrs": ["192.0.2.0/24"]}]}),
+            false,
+            2,
+            Some("Secrets (0) and egress rules (1)"),
+        ),
+        (
+            Some("true"),
+            json!({}),
+            false,
+            2,
+            Some("Secrets (0) and egress rules (0)"),
+        ),
+    ];
+    for (label, extra, copied, egress_rules, condition) in table {
+        let case = format!("{label:?} {extra}");
+        let observed = Observed {
+            repository: Some(repository(extra)),
+            source_secrets: [("db".to_string(), source("1"))].into(),
+            ..Observed::default()
+        };
+        let e = match label {
+            Some(v) => forked(env(), v),
+            None => env(),
+        };
+        let plan = run(&e, &observed, catalogue.clone(), &cfg);
+        assert!(
+            plan.status.phase.is_some(),
+            "{case}: not stalled: {:?}",
+            plan.status
+        );
+        assert_eq!(
+            names(&plan).contains(&"Secret/db".to_string()),
+            copied,
+            "{case}: {:?}",
+            names(&plan)
+        );
+        assert_eq!(plan.status.copied_secrets.is_empty(), !copied, "{case}");
+        let allow = plan
+            .apply
+            .iter()
+            .find(|d| d.resource.kind == "NetworkPolicy" && d.name == "previewd-allow")
+            .unwrap();
+        assert_eq!(
+            allow.object["spec"]["egress"].as_array().unwrap().len(),
+            egress_rules,
+            "{case}: {}",
+            allow.object["spec"]["egress"]
+        );
+        let found = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_FORK_RESTRICTED);
+        match condition {
+            Some(text) => {
+                let c = found.unwrap_or_else(|| panic!("{case}: no condition"));
+                assert_eq!(
+                    (c.status.as_str(), c.reason.as_str()),
+                    ("True", "ForkPullRequest")
+                );
+                assert!(c.message.contains(text), "{case}: {}", c.message);
+            }
+            None => assert!(found.is_none(), "{case}"),
+        }
+    }
+}
+
+#[test]
+fn a_copy_made_before_the_fork_label_is_deleted() {
+    let cfg = config();
+    let catalogue: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
+    let mut observed = Observed {
+        repository: Some(repository(json!({"secrets": [{"name": "db"}]}))),
+        source_secrets: [("db".to_string(), source("1"))].into(),
+        ..Observed::default()
+    };
+    let e = env();
+    let first = run(&e, &observed, catalogue.clone(), &cfg);
+    assert!(names(&first).contains(&"Secret/db".to_string()));
+    apply(&mut observed, &first);
+    let e = forked(written(&e, &first), "true");
+    let plan = run(&e, &observed, catalogue, &cfg);
+    assert!(
+        plan.delete
+            .iter()
+            .any(|c| c.resource.kind == "Secret" && c.name == "db"),
+        "{:?}",
+        plan.delete
+    );
+    assert!(plan.status.copied_secrets.is_empty());
+    assert!(!names(&plan).contains(&"Secret/db".to_string()));
+}

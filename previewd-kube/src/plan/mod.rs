@@ -15,6 +15,7 @@
 pub mod budget;
 pub mod cost;
 pub mod expiry;
+pub mod fork;
 pub mod health;
 pub mod host;
 #[cfg(test)]
@@ -250,6 +251,10 @@ pub fn effective_environment(
     status: &PreviewEnvironmentStatus,
 ) -> PreviewEnvironment {
     let mut effective = env.clone();
+    // The test Job passes on the selection recorded for this head commit.
+    let recorded = effective.status.get_or_insert_default();
+    recorded.test_selection = status.test_selection.clone();
+    recorded.advised_sha = status.advised_sha.clone();
     if let Some(choice) = env.spec.resources.tier {
         let recommended = status.ai.as_ref().and_then(|ai| ai.recommended_tier);
         effective.spec.resources.tier = Some(choice.resolve(recommended).into());
@@ -403,6 +408,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         status.ai =
             (advice.status != crate::crd::AiStatus::default()).then(|| advice.status.clone());
         status.selected_services = advice.services.clone();
+        status.test_selection = crate::strategy::testrun::recorded_selection(env, advice);
         status.advised_sha = Some(env.spec.head_sha.clone());
     }
     let effective = effective_environment(env, &status);
@@ -451,6 +457,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     // The deploy strategy: the environment's, else its repository's, else the default.
     let repository = input.observed.repository.as_deref();
+    // A fork's environment gets neither the repository's Secrets nor its egress rules.
+    fork::record(env, repository, &mut status, now);
+    let restricted = fork::restricted_repository(env, repository);
+    let repository = restricted.as_ref().or(repository);
     let strategy_name = input.strategies.name_for(env, repository);
     let Some(strategy) = input.strategies.get(strategy_name) else {
         return stall(

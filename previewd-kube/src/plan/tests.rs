@@ -666,6 +666,7 @@ fn affected_services_only_deploy_what_the_advice_selected() {
             services_detected: vec!["web".into()],
             ..Default::default()
         },
+        tests: None,
     });
     let plan = run(&e, &world, at(1));
     let applied = kinds(&plan.apply);
@@ -1371,6 +1372,7 @@ fn tier_auto_applies_the_recommendation_and_spot_its_preset() {
             recommended_tier: Some(previewd_core::Tier::Large),
             ..AiStatus::default()
         },
+        tests: None,
     });
     let plan = run(&e, &world, at(1));
     assert_eq!(
@@ -1644,6 +1646,7 @@ fn ttl_auto_follows_the_lifespan_prediction_within_the_cap() {
             predicted_ttl: Some("6h".parse().unwrap()),
             ..AiStatus::default()
         },
+        tests: None,
     });
     let advised = run(&written(&e, &first), &world, at(2));
     let e6 = written(&e, &advised);

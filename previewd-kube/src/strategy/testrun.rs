@@ -10,6 +10,8 @@
 //! | `PREVIEW_URL_<SERVICE>` | in-cluster URL of each service, e.g. `PREVIEW_URL_ORDER_API` |
 //! | `PREVIEW_PUBLIC_URL` | the environment's public URL, when it has an Ingress |
 //! | `PREVIEWD_TEST_SELECTOR` | `spec.tests.selector`: `all`, `changed-files` or `ai-smart` |
+//! | `PREVIEWD_TESTS` | the selected test ids, one per line (absent: run every test) |
+//! | `PREVIEWD_TESTS_COUNT` | how many ids `PREVIEWD_TESTS` holds (set with it) |
 //! | `PREVIEWD_TEST_WORKERS` | `spec.tests.parallel` (default 1): workers the runner uses |
 //! | `PREVIEWD_TEST_TIMEOUT_SECONDS` | `spec.tests.timeout` (default 30m) |
 //! | `PREVIEWD_HEAD_SHA`, `PREVIEWD_PR_NUMBER` | the commit and pull request under test |
@@ -20,6 +22,10 @@
 //! (`previewd junit-summary` converts JUnit XML into one; docs/TESTS.md). The run is
 //! limited by `activeDeadlineSeconds` (the Job controller stops it) and, should that not
 //! happen, by the stage timeout a minute later. The outcome goes to `status.tests`.
+//!
+//! The selection is computed by the environment advisor once per head commit (it has the
+//! PR's changed files), recorded by the planner in `status.testSelection`
+//! ([`recorded_selection`]) and read back here for the Job.
 
 use std::time::Duration;
 
@@ -31,9 +37,13 @@ use super::jobs::{
     JobState, deadline_seconds, job, job_state, restricted_job, service_env_name, terminated_runner,
 };
 use super::{NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind};
+use crate::advice::Advice;
 use crate::children::ingress::urls;
 use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus, TestSelector, TestSummary};
 use crate::plan::object::DesiredObject;
+use previewd_core::testselect::{
+    SOURCE_DETERMINISTIC, SOURCE_FALLBACK, TestSelectionRequest, TestSelectionStatus,
+};
 
 /// Test run limit when `spec.tests.timeout` is not set.
 pub const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -52,6 +62,56 @@ pub fn selector_name(selector: TestSelector) -> &'static str {
         TestSelector::ChangedFiles => "changed-files",
         TestSelector::AiSmart => "ai-smart",
     }
+}
+
+/// What the advisor is asked to select for `env`: `None` when it runs no tests.
+pub fn selection_request(env: &PreviewEnvironment) -> Option<TestSelectionRequest> {
+    let tests = env.spec.tests.as_ref().filter(|t| t.enabled)?;
+    Some(TestSelectionRequest {
+        selector: selector_name(tests.selector).to_owned(),
+        spec: tests.selection.clone().unwrap_or_default(),
+    })
+}
+
+/// The selection to record in `status.testSelection` for the advice of the head commit:
+/// the advisor's, else (an advisor that selects no tests, or one that timed out) every
+/// test, saying why. `None` when the environment runs no tests.
+pub fn recorded_selection(
+    env: &PreviewEnvironment,
+    advice: &Advice,
+) -> Option<TestSelectionStatus> {
+    let request = selection_request(env)?;
+    if let Some(tests) = &advice.tests {
+        return Some(tests.clone());
+    }
+    Some(if request.selector == selector_name(TestSelector::All) {
+        TestSelectionStatus::every_test(
+            &request.selector,
+            SOURCE_DETERMINISTIC,
+            "selector all: every test",
+        )
+    } else {
+        let why = advice
+            .status
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        TestSelectionStatus::every_test(
+            &request.selector,
+            SOURCE_FALLBACK,
+            format!("the advisor selected no tests{why}; running every test"),
+        )
+    })
+}
+
+/// The selection recorded for the environment's head commit, if any.
+pub fn current_selection(env: &PreviewEnvironment) -> Option<&TestSelectionStatus> {
+    let status = env.status.as_ref()?;
+    if status.advised_sha.as_deref() != Some(env.spec.head_sha.as_str()) {
+        return None;
+    }
+    status.test_selection.as_ref()
 }
 
 fn env_var(name: &str, value: impl Into<String>) -> EnvVar {
@@ -129,6 +189,15 @@ impl TestRunStage {
             "PREVIEWD_TEST_SELECTOR",
             selector_name(spec.selector),
         ));
+        if let Some(selection) = current_selection(env)
+            && let Some(list) = selection.runner_tests()
+        {
+            vars.push(env_var("PREVIEWD_TESTS", list));
+            vars.push(env_var(
+                "PREVIEWD_TESTS_COUNT",
+                selection.tests.len().to_string(),
+            ));
+        }
         vars.push(env_var(
             "PREVIEWD_TEST_WORKERS",
             spec.parallel.unwrap_or(1).max(1).to_string(),

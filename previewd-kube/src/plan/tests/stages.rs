@@ -561,3 +561,146 @@ fn tests_enabled_without_an_image_stall_with_a_clear_reason() {
     assert_eq!(cond(&plan, condition::STALLED).reason, "InvalidSpec");
     assert!(plan.status.message.unwrap().contains("spec.tests.image"));
 }
+
+fn runner_env(job: &Job) -> std::collections::BTreeMap<String, String> {
+    job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.name, v.value.unwrap_or_default()))
+        .collect()
+}
+
+fn selection_advice(tests: &[&str]) -> Advice {
+    Advice {
+        tests: Some(previewd_core::testselect::TestSelectionStatus::subset(
+            "changed-files",
+            "changed-files",
+            "deterministic",
+            format!("{} tests", tests.len()),
+            tests.iter().map(|t| (*t).to_owned()),
+        )),
+        ..Advice::default()
+    }
+}
+
+fn changed_files_env() -> PreviewEnvironment {
+    let mut e = tested_env("10m");
+    e.spec.test_data = None;
+    let tests = e.spec.tests.as_mut().unwrap();
+    tests.selector = crate::crd::TestSelector::ChangedFiles;
+    e
+}
+
+#[test]
+fn the_advised_selection_is_recorded_and_passed_to_the_runner_per_head_commit() {
+    let mut world = World::empty();
+    world.observed.advice = Some(selection_advice(&["tests/b.py", "tests/a.py"]));
+    let e = ready(&mut world, changed_files_env());
+    let recorded = e.status.as_ref().unwrap().test_selection.clone().unwrap();
+    assert_eq!(recorded.tests, ["tests/a.py", "tests/b.py"]);
+    assert_eq!(recorded.count, Some(2));
+    assert!(!recorded.run_all);
+    let plan = run_with(&e, &world, at(5), Arc::new(CatalogueStrategy), &stages());
+    let job = applied_job(&plan, "tests");
+    let vars = runner_env(&job);
+    assert_eq!(vars["PREVIEWD_TESTS"], "tests/a.py\ntests/b.py");
+    assert_eq!(vars["PREVIEWD_TESTS_COUNT"], "2");
+    assert_eq!(vars["PREVIEWD_TEST_SELECTOR"], "changed-files");
+    world.apply(&e, &plan, true);
+    let e = written(&e, &plan);
+
+    // A new head commit: the advisor answers again and the new Job carries its answer.
+    world.observed.advice = Some(selection_advice(&["tests/c.py"]));
+    let mut pushed = e.clone();
+    pushed.spec.head_sha = SHA2.into();
+    let plan = run_with(
+        &pushed,
+        &world,
+        at(10),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
+    assert_eq!(
+        plan.status.test_selection.as_ref().unwrap().tests,
+        ["tests/c.py"]
+    );
+    assert_eq!(plan.status.advised_sha.as_deref(), Some(SHA2));
+    world.apply(&pushed, &plan, true);
+    world
+        .view(plan.status.namespace.as_deref().unwrap())
+        .objects
+        .clear();
+    let pushed = written(&pushed, &plan);
+    let plan = run_with(
+        &pushed,
+        &world,
+        at(11),
+        Arc::new(CatalogueStrategy),
+        &stages(),
+    );
+    let job = applied_job(&plan, "tests");
+    assert!(job.metadata.name.as_deref().unwrap().contains(&SHA2[..12]));
+    let vars = runner_env(&job);
+    assert_eq!(vars["PREVIEWD_TESTS"], "tests/c.py");
+    assert_eq!(vars["PREVIEWD_TESTS_COUNT"], "1");
+}
+
+#[test]
+fn without_an_advised_selection_every_test_runs_and_the_status_says_why() {
+    // An advisor that selects no tests (an embedder's, or one that timed out).
+    let mut world = World::empty();
+    world.observed.advice = Some(Advice {
+        status: AiStatus {
+            reason: Some("advisor timed out".into()),
+            ..AiStatus::default()
+        },
+        ..Advice::default()
+    });
+    let e = ready(&mut world, changed_files_env());
+    let recorded = e.status.as_ref().unwrap().test_selection.clone().unwrap();
+    assert!(recorded.run_all);
+    assert_eq!(recorded.source, "fallback");
+    assert!(
+        recorded
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("advisor timed out"),
+        "{recorded:?}"
+    );
+    let plan = run_with(&e, &world, at(5), Arc::new(CatalogueStrategy), &stages());
+    let vars = runner_env(&applied_job(&plan, "tests"));
+    assert!(!vars.contains_key("PREVIEWD_TESTS"), "{vars:?}");
+    assert!(!vars.contains_key("PREVIEWD_TESTS_COUNT"));
+
+    // A selection too large to pass on runs every test too.
+    let many: Vec<String> = (0..150).map(|i| format!("tests/t{i:03}.py")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let mut world = World::empty();
+    world.observed.advice = Some(selection_advice(&many));
+    let e = ready(&mut world, changed_files_env());
+    let recorded = e.status.as_ref().unwrap().test_selection.clone().unwrap();
+    assert_eq!((recorded.tests.len(), recorded.omitted), (100, Some(50)));
+    let plan = run_with(&e, &world, at(5), Arc::new(CatalogueStrategy), &stages());
+    let vars = runner_env(&applied_job(&plan, "tests"));
+    assert!(!vars.contains_key("PREVIEWD_TESTS"), "{vars:?}");
+}
+
+#[test]
+fn an_environment_without_tests_records_no_selection() {
+    let mut world = World::empty();
+    world.observed.advice = Some(selection_advice(&["tests/a.py"]));
+    let mut e = changed_files_env();
+    e.spec.tests = None;
+    let e = ready(&mut world, e);
+    assert_eq!(e.status.as_ref().unwrap().test_selection, None);
+}
