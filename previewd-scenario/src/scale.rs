@@ -65,10 +65,23 @@ pub struct ScaleArgs {
 
 struct Sent {
     at: Instant,
+    /// The first attempt's answer (its latency is the webhook latency).
+    first: Answer,
+    /// The answer that ended the redeliveries (2xx unless patience ran out).
     answer: Answer,
+    /// Attempts made (1 when the first was accepted).
+    attempts: u32,
+    /// From the first attempt to the accepted one.
+    accepted_after: Duration,
 }
 
-/// Sends one delivery per PR number at `rate` per second; returns when each was sent.
+/// How long a failed delivery is redelivered before the scenario gives up on it.
+const REDELIVERY_PATIENCE: Duration = Duration::from_secs(180);
+
+/// Sends one delivery per PR number at `rate` per second; returns when each was sent. A
+/// delivery answered with an error (503 when the webhook sheds load or the API server is
+/// slow) is redelivered until it is accepted, as a GitHub redelivery would; the first
+/// answer is kept, so failures are counted, not hidden.
 async fn send_all(
     rig: &Arc<Rig>,
     url: &str,
@@ -87,9 +100,22 @@ async fn send_all(
         let (rig, url) = (rig.clone(), url.to_string());
         tasks.push(tokio::spawn(async move {
             let at = Instant::now();
-            let answer = crate::webhook::send(&rig.http, &url, &d).await;
+            let first = crate::webhook::send(&rig.http, &url, &d).await;
             drop(permit);
-            Sent { at, answer }
+            let (answer, attempts) = if (200..300).contains(&first.status) {
+                (first.clone(), 1)
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (answer, more) = rig.deliver(&url, &d, REDELIVERY_PATIENCE).await;
+                (answer, more + 1)
+            };
+            Sent {
+                at,
+                first,
+                answer,
+                attempts,
+                accepted_after: at.elapsed(),
+            }
         }));
     }
     let mut out = Vec::new();
@@ -97,6 +123,27 @@ async fn send_all(
         out.push(t.await?);
     }
     Ok(out)
+}
+
+/// Deliveries whose first attempt was not accepted, by status and outcome, with the
+/// attempts and the time they took to be accepted.
+fn first_attempt_failures(sent: &[Sent]) -> Value {
+    let mut by_answer = std::collections::BTreeMap::<String, u64>::new();
+    let mut to_accept = Vec::new();
+    let mut attempts = 0u64;
+    for s in sent.iter().filter(|s| s.attempts > 1) {
+        *by_answer
+            .entry(format!("{} {}", s.first.status, s.first.outcome))
+            .or_default() += 1;
+        to_accept.push(s.accepted_after);
+        attempts += u64::from(s.attempts);
+    }
+    json!({
+        "deliveries": to_accept.len(),
+        "by_first_answer": by_answer,
+        "attempts": attempts,
+        "accepted_after_ms": percentiles(&to_accept),
+    })
 }
 
 fn per_env(counts: &Counts, n: u64) -> Value {
@@ -168,7 +215,8 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
             &rejected[..rejected.len().min(10)]
         );
     }
-    let webhook_latency: Vec<Duration> = opened.iter().map(|s| s.answer.latency).collect();
+    let webhook_latency: Vec<Duration> = opened.iter().map(|s| s.first.latency).collect();
+    let open_failures = first_attempt_failures(&opened);
 
     // A stage that times out is recorded and the run goes on, so the figures measured so
     // far are still printed.
@@ -334,6 +382,8 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         rig.event("closed", k, &pull(k, false, 20), None)
     })
     .await?;
+    let close_failures = first_attempt_failures(&closed);
+    let close_latency: Vec<Duration> = closed.iter().map(|s| s.first.latency).collect();
     let deadline = Instant::now() + Duration::from_secs(args.stage_timeout);
     let mut gone: Vec<Option<Instant>> = vec![None; n as usize];
     let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
@@ -438,6 +488,9 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         "operator_concurrency": args.concurrency,
         "webhook_latency_ms": webhook,
         "webhook_rate_per_s": n as f64 / open_elapsed.as_secs_f64().max(1e-3),
+        "webhook_first_attempt_failures_open": open_failures,
+        "webhook_close_latency_ms": percentiles(&close_latency),
+        "webhook_first_attempt_failures_close": close_failures,
         "webhook_max_throughput_per_s": burst_answers.len() as f64 / burst_elapsed.as_secs_f64().max(1e-3),
         "webhook_burst": {"deliveries": burst_answers.len(), "concurrency": args.burst_concurrency,
             "latency_ms": percentiles(&burst_latency), "outcomes": burst_outcomes},
