@@ -45,6 +45,10 @@ pub enum Command {
     Extend(crate::ctl::ExtendArgs),
     /// Delete an environment and, with it, its namespace.
     Delete(crate::ctl::NameArgs),
+    /// Put an environment to sleep: workloads scaled to zero, namespace and data kept.
+    Sleep(crate::ctl::NameArgs),
+    /// Wake a sleeping environment (not one asleep for its cost budget).
+    Wake(crate::ctl::NameArgs),
     /// Fill the environment's PostgreSQL database with test data (the data-seed Job).
     SeedData(crate::seed::SeedDataArgs),
     /// Turn JUnit XML reports into the test-run summary a test Job writes to

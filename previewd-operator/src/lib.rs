@@ -35,6 +35,8 @@ pub async fn main() -> ExitCode {
         Command::Describe(args) => ctl::describe(args).await,
         Command::Extend(args) => ctl::extend(args).await,
         Command::Delete(args) => ctl::delete(args).await,
+        Command::Sleep(args) => ctl::sleep(args).await,
+        Command::Wake(args) => ctl::wake(args).await,
         Command::SeedData(args) => seed::seed_data(args).await,
         Command::JunitSummary(args) => match junit::junit_summary(&args) {
             Ok(false) if args.fail_on_failures => return ExitCode::FAILURE,

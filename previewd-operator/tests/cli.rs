@@ -1,12 +1,14 @@
 //! The CLI subcommands against the local control plane, with the real controller running:
-//! `list` and `describe` (tables and JSON), `extend` moves the expiry, `delete` tears the
-//! environment down.
+//! `list` and `describe` (tables and JSON), `extend` moves the expiry, `sleep` and `wake`
+//! scale the workloads down and back, `delete` tears the environment down.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use previewd_core::Phase;
 use previewd_kube::crd::PreviewEnvironment;
 use previewd_kube::testing::{
@@ -106,6 +108,69 @@ async fn list_describe_extend_delete() {
         }
     })
     .await;
+
+    // Sleep: workloads at zero, namespace kept; wake: replicas back, Ready again.
+    let app_ns = envs
+        .get("shop-pr-7")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .namespace
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &app_ns);
+    let (ok, out, err) = previewd(&["sleep", "7", "-n", &ns, "-o", "json"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["sleep"], true);
+    eventually(Duration::from_secs(60), "asleep with web at zero", || {
+        let (envs, deployments) = (envs.clone(), deployments.clone());
+        async move {
+            let env = envs.get("shop-pr-7").await.ok()?;
+            let sleeping = env
+                .status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Sleeping" && c.status == "True");
+            let replicas = deployments.get("web").await.ok()?.spec?.replicas;
+            (sleeping && replicas == Some(0)).then_some(())
+        }
+    })
+    .await;
+    let (ok, _, err) = previewd(&["wake", "shop-pr-7", "-n", &ns]);
+    assert!(ok, "{err}");
+    eventually(Duration::from_secs(90), "awake, Ready, web at one", || {
+        let (envs, deployments) = (envs.clone(), deployments.clone());
+        async move {
+            let env = envs.get("shop-pr-7").await.ok()?;
+            assert!(!env.annotations().contains_key("previewd.io/sleep"));
+            let status = env.status?;
+            let awake = !status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Sleeping" && c.status == "True");
+            let replicas = deployments.get("web").await.ok()?.spec?.replicas;
+            (awake && status.phase == Some(Phase::Ready) && replicas == Some(1)).then_some(())
+        }
+    })
+    .await;
+    // A budget sleep is the budget's to end.
+    envs.patch(
+        "shop-pr-7",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"previewd.io/sleep": "budget"}}})),
+    )
+    .await
+    .unwrap();
+    let (ok, _, err) = previewd(&["wake", "shop-pr-7", "-n", &ns]);
+    assert!(!ok);
+    assert!(err.contains("cost budget"), "{err}");
+    envs.patch(
+        "shop-pr-7",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"previewd.io/sleep": null}}})),
+    )
+    .await
+    .unwrap();
 
     let (ok, _, err) = previewd(&["describe", "nope", "-n", &ns]);
     assert!(!ok);
