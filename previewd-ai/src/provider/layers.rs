@@ -23,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use governor::clock::Clock;
 use previewd_core::ai::{AiError, AiProvider, AiRequest, AiResponse, Capabilities};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -44,6 +46,18 @@ pub struct AiMetrics {
     circuit_opened: Counter,
     circuit_rejections: Counter,
     timeouts: Counter,
+    outcomes: Family<OutcomeLabels, Counter>,
+}
+
+/// Labels of `previewd_ai_requests_by_outcome_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// The provider's id (`openai`, `ollama`, an embedder's own).
+    provider: String,
+    /// The AI feature (`services`, `tests`, `data`, ...).
+    feature: String,
+    /// `ok`, `cache_hit`, or the error's category (`timeout`, `rate_limited`, ...).
+    outcome: String,
 }
 
 /// A point-in-time copy of [`AiMetrics`].
@@ -70,6 +84,31 @@ pub struct MetricsSnapshot {
 }
 
 impl AiMetrics {
+    /// Counts one request's outcome at the top of the stack: `ok`, `cache_hit`, or the
+    /// error's category. Provider ids and features are short names chosen by code, not
+    /// by input; both are cut at 40 characters all the same.
+    fn count_outcome(&self, provider: &str, feature: &str, outcome: &str) {
+        let cut = |s: &str| s.chars().take(40).collect::<String>();
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                provider: cut(provider),
+                feature: cut(feature),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// How many requests for `feature` through `provider` ended with `outcome`.
+    pub fn outcome_count(&self, provider: &str, feature: &str, outcome: &str) -> u64 {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                provider: provider.to_string(),
+                feature: feature.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .get()
+    }
+
     /// Copies the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -134,6 +173,11 @@ impl AiMetrics {
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
+        r.register(
+            "requests_by_outcome",
+            "Requests by provider, feature and outcome (ok, cache_hit or the error's category)",
+            self.outcomes.clone(),
+        );
     }
 }
 
@@ -259,11 +303,19 @@ impl Cached {
                 self.inner.complete_json(request).await.map(Arc::new)
             })
             .await;
-        if missed.load(Ordering::Relaxed) {
-            bump(&self.metrics.cache_misses);
-        } else {
+        let hit = !missed.load(Ordering::Relaxed);
+        if hit {
             bump(&self.metrics.cache_hits);
+        } else {
+            bump(&self.metrics.cache_misses);
         }
+        let outcome = match &result {
+            Ok(_) if hit => "cache_hit",
+            Ok(_) => "ok",
+            Err(e) => e.category(),
+        };
+        self.metrics
+            .count_outcome(self.inner.id(), &request.feature, outcome);
         let answer = result.map_err(|e| (*e).clone())?;
         if let Some(env) = env
             && let Ok(mut index) = self.by_environment.lock()
@@ -913,5 +965,55 @@ mod tests {
             let third = r.backoff(2);
             assert!(third >= Duration::from_millis(150) && third <= Duration::from_millis(300));
         }
+    }
+
+    #[tokio::test]
+    async fn outcomes_are_counted_by_provider_feature_and_outcome() {
+        struct ByFeature;
+        #[async_trait]
+        impl AiProvider for ByFeature {
+            fn id(&self) -> &str {
+                "local"
+            }
+            fn capabilities(&self) -> Capabilities {
+                Capabilities::default()
+            }
+            async fn complete_json(&self, r: &AiRequest) -> Result<AiResponse, AiError> {
+                if r.feature == "services" {
+                    Ok(AiResponse {
+                        value: serde_json::json!({"services": ["orders"]}),
+                        model: "m".into(),
+                        prompt_tokens: None,
+                        completion_tokens: None,
+                    })
+                } else {
+                    Err(AiError::Unavailable("down".into()))
+                }
+            }
+        }
+        let metrics = Arc::new(AiMetrics::default());
+        let cache = Cached::new(Arc::new(ByFeature), Duration::from_secs(60), 10)
+            .with_metrics(metrics.clone());
+        let services = request("diff --git a/x b/x");
+        cache.complete_json(&services).await.unwrap();
+        cache.complete_json(&services).await.unwrap();
+        let mut tests = services.clone();
+        tests.feature = "tests".into();
+        assert!(cache.complete_json(&tests).await.is_err());
+
+        assert_eq!(metrics.outcome_count("local", "services", "ok"), 1);
+        assert_eq!(metrics.outcome_count("local", "services", "cache_hit"), 1);
+        assert_eq!(metrics.outcome_count("local", "tests", "unavailable"), 1);
+        assert_eq!(metrics.outcome_count("local", "tests", "ok"), 0);
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"previewd_ai_requests_by_outcome_total{provider="local",feature="tests",outcome="unavailable"} 1"#
+            ),
+            "{text}"
+        );
     }
 }
