@@ -423,63 +423,51 @@ pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
 /// `previewd sleep`: scales the environment's workloads to zero (namespace and data
 /// kept), like `/preview sleep`; a push, `/preview wake` or `previewd wake` wakes it.
 pub async fn sleep(args: NameArgs) -> anyhow::Result<()> {
-    let (client, namespace) = connect(&args.target).await?;
-    let api: Api<PreviewEnvironment> = Api::namespaced(client, &namespace);
-    let env = find(&api, &args.name).await?;
-    let now = Timestamp::now().to_string();
-    let patched = api
-        .patch(
-            &env.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                ANNOTATION_SLEEP: SLEEP_REQUEST_COMMAND,
-                ANNOTATION_SLEEP_REQUESTED_AT: now,
-            }}})),
-        )
-        .await
-        .context("asking the environment to sleep")?;
-    match args.target.output {
-        Output::Json => println!("{}", json!({"name": patched.name_any(), "sleep": true})),
-        Output::Table => println!(
-            "{}: going to sleep (workloads scaled to zero, namespace and data kept)",
-            patched.name_any()
-        ),
-    }
-    Ok(())
+    set_sleep(args, true).await
 }
 
 /// `previewd wake`: withdraws a sleep request and counts as activity (an idle sleep ends
 /// too). An environment asleep for its cost budget is not woken: its budget decides.
 pub async fn wake(args: NameArgs) -> anyhow::Result<()> {
+    set_sleep(args, false).await
+}
+
+/// The sleep request as `/preview sleep` and `/preview wake` write it.
+async fn set_sleep(args: NameArgs, asleep: bool) -> anyhow::Result<()> {
     let (client, namespace) = connect(&args.target).await?;
     let api: Api<PreviewEnvironment> = Api::namespaced(client, &namespace);
     let env = find(&api, &args.name).await?;
-    if env
-        .annotations()
-        .get(ANNOTATION_SLEEP)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET))
-    {
-        anyhow::bail!(
-            "{} sleeps because its cost budget is exhausted; raise spec.costBudget (or the repository's) to wake it",
-            env.name_any()
-        );
-    }
     let now = Timestamp::now().to_string();
+    let annotations = if asleep {
+        json!({ANNOTATION_SLEEP: SLEEP_REQUEST_COMMAND, ANNOTATION_SLEEP_REQUESTED_AT: now})
+    } else {
+        if env
+            .annotations()
+            .get(ANNOTATION_SLEEP)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET))
+        {
+            anyhow::bail!(
+                "{} sleeps because its cost budget is exhausted; raise spec.costBudget (or the repository's) to wake it",
+                env.name_any()
+            );
+        }
+        json!({ANNOTATION_SLEEP: null, ANNOTATION_SLEEP_REQUESTED_AT: null, ANNOTATION_LAST_COMMAND: now})
+    };
     let patched = api
         .patch(
             &env.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                ANNOTATION_SLEEP: null,
-                ANNOTATION_SLEEP_REQUESTED_AT: null,
-                ANNOTATION_LAST_COMMAND: now,
-            }}})),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
         )
         .await
-        .context("waking the environment")?;
+        .context("updating the environment's sleep request")?;
+    let name = patched.name_any();
     match args.target.output {
-        Output::Json => println!("{}", json!({"name": patched.name_any(), "sleep": false})),
-        Output::Table => println!("{}: waking up", patched.name_any()),
+        Output::Json => println!("{}", json!({"name": name, "sleep": asleep})),
+        Output::Table if asleep => {
+            println!("{name}: going to sleep (workloads scaled to zero, namespace and data kept)")
+        }
+        Output::Table => println!("{name}: waking up"),
     }
     Ok(())
 }
