@@ -13,7 +13,7 @@ use previewd_kube::crd::{
     ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT, COMMAND_ANNOTATIONS, PreviewEnvironment,
 };
 use previewd_kube::plan::expiry;
-use previewd_kube::plan::sleep::{SLEEP_REQUEST_BUDGET, SLEEP_REQUEST_COMMAND};
+use previewd_kube::plan::sleep::{self, SLEEP_REQUEST_COMMAND};
 
 use crate::command::{Command, HELP, Reaction};
 use crate::decision::ANNOTATION_APPROVED_SHA;
@@ -79,7 +79,7 @@ pub fn record(
 
     let budget_sleep = existing
         .get(ANNOTATION_SLEEP)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET));
+        .is_some_and(|v| sleep::is_budget_request(v));
     let mut annotations: BTreeMap<String, String> = existing
         .iter()
         .filter(|(k, _)| COMMAND_ANNOTATIONS.contains(&k.as_str()))

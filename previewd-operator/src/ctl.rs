@@ -18,7 +18,7 @@ use previewd_kube::PreviewEnvironment;
 use previewd_kube::crd::{
     ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT,
 };
-use previewd_kube::plan::sleep::{SLEEP_REQUEST_BUDGET, SLEEP_REQUEST_COMMAND};
+use previewd_kube::plan::sleep::{self, SLEEP_REQUEST_COMMAND};
 use serde_json::{Value, json};
 
 use crate::cli::parse_duration;
@@ -444,7 +444,7 @@ async fn set_sleep(args: NameArgs, asleep: bool) -> anyhow::Result<()> {
         if env
             .annotations()
             .get(ANNOTATION_SLEEP)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET))
+            .is_some_and(|v| sleep::is_budget_request(v))
         {
             anyhow::bail!(
                 "{} sleeps because its cost budget is exhausted; raise spec.costBudget (or the repository's) to wake it",

@@ -125,7 +125,7 @@ pub fn decide(
 ) -> Option<BudgetDecision> {
     let (budget, policy) = budget_of(env)?;
     let verdict = budget.evaluate(projected_daily, spent);
-    let asleep_for_budget = sleep_annotation(env) == Some(SLEEP_FOR_BUDGET);
+    let asleep_for_budget = sleep_annotation(env).is_some_and(super::sleep::is_budget_request);
     let action = match (verdict.is_exceeded(), policy) {
         (true, BudgetPolicy::Delete) => BudgetAction::Delete,
         (true, BudgetPolicy::Sleep) if !asleep_for_budget => BudgetAction::Sleep,

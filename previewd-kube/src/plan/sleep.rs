@@ -46,6 +46,12 @@ pub const SLEEP_REQUEST_BUDGET: &str = "budget";
 /// Value of [`ANNOTATION_SLEEP`] set by `/preview sleep`.
 pub const SLEEP_REQUEST_COMMAND: &str = "command";
 
+/// Whether a value of [`ANNOTATION_SLEEP`] is the budget's request (any case, trimmed):
+/// the one test every reader of the annotation uses.
+pub fn is_budget_request(value: &str) -> bool {
+    value.trim().eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET)
+}
+
 /// Kinds scaled to zero while asleep.
 pub const SCALED_KINDS: [&str; 2] = ["Deployment", "StatefulSet"];
 
@@ -106,7 +112,7 @@ pub fn last_active(env: &PreviewEnvironment, now: jiff::Timestamp) -> jiff::Time
 /// The sleep requested through [`ANNOTATION_SLEEP`], if it still holds.
 pub fn requested(env: &PreviewEnvironment, now: jiff::Timestamp) -> Option<SleepReason> {
     let value = env.annotations().get(ANNOTATION_SLEEP)?.trim();
-    if value.eq_ignore_ascii_case(SLEEP_REQUEST_BUDGET) {
+    if is_budget_request(value) {
         return Some(SleepReason::Budget);
     }
     if value.is_empty() {
