@@ -96,6 +96,11 @@ pub struct EnvironmentView {
     pub tier: Option<Tier>,
     /// Which tests to select for the head commit, when the environment runs tests.
     pub test_selection: Option<crate::testselect::TestSelectionRequest>,
+    /// The token of the report the controller is waiting to see delivered
+    /// (`status.pendingReport`), when it keeps reports durable: a reporter that
+    /// [acknowledges](EnvironmentReporter::acknowledge_with) passes it back once the
+    /// report reached its destination.
+    pub report_token: Option<String>,
 }
 
 impl EnvironmentView {
@@ -180,6 +185,26 @@ pub trait EnvironmentReporter: Send + Sync {
 
     /// The environment is gone (finalizer released).
     async fn environment_deleted(&self, env: &EnvironmentView);
+
+    /// Offers the reporter a way to confirm deliveries. A reporter that returns `true`
+    /// promises to call [`ReportAcknowledger::delivered`] with the view's
+    /// [`report_token`](EnvironmentView::report_token) once a report reached its
+    /// destination (or failed for good). The controller then records each report in the
+    /// environment's status until it is confirmed, and sends it again after a restart,
+    /// so a crash between the status write and the send loses nothing. The default keeps
+    /// reports in memory only.
+    fn acknowledge_with(&self, _acknowledger: std::sync::Arc<dyn ReportAcknowledger>) -> bool {
+        false
+    }
+}
+
+/// Confirms that an environment's report was delivered, so it is not sent again.
+#[async_trait]
+pub trait ReportAcknowledger: Send + Sync {
+    /// The report `token` of `env` reached its destination, or failed in a way that
+    /// sending it again cannot fix. Confirming a token that was since replaced by a newer
+    /// report does nothing.
+    async fn delivered(&self, env: &EnvironmentView, token: &str);
 }
 
 /// Several reporters, each told about every change in turn (each queues its own work, so
@@ -199,6 +224,16 @@ impl EnvironmentReporter for Reporters {
         for reporter in &self.0 {
             reporter.environment_deleted(env).await;
         }
+    }
+
+    /// Durable when any reporter is. A report is confirmed by the first reporter that
+    /// acknowledges; the others keep their in-memory queues.
+    fn acknowledge_with(&self, acknowledger: std::sync::Arc<dyn ReportAcknowledger>) -> bool {
+        let mut durable = false;
+        for reporter in &self.0 {
+            durable |= reporter.acknowledge_with(acknowledger.clone());
+        }
+        durable
     }
 }
 

@@ -11,14 +11,20 @@
 //! permanent failures (401, 403, 404, 422) are logged and counted, and the next phase
 //! change reports again. Deployments and the sticky comment are found before they are
 //! created, so a retry never makes a duplicate.
+//!
+//! Given an acknowledger ([`EnvironmentReporter::acknowledge_with`]), the reporter
+//! confirms each delivered report (or each that failed for good) with the view's report
+//! token, and the controller keeps the report pending in the environment's status until
+//! then: a report survives an operator crash. The same token sent again while queued is
+//! ignored; sent again after its delivery, it is only confirmed again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use previewd_core::Phase;
-use previewd_core::environment::{EnvironmentReporter, EnvironmentView};
+use previewd_core::environment::{EnvironmentReporter, EnvironmentView, ReportAcknowledger};
 use previewd_core::source_control::{
     CommitState, CommitStatus, DeploymentId, DeploymentRequest, DeploymentState,
     DeploymentStatusUpdate, RepoRef, SourceControl, SourceControlError, deployment_environment,
@@ -147,9 +153,26 @@ pub fn plan_report(
     })
 }
 
+/// A report to confirm once delivered: the environment and its report token.
+#[derive(Clone)]
+struct Confirm {
+    env: EnvironmentView,
+    token: String,
+}
+
+/// The report tokens of one environment the reporter has seen.
+#[derive(Default)]
+struct Tokens {
+    /// The last token queued (queued or being sent).
+    queued: Option<String>,
+    /// The last token delivered (or failed for good) and confirmed.
+    delivered: Option<String>,
+}
+
 #[derive(Default)]
 struct Slot {
-    latest: Mutex<Option<Report>>,
+    latest: Mutex<Option<(Report, Option<Confirm>)>>,
+    tokens: Mutex<Tokens>,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -162,6 +185,7 @@ struct Inner {
     tracker: TaskTracker,
     retry_base: Duration,
     failures: Counter,
+    acknowledger: OnceLock<Arc<dyn ReportAcknowledger>>,
 }
 
 /// Reports environments to GitHub in the background. Cheap to clone.
@@ -193,6 +217,7 @@ impl GitHubReporter {
                 tracker: TaskTracker::new(),
                 retry_base: Duration::from_secs(2),
                 failures: Counter::default(),
+                acknowledger: OnceLock::new(),
             }),
         }
     }
@@ -252,11 +277,41 @@ impl GitHubReporter {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots.entry(key).or_default().clone()
         };
-        *slot.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        // A deletion is never confirmed: the environment is gone once it is reported.
+        let confirm = match (&env.report_token, self.inner.acknowledger.get(), deleted) {
+            (Some(token), Some(_), false) => Some(Confirm {
+                env: env.clone(),
+                token: token.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(confirm) = &confirm {
+            let mut tokens = slot.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if tokens.delivered.as_ref() == Some(&confirm.token) {
+                // Delivered before, and the confirmation did not reach the status:
+                // confirm again, without calling GitHub.
+                drop(tokens);
+                if let Some(acknowledger) = self.inner.acknowledger.get().cloned() {
+                    let Confirm { env, token } = confirm.clone();
+                    self.inner.tracker.spawn(async move {
+                        acknowledger.delivered(&env, &token).await;
+                    });
+                }
+                return;
+            }
+            if tokens.queued.as_ref() == Some(&confirm.token) {
+                // Queued or being sent already.
+                return;
+            }
+            tokens.queued = Some(confirm.token.clone());
+        }
+        *slot.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((report, confirm));
         let inner = self.inner.clone();
         self.inner.tracker.spawn(async move {
             let _running = slot.running.lock().await;
-            let Some(report) = slot.latest.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            let Some((report, confirm)) =
+                slot.latest.lock().unwrap_or_else(|e| e.into_inner()).take()
+            else {
                 // An earlier task already sent the latest state.
                 return;
             };
@@ -268,7 +323,10 @@ impl GitHubReporter {
             loop {
                 attempt += 1;
                 match send(&inner, &report).await {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        confirmed(&inner, &slot, confirm).await;
+                        return;
+                    }
                     Err(err) if err.is_transient() => {
                         inner.failures.inc();
                         tracing::warn!(repository = %report.repository, pr = report.number, attempt, error = %err, retry_in = ?wait, "GitHub report failed; retrying");
@@ -282,12 +340,26 @@ impl GitHubReporter {
                     Err(err) => {
                         inner.failures.inc();
                         tracing::error!(repository = %report.repository, pr = report.number, category = err.category(), error = %err, "GitHub report failed");
+                        // Sending it again cannot help; the next change reports again.
+                        confirmed(&inner, &slot, confirm).await;
                         return;
                     }
                 }
             }
         });
     }
+}
+
+/// Records `confirm`'s token as delivered and confirms it to the acknowledger.
+async fn confirmed(inner: &Inner, slot: &Slot, confirm: Option<Confirm>) {
+    let (Some(confirm), Some(acknowledger)) = (confirm, inner.acknowledger.get()) else {
+        return;
+    };
+    slot.tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .delivered = Some(confirm.token.clone());
+    acknowledger.delivered(&confirm.env, &confirm.token).await;
 }
 
 async fn send(inner: &Inner, report: &Report) -> Result<(), SourceControlError> {
@@ -347,6 +419,12 @@ impl EnvironmentReporter for GitHubReporter {
 
     async fn environment_deleted(&self, env: &EnvironmentView) {
         self.enqueue(env, true);
+    }
+
+    fn acknowledge_with(&self, acknowledger: Arc<dyn ReportAcknowledger>) -> bool {
+        // The first acknowledger stays (a reporter is wired into one controller).
+        let _ = self.inner.acknowledger.set(acknowledger);
+        true
     }
 }
 

@@ -500,3 +500,99 @@ async fn reports_delayed_by_a_stall_are_delivered_once_github_answers() {
     operator.stop().await;
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_stopped_operator_never_delivered_is_sent_by_its_successor() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "rep-durable").await;
+    let github = FakeGitHub::start().await;
+    github.outage(Some(Scripted::status(502, "Bad Gateway")));
+    // The first operator tries once and would wait ten minutes before trying again: it
+    // is as good as dead once stopped, its queue lost.
+    let first_reporter = reporter(&github, Duration::from_secs(5), Duration::from_secs(600));
+    let first = operator(client.clone(), &ns, &first_reporter).await;
+    assert!(
+        first.ctx.config.durable_reports,
+        "a GitHub reporter confirms its deliveries"
+    );
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let pr = Pr::new(7104, "4444444444444444444444444444444444444444");
+
+    create(&envs, &pr).await;
+    let ready = wait_phase(&envs, &pr.name(), Phase::Ready).await;
+    let url = assert_ready(&ready, &pr);
+    // Its first report met the outage; the Ready report waits behind that one's retry.
+    eventually(GITHUB_TIMEOUT, "an attempt to report", || {
+        let tried = status_attempts(&github, pr.sha, "pending") > 0;
+        async move { tried.then_some(()) }
+    })
+    .await;
+    first.stop().await;
+    let pending = envs.get(&pr.name()).await.unwrap();
+    assert!(
+        pending.status.as_ref().unwrap().pending_report.is_some(),
+        "the undelivered report is recorded in the status"
+    );
+    assert!(commit_statuses(&github, pr.sha).is_empty());
+
+    // GitHub is back and a new operator starts: nothing about the environment changed,
+    // yet the Ready report reaches GitHub, once, and is confirmed in the status.
+    github.outage(None);
+    let second_reporter = reporter(&github, Duration::from_secs(5), Duration::from_millis(200));
+    let second = operator(client.clone(), &ns, &second_reporter).await;
+    let states = eventually(GITHUB_TIMEOUT, "commit status success", || {
+        let states = commit_statuses(&github, pr.sha);
+        let done = states.last().is_some_and(|(state, _)| state == "success");
+        async move { done.then_some(states) }
+    })
+    .await;
+    assert_eq!(states.last().unwrap().1.as_deref(), Some(url.as_str()));
+    let (created, statuses) = eventually(GITHUB_TIMEOUT, "deployment status success", || {
+        let found = deployment(&github, pr.number)
+            .filter(|(_, statuses)| statuses.last().is_some_and(|s| s["state"] == "success"));
+        async move { found }
+    })
+    .await;
+    assert_deployment_request(&created, &pr);
+    assert_eq!(statuses.last().unwrap()["environment_url"], url.as_str());
+    let comment = wait_comment(&github, "Ready").await;
+    assert!(comment.body.contains(&url), "{}", comment.body);
+    let confirmed = eventually(GITHUB_TIMEOUT, "the report confirmed", || {
+        let envs = envs.clone();
+        let name = pr.name();
+        async move {
+            let env = envs.get(&name).await.ok()?;
+            env.status.as_ref()?.pending_report.is_none().then_some(env)
+        }
+    })
+    .await;
+    assert_ready(&confirmed, &pr);
+    tokio::time::timeout(GITHUB_TIMEOUT, second_reporter.idle())
+        .await
+        .expect("every report delivered");
+    let sent = github.with(|s| s.log.len());
+
+    // Confirmed reports are not sent again: a change GitHub does not see (an annotation)
+    // reconciles the environment without a single GitHub request.
+    envs.patch(
+        &pr.name(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"example.com/poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::timeout(GITHUB_TIMEOUT, second_reporter.idle())
+        .await
+        .expect("nothing queued");
+    assert_eq!(
+        github.with(|s| s.log.len()),
+        sent,
+        "no request after the confirmation"
+    );
+
+    delete_and_wait(&client, &envs, &confirmed).await;
+    second.stop().await;
+    delete_namespace(&client, &ns).await;
+}

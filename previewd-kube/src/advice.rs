@@ -85,6 +85,7 @@ pub fn view_of(env: &PreviewEnvironment) -> EnvironmentView {
                 .resolve(status_ai_tier),
         ),
         test_selection: crate::strategy::testrun::selection_request(env),
+        report_token: status.pending_report,
     }
 }
 

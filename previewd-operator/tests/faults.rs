@@ -233,6 +233,19 @@ async fn a_namespace_stuck_terminating_is_reported_without_a_hot_loop() {
         },
     )
     .await;
+    // The Terminating report reaches GitHub and is confirmed in the status (one write).
+    eventually(
+        Duration::from_secs(60),
+        "the Terminating report confirmed",
+        || async {
+            env(&rig, 1).await.filter(|e| {
+                e.status
+                    .as_ref()
+                    .is_some_and(|s| s.pending_report.is_none())
+            })
+        },
+    )
+    .await;
     // No hot loop: while the namespace stays, the operator only polls now and then.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rig.proxy.counts();

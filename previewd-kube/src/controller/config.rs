@@ -57,6 +57,11 @@ pub struct ControllerConfig {
     /// How long before deletion the PR comment warns that the environment expires
     /// (zero: no warning).
     pub expiry_warning: Duration,
+    /// Record each report in `status.pendingReport` until the reporter confirms it was
+    /// delivered, and send it again until then (after a restart in particular). Set by
+    /// [`Context::with_reporter`](super::Context::with_reporter) when the reporter
+    /// confirms deliveries; without such a reporter nothing would ever confirm them.
+    pub durable_reports: bool,
 }
 
 impl Default for ControllerConfig {
@@ -83,6 +88,7 @@ impl Default for ControllerConfig {
             stage_jobs: StageJobSettings::default(),
             idle_sleep_after: Some(Duration::from_secs(2 * 3600)),
             expiry_warning: Duration::from_secs(3600),
+            durable_reports: false,
         }
     }
 }

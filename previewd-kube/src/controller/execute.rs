@@ -122,8 +122,13 @@ pub(crate) async fn execute(
         reported.status = Some(plan.status.clone());
         let reported = crate::advice::view_of(&reported);
         match report {
-            Report::Changed => ctx.reporter.environment_changed(&reported).await,
+            Report::Changed => {
+                if ctx.hand_report(env, plan.status.pending_report.as_deref()) {
+                    ctx.reporter.environment_changed(&reported).await;
+                }
+            }
             Report::Deleted => {
+                ctx.forget_reports(env);
                 ctx.reporter.environment_deleted(&reported).await;
                 ctx.advisor.environment_deleted(&reported).await;
             }

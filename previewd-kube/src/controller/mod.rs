@@ -77,7 +77,12 @@ pub struct Context {
     /// them all (the CI gate's fallback poll); `None` without GitHub credentials.
     pub checks_source: Option<Arc<dyn SourceControl>>,
     polled_checks: Mutex<HashMap<String, (RecordedChecks, std::time::Instant)>>,
+    handed_reports: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a report handed to the reporter by this process may stay unconfirmed before
+/// it is handed over again (the reporter confirms again, or sends it if it lost it).
+pub const REPORT_REHAND: Duration = Duration::from_secs(600);
 
 /// How often the CI gate's fallback poll asks the source-control system about one
 /// environment's head commit.
@@ -114,6 +119,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             checks_source: None,
             polled_checks: Mutex::new(HashMap::new()),
+            handed_reports: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,14 +185,53 @@ impl Context {
         polled.remove(&backoff_key(env));
     }
 
+    /// Whether to hand the report `token` of `env` to the reporter: always for a new
+    /// token, and for one this process handed over already only after
+    /// [`REPORT_REHAND`] (an unconfirmed report is planned on every reconcile; the
+    /// reporter has it queued, or its confirmation failed). `None` (reports not durable)
+    /// is always handed over.
+    pub(crate) fn hand_report(&self, env: &PreviewEnvironment, token: Option<&str>) -> bool {
+        let mut handed = self
+            .handed_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = backoff_key(env);
+        let Some(token) = token else {
+            handed.remove(&key);
+            return true;
+        };
+        match handed.get(&key) {
+            Some((t, at)) if t == token && at.elapsed() < REPORT_REHAND => false,
+            _ => {
+                handed.insert(key, (token.to_string(), std::time::Instant::now()));
+                true
+            }
+        }
+    }
+
+    /// Forgets the reports handed over for an environment that is gone.
+    pub(crate) fn forget_reports(&self, env: &PreviewEnvironment) {
+        let mut handed = self
+            .handed_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        handed.remove(&backoff_key(env));
+    }
+
     /// Replaces the clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
-    /// Replaces the reporter.
+    /// Replaces the reporter. A reporter that confirms deliveries
+    /// ([`EnvironmentReporter::acknowledge_with`]) is given a confirmation that clears
+    /// `status.pendingReport`, and reports become durable
+    /// ([`ControllerConfig::durable_reports`]).
     pub fn with_reporter(mut self, reporter: Arc<dyn EnvironmentReporter>) -> Self {
+        self.config.durable_reports = reporter.acknowledge_with(Arc::new(
+            crate::report::StatusAcknowledger::new(self.client.clone()),
+        ));
         self.reporter = reporter;
         self
     }

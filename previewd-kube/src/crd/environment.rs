@@ -585,6 +585,11 @@ pub struct PreviewEnvironmentStatus {
     /// Id of the PR comment whose command answer was last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answered_command: Option<String>,
+    /// A report to the source-control system (commit status, deployment, PR comment)
+    /// that is not confirmed delivered yet: it is sent again after an operator restart
+    /// and removed once delivered. Set only when a reporter confirms deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_report: Option<String>,
 }
 
 /// Summary of one test run.

@@ -275,6 +275,30 @@ pub fn effective_environment(
 
 /// Plans one reconcile.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut plan = plan_environment(input);
+    durable_report(input, &mut plan);
+    plan
+}
+
+/// With [`ControllerConfig::durable_reports`], records a new report in
+/// `status.pendingReport` (a token: the time of the plan) in the same status write as the
+/// change it reports, and reports again while a recorded one is not confirmed, so a
+/// report survives a crash between the status write and the send. A report made while
+/// the finalizer is released is not recorded: the object is gone once it is sent.
+fn durable_report(input: &PlanInput<'_>, plan: &mut Plan) {
+    if !input.config.durable_reports {
+        plan.status.pending_report = None;
+        return;
+    }
+    match plan.report {
+        Some(Report::Changed) => plan.status.pending_report = Some(input.now.to_string()),
+        Some(Report::Deleted) => {}
+        None if plan.status.pending_report.is_some() => plan.report = Some(Report::Changed),
+        None => {}
+    }
+}
+
+fn plan_environment(input: &PlanInput<'_>) -> Plan {
     let env = input.env;
     if env.metadata.deletion_timestamp.is_some() {
         return plan_teardown(input);

@@ -309,6 +309,68 @@ fn available_services_make_it_ready_and_a_converged_environment_plans_nothing() 
     assert_eq!(third.entered, None);
 }
 
+/// Plans with durable reports on (a reporter that confirms deliveries).
+fn run_durable(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) -> Plan {
+    let cfg = ControllerConfig {
+        durable_reports: true,
+        ..config()
+    };
+    let strategies = Strategies::new(Arc::new(CatalogueStrategy));
+    plan(&PlanInput {
+        env,
+        observed: &world.observed,
+        now,
+        config: &cfg,
+        strategies: &strategies,
+        stages: &[],
+    })
+}
+
+#[test]
+fn a_report_stays_pending_in_the_status_until_confirmed() {
+    let mut world = World::empty();
+    let e = env();
+    let first = run_durable(&e, &world, at(1));
+    assert_eq!(first.report, Some(Report::Changed));
+    assert_eq!(
+        first.status.pending_report.as_deref(),
+        Some(at(1).to_string().as_str()),
+        "the report is recorded in the same status write as the change"
+    );
+    world.apply(&e, &first, true);
+    let e = written(&e, &first);
+
+    // Ready: a new report, a new token.
+    let second = run_durable(&e, &world, at(2));
+    assert_eq!(phase(&second), Phase::Ready);
+    assert_eq!(second.report, Some(Report::Changed));
+    let token = at(2).to_string();
+    assert_eq!(
+        second.status.pending_report.as_deref(),
+        Some(token.as_str())
+    );
+    let e = written(&e, &second);
+
+    // A restarted operator sees the unconfirmed report and sends it again, without a
+    // status write (the token stays).
+    let again = run_durable(&e, &world, at(3));
+    assert_eq!(again.report, Some(Report::Changed));
+    assert_eq!(again.status, e.status.clone().unwrap(), "no status write");
+    assert!(again.events.is_empty() && again.entered.is_none());
+
+    // Once confirmed (the reporter removed the token), a resync plans nothing at all.
+    let mut confirmed = e.clone();
+    confirmed.status.as_mut().unwrap().pending_report = None;
+    let quiet = run_durable(&confirmed, &world, at(4));
+    assert_eq!(quiet.report, None);
+    assert_eq!(quiet.status, confirmed.status.clone().unwrap());
+
+    // Without a confirming reporter nothing is recorded, and a stale token is dropped.
+    let plain = run(&e, &world, at(5));
+    assert_eq!(plain.report, None);
+    assert_eq!(plain.status.pending_report, None);
+}
+
 #[test]
 fn progressing_services_keep_it_provisioning_with_what_waits() {
     let mut world = World::empty();
