@@ -41,9 +41,9 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -447,6 +447,27 @@ impl CacheWriters {
         }
         tasks
     }
+}
+
+/// The controller of `PreviewEnvironment`s, as [`kube::runtime::Controller::new`] builds
+/// it, except that its store (every environment, held for the life of the process) keeps
+/// them without managed fields, which nothing in the operator reads and which grow with
+/// every field manager that writes an environment.
+pub fn environment_controller(
+    api: Api<PreviewEnvironment>,
+    config: watcher::Config,
+) -> Controller<PreviewEnvironment> {
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = watcher(api, config)
+        .modify(strip_environment)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
+/// What the environment store drops: managed fields.
+pub fn strip_environment(env: &mut PreviewEnvironment) {
+    env.metadata.managed_fields = None;
 }
 
 /// Keeps of a Pod what readiness and the cost estimate read: labels, status, and of the
