@@ -148,3 +148,134 @@ async fn the_document_stays_bounded() {
     assert_eq!(kept, vec![11, 10, 9, 8, 7], "the newest five remain");
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn batched_writes_read_once_and_skip_what_is_already_written() {
+    let Some(client) = client().await else { return };
+    let ns = namespace(&client, "hist-batch").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // an interval longer than the test: only explicit flushes write
+    let store = ConfigMapHistory::new(api.clone(), "h")
+        .with_flush_interval(std::time::Duration::from_secs(3600));
+    let mut records = Vec::new();
+    for i in 0..40u64 {
+        let rec = EnvironmentRecord::opened("acme/shop", i, "alice", t(i as i64), Tier::Small);
+        store.upsert(&rec).await.expect("upsert");
+        records.push(rec);
+    }
+    for i in 0..40u64 {
+        let latest = store.latest("acme/shop", i).await.expect("latest");
+        assert_eq!(latest.as_ref(), Some(&records[i as usize]));
+    }
+    assert_eq!(store.reads(), 1, "one read on first use, then memory");
+    assert_eq!(store.writes(), 0, "nothing is written before a flush");
+    assert_eq!(store.pending(), 40);
+    assert!(api.get_opt("h").await.expect("get").is_none());
+
+    store.flush().await.expect("flush");
+    assert_eq!(store.writes(), 1, "forty changes, one write");
+    assert_eq!(store.pending(), 0);
+
+    // the same records again (a repeated report, a no-op resync): nothing to write
+    for rec in &records {
+        store.upsert(rec).await.expect("upsert");
+    }
+    assert_eq!(store.pending(), 0);
+    store.flush().await.expect("flush");
+    assert_eq!(store.writes(), 1, "unchanged content is not written");
+
+    // a real change is written at the next flush, and a fresh store (an operator that
+    // restarted) reads what was flushed
+    store
+        .record_push("acme/shop", 7, t(9000))
+        .await
+        .expect("push");
+    store.flush().await.expect("flush");
+    assert_eq!(store.writes(), 2);
+    let fresh = ConfigMapHistory::new(api.clone(), "h");
+    let rec = fresh
+        .latest("acme/shop", 7)
+        .await
+        .expect("latest")
+        .expect("exists");
+    assert_eq!(rec.pushes, vec![t(9000)]);
+    assert_eq!(
+        fresh.by_repo("acme/shop", 100).await.expect("query").len(),
+        40
+    );
+
+    // another writer's records survive a batched write that conflicts with them
+    fresh
+        .upsert(&EnvironmentRecord::opened(
+            "acme/shop",
+            500,
+            "bob",
+            t(500),
+            Tier::Small,
+        ))
+        .await
+        .expect("upsert");
+    store
+        .upsert(&EnvironmentRecord::opened(
+            "acme/shop",
+            600,
+            "carol",
+            t(600),
+            Tier::Small,
+        ))
+        .await
+        .expect("upsert");
+    store.flush().await.expect("flush after a conflict");
+    let cm = api.get("h").await.expect("configmap");
+    let text = cm.data.expect("data")[CONFIGMAP_DATA_KEY].clone();
+    let prs: Vec<u64> = decode_history(&text)
+        .expect("decodes")
+        .iter()
+        .map(|r| r.pr)
+        .collect();
+    assert!(prs.contains(&500) && prs.contains(&600), "{prs:?}");
+    assert_eq!(prs.len(), 42);
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn the_background_task_writes_within_its_interval() {
+    let Some(client) = client().await else { return };
+    let ns = namespace(&client, "hist-tick").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let store = ConfigMapHistory::new(api.clone(), "h")
+        .with_bounds(3, 64 * 1024)
+        .with_flush_interval(std::time::Duration::from_millis(200));
+    for i in 0..5u64 {
+        store
+            .upsert(&EnvironmentRecord::opened(
+                "r/r",
+                i,
+                "a",
+                t(i as i64),
+                Tier::Small,
+            ))
+            .await
+            .expect("upsert");
+    }
+    let mut text = None;
+    for _ in 0..100 {
+        if let Some(cm) = api.get_opt("h").await.expect("get") {
+            text = cm.data.and_then(|mut d| d.remove(CONFIGMAP_DATA_KEY));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let prs: Vec<u64> = decode_history(&text.expect("written by the background task"))
+        .expect("decodes")
+        .iter()
+        .map(|r| r.pr)
+        .collect();
+    assert_eq!(
+        prs,
+        vec![4, 3, 2],
+        "bounded: the oldest records are dropped"
+    );
+    assert_eq!(store.by_repo("r/r", 10).await.expect("query").len(), 3);
+    cleanup(&client, &ns).await;
+}

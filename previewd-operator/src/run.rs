@@ -288,6 +288,9 @@ pub(crate) async fn wait_for_signal() {
 
 /// Name of the default history ConfigMap.
 pub const HISTORY_CONFIG_MAP: &str = "previewd-history";
+/// How often the ConfigMap history store writes its pending changes: a crash loses at
+/// most this much history.
+pub const HISTORY_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The environment history store: PostgreSQL when `--history-postgres-url` is set, else
 /// the ConfigMap of `--history-config-map` (`off`: none).
@@ -329,5 +332,8 @@ pub async fn history_store(
     let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client.clone(), namespace);
     info!(configmap = %reference, "environment history in a ConfigMap");
-    Ok(Some(Arc::new(ConfigMapHistory::new(api, name))))
+    // batched: one write per interval at most, whatever the number of environments
+    Ok(Some(Arc::new(
+        ConfigMapHistory::new(api, name).with_flush_interval(HISTORY_FLUSH_INTERVAL),
+    )))
 }

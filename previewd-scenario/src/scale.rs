@@ -14,6 +14,10 @@ use crate::github::PullState;
 use crate::proxy::Counts;
 use crate::rig::{Rig, RigOptions};
 use crate::stats::percentiles;
+
+/// Wait after the last environment is Ready before counting the no-op resync: one
+/// history write interval of the operator (`HISTORY_FLUSH_INTERVAL`, 5 s) and a margin.
+const HISTORY_SETTLE: Duration = Duration::from_secs(6);
 use crate::webhook::{Answer, sha, time};
 
 /// Flags of `previewd-scenario scale`.
@@ -258,6 +262,9 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         .max()
         .map(|t| *t - first_sent)
         .unwrap_or_default();
+    // The operator writes environment history in batches (every 5 s): the batch holding
+    // the last Ready reports belongs to provisioning, not to the no-op resync after it.
+    tokio::time::sleep(HISTORY_SETTLE).await;
     let counts_ready = rig.proxy.counts();
     let usage_ready = operator.usage();
     eprintln!("{} of {n} Ready after {batch_ready:?}", to_ready.len());

@@ -2,17 +2,36 @@
 //!
 //! The document (`data["history.json"]`) is `{"version":1,"records":[...]}` with records
 //! newest first. It is bounded: at most `max_records` records and `max_bytes` bytes
-//! (default [`CONFIGMAP_MAX_BYTES`], well below the 1 MiB object limit); the oldest records
-//! are dropped first.
+//! (default [`CONFIGMAP_MAX_BYTES`], half the 1 MiB object limit); when history outgrows
+//! either bound the oldest records are dropped, from the document and from memory.
 //!
-//! Writes are read-modify-write with optimistic concurrency: the replace carries the
-//! `resourceVersion` that was read, the API server answers 409 Conflict when another
-//! writer got there first, and the update is retried from a fresh read after a short
-//! random pause that grows with each attempt (up to [`MAX_ATTEMPTS`] attempts). A missing
-//! ConfigMap is created; a create that loses the race (409 AlreadyExists) is retried the
-//! same way.
+//! The store keeps the records in memory: the ConfigMap is read once (on first use), and
+//! every query is answered from memory afterwards. A change is written only when it
+//! changes a record, and a write is skipped when the encoded document is the one last
+//! read or written, so repeating what is already recorded costs no request.
+//!
+//! Writes go out in one of two ways:
+//!
+//! * write-through (the default, [`ConfigMapHistory::new`]): every changing upsert is
+//!   written before it returns;
+//! * batched ([`ConfigMapHistory::with_flush_interval`]): upserts change memory only and
+//!   a background task writes the document at most once per interval, so a thousand
+//!   environments changing at once cost one write per interval, not one per change. A
+//!   crash loses what changed since the last successful write (at most one interval);
+//!   call [`ConfigMapHistory::flush`] before a planned shutdown.
+//!
+//! A write is a replace carrying the `resourceVersion` last seen (optimistic
+//! concurrency): when another writer got there first the API server answers 409
+//! Conflict, the store reads the ConfigMap again, re-applies the records it changed since
+//! its last write on top of the other writer's, and retries after a short random pause
+//! that grows with each attempt (up to [`MAX_ATTEMPTS`] attempts). A missing ConfigMap is
+//! created; a create that loses the race (409 AlreadyExists) is retried the same way. A
+//! write that fails keeps its changes pending for the next one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -83,129 +102,358 @@ pub fn decode_history(text: &str) -> Result<Vec<EnvironmentRecord>, HistoryError
     Ok(records)
 }
 
-/// History in a ConfigMap (see the module documentation).
-#[derive(Clone)]
-pub struct ConfigMapHistory {
+/// Key of a record: `(repo, pr, opened_at)`.
+type Key = (String, u64, jiff::Timestamp);
+
+fn key(r: &EnvironmentRecord) -> Key {
+    (r.repo.clone(), r.pr, r.opened_at)
+}
+
+#[derive(Default)]
+struct State {
+    /// Whether the ConfigMap has been read.
+    loaded: bool,
+    /// Every record, newest first, at most `max_records`.
+    records: Vec<EnvironmentRecord>,
+    /// Records changed in memory since the last successful write.
+    pending: HashSet<Key>,
+    /// `resourceVersion` of the ConfigMap as last read or written; `None`: it does not
+    /// exist.
+    resource_version: Option<String>,
+    /// The document as last read or written.
+    last_document: Option<String>,
+}
+
+struct Inner {
     api: Api<ConfigMap>,
     name: String,
     max_records: usize,
     max_bytes: usize,
+    state: Mutex<State>,
+    /// Serialises loads and writes (held across API calls; `state` never is).
+    io: tokio::sync::Mutex<()>,
+    writes: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// History in a ConfigMap (see the module documentation).
+#[derive(Clone)]
+pub struct ConfigMapHistory {
+    inner: Arc<Inner>,
+    flush_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for ConfigMapHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigMapHistory")
-            .field("name", &self.name)
-            .field("max_records", &self.max_records)
-            .field("max_bytes", &self.max_bytes)
+            .field("name", &self.inner.name)
+            .field("max_records", &self.inner.max_records)
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("flush_interval", &self.flush_interval)
             .finish()
     }
 }
 
 impl ConfigMapHistory {
-    /// A store in the ConfigMap `name` of the namespace `api` is scoped to.
+    /// A write-through store in the ConfigMap `name` of the namespace `api` is scoped to.
     pub fn new(api: Api<ConfigMap>, name: &str) -> Self {
         ConfigMapHistory {
-            api,
-            name: name.to_owned(),
-            max_records: 2000,
-            max_bytes: CONFIGMAP_MAX_BYTES,
+            inner: Arc::new(Inner {
+                api,
+                name: name.to_owned(),
+                max_records: 2000,
+                max_bytes: CONFIGMAP_MAX_BYTES,
+                state: Mutex::new(State::default()),
+                io: tokio::sync::Mutex::new(()),
+                writes: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+            }),
+            flush_interval: None,
         }
     }
 
-    /// Changes the bounds.
-    pub fn with_bounds(mut self, max_records: usize, max_bytes: usize) -> Self {
-        self.max_records = max_records.max(1);
-        self.max_bytes = max_bytes.max(64);
+    /// Changes the bounds (call before first use).
+    pub fn with_bounds(self, max_records: usize, max_bytes: usize) -> Self {
+        let inner = Inner {
+            api: self.inner.api.clone(),
+            name: self.inner.name.clone(),
+            max_records: max_records.max(1),
+            max_bytes: max_bytes.max(64),
+            state: Mutex::new(State::default()),
+            io: tokio::sync::Mutex::new(()),
+            writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+        };
+        let store = ConfigMapHistory {
+            inner: Arc::new(inner),
+            flush_interval: None,
+        };
+        match self.flush_interval {
+            Some(interval) => store.with_flush_interval(interval),
+            None => store,
+        }
+    }
+
+    /// Batches writes: upserts change memory only, and a background task (spawned here,
+    /// so this needs a Tokio runtime) writes pending changes at most once per `interval`.
+    /// The task ends when the last clone of the store is dropped.
+    pub fn with_flush_interval(mut self, interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(10));
+        self.flush_interval = Some(interval);
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(err) = inner.flush().await {
+                    tracing::warn!(configmap = %inner.name, error = %err, category = err.category(), "could not write environment history; retrying at the next interval");
+                }
+            }
+        });
         self
     }
 
-    async fn read(&self) -> Result<(Option<ConfigMap>, Vec<EnvironmentRecord>), HistoryError> {
-        let cm = self.api.get_opt(&self.name).await?;
-        let records = match cm
-            .as_ref()
-            .and_then(|c| c.data.as_ref())
-            .and_then(|d| d.get(CONFIGMAP_DATA_KEY))
-        {
-            Some(text) => match decode_history(text) {
-                Ok(r) => r,
-                Err(e) => {
-                    // History is advisory: a corrupt document is replaced, not fatal.
-                    tracing::warn!(configmap = %self.name, error = %e, "discarding unreadable history");
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
-        Ok((cm, records))
+    /// Writes pending changes now (a no-op when nothing changed).
+    pub async fn flush(&self) -> Result<(), HistoryError> {
+        self.inner.flush().await
     }
 
-    async fn update(
+    /// Records changed in memory and not written yet.
+    pub fn pending(&self) -> usize {
+        self.inner.lock().pending.len()
+    }
+
+    /// Writes (creates and replaces) this store has sent to the API server.
+    pub fn writes(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
+    }
+
+    /// Reads of the ConfigMap this store has sent to the API server.
+    pub fn reads(&self) -> u64 {
+        self.inner.reads.load(Ordering::Relaxed)
+    }
+
+    /// The records after the first load, answered from memory.
+    async fn records<T>(
         &self,
-        change: impl Fn(&mut Vec<EnvironmentRecord>),
-    ) -> Result<(), HistoryError> {
+        f: impl FnOnce(&[EnvironmentRecord]) -> T,
+    ) -> Result<T, HistoryError> {
+        self.inner.ensure_loaded().await?;
+        Ok(f(&self.inner.lock().records))
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // a panic while holding the lock leaves consistent data (every change is one
+        // assignment or one upsert), so a poisoned lock is used as is
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn read(
+        &self,
+    ) -> Result<(Option<String>, Option<String>, Vec<EnvironmentRecord>), HistoryError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let cm = self.api.get_opt(&self.name).await?;
+        let rv = cm
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.clone());
+        let text = cm
+            .and_then(|c| c.data)
+            .and_then(|mut d| d.remove(CONFIGMAP_DATA_KEY));
+        let records = match text.as_deref().map(decode_history) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                // History is advisory: a corrupt document is replaced, not fatal.
+                tracing::warn!(configmap = %self.name, error = %e, "discarding unreadable history");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        Ok((rv, text, records))
+    }
+
+    /// Replaces memory with the ConfigMap's records, with this store's pending records
+    /// applied on top.
+    fn merge_remote(
+        &self,
+        state: &mut State,
+        rv: Option<String>,
+        text: Option<String>,
+        mut remote: Vec<EnvironmentRecord>,
+    ) {
+        for rec in state
+            .records
+            .iter()
+            .filter(|r| state.pending.contains(&key(r)))
+        {
+            upsert_into(&mut remote, rec);
+        }
+        remote.truncate(self.max_records);
+        state.records = remote;
+        state.resource_version = rv;
+        state.last_document = text;
+        state.loaded = true;
+    }
+
+    async fn ensure_loaded(&self) -> Result<(), HistoryError> {
+        if self.lock().loaded {
+            return Ok(());
+        }
+        let _io = self.io.lock().await;
+        if self.lock().loaded {
+            return Ok(());
+        }
+        let (rv, text, remote) = self.read().await?;
+        let mut state = self.lock();
+        self.merge_remote(&mut state, rv, text, remote);
+        Ok(())
+    }
+
+    async fn upsert(&self, record: &EnvironmentRecord) -> Result<bool, HistoryError> {
+        self.ensure_loaded().await?;
+        let mut state = self.lock();
+        if state.records.iter().any(|r| r == record) {
+            return Ok(false);
+        }
+        upsert_into(&mut state.records, record);
+        let max = self.max_records;
+        state.records.truncate(max);
+        state.pending.insert(key(record));
+        Ok(true)
+    }
+
+    async fn flush(&self) -> Result<(), HistoryError> {
+        let _io = self.io.lock().await;
+        if !self.lock().loaded {
+            return Ok(());
+        }
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 // random pause in [0, 20ms·2^attempt), capped at 1s, so racing writers spread out
                 let ceiling = (20u64 << attempt.min(6)).min(1000);
                 let pause = rand::random::<u64>() % ceiling;
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            let (existing, mut records) = self.read().await?;
-            change(&mut records);
-            let (text, dropped) = encode_history(&records, self.max_records, self.max_bytes)?;
-            if dropped > 0 {
-                tracing::debug!(configmap = %self.name, dropped, "history bounded");
-            }
-            let data = BTreeMap::from([(CONFIGMAP_DATA_KEY.to_owned(), text)]);
-            let result = match existing {
-                Some(mut cm) => {
-                    // metadata.resourceVersion from the read makes this a compare-and-swap
-                    cm.data = Some(data);
-                    self.api
-                        .replace(&self.name, &PostParams::default(), &cm)
-                        .await
+            // what is written now: later upserts stay pending for the next write
+            let (records, written, rv, last) = {
+                let mut state = self.lock();
+                if state.pending.is_empty() {
+                    return Ok(());
                 }
-                None => {
-                    let cm = ConfigMap {
-                        metadata: ObjectMeta {
-                            name: Some(self.name.clone()),
-                            labels: Some(BTreeMap::from([(
-                                "app.kubernetes.io/managed-by".to_owned(),
-                                "previewd".to_owned(),
-                            )])),
-                            ..ObjectMeta::default()
-                        },
-                        data: Some(data),
-                        ..ConfigMap::default()
-                    };
-                    self.api.create(&PostParams::default(), &cm).await
-                }
+                (
+                    state.records.clone(),
+                    std::mem::take(&mut state.pending),
+                    state.resource_version.clone(),
+                    state.last_document.clone(),
+                )
             };
+            let (text, dropped) = encode_history(&records, self.max_records, self.max_bytes)?;
+            if last.as_deref() == Some(text.as_str()) {
+                return Ok(());
+            }
+            if dropped > 0 {
+                tracing::debug!(configmap = %self.name, dropped, "history bounded: oldest records dropped");
+            }
+            let result = self.write(rv.as_deref(), &text).await;
             match result {
-                Ok(_) => return Ok(()),
+                Ok(new_rv) => {
+                    let mut state = self.lock();
+                    state.resource_version = new_rv;
+                    state.last_document = Some(text);
+                    if dropped > 0 {
+                        // memory keeps what the document holds: the oldest records go
+                        let kept = records.len() - dropped;
+                        let cut = match kept.checked_sub(1).and_then(|i| records.get(i)) {
+                            Some(oldest_kept) => {
+                                let oldest_kept = key(oldest_kept);
+                                state
+                                    .records
+                                    .iter()
+                                    .position(|r| key(r) == oldest_kept)
+                                    .map(|i| i + 1)
+                            }
+                            None => Some(0),
+                        };
+                        if let Some(cut) = cut {
+                            state.records.truncate(cut);
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(kube::Error::Api(status))
                     if status.is_conflict() || status.is_already_exists() =>
                 {
-                    tracing::debug!(configmap = %self.name, "history update conflicted; retrying");
-                    continue;
+                    tracing::debug!(configmap = %self.name, "history write conflicted; merging and retrying");
+                    self.lock().pending.extend(written);
+                    let (rv, text, remote) = match self.read().await {
+                        Ok(r) => r,
+                        Err(e) => return Err(e),
+                    };
+                    let mut state = self.lock();
+                    self.merge_remote(&mut state, rv, text, remote);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.lock().pending.extend(written);
+                    return Err(e.into());
+                }
             }
         }
         Err(HistoryError::Conflict(MAX_ATTEMPTS))
+    }
+
+    /// Creates (no `resourceVersion`) or replaces (compare-and-swap on it) the ConfigMap.
+    async fn write(&self, rv: Option<&str>, text: &str) -> Result<Option<String>, kube::Error> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                resource_version: rv.map(str::to_owned),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "previewd".to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                CONFIGMAP_DATA_KEY.to_owned(),
+                text.to_owned(),
+            )])),
+            ..ConfigMap::default()
+        };
+        let written = match rv {
+            Some(_) => {
+                self.api
+                    .replace(&self.name, &PostParams::default(), &cm)
+                    .await?
+            }
+            None => self.api.create(&PostParams::default(), &cm).await?,
+        };
+        Ok(written.metadata.resource_version)
     }
 }
 
 #[async_trait]
 impl HistoryStore for ConfigMapHistory {
     async fn upsert(&self, record: &EnvironmentRecord) -> Result<(), HistoryError> {
-        self.update(|records| upsert_into(records, record)).await
+        let changed = self.inner.upsert(record).await?;
+        if changed && self.flush_interval.is_none() {
+            self.inner.flush().await?;
+        }
+        Ok(())
     }
 
     async fn latest(&self, repo: &str, pr: u64) -> Result<Option<EnvironmentRecord>, HistoryError> {
-        let (_, records) = self.read().await?;
-        Ok(records.into_iter().find(|r| r.repo == repo && r.pr == pr))
+        self.records(|records| {
+            records
+                .iter()
+                .find(|r| r.repo == repo && r.pr == pr)
+                .cloned()
+        })
+        .await
     }
 
     async fn by_repo(
@@ -213,8 +461,8 @@ impl HistoryStore for ConfigMapHistory {
         repo: &str,
         limit: usize,
     ) -> Result<Vec<EnvironmentRecord>, HistoryError> {
-        let (_, records) = self.read().await?;
-        Ok(select(records.iter(), |r| r.repo == repo, limit))
+        self.records(|records| select(records.iter(), |r| r.repo == repo, limit))
+            .await
     }
 
     async fn by_author(
@@ -222,8 +470,8 @@ impl HistoryStore for ConfigMapHistory {
         author: &str,
         limit: usize,
     ) -> Result<Vec<EnvironmentRecord>, HistoryError> {
-        let (_, records) = self.read().await?;
-        Ok(select(records.iter(), |r| r.author == author, limit))
+        self.records(|records| select(records.iter(), |r| r.author == author, limit))
+            .await
     }
 }
 

@@ -6,7 +6,8 @@
 //! * [`MemoryHistory`]: in-process, for tests and single-replica setups that accept losing
 //!   history on restart;
 //! * [`ConfigMapHistory`]: the in-cluster default, one bounded JSON document in a
-//!   ConfigMap, updated with optimistic concurrency;
+//!   ConfigMap, read once and kept in memory, written (in batches, if asked) with
+//!   optimistic concurrency;
 //! * [`PostgresHistory`]: a table in PostgreSQL, created on connect.
 //!
 //! Records are keyed by `(repo, pr, opened_at)`: a PR that is closed and reopened gets a

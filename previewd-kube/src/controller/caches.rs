@@ -4,10 +4,15 @@
 //! One watch per kind, shared by the cache and the trigger:
 //! - Namespaces: metadata only, every namespace (a foreign namespace with a preview's
 //!   name must be seen to be avoided);
-//! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`: whole objects
-//!   (readiness), without managed fields; Pods keep only labels, status and what the
-//!   cost estimate needs from the spec (container and init-container requests, the
-//!   restart policy that marks a sidecar, the pod overhead);
+//! - Deployments and Pods labelled `app.kubernetes.io/managed-by=previewd`, without
+//!   managed fields: Deployments keep metadata, status, replicas, selector and of the pod
+//!   template only each container's name, image and literal environment (the fields the
+//!   drift fingerprint reads, [`crate::plan::object::fingerprint`]); Pods keep only
+//!   labels, status and what the cost estimate needs from the spec (container and
+//!   init-container requests, the restart policy that marks a sidecar, the pod overhead).
+//!   A Pod update wakes its environment only when something the planner reads changed
+//!   ([`pod_wakes`]): the scheduler rewriting an unschedulable pod's condition message
+//!   every few seconds does not;
 //! - PersistentVolumeClaims labelled the same: spec requests and status capacity (cost);
 //! - every other kind the planner, the strategy and the stages create: metadata only,
 //!   or whole objects where a plug-in judges health from them;
@@ -31,13 +36,14 @@ use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, ResourceRequirements, Secret,
+    Container, ContainerState, ContainerStatus, EnvVar, Namespace, PersistentVolumeClaim, Pod,
+    PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
 };
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -315,6 +321,8 @@ impl CacheWriters {
             Hooks {
                 route: Triggers::send_for_child,
                 strip: strip_meta,
+                wakes: always,
+                dyntype: (),
             },
             shutdown.clone(),
         ));
@@ -326,7 +334,9 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: |d: &mut Deployment| d.metadata.managed_fields = None,
+                strip: strip_deployment,
+                wakes: always,
+                dyntype: (),
             },
             shutdown.clone(),
         ));
@@ -339,6 +349,8 @@ impl CacheWriters {
             Hooks {
                 route: Triggers::send_for_child,
                 strip: strip_pod,
+                wakes: pod_wakes,
+                dyntype: (),
             },
             shutdown.clone(),
         ));
@@ -353,6 +365,8 @@ impl CacheWriters {
                 Hooks {
                     route: Triggers::send_for_source_secret,
                     strip: strip_meta,
+                    wakes: always,
+                    dyntype: (),
                 },
                 shutdown.clone(),
             ));
@@ -370,6 +384,8 @@ impl CacheWriters {
             Hooks {
                 route: Triggers::send_for_repository,
                 strip: strip_meta,
+                wakes: always,
+                dyntype: (),
             },
             shutdown.clone(),
         ));
@@ -385,6 +401,8 @@ impl CacheWriters {
                     c.metadata.managed_fields = None;
                     c.metadata.annotations = None;
                 },
+                wakes: always,
+                dyntype: (),
             },
             shutdown.clone(),
         ));
@@ -405,6 +423,8 @@ impl CacheWriters {
                     Hooks {
                         route: Triggers::send_for_child,
                         strip: strip_meta,
+                        wakes: always,
+                        dyntype: resource.clone(),
                     },
                     shutdown.clone(),
                 )),
@@ -418,6 +438,8 @@ impl CacheWriters {
                     Hooks {
                         route: Triggers::send_for_child,
                         strip: |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                        wakes: always,
+                        dyntype: resource.clone(),
                     },
                     shutdown.clone(),
                 )),
@@ -425,6 +447,27 @@ impl CacheWriters {
         }
         tasks
     }
+}
+
+/// The controller of `PreviewEnvironment`s, as [`kube::runtime::Controller::new`] builds
+/// it, except that its store (every environment, held for the life of the process) keeps
+/// them without managed fields, which nothing in the operator reads and which grow with
+/// every field manager that writes an environment.
+pub fn environment_controller(
+    api: Api<PreviewEnvironment>,
+    config: watcher::Config,
+) -> Controller<PreviewEnvironment> {
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = watcher(api, config)
+        .modify(strip_environment)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
+/// What the environment store drops: managed fields.
+pub fn strip_environment(env: &mut PreviewEnvironment) {
+    env.metadata.managed_fields = None;
 }
 
 /// Keeps of a Pod what readiness and the cost estimate read: labels, status, and of the
@@ -457,10 +500,130 @@ pub fn strip_pod(p: &mut Pod) {
     });
 }
 
-/// What a watch does with each object: whom it wakes, and what it strips before caching.
-struct Hooks<K> {
+/// Keeps of a Deployment what the planner, the strategies and the stages read: metadata
+/// (labels, annotations with the applied hash, generation, deletion), status, and of the
+/// spec the replicas, the selector and each template container's name, image and literal
+/// environment (the drift fingerprint). Probes, resources, security contexts, volumes and
+/// the template's metadata go: they are most of a Deployment and nothing reads them.
+pub fn strip_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    d.metadata.owner_references = None;
+    if let Some(spec) = d.spec.as_mut() {
+        let template = std::mem::take(&mut spec.template);
+        spec.template = PodTemplateSpec {
+            metadata: None,
+            spec: template.spec.map(|pod| PodSpec {
+                containers: pod
+                    .containers
+                    .into_iter()
+                    .map(|c| Container {
+                        name: c.name,
+                        image: c.image,
+                        env: c.env.map(|vars| {
+                            vars.into_iter()
+                                .map(|v| EnvVar {
+                                    name: v.name,
+                                    value: v.value,
+                                    ..EnvVar::default()
+                                })
+                                .collect()
+                        }),
+                        ..Container::default()
+                    })
+                    .collect(),
+                ..PodSpec::default()
+            }),
+        };
+        spec.strategy = None;
+    }
+}
+
+/// Whether a Pod update (`old` as cached, `new` as received, both stripped by
+/// [`strip_pod`]) changes anything the planner reads, so that it should wake the Pod's
+/// environment: labels, deletion, the kept spec, the phase, each condition's type,
+/// status and reason, and each container's name, readiness, restart count and state
+/// (the waiting reason, running, how it terminated). Condition messages, probe and
+/// transition times and container ids are left out: the scheduler rewrites an
+/// unschedulable Pod's `PodScheduled` message on every attempt, which would wake the
+/// environment every few seconds for nothing.
+pub fn pod_wakes(old: &Pod, new: &Pod) -> bool {
+    pod_signature(old) != pod_signature(new)
+}
+
+#[derive(PartialEq)]
+struct PodSignature<'a> {
+    labels: &'a BTreeMap<String, String>,
+    deleting: bool,
+    spec: Option<&'a PodSpec>,
+    phase: Option<&'a str>,
+    conditions: Vec<(&'a str, &'a str, Option<&'a str>)>,
+    containers: Vec<ContainerSignature<'a>>,
+}
+
+#[derive(PartialEq)]
+struct ContainerSignature<'a> {
+    name: &'a str,
+    ready: bool,
+    restarts: i32,
+    waiting: Option<Option<&'a str>>,
+    running: bool,
+    terminated: Option<(i32, Option<&'a str>, Option<&'a str>)>,
+}
+
+fn container_signature(c: &ContainerStatus) -> ContainerSignature<'_> {
+    let state = c.state.as_ref();
+    ContainerSignature {
+        name: &c.name,
+        ready: c.ready,
+        restarts: c.restart_count,
+        waiting: state
+            .and_then(|s: &ContainerState| s.waiting.as_ref())
+            .map(|w| w.reason.as_deref()),
+        running: state.is_some_and(|s| s.running.is_some()),
+        terminated: state
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| (t.exit_code, t.reason.as_deref(), t.message.as_deref())),
+    }
+}
+
+fn pod_signature(p: &Pod) -> PodSignature<'_> {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let status = p.status.as_ref();
+    PodSignature {
+        labels: p.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+        deleting: p.metadata.deletion_timestamp.is_some(),
+        spec: p.spec.as_ref(),
+        phase: status.and_then(|s| s.phase.as_deref()),
+        conditions: status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_deref()))
+            .collect(),
+        containers: status
+            .into_iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .map(container_signature)
+            .collect(),
+    }
+}
+
+/// What a watch does with each object: whom it wakes, what it strips before caching,
+/// and whether an update (cached object, new object, both stripped) is worth waking for.
+struct Hooks<K: Resource> {
     route: fn(&Triggers, &K),
     strip: fn(&mut K),
+    wakes: fn(&K, &K) -> bool,
+    dyntype: K::DynamicType,
+}
+
+fn always<K>(_: &K, _: &K) -> bool {
+    true
 }
 
 /// What an optional kind's watch waits for: the kind served by the API server.
@@ -591,7 +754,12 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
-    let Hooks { route, strip } = hooks;
+    let Hooks {
+        route,
+        strip,
+        wakes,
+        dyntype,
+    } = hooks;
     let reader = writer.as_reader();
     let seen_lists = Arc::new(Mutex::new(0u64));
     tokio::spawn(async move {
@@ -619,7 +787,14 @@ where
                 Event::Init | Event::InitDone => {}
             }
             match &event {
-                Event::Apply(o) | Event::Delete(o) => {
+                Event::Apply(o) => {
+                    let old = reader.get(&ObjectRef::from_obj_with(o, dyntype.clone()));
+                    writer.apply_watcher_event(&event);
+                    if old.is_none_or(|old| wakes(old.as_ref(), o)) {
+                        route(&triggers, o);
+                    }
+                }
+                Event::Delete(o) => {
                     writer.apply_watcher_event(&event);
                     route(&triggers, o);
                 }
@@ -640,4 +815,235 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::plan::health::{deployment_available, service_problem};
+    use crate::plan::object::fingerprint;
+    use crate::strategy::manifests::readiness::object_health;
+    use serde_json::json;
+
+    /// A Deployment as the API server returns it: a full pod template, managed fields.
+    fn live_deployment(available: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "api", "namespace": "preview-acme-shop-7", "generation": 3,
+                "labels": {"app.kubernetes.io/managed-by": "previewd", "previewd.io/env": "shop-7",
+                           "previewd.io/env-namespace": "previews", "previewd.io/service": "api"},
+                "annotations": {"previewd.io/applied-hash": "abc123", "deployment.kubernetes.io/revision": "2"},
+                "managedFields": [{"manager": "previewd", "operation": "Apply", "fieldsType": "FieldsV1",
+                                   "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Namespace", "name": "x", "uid": "u"}]
+            },
+            "spec": {
+                "replicas": 2, "revisionHistoryLimit": 2,
+                "selector": {"matchLabels": {"previewd.io/service": "api"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}},
+                "template": {
+                    "metadata": {"labels": {"previewd.io/service": "api"},
+                                 "annotations": {"previewd.io/head-sha": "0123abcd"}},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "securityContext": {"runAsNonRoot": true},
+                        "containers": [{
+                            "name": "api", "image": "ghcr.io/acme/api:0123abcd",
+                            "imagePullPolicy": "Always",
+                            "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+                            "env": [{"name": "PREVIEWD_PR", "value": "7"},
+                                    {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}],
+                            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                          "limits": {"memory": "512Mi"}},
+                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
+                            "securityContext": {"allowPrivilegeEscalation": false,
+                                                "capabilities": {"drop": ["ALL"]}},
+                            "terminationMessagePolicy": "FallbackToLogsOnError"
+                        }]
+                    }
+                }
+            },
+            "status": {
+                "observedGeneration": 3, "replicas": 2, "updatedReplicas": available,
+                "availableReplicas": available, "readyReplicas": available,
+                "conditions": [{"type": "Available", "status": if available == 2 { "True" } else { "False" },
+                                "reason": "MinimumReplicasAvailable"},
+                               {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stripped_deployment_still_tells_the_planner_everything_it_reads() {
+        for available in [0, 1, 2] {
+            let live = live_deployment(available);
+            let mut stripped = live.clone();
+            strip_deployment(&mut stripped);
+
+            let full_json = serde_json::to_value(&live).unwrap();
+            let stripped_json = serde_json::to_value(&stripped).unwrap();
+            // drift detection: replicas, container names, images, literal environment
+            assert_eq!(
+                fingerprint("Deployment", &stripped_json),
+                fingerprint("Deployment", &full_json)
+            );
+            // readiness, as the catalogue and the manifests strategies judge it
+            assert_eq!(deployment_available(&stripped), deployment_available(&live));
+            assert_eq!(
+                service_problem("api", Some(&stripped), &[]),
+                service_problem("api", Some(&live), &[])
+            );
+            assert_eq!(
+                object_health("Deployment api", "Deployment", &stripped_json),
+                object_health("Deployment api", "Deployment", &full_json)
+            );
+            // what observe reads: labels (ownership), the applied hash, deletion
+            assert_eq!(stripped.metadata.labels, live.metadata.labels);
+            assert_eq!(
+                stripped
+                    .annotations()
+                    .get(crate::children::ANNOTATION_APPLIED_HASH),
+                Some(&"abc123".to_string())
+            );
+            assert_eq!(stripped.metadata.generation, live.metadata.generation);
+            assert_eq!(stripped.status, live.status);
+            // and it is much smaller
+            let (full, small) = (full_json.to_string().len(), stripped_json.to_string().len());
+            assert!(small * 2 < full, "{small} bytes stripped vs {full} whole");
+        }
+        // a hand edit of the image still shows as drift after stripping
+        let mut edited = live_deployment(2);
+        edited
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("evil:latest".into());
+        strip_deployment(&mut edited);
+        let mut original = live_deployment(2);
+        strip_deployment(&mut original);
+        assert_ne!(
+            fingerprint("Deployment", &serde_json::to_value(&edited).unwrap()),
+            fingerprint("Deployment", &serde_json::to_value(&original).unwrap())
+        );
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "api-1", "namespace": "preview-acme-shop-7",
+                         "labels": {"previewd.io/service": "api"},
+                         "managedFields": [{"manager": "kube-scheduler"}]},
+            "spec": {"containers": [{"name": "api", "image": "x",
+                                     "resources": {"requests": {"cpu": "250m"}}}]},
+            "status": status
+        }))
+        .unwrap();
+        strip_pod(&mut p);
+        p
+    }
+
+    fn unschedulable(message: &str, probed: &str) -> Pod {
+        pod(json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": message, "lastProbeTime": probed,
+                            "lastTransitionTime": "2026-11-29T10:00:00Z"}]
+        }))
+    }
+
+    fn running(ready: bool, restarts: i32, started: &str) -> Pod {
+        pod(json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                            "lastTransitionTime": started}],
+            "containerStatuses": [{"name": "api", "image": "x", "imageID": "", "ready": ready,
+                                   "restartCount": restarts,
+                                   "state": {"running": {"startedAt": started}}}]
+        }))
+    }
+
+    #[test]
+    fn irrelevant_pod_updates_do_not_wake_the_environment() {
+        // the scheduler retrying an unschedulable pod: new message, new probe time
+        assert!(!pod_wakes(
+            &unschedulable(
+                "0/20 nodes are available: 20 Insufficient cpu.",
+                "2026-11-29T10:00:00Z"
+            ),
+            &unschedulable(
+                "0/60 nodes are available: 60 Insufficient cpu.",
+                "2026-11-29T10:00:05Z"
+            ),
+        ));
+        // a container restarted without changing readiness or count: only times moved
+        assert!(!pod_wakes(
+            &running(true, 0, "2026-11-29T10:00:00Z"),
+            &running(true, 0, "2026-11-29T10:00:09Z"),
+        ));
+        // managed fields and annotations are stripped before the comparison
+        let mut annotated = running(true, 0, "2026-11-29T10:00:00Z");
+        annotated.metadata.annotations = None;
+        assert!(!pod_wakes(
+            &running(true, 0, "2026-11-29T10:00:00Z"),
+            &annotated
+        ));
+    }
+
+    #[test]
+    fn relevant_pod_updates_wake_the_environment() {
+        let pending = unschedulable("0/20 nodes are available", "2026-11-29T10:00:00Z");
+        let scheduled = pod(json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [{"name": "api", "image": "x", "imageID": "", "ready": false,
+                                   "restartCount": 0,
+                                   "state": {"waiting": {"reason": "ContainerCreating"}}}]
+        }));
+        let pull_failed = pod(json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [{"name": "api", "image": "x", "imageID": "", "ready": false,
+                                   "restartCount": 0,
+                                   "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]
+        }));
+        let up = running(false, 0, "2026-11-29T10:00:00Z");
+        let ready = running(true, 0, "2026-11-29T10:00:00Z");
+        let restarted = running(true, 1, "2026-11-29T10:00:00Z");
+        let crashed = pod(json!({
+            "phase": "Running",
+            "containerStatuses": [{"name": "api", "image": "x", "imageID": "", "ready": false,
+                                   "restartCount": 1,
+                                   "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]
+        }));
+        for (what, old, new) in [
+            ("scheduled", &pending, &scheduled),
+            ("image pull failed", &scheduled, &pull_failed),
+            ("running", &scheduled, &up),
+            ("ready", &up, &ready),
+            ("restart count", &ready, &restarted),
+            ("terminated", &restarted, &crashed),
+        ] {
+            assert!(pod_wakes(old, new), "{what} must wake the environment");
+        }
+        let mut deleting = ready.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-29T11:00:00Z".parse().unwrap(),
+            ));
+        assert!(pod_wakes(&ready, &deleting), "deletion must wake");
+        let mut relabelled = ready.clone();
+        relabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("previewd.io/service".into(), "web".into());
+        assert!(pod_wakes(&ready, &relabelled), "labels must wake");
+    }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -531,7 +531,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
         }
     }
 
-    let controller = Controller::new(envs, environment_watch(config));
+    let controller = caches::environment_controller(envs, environment_watch(config));
     let store = controller.store();
     let _ = ctx.environments.set(store.clone());
     let controller = controller
