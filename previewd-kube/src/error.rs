@@ -18,6 +18,10 @@ pub enum Error {
     /// A JSON (de)serialisation failed.
     #[error("serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),
+    /// The namespace chosen for an environment was claimed by another environment first
+    /// (or disappeared while it was claimed); the next reconcile chooses again.
+    #[error("namespace {0} is not free: another environment claimed it, or it is being deleted")]
+    NamespaceTaken(String),
 }
 
 impl Error {
@@ -33,6 +37,7 @@ impl Error {
             },
             Error::MissingField(_) => "missing_field",
             Error::Serialization(_) => "serialization",
+            Error::NamespaceTaken(_) => "conflict",
         }
     }
 }

@@ -7,13 +7,15 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy, NetworkPolicyPeer};
-use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
 use previewd_core::Phase;
+use previewd_kube::controller::{self, Context};
 use previewd_kube::crd::PreviewEnvironment;
 use serde_json::{Value, json};
 use support::*;
@@ -363,4 +365,83 @@ async fn hosts_outside_the_allowed_domains_or_taken_are_never_published() {
     }
     op.stop().await;
     delete_namespace(&client, &ns).await;
+}
+
+/// The planner chooses a namespace name from the watch cache, which may not have seen
+/// another environment's namespace of the same name yet. Driven here with caches that
+/// never started (they see nothing): the namespace the environment would take belongs to
+/// another environment, and the reconcile must fail rather than take it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_claimed_by_another_environment_is_never_taken_over() {
+    let client = client().await;
+    install_crds(&client).await;
+    let team = temp_namespace(&client, "guards-claim").await;
+    let branch = format!("claim-{}", unique_suffix());
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &team);
+    let env = envs
+        .create(
+            &PostParams::default(),
+            &manifest("shop-pr-88", "acme/shop", 88, &branch, json!({})),
+        )
+        .await
+        .unwrap();
+    // Another environment (another repository's PR 88 on the same branch) got there first.
+    let taken = previewd_core::naming::namespace_name(88, &branch);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {
+                    "name": taken,
+                    "labels": {"app.kubernetes.io/managed-by": "previewd"},
+                    "annotations": {"previewd.io/owner-uid": "another-environment"},
+                }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let ctx = Arc::new(Context::new(client.clone(), test_config(&team)));
+    let mut env = Arc::new(env);
+    let mut outcome = controller::reconcile(env.clone(), ctx.clone()).await;
+    // The first pass may only add the finalizer; look again at the stored object.
+    for _ in 0..3 {
+        if outcome.is_err() {
+            break;
+        }
+        env = Arc::new(envs.get(&env.name_any()).await.unwrap());
+        outcome = controller::reconcile(env.clone(), ctx.clone()).await;
+    }
+    let err = outcome.expect_err("the reconcile refuses the other environment's namespace");
+    assert_eq!(err.category(), "conflict", "{err}");
+    assert!(err.to_string().contains(&taken), "{err}");
+    let live = namespaces.get(&taken).await.unwrap();
+    assert_eq!(
+        live.annotations()
+            .get("previewd.io/owner-uid")
+            .map(String::as_str),
+        Some("another-environment"),
+        "the namespace still belongs to the other environment"
+    );
+    let pods: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &taken);
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing was deployed into it"
+    );
+
+    // Once its cache sees the namespace, the environment chooses its own name.
+    let operator = Operator::start(client.clone(), test_config(&team)).await;
+    let ready_env = wait_for(&client, &team, "shop-pr-88", "Ready", ready).await;
+    let own = ready_env.status.unwrap().namespace.unwrap();
+    assert_ne!(own, taken);
+    operator.stop().await;
+    let _ = envs.delete("shop-pr-88", &Default::default()).await;
+    let _ = namespaces.delete(&taken, &Default::default()).await;
+    delete_namespace(&client, &team).await;
 }

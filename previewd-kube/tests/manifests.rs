@@ -527,8 +527,8 @@ async fn a_fork_environment_gets_no_secret_and_no_egress() {
         .unwrap();
     let snapshot = PullRequestSnapshot {
         repository: "acme/shop".into(),
-        number: 402,
-        branch: "feature-402".into(),
+        number: 412,
+        branch: "feature-412".into(),
         head_sha: SHA.into(),
         base_branch: Some("main".into()),
         author: Some("mallory".into()),

@@ -2,8 +2,9 @@
 //! `previewd`, forced) of dynamic objects, deletes where a 404 counts as done, the status
 //! written only when it changed, Events, the report, the finalizer. Makes no decisions.
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -11,6 +12,7 @@ use serde_json::json;
 use super::Context;
 use crate::crd::{FIELD_MANAGER, FINALIZER, PreviewEnvironment, PreviewEnvironmentStatus};
 use crate::error::{Error, KubeContext};
+use crate::plan::namespace::ANNOTATION_OWNER_UID;
 use crate::plan::object::{ChildRef, DesiredObject};
 use crate::plan::{FinalizerAction, Plan, Report};
 
@@ -53,6 +55,7 @@ pub(crate) async fn execute(
         return Ok(requeue(&plan));
     }
     for object in &plan.apply {
+        claim_namespace(ctx, object).await?;
         apply(ctx, object).await?;
     }
     for child in &plan.delete {
@@ -174,6 +177,73 @@ fn api_for(
     match namespace {
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, resource),
         None => Api::all_with(ctx.client.clone(), resource),
+    }
+}
+
+/// Makes sure a namespace carrying an ownership marker is this environment's before it
+/// is applied. The planner chose the name from the watch cache, which may not have seen
+/// another environment's namespace of the same name yet (two environments of the same PR
+/// number and branch, in different repositories, created at once); a forced apply would
+/// then take that namespace over, and both environments would deploy into it. So a
+/// namespace the cache does not show as ours is created exclusively (a POST fails when it
+/// exists), and an existing one is applied only while its marker names this owner (or
+/// carries none: an unmarked namespace is adopted by the planner's rules). Anything else
+/// fails the reconcile; the next one sees the namespace and chooses another name.
+async fn claim_namespace(ctx: &Context, object: &DesiredObject) -> Result<(), Error> {
+    if !(object.resource.group.is_empty() && object.resource.kind == "Namespace") {
+        return Ok(());
+    }
+    let Some(owner) = object
+        .object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_OWNER_UID))
+        .and_then(serde_json::Value::as_str)
+    else {
+        return Ok(());
+    };
+    let marker_of = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
+        annotations
+            .and_then(|a| a.get(ANNOTATION_OWNER_UID))
+            .cloned()
+    };
+    let check = |marker: Option<String>| match marker {
+        Some(marker) if marker != owner => Err(Error::NamespaceTaken(object.name.clone())),
+        _ => Ok(()),
+    };
+    if let Some(cached) = ctx
+        .caches
+        .namespaces
+        .get(&kube::runtime::reflector::ObjectRef::new(&object.name))
+    {
+        return check(marker_of(cached.metadata.annotations.as_ref()));
+    }
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    let namespace: Namespace = serde_json::from_value(object.object.clone())?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &namespace).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // Listed, not read: the shipped roles grant namespaces list and watch only.
+            let live = api
+                .list_metadata(
+                    &kube::api::ListParams::default()
+                        .fields(&format!("metadata.name={}", object.name)),
+                )
+                .await
+                .context(|| format!("list Namespace {}", object.name))?;
+            match live.items.into_iter().next() {
+                Some(ns) => check(marker_of(ns.metadata.annotations.as_ref())),
+                // Deleted meanwhile: the next reconcile creates it.
+                None => Err(Error::NamespaceTaken(object.name.clone())),
+            }
+        }
+        Err(source) => Err(Error::Kube {
+            action: format!("create Namespace {}", object.name),
+            source,
+        }),
     }
 }
 
