@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use previewd_github::store::{EnvironmentStore, KubeStore, Precondition, StoreError};
@@ -107,5 +108,71 @@ async fn kube_store_applies_with_preconditions_and_the_webhook_never_rolls_back(
     assert!(!store.delete_environment(&ns, &name, "1").await.unwrap());
     server.stop().await;
 
+    delete_namespace(&client, &ns).await;
+}
+
+/// A burst of closes records every tombstone in the repository's status, with fewer
+/// patches than closes (they share patches instead of conflicting with each other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_tombstones_is_written_whole_in_shared_patches() {
+    let (client, ns) = common::cluster_with_settings("ks-tomb").await;
+    let store = Arc::new(KubeStore::new(client.clone(), Some(ns.clone())));
+    let settings = store
+        .find_repositories(common::REPOSITORY)
+        .await
+        .unwrap()
+        .remove(0);
+    // Every patch that reaches the object is one watch event.
+    let repos: Api<previewd_kube::crd::PreviewRepository> = Api::namespaced(client.clone(), &ns);
+    let rv = repos
+        .get(&settings.name_any())
+        .await
+        .unwrap()
+        .resource_version()
+        .unwrap();
+    let mut events = repos
+        .watch(&kube::api::WatchParams::default().timeout(20), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = store.clone();
+        let settings = settings.clone();
+        tasks.push(tokio::spawn(async move {
+            let tombstone = previewd_kube::crd::ClosedPullRequest {
+                updated_at: "2026-11-29T12:00:00Z".into(),
+                delivery: format!("delivery-{i}"),
+            };
+            store
+                .record_tombstone(&settings, &format!("pr-{i}"), &tombstone, &[])
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let live = repos.get(&settings.name_any()).await.unwrap();
+    let closed = &live.status.as_ref().unwrap().closed_pull_requests;
+    for i in 0..60 {
+        assert_eq!(
+            closed.get(&format!("pr-{i}")).map(|c| c.delivery.as_str()),
+            Some(format!("delivery-{i}").as_str())
+        );
+    }
+    let last = live.resource_version().unwrap();
+    let mut patches = 0;
+    while let Some(event) = events.try_next().await.unwrap() {
+        if let kube::api::WatchEvent::Modified(repo) = event {
+            patches += 1;
+            if repo.resource_version().as_deref() == Some(last.as_str()) {
+                break;
+            }
+        }
+    }
+    assert!(
+        (1..60).contains(&patches),
+        "{patches} patches for 60 tombstones"
+    );
     delete_namespace(&client, &ns).await;
 }

@@ -3,6 +3,8 @@
 //! `PreviewRepository` objects; claim conditions and tombstones are merge patches of the
 //! `PreviewRepository` status subresource.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
@@ -13,6 +15,7 @@ use previewd_kube::crd::{
 };
 use serde_json::json;
 
+use super::coalesce::Coalescer;
 use super::{EnvironmentStore, Precondition, StoreError};
 use crate::claims::ClaimVerdict;
 
@@ -21,6 +24,7 @@ use crate::claims::ClaimVerdict;
 pub struct KubeStore {
     client: Client,
     settings_namespace: Option<String>,
+    tombstones: Arc<Coalescer>,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -39,6 +43,7 @@ impl KubeStore {
         KubeStore {
             client,
             settings_namespace,
+            tombstones: Arc::new(Coalescer::default()),
         }
     }
 
@@ -122,8 +127,8 @@ impl EnvironmentStore for KubeStore {
             .as_deref()
             .ok_or_else(|| StoreError::Invalid("PreviewRepository has no namespace".into()))?;
         let api: Api<PreviewRepository> = Api::namespaced(self.client.clone(), namespace);
-        // A merge patch of one map entry: concurrent tombstones of other pull requests
-        // never overwrite each other.
+        // A merge patch of map entries: concurrent tombstones of other pull requests
+        // never overwrite each other, and those written at once share one patch.
         let mut closed = serde_json::Map::new();
         for name in expired {
             closed.insert(name.clone(), serde_json::Value::Null);
@@ -132,15 +137,17 @@ impl EnvironmentStore for KubeStore {
             env_name.to_string(),
             serde_json::to_value(tombstone).map_err(|e| StoreError::Invalid(e.to_string()))?,
         );
-        let patch = json!({ "status": { "closedPullRequests": closed } });
-        api.patch_status(
-            &settings.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
-        .map_err(map_error)
+        let name = settings.name_any();
+        let key = format!("{namespace}/{name}");
+        self.tombstones
+            .submit(&key, closed, |closed| async move {
+                let patch = json!({ "status": { "closedPullRequests": closed } });
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(map_error)
+            })
+            .await
     }
 
     async fn get_environment(

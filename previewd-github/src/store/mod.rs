@@ -5,6 +5,7 @@
 //! precondition (the resourceVersion it read), so a concurrent writer makes the write
 //! fail with [`StoreError::Conflict`] and the handler decides again on fresh data.
 
+mod coalesce;
 mod kube_store;
 mod memory;
 

@@ -77,12 +77,8 @@ pub struct Context {
     /// them all (the CI gate's fallback poll); `None` without GitHub credentials.
     pub checks_source: Option<Arc<dyn SourceControl>>,
     polled_checks: Mutex<HashMap<String, (RecordedChecks, std::time::Instant)>>,
-    handed_reports: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    handed_reports: Mutex<HashMap<String, String>>,
 }
-
-/// How long a report handed to the reporter by this process may stay unconfirmed before
-/// it is handed over again (the reporter confirms again, or sends it if it lost it).
-pub const REPORT_REHAND: Duration = Duration::from_secs(600);
 
 /// How often the CI gate's fallback poll asks the source-control system about one
 /// environment's head commit.
@@ -185,11 +181,12 @@ impl Context {
         polled.remove(&backoff_key(env));
     }
 
-    /// Whether to hand the report `token` of `env` to the reporter: always for a new
-    /// token, and for one this process handed over already only after
-    /// [`REPORT_REHAND`] (an unconfirmed report is planned on every reconcile; the
-    /// reporter has it queued, or its confirmation failed). `None` (reports not durable)
-    /// is always handed over.
+    /// Whether to hand the report `token` of `env` to the reporter: once per token and
+    /// process. An unconfirmed report is planned on every reconcile, but the reporter
+    /// has it already (queued, retried until delivered); handing it over again would
+    /// only make the other reporters (history) record it again. A new process hands
+    /// over every pending token once. `None` (reports not durable) is always handed
+    /// over.
     pub(crate) fn hand_report(&self, env: &PreviewEnvironment, token: Option<&str>) -> bool {
         let mut handed = self
             .handed_reports
@@ -200,13 +197,11 @@ impl Context {
             handed.remove(&key);
             return true;
         };
-        match handed.get(&key) {
-            Some((t, at)) if t == token && at.elapsed() < REPORT_REHAND => false,
-            _ => {
-                handed.insert(key, (token.to_string(), std::time::Instant::now()));
-                true
-            }
+        if handed.get(&key).is_some_and(|t| t == token) {
+            return false;
         }
+        handed.insert(key, token.to_string());
+        true
     }
 
     /// Forgets the reports handed over for an environment that is gone.
