@@ -253,18 +253,20 @@ impl FromStr for Ttl {
             };
             // Any count beyond Ttl::MAX seconds makes the whole total too long; parse
             // leniently (saturating) so that huge numbers report TooLong, not garbage.
+            // TooLong is reported only once the whole input is well-formed, so that the
+            // parser and `Ttl::PATTERN` agree on what is malformed.
             let count = digits.parse::<u64>().unwrap_or(u64::MAX);
             total = count
                 .checked_mul(size)
                 .and_then(|secs| total.checked_add(secs))
                 .unwrap_or(u64::MAX);
-            if total > max {
-                return Err(TtlError::TooLong {
-                    input: owned(),
-                    max: Ttl::MAX,
-                });
-            }
             rest = chars.as_str();
+        }
+        if total > max {
+            return Err(TtlError::TooLong {
+                input: owned(),
+                max: Ttl::MAX,
+            });
         }
         Ok(Ttl(Duration::from_secs(total)))
     }
