@@ -240,6 +240,31 @@ fn deployment(github: &FakeGitHub, number: u64) -> Option<(Value, Vec<Value>)> {
     })
 }
 
+/// Waits until the last `previewd` commit status of `sha` is success, and returns them all.
+async fn wait_status_success(
+    github: &FakeGitHub,
+    sha: &str,
+    what: &str,
+) -> Vec<(String, Option<String>)> {
+    eventually(GITHUB_TIMEOUT, what, || {
+        let states = commit_statuses(github, sha);
+        let done = states.last().is_some_and(|(state, _)| state == "success");
+        async move { done.then_some(states) }
+    })
+    .await
+}
+
+/// Waits until the last status of the PR's deployment is success, and returns the
+/// deployment and its statuses.
+async fn wait_deployment_success(github: &FakeGitHub, number: u64) -> (Value, Vec<Value>) {
+    eventually(GITHUB_TIMEOUT, "deployment status success", || {
+        let found = deployment(github, number)
+            .filter(|(_, statuses)| statuses.last().is_some_and(|s| s["state"] == "success"));
+        async move { found }
+    })
+    .await
+}
+
 fn last_deployment_state(github: &FakeGitHub, number: u64) -> Option<Value> {
     deployment(github, number).and_then(|(_, statuses)| statuses.last().cloned())
 }
@@ -295,12 +320,7 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
     let url = assert_ready(&ready, &pr);
 
     // Commit status: pending while the environment was built, then success with the URL.
-    let states = eventually(GITHUB_TIMEOUT, "commit status success", || {
-        let states = commit_statuses(&github, pr.sha);
-        let done = states.last().is_some_and(|(state, _)| state == "success");
-        async move { done.then_some(states) }
-    })
-    .await;
+    let states = wait_status_success(&github, pr.sha, "commit status success").await;
     assert_eq!(
         states[0].0, "pending",
         "first status is pending: {states:?}"
@@ -315,12 +335,7 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
 
     // Deployment `preview/pr-<n>`: transient, never production, no required contexts,
     // and its latest status is success with the environment's URL.
-    let (created, statuses) = eventually(GITHUB_TIMEOUT, "deployment status success", || {
-        let found = deployment(&github, pr.number)
-            .filter(|(_, statuses)| statuses.last().is_some_and(|s| s["state"] == "success"));
-        async move { found }
-    })
-    .await;
+    let (created, statuses) = wait_deployment_success(&github, pr.number).await;
     assert_deployment_request(&created, &pr);
     let success = statuses.last().unwrap();
     assert_eq!(success["environment_url"], url.as_str());
@@ -390,27 +405,14 @@ async fn github_answering_502_neither_holds_back_nor_fails_the_environment() {
     github.outage(None);
 
     // A later attempt of the same report gets through.
-    let states = eventually(
-        GITHUB_TIMEOUT,
-        "commit status success after the outage",
-        || {
-            let states = commit_statuses(&github, pr.sha);
-            let done = states.last().is_some_and(|(state, _)| state == "success");
-            async move { done.then_some(states) }
-        },
-    )
-    .await;
+    let states =
+        wait_status_success(&github, pr.sha, "commit status success after the outage").await;
     assert_eq!(states.last().unwrap().1.as_deref(), Some(url.as_str()));
     assert!(
         status_attempts(&github, pr.sha, "success") >= 2,
         "the success status was retried"
     );
-    let (created, statuses) = eventually(GITHUB_TIMEOUT, "deployment status success", || {
-        let found = deployment(&github, pr.number)
-            .filter(|(_, statuses)| statuses.last().is_some_and(|s| s["state"] == "success"));
-        async move { found }
-    })
-    .await;
+    let (created, statuses) = wait_deployment_success(&github, pr.number).await;
     assert_deployment_request(&created, &pr);
     assert_eq!(statuses.last().unwrap()["environment_url"], url.as_str());
     let comment = wait_comment(&github, "Ready").await;
@@ -541,19 +543,9 @@ async fn a_report_the_stopped_operator_never_delivered_is_sent_by_its_successor(
     github.outage(None);
     let second_reporter = reporter(&github, Duration::from_secs(5), Duration::from_millis(200));
     let second = operator(client.clone(), &ns, &second_reporter).await;
-    let states = eventually(GITHUB_TIMEOUT, "commit status success", || {
-        let states = commit_statuses(&github, pr.sha);
-        let done = states.last().is_some_and(|(state, _)| state == "success");
-        async move { done.then_some(states) }
-    })
-    .await;
+    let states = wait_status_success(&github, pr.sha, "commit status success").await;
     assert_eq!(states.last().unwrap().1.as_deref(), Some(url.as_str()));
-    let (created, statuses) = eventually(GITHUB_TIMEOUT, "deployment status success", || {
-        let found = deployment(&github, pr.number)
-            .filter(|(_, statuses)| statuses.last().is_some_and(|s| s["state"] == "success"));
-        async move { found }
-    })
-    .await;
+    let (created, statuses) = wait_deployment_success(&github, pr.number).await;
     assert_deployment_request(&created, &pr);
     assert_eq!(statuses.last().unwrap()["environment_url"], url.as_str());
     let comment = wait_comment(&github, "Ready").await;
