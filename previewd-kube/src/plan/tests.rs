@@ -186,13 +186,23 @@ fn run_with(
     strategy: Arc<dyn DeployStrategy>,
     stages: &[Arc<dyn Stage>],
 ) -> Plan {
-    let cfg = config();
+    run_configured(env, world, now, &config(), strategy, stages)
+}
+
+fn run_configured(
+    env: &PreviewEnvironment,
+    world: &World,
+    now: jiff::Timestamp,
+    cfg: &ControllerConfig,
+    strategy: Arc<dyn DeployStrategy>,
+    stages: &[Arc<dyn Stage>],
+) -> Plan {
     let strategies = Strategies::new(strategy);
     plan(&PlanInput {
         env,
         observed: &world.observed,
         now,
-        config: &cfg,
+        config: cfg,
         strategies: &strategies,
         stages,
     })
@@ -315,15 +325,7 @@ fn run_durable(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) ->
         durable_reports: true,
         ..config()
     };
-    let strategies = Strategies::new(Arc::new(CatalogueStrategy));
-    plan(&PlanInput {
-        env,
-        observed: &world.observed,
-        now,
-        config: &cfg,
-        strategies: &strategies,
-        stages: &[],
-    })
+    run_configured(env, world, now, &cfg, Arc::new(CatalogueStrategy), &[])
 }
 
 #[test]
@@ -1461,16 +1463,14 @@ fn tier_auto_applies_the_recommendation_and_spot_its_preset() {
 }
 
 fn run_lifecycle(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) -> Plan {
-    let cfg = lifecycle_config();
-    let strategies = Strategies::default();
-    plan(&PlanInput {
+    run_configured(
         env,
-        observed: &world.observed,
+        world,
         now,
-        config: &cfg,
-        strategies: &strategies,
-        stages: &[],
-    })
+        &lifecycle_config(),
+        Arc::new(CatalogueStrategy),
+        &[],
+    )
 }
 
 fn annotate(env: &PreviewEnvironment, pairs: &[(&str, &str)]) -> PreviewEnvironment {
