@@ -16,8 +16,9 @@
 //! - PersistentVolumeClaims labelled the same: spec requests and status capacity (cost);
 //! - every other kind the planner, the strategy and the stages create: metadata only,
 //!   or whole objects where a plug-in judges health from them;
-//! - `PreviewRepository`s: whole objects (strategies render from them); a change wakes
-//!   every environment that references the repository;
+//! - `PreviewRepository`s: metadata and spec (strategies render from them), no status
+//!   (the webhook's tombstones); a change of either wakes every environment that
+//!   references the repository, a status write wakes none;
 //! - Secrets of the secret source namespace labelled `previewd.io/preview-secret=true`
 //!   (when one is configured): whole objects (they are copied into previews); a change
 //!   wakes every environment whose repository names the Secret.
@@ -383,8 +384,8 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_repository,
-                strip: strip_meta,
-                wakes: always,
+                strip: strip_repository,
+                wakes: repository_wakes,
                 dyntype: (),
             },
             shutdown.clone(),
@@ -468,6 +469,26 @@ pub fn environment_controller(
 /// What the environment store drops: managed fields.
 pub fn strip_environment(env: &mut PreviewEnvironment) {
     env.metadata.managed_fields = None;
+}
+
+/// What the repository cache drops: managed fields and the status. The planner reads a
+/// repository's spec and metadata only; its status holds the webhook's tombstones of
+/// closed pull requests, which grow with every close.
+pub fn strip_repository(r: &mut PreviewRepository) {
+    r.metadata.managed_fields = None;
+    r.status = None;
+}
+
+/// Whether a repository update (both stripped by [`strip_repository`]) should wake its
+/// environments: a change of what the planner reads (spec, labels, annotations,
+/// deletion). The webhook writes the status on every close (a tombstone); waking every
+/// environment of the repository for each of those would make closing N pull requests
+/// cost N × N reconciles.
+pub fn repository_wakes(old: &PreviewRepository, new: &PreviewRepository) -> bool {
+    old.spec != new.spec
+        || old.metadata.labels != new.metadata.labels
+        || old.metadata.annotations != new.metadata.annotations
+        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
 }
 
 /// Keeps of a Pod what readiness and the cost estimate read: labels, status, and of the
@@ -1045,5 +1066,41 @@ mod tests {
             .unwrap()
             .insert("previewd.io/service".into(), "web".into());
         assert!(pod_wakes(&ready, &relabelled), "labels must wake");
+    }
+
+    #[test]
+    fn only_a_change_the_planner_reads_wakes_a_repository_s_environments() {
+        let mut repo: PreviewRepository = serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1",
+            "kind": "PreviewRepository",
+            "metadata": {"name": "shop", "namespace": "team", "resourceVersion": "1",
+                         "managedFields": [{"manager": "previewd-webhook"}]},
+            "spec": {"repository": "acme/shop", "catalogue": {"services": []},
+                     "baseDomain": "preview.example.com"},
+            "status": {"closedPullRequests": {
+                "shop-pr-1": {"updatedAt": "2026-11-29T10:00:00Z", "delivery": "d1"}}}
+        }))
+        .unwrap();
+        strip_repository(&mut repo);
+        assert_eq!(repo.status, None, "tombstones are not cached");
+        assert_eq!(repo.metadata.managed_fields, None);
+
+        // A tombstone written by the webhook: a new resourceVersion, same spec.
+        let mut tombstoned = repo.clone();
+        tombstoned.metadata.resource_version = Some("2".into());
+        assert!(!repository_wakes(&repo, &tombstoned));
+
+        let mut changed = repo.clone();
+        changed.spec.base_domain = "preview.example.org".into();
+        assert!(repository_wakes(&repo, &changed), "a spec change must wake");
+        let mut labelled = repo.clone();
+        labelled.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        assert!(repository_wakes(&repo, &labelled), "labels must wake");
+        let mut deleting = repo.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-29T11:00:00Z".parse().unwrap(),
+            ));
+        assert!(repository_wakes(&repo, &deleting), "deletion must wake");
     }
 }

@@ -60,8 +60,16 @@ use host::{HostChoice, HostClaim};
 use namespace::{NamespaceChoice, NamespaceMeta};
 use object::{ChildKey, ChildRef, DesiredObject, ObservedChild};
 
-/// How often a terminating environment looks at its namespace, besides the watch.
+/// How soon an environment whose deletion was just requested (expiry, budget, a PR
+/// command) is looked at again, besides the watch that reports the deletion.
 pub const TEARDOWN_POLL: Duration = Duration::from_secs(1);
+
+/// How often a terminating environment looks again at the namespace (or the objects
+/// outside it) being deleted. This is only a safety net: the watches of namespaces and of
+/// those kinds wake the environment as soon as the object is gone. Polling every second
+/// instead made 1000 closing environments cost 1000 reconciles per second, which starved
+/// the environments whose teardown had not started yet.
+pub const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// Failure reasons the `Ready` condition can carry.
 pub const FAILURE_REASONS: [&str; 4] = [
@@ -1600,7 +1608,13 @@ fn plan_teardown(input: &PlanInput<'_>) -> Plan {
             now,
         );
         plan.status = status;
-        plan.requeue_after = Some(TEARDOWN_POLL);
+        // Looked at again when the wait becomes overdue, to say so on time.
+        let until_overdue = input.config.readiness_timeout.saturating_sub(waited);
+        plan.requeue_after = Some(if overdue {
+            TEARDOWN_WAIT
+        } else {
+            TEARDOWN_WAIT.min(until_overdue.max(TEARDOWN_POLL))
+        });
         return plan;
     }
 
@@ -1616,7 +1630,7 @@ fn plan_teardown(input: &PlanInput<'_>) -> Plan {
             });
         }
         plan.status = status;
-        plan.requeue_after = Some(TEARDOWN_POLL);
+        plan.requeue_after = Some(TEARDOWN_WAIT);
         return plan;
     }
 
