@@ -169,12 +169,6 @@ pub use previewd_core::gating::{ForkPolicy, GatingPolicy};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewRepositoryStatus {
-    /// Active environments rendered from these settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_environments: Option<i64>,
-    /// Generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
     /// `Claimed`: whether these settings are the one binding of the repository (written by
     /// the webhook; `False` with reason `Conflict` when another object claims the same
     /// repository, or `NotAllowed` when the platform's claim policy does not let this
