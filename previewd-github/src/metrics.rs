@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// GitHub webhook event names (from GitHub's webhook documentation); the only values
@@ -89,15 +90,42 @@ pub struct DeliveryLabels {
     pub outcome: String,
 }
 
+/// Labels of `previewd_webhook_store_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// The store call (`get_environment`, `record_tombstone`, ...): a fixed set.
+    pub operation: &'static str,
+    /// `ok`, `error` or `timeout`.
+    pub outcome: &'static str,
+}
+
+/// Buckets of the store call histogram: 5 ms to about 10 s, doubling.
+fn store_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 12))
+}
+
 /// Webhook metrics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WebhookMetrics {
     /// Deliveries by event and outcome.
     pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Duration of each store (Kubernetes API) call a delivery makes, by operation and
+    /// outcome: where a slow or refused delivery spent its time.
+    pub store_seconds: Family<StoreLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        WebhookMetrics {
+            deliveries: Family::default(),
+            store_seconds: Family::new_with_constructor(store_histogram),
+        }
+    }
 }
 
 impl WebhookMetrics {
-    /// Metrics registered in `registry` (`previewd_webhook_deliveries_total`).
+    /// Metrics registered in `registry` (`previewd_webhook_deliveries_total`,
+    /// `previewd_webhook_store_seconds`).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
@@ -105,7 +133,19 @@ impl WebhookMetrics {
             "GitHub webhook deliveries by event and outcome",
             metrics.deliveries.clone(),
         );
+        registry.register(
+            "previewd_webhook_store_seconds",
+            "Duration of the webhook's Kubernetes API calls by operation and outcome",
+            metrics.store_seconds.clone(),
+        );
         metrics
+    }
+
+    /// Records one store call.
+    pub fn observe_store(&self, operation: &'static str, outcome: &'static str, seconds: f64) {
+        self.store_seconds
+            .get_or_create(&StoreLabels { operation, outcome })
+            .observe(seconds);
     }
 
     /// Counts one delivery. The event label is [`event_label`] of `event`, so an

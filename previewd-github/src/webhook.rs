@@ -293,14 +293,26 @@ impl WebhookState {
         &self.inner.locks[index]
     }
 
+    /// Runs one store call under the store timeout, timing it as `operation`.
     async fn with_timeout<T>(
         &self,
+        operation: &'static str,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.config.store_timeout, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable("store call timed out".into())),
-        }
+        let started = Instant::now();
+        let (outcome, result) =
+            match tokio::time::timeout(self.inner.config.store_timeout, fut).await {
+                Ok(Ok(value)) => ("ok", Ok(value)),
+                Ok(Err(err)) => ("error", Err(err)),
+                Err(_) => (
+                    "timeout",
+                    Err(StoreError::Unavailable("store call timed out".into())),
+                ),
+            };
+        self.inner
+            .metrics
+            .observe_store(operation, outcome, started.elapsed().as_secs_f64());
+        result
     }
 }
 
@@ -439,7 +451,7 @@ async fn readyz(State(state): State<WebhookState>) -> Response {
         Some((at, answer)) if at.elapsed() < ttl => answer.clone(),
         _ => {
             let answer = state
-                .with_timeout(state.inner.store.ready())
+                .with_timeout("ready", state.inner.store.ready())
                 .await
                 .map_err(|err| err.to_string());
             *cached = Some((Instant::now(), answer.clone()));
@@ -781,7 +793,7 @@ async fn record_claims(
             continue;
         }
         if let Err(err) = state
-            .with_timeout(state.inner.store.record_claim(verdict))
+            .with_timeout("record_claim", state.inner.store.record_claim(verdict))
             .await
         {
             tracing::warn!(namespace = %verdict.namespace, name = %verdict.name, error = %err, "could not record the Claimed condition");
@@ -802,7 +814,10 @@ async fn handle_pull_request(
     }
     let repository = event.base_repository().to_string();
     let candidates = match state
-        .with_timeout(state.inner.store.find_repositories(&repository))
+        .with_timeout(
+            "find_repositories",
+            state.inner.store.find_repositories(&repository),
+        )
         .await
     {
         Ok(candidates) => candidates,
@@ -849,7 +864,10 @@ async fn handle_pull_request(
         if round > 0 {
             // Re-read the settings too: their status holds the tombstones.
             match state
-                .with_timeout(state.inner.store.find_repositories(&repository))
+                .with_timeout(
+                    "find_repositories",
+                    state.inner.store.find_repositories(&repository),
+                )
                 .await
             {
                 Ok(fresh) => {
@@ -881,7 +899,10 @@ async fn handle_pull_request(
 async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> DeliveryOutcome {
     let store = &state.inner.store;
     let candidates = match state
-        .with_timeout(store.find_repositories(&report.repository))
+        .with_timeout(
+            "find_repositories",
+            store.find_repositories(&report.repository),
+        )
         .await
     {
         Ok(candidates) => candidates,
@@ -914,7 +935,10 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
     };
     for _ in 0..MAX_CONFLICT_RETRIES {
         let environments = match state
-            .with_timeout(store.environments_at(namespace, &report.repository, &report.sha))
+            .with_timeout(
+                "environments_at",
+                store.environments_at(namespace, &report.repository, &report.sha),
+            )
             .await
         {
             Ok(environments) => environments,
@@ -946,7 +970,10 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
                 continue;
             };
             match state
-                .with_timeout(store.record_checks(namespace, env_name, &checks, rv))
+                .with_timeout(
+                    "record_checks",
+                    store.record_checks(namespace, env_name, &checks, rv),
+                )
                 .await
             {
                 Ok(()) => recorded += 1,
@@ -984,7 +1011,7 @@ async fn attempt(
 ) -> Result<DeliveryOutcome, StoreError> {
     let store = &state.inner.store;
     let existing = state
-        .with_timeout(store.get_environment(namespace, name))
+        .with_timeout("get_environment", store.get_environment(namespace, name))
         .await?;
     let closed = settings.status.as_ref().map(|s| &s.closed_pull_requests);
     let tombstone = closed.and_then(|c| c.get(name));
@@ -1035,14 +1062,20 @@ async fn attempt(
                 .map(|c| decision::expired_tombstones(c, Timestamp::now()))
                 .unwrap_or_default();
             state
-                .with_timeout(store.record_tombstone(settings, name, &tombstone, &expired))
+                .with_timeout(
+                    "record_tombstone",
+                    store.record_tombstone(settings, name, &tombstone, &expired),
+                )
                 .await?;
             let Some(rv) = resource_version else {
                 // Nothing to delete; the tombstone keeps a late event from creating it.
                 return accepted("absent", Some(reason.to_string()));
             };
             let deleted = state
-                .with_timeout(store.delete_environment(namespace, name, &rv))
+                .with_timeout(
+                    "delete_environment",
+                    store.delete_environment(namespace, name, &rv),
+                )
                 .await?;
             accepted(
                 if deleted { "deleted" } else { "absent" },
@@ -1076,7 +1109,10 @@ async fn attempt(
                 None => Precondition::Absent,
             };
             state
-                .with_timeout(store.apply_environment(&desired, &precondition))
+                .with_timeout(
+                    "apply_environment",
+                    store.apply_environment(&desired, &precondition),
+                )
                 .await?;
             accepted("applied", None)
         }
@@ -1117,7 +1153,10 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
         );
     }
     let candidates = match state
-        .with_timeout(state.inner.store.find_repositories(&repository))
+        .with_timeout(
+            "find_repositories",
+            state.inner.store.find_repositories(&repository),
+        )
         .await
     {
         Ok(candidates) => candidates,
@@ -1142,7 +1181,10 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
     let _guard = state.lock_for(&namespace, &name).lock().await;
     for _ in 0..MAX_CONFLICT_RETRIES {
         let existing = match state
-            .with_timeout(state.inner.store.get_environment(&namespace, &name))
+            .with_timeout(
+                "get_environment",
+                state.inner.store.get_environment(&namespace, &name),
+            )
             .await
         {
             Ok(existing) => existing,
@@ -1190,12 +1232,13 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
             return store_failure(&StoreError::Unavailable("no resourceVersion".into()));
         };
         match state
-            .with_timeout(state.inner.store.apply_command_annotations(
-                &namespace,
-                &name,
-                &annotations,
-                &rv,
-            ))
+            .with_timeout(
+                "apply_command_annotations",
+                state
+                    .inner
+                    .store
+                    .apply_command_annotations(&namespace, &name, &annotations, &rv),
+            )
             .await
         {
             Err(StoreError::Conflict) => continue,

@@ -309,6 +309,12 @@ async fn store_outage_answers_503_and_redelivery_then_succeeds() {
     server.store.set_unavailable(true);
     let a = deliver(&server, "pull_request", &id, &body).await;
     assert_eq!((a.status, a.outcome()), (503, "store_unavailable"));
+    // The failed call is timed under its operation and outcome.
+    assert_eq!(
+        store_calls(&server.metrics, "find_repositories", "error"),
+        1
+    );
+    assert_eq!(store_calls(&server.metrics, "find_repositories", "ok"), 0);
     let ready = http()
         .get(format!("http://{}/readyz", server.addr))
         .send()
@@ -326,6 +332,13 @@ async fn store_outage_answers_503_and_redelivery_then_succeeds() {
     let a = deliver(&server, "pull_request", &id, &body).await;
     assert_eq!((a.status, a.outcome()), (202, "applied"));
     assert_eq!(server.store.write_count(), 1);
+    for operation in ["find_repositories", "get_environment", "apply_environment"] {
+        assert_eq!(
+            store_calls(&server.metrics, operation, "ok"),
+            1,
+            "{operation}"
+        );
+    }
     server.stop().await;
 }
 
@@ -485,4 +498,16 @@ async fn ordering_holes_are_closed() {
         "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
     );
     server.stop().await;
+}
+
+/// Store calls the webhook timed as `operation` ending in `outcome`.
+fn store_calls(
+    metrics: &previewd_github::metrics::WebhookMetrics,
+    operation: &'static str,
+    outcome: &'static str,
+) -> u64 {
+    metrics
+        .store_seconds
+        .get_or_create(&previewd_github::metrics::StoreLabels { operation, outcome })
+        .count()
 }

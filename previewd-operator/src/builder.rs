@@ -36,7 +36,7 @@ use tracing::info;
 use crate::admin::{self, AdminState};
 use crate::cli::RunArgs;
 use crate::run::{
-    ai_config, controller_config, github_client, kube_client, start_webhook, wait_for_signal,
+    ai_config, controller_config, github_client, kube_client_as, start_webhook, wait_for_signal,
 };
 
 /// Builds and runs the operator.
@@ -145,9 +145,15 @@ impl OperatorBuilder {
                 .as_ref()
                 .is_some_and(|s| !s.expose_secret().is_empty()),
         )?;
-        let client = match self.client {
-            Some(client) => client,
-            None => kube_client(args.kubeconfig.as_deref()).await?,
+        // The webhook gets a client of its own (its own connections and user agent) so
+        // that a controller busy tearing hundreds of environments down never delays the
+        // answer to GitHub. An embedding caller's client is shared.
+        let (client, webhook_client) = match self.client {
+            Some(client) => (client.clone(), client),
+            None => (
+                kube_client_as(args.kubeconfig.as_deref(), "previewd-controller").await?,
+                kube_client_as(args.kubeconfig.as_deref(), "previewd-webhook").await?,
+            ),
         };
         controller::preflight(&client, &config)
             .await
@@ -280,7 +286,7 @@ impl OperatorBuilder {
                 start_webhook(
                     &args,
                     secret,
-                    client.clone(),
+                    webhook_client,
                     github.clone().map(|c| {
                         Arc::new(c) as Arc<dyn previewd_github::command::CommandResponder>
                     }),

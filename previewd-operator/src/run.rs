@@ -33,7 +33,17 @@ pub fn init_tracing(format: LogFormat) {
 
 /// Builds a Kubernetes client from `--kubeconfig`, or the default chain.
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
+    kube_client_as(kubeconfig, "previewd").await
+}
+
+/// Like [`kube_client`], with its own connection pool and the `User-Agent`
+/// `<component>/<version>`, so that the API server's audit log, metrics and priority
+/// and fairness can tell the operator's parts apart.
+pub async fn kube_client_as(
+    kubeconfig: Option<&std::path::Path>,
+    component: &str,
+) -> anyhow::Result<Client> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -45,6 +55,11 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
             .await
             .context("no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster)")?,
     };
+    let agent = format!("{component}/{}", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("component name is not a header value")?,
+    ));
     Client::try_from(config).context("creating the Kubernetes client")
 }
 
