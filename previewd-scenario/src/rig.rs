@@ -171,15 +171,33 @@ impl Rig {
     /// Sends `d` to `url` until it is answered 2xx (GitHub redelivers failed deliveries),
     /// for at most `patience`. Returns the last answer and the attempts made.
     pub async fn deliver(&self, url: &str, d: &Delivery, patience: Duration) -> (Answer, u32) {
+        self.deliver_backing_off(url, d, patience, Duration::from_millis(250))
+            .await
+    }
+
+    /// Like [`Rig::deliver`], waiting 250 ms after the first refusal and twice as long
+    /// after each next one, up to `max_wait`, with jitter: many refused senders spread
+    /// out instead of redelivering in lockstep.
+    pub async fn deliver_backing_off(
+        &self,
+        url: &str,
+        d: &Delivery,
+        patience: Duration,
+        max_wait: Duration,
+    ) -> (Answer, u32) {
+        use rand::Rng;
         let deadline = Instant::now() + patience;
         let mut attempts = 0;
+        let mut wait = Duration::from_millis(250).min(max_wait);
         loop {
             attempts += 1;
             let answer = webhook::send(&self.http, url, d).await;
             if (200..300).contains(&answer.status) || Instant::now() > deadline {
                 return (answer, attempts);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let jitter = rand::rng().random_range(0.5..=1.0);
+            tokio::time::sleep(wait.mul_f64(jitter)).await;
+            wait = (wait * 2).min(max_wait);
         }
     }
 
