@@ -288,9 +288,31 @@ impl Triggers {
         {
             return;
         }
-        let _ = self
-            .sender
-            .unbounded_send(ObjectRef::<PreviewEnvironment>::new(env).within(env_ns));
+        let target = ObjectRef::<PreviewEnvironment>::new(env).within(env_ns);
+        if self.inside_a_namespace_being_torn_down(&target, obj) {
+            return;
+        }
+        let _ = self.sender.unbounded_send(target);
+    }
+
+    /// Whether `obj` lives in the preview namespace of an environment that is being
+    /// deleted. Its teardown waits for the namespace (and for objects outside it) only,
+    /// so the deletions of the namespace's contents, dozens per environment, need not
+    /// wake it: closing 1000 pull requests would otherwise cost tens of thousands of
+    /// reconciles.
+    fn inside_a_namespace_being_torn_down<K: Resource>(
+        &self,
+        target: &ObjectRef<PreviewEnvironment>,
+        obj: &K,
+    ) -> bool {
+        let (Some(envs), Some(obj_ns)) = (self.environments.get(), obj.meta().namespace.as_deref())
+        else {
+            return false;
+        };
+        envs.get(target).is_some_and(|env| {
+            env.metadata.deletion_timestamp.is_some()
+                && env.status.as_ref().and_then(|s| s.namespace.as_deref()) == Some(obj_ns)
+        })
     }
 }
 
@@ -1102,5 +1124,74 @@ mod tests {
                 "2026-11-29T11:00:00Z".parse().unwrap(),
             ));
         assert!(repository_wakes(&repo, &deleting), "deletion must wake");
+    }
+
+    #[test]
+    fn the_contents_of_a_namespace_being_torn_down_wake_nobody() {
+        let (sender, mut woken) = futures::channel::mpsc::unbounded();
+        let (envs, mut writer) = kube::runtime::reflector::store::<PreviewEnvironment>();
+        let environments = Arc::new(OnceLock::new());
+        let _ = environments.set(envs);
+        let (repositories, _) = kube::runtime::reflector::store::<PreviewRepository>();
+        let triggers = Triggers {
+            sender,
+            watch_namespace: None,
+            environments,
+            health: super::super::Readiness::default(),
+            repositories,
+        };
+        let env = |deleting: bool| -> PreviewEnvironment {
+            let mut env: PreviewEnvironment = serde_json::from_value(json!({
+                "apiVersion": "previewd.io/v1alpha1",
+                "kind": "PreviewEnvironment",
+                "metadata": {"name": "shop-pr-1", "namespace": "team"},
+                "spec": {"repository": "acme/shop", "prNumber": 1, "branch": "f",
+                         "headSHA": "0123456789abcdef0123456789abcdef01234567"},
+                "status": {"namespace": "preview-1-f"}
+            }))
+            .unwrap();
+            if deleting {
+                env.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        "2026-11-29T11:00:00Z".parse().unwrap(),
+                    ));
+            }
+            env
+        };
+        let child = |namespace: Option<&str>| -> PartialObjectMeta<Namespace> {
+            let mut meta = PartialObjectMeta::<Namespace>::default();
+            meta.metadata.name = Some("x".into());
+            meta.metadata.namespace = namespace.map(str::to_string);
+            meta.metadata.labels = Some(
+                [
+                    (LABEL_ENV.to_string(), "shop-pr-1".to_string()),
+                    (LABEL_ENV_NAMESPACE.to_string(), "team".to_string()),
+                ]
+                .into(),
+            );
+            meta
+        };
+        let mut count = || {
+            let mut n = 0;
+            while woken.try_recv().is_ok() {
+                n += 1;
+            }
+            n
+        };
+
+        // Live: everything of the environment wakes it.
+        writer.apply_watcher_event(&Event::Apply(env(false)));
+        triggers.send_for_child(&child(Some("preview-1-f")));
+        triggers.send_for_child(&child(None));
+        assert_eq!(count(), 2);
+
+        // Being deleted: the namespace itself and objects outside it still wake it (its
+        // teardown waits for them), the namespace's contents do not.
+        writer.apply_watcher_event(&Event::Apply(env(true)));
+        triggers.send_for_child(&child(Some("preview-1-f")));
+        assert_eq!(count(), 0);
+        triggers.send_for_child(&child(None));
+        triggers.send_for_child(&child(Some("argocd")));
+        assert_eq!(count(), 2);
     }
 }

@@ -1396,6 +1396,18 @@ fn needs_apply(
 }
 
 /// The API resource of a key, from the kinds the controller knows.
+/// Kinds whose controllers recreate what they own while it is deleted: deleted before
+/// their namespace.
+fn is_workload_controller(key: &ChildKey) -> bool {
+    matches!(
+        (key.api_version.as_str(), key.kind.as_str()),
+        (
+            "apps/v1",
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
+        ) | ("batch/v1", "Job" | "CronJob")
+    )
+}
+
 fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
     use k8s_openapi::api::apps::v1::Deployment;
     if key.kind == "Deployment" && key.api_version == "apps/v1" {
@@ -1623,6 +1635,26 @@ fn plan_teardown(input: &PlanInput<'_>) -> Plan {
         && namespace::is_owned(env, &ns_name, ns)
     {
         if !ns.deleting {
+            // Workload controllers first, in the same pass: the namespace controller
+            // deletes Pods and ReplicaSets before Deployments, and until it reaches them
+            // the Deployment and ReplicaSet controllers recreate what it deleted (refused
+            // in a terminating namespace, retried, status rewritten): about 20 wasted
+            // API requests per environment when 1000 close at once, and a slower
+            // teardown for every namespace queued behind.
+            if let Some(view) = input.observed.views.get(&ns_name) {
+                for (key, child) in &view.children {
+                    if child.deleting || !is_workload_controller(key) {
+                        continue;
+                    }
+                    if let Some(resource) = resource_of(key, input) {
+                        plan.delete.push(ChildRef {
+                            resource,
+                            namespace: Some(ns_name.clone()),
+                            name: key.name.clone(),
+                        });
+                    }
+                }
+            }
             plan.delete.push(ChildRef {
                 resource: ApiResource::erase::<Namespace>(&()),
                 namespace: None,

@@ -929,9 +929,19 @@ fn teardown_deletes_the_owned_namespace_then_releases_the_finalizer() {
     let plan = run(&e, &world, at(100));
     assert_eq!(phase(&plan), Phase::Terminating);
     assert_eq!(plan.status.deleted_at, Some(Time(at(100))));
-    assert_eq!(plan.delete.len(), 1);
-    assert_eq!(plan.delete[0].resource.kind, "Namespace");
-    assert_eq!(plan.delete[0].name, ns);
+    // The Deployments first (their controllers would recreate what the namespace
+    // controller deletes), then the namespace, all in one pass.
+    let (namespace, workloads) = plan.delete.split_last().unwrap();
+    assert_eq!(namespace.resource.kind, "Namespace");
+    assert_eq!(namespace.name, ns);
+    let mut deployments: Vec<&str> = workloads.iter().map(|c| c.name.as_str()).collect();
+    deployments.sort();
+    assert_eq!(deployments, ["api", "web"], "{:?}", plan.delete);
+    assert!(
+        workloads
+            .iter()
+            .all(|c| c.resource.kind == "Deployment" && c.namespace.as_deref() == Some(&*ns))
+    );
     assert_eq!(plan.report, Some(Report::Changed));
     assert_eq!(plan.finalizer, FinalizerAction::Keep);
     // The namespace watch wakes it when the namespace is gone; the requeue is a safety net.

@@ -350,8 +350,16 @@ fn teardown_deletes_external_objects_first_and_waits_for_them() {
     // Gone: now the namespace.
     world.observed.external.clear();
     let plan = run_with(&deleting, &world, at(32), strategy(), &[]);
-    assert_eq!(plan.delete.len(), 1);
-    assert_eq!(plan.delete[0].resource.kind, "Namespace");
+    let kinds: Vec<&str> = plan
+        .delete
+        .iter()
+        .map(|c| c.resource.kind.as_str())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"Namespace"), "{kinds:?}");
+    assert!(
+        kinds[..kinds.len() - 1].iter().all(|k| *k == "Deployment"),
+        "only workload controllers go before the namespace: {kinds:?}"
+    );
 }
 
 #[test]
