@@ -219,21 +219,36 @@ pub fn plan(
     }
 }
 
-/// Tombstones of `closed` older than the retention at `now` (to drop on the next write).
+/// Most tombstones one repository keeps. They share one object, which etcd limits to
+/// 1.5 MiB; at about 160 bytes each, 5000 take some 800 KiB. A repository closing more
+/// pull requests than this within [`TOMBSTONE_RETENTION`] loses its oldest tombstones
+/// first, which only matters for a redelivery of an event that old.
+pub const MAX_TOMBSTONES: usize = 5000;
+
+/// Tombstones of `closed` to drop on the next write, which adds one: those older than the
+/// retention at `now`, those nobody can order by, and the oldest beyond
+/// [`MAX_TOMBSTONES`].
 pub fn expired_tombstones<'a>(
     closed: impl IntoIterator<Item = (&'a String, &'a ClosedPullRequest)>,
     now: Timestamp,
 ) -> Vec<String> {
     let retention = jiff::SignedDuration::try_from(TOMBSTONE_RETENTION).unwrap_or_default();
-    closed
-        .into_iter()
-        .filter(|(_, t)| match t.updated_at.parse::<Timestamp>() {
-            Ok(at) => now.duration_since(at) > retention,
-            // An entry nobody can order by is useless.
-            Err(_) => true,
-        })
-        .map(|(name, _)| name.clone())
-        .collect()
+    let mut expired = Vec::new();
+    let mut kept = Vec::new();
+    for (name, tombstone) in closed {
+        match tombstone.updated_at.parse::<Timestamp>() {
+            Ok(at) if now.duration_since(at) <= retention => kept.push((at, name)),
+            // Too old, or an entry nobody can order by.
+            _ => expired.push(name.clone()),
+        }
+    }
+    let room = MAX_TOMBSTONES.saturating_sub(1);
+    if kept.len() > room {
+        kept.sort();
+        let excess = kept.len() - room;
+        expired.extend(kept.into_iter().take(excess).map(|(_, name)| name.clone()));
+    }
+    expired
 }
 
 /// At most 64 characters of untrusted text for a message.
@@ -458,5 +473,40 @@ mod tests {
         let mut expired = expired_tombstones(&closed, now);
         expired.sort();
         assert_eq!(expired, vec!["junk".to_string(), "old".to_string()]);
+    }
+
+    #[test]
+    fn a_repository_keeps_at_most_max_tombstones_dropping_the_oldest() {
+        let now: Timestamp = "2024-01-12T00:00:00Z".parse().unwrap();
+        let closed: std::collections::BTreeMap<String, ClosedPullRequest> = (0..MAX_TOMBSTONES
+            + 10)
+            .map(|i| {
+                // One second apart, the newest last; names do not sort by age.
+                let at = now - jiff::SignedDuration::from_secs((MAX_TOMBSTONES + 10 - i) as i64);
+                (
+                    format!("pr-{}", (i * 7919) % 100_000),
+                    ClosedPullRequest {
+                        updated_at: at.to_string(),
+                        delivery: String::new(),
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(closed.len(), MAX_TOMBSTONES + 10);
+        let expired = expired_tombstones(&closed, now);
+        // Room for the one being written: 11 go, the oldest ones.
+        assert_eq!(expired.len(), 11);
+        let oldest: std::collections::BTreeSet<String> = (0..11)
+            .map(|i| format!("pr-{}", (i * 7919) % 100_000))
+            .collect();
+        assert_eq!(
+            expired
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>(),
+            oldest
+        );
+        // Under the cap, nothing recent goes.
+        let few: std::collections::BTreeMap<_, _> = closed.into_iter().take(100).collect();
+        assert!(expired_tombstones(&few, now).is_empty());
     }
 }
