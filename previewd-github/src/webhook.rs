@@ -9,11 +9,12 @@
 //! | event is `pull_request`, `issue_comment` or `ping` (nothing else is read) | 200 `ignored` |
 //! | `X-Hub-Signature-256` is `sha256=` and 64 hex digits | 401 |
 //! | declared `Content-Length` within the limit (default 1 MiB) | 413 |
-//! | fewer than [`WebhookConfig::max_in_flight`] bodies being read or handled | 503 `overloaded` |
+//! | fewer than [`WebhookConfig::max_in_flight`] bodies being read | 503 `overloaded` |
 //! | body within the limit while reading | 413 |
 //! | body read within the read timeout | 408 |
 //! | `X-Hub-Signature-256` matches the raw body | 401 |
 //! | same delivery id seen and answered 2xx recently | 200 `duplicate` |
+//! | payload parsed (the body's slot is freed); fewer than [`WebhookConfig::max_handling`] deliveries being handled | 503 `overloaded` |
 //! | `ping` | 200 `pong` |
 //! | unhandled actions, policy says leave alone | 200 `ignored` |
 //! | payload parses as a `pull_request` event with an RFC 3339 `updated_at` | 400 |
@@ -34,7 +35,10 @@
 //! per-connection buffer; the handler rejects by headers alone (event, signature syntax,
 //! `Content-Length`) before reading a byte of the body, and reads at most
 //! [`WebhookConfig::max_in_flight`] bodies at once, so buffered bodies never exceed
-//! `max_in_flight × body_limit`. The `event` label of the delivery metric takes values
+//! `max_in_flight × body_limit`. A verified delivery keeps only its parsed event while
+//! the Kubernetes API is called, under a second, larger limit
+//! ([`WebhookConfig::max_handling`]): when the API server is slow, deliveries wait on it
+//! instead of being refused for want of body slots. The `event` label of the delivery metric takes values
 //! from a fixed list only ([`crate::metrics::event_label`]). `/readyz` answers from a
 //! cached check of the API server, refreshed at most every
 //! [`WebhookConfig::ready_cache_ttl`], whatever the request rate.
@@ -109,9 +113,12 @@ pub struct WebhookConfig {
     pub delivery_cache_capacity: u64,
     /// How long a delivery id is remembered.
     pub delivery_cache_ttl: Duration,
-    /// Deliveries whose body is read or handled at once; more are answered 503 before
-    /// their body is read. Bounds buffered bodies to `max_in_flight × body_limit`.
+    /// Deliveries whose body is read, verified and parsed at once; more are answered 503
+    /// before their body is read. Bounds buffered bodies to `max_in_flight × body_limit`.
     pub max_in_flight: usize,
+    /// Verified deliveries being handled (their Kubernetes API calls) at once, each
+    /// holding only its parsed event; more are answered 503 `overloaded`.
+    pub max_handling: usize,
     /// How long `/readyz` reuses the answer of the last API server check.
     pub ready_cache_ttl: Duration,
     /// Which namespaces may claim which repositories.
@@ -133,6 +140,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("delivery_cache_capacity", &self.delivery_cache_capacity)
             .field("delivery_cache_ttl", &self.delivery_cache_ttl)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_handling", &self.max_handling)
             .field("ready_cache_ttl", &self.ready_cache_ttl)
             .field("claim_policy", &self.claim_policy)
             .field("command_policy", &self.command_policy)
@@ -153,6 +161,7 @@ impl WebhookConfig {
             delivery_cache_capacity: 10_000,
             delivery_cache_ttl: Duration::from_secs(3600),
             max_in_flight: 32,
+            max_handling: 256,
             ready_cache_ttl: Duration::from_secs(5),
             claim_policy: ClaimPolicy::open(),
             command_policy: CommandPolicy::default(),
@@ -201,6 +210,8 @@ struct Inner {
     deliveries: moka::future::Cache<String, DeliveryOutcome>,
     locks: Vec<Mutex<()>>,
     in_flight: Arc<Semaphore>,
+    /// Verified deliveries being handled.
+    handling: Arc<Semaphore>,
     /// Last `/readyz` check of the store: when, and the answer. The lock is held while
     /// checking, so concurrent probes share one API call.
     ready: Mutex<Option<(Instant, Result<(), String>)>>,
@@ -237,6 +248,7 @@ impl WebhookState {
             .build();
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let handling = Arc::new(Semaphore::new(config.max_handling.max(1)));
         WebhookState {
             inner: Arc::new(Inner {
                 config,
@@ -245,6 +257,7 @@ impl WebhookState {
                 deliveries,
                 locks,
                 in_flight,
+                handling,
                 ready: Mutex::new(None),
                 responder: None,
                 reactions: Arc::new(Semaphore::new(REACTIONS_IN_FLIGHT)),
@@ -615,7 +628,7 @@ async fn receive(
             facts,
         );
     }
-    let Ok(_permit) = state.inner.in_flight.clone().try_acquire_owned() else {
+    let Ok(body_permit) = state.inner.in_flight.clone().try_acquire_owned() else {
         return (
             DeliveryOutcome::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -694,42 +707,80 @@ async fn receive(
             facts,
         );
     }
-    let outcome = match event {
-        "ping" => DeliveryOutcome::new(StatusCode::OK, "pong", None),
+    // Parsed, the body is no longer needed: its slot goes to the next delivery, and this
+    // one waits on the API under the larger handling limit.
+    let parsed = match event {
+        "ping" => Parsed::Ping,
         "pull_request" => match serde_json::from_slice::<PullRequestEvent>(&payload) {
             Ok(pr_event) => {
                 facts.number = Some(pr_event.number);
-                handle_pull_request(state, delivery, &pr_event).await
+                Parsed::PullRequest(Box::new(pr_event))
             }
-            Err(err) => DeliveryOutcome::new(
+            Err(err) => Parsed::Answer(DeliveryOutcome::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 Some(format!("not a pull_request payload: {err}")),
-            ),
+            )),
         },
         "check_run" | "check_suite" | "status" => match ci::report_of(event, &payload) {
-            Ok(Some(report)) => handle_check(state, &report).await,
-            Ok(None) => {
-                DeliveryOutcome::new(StatusCode::OK, "ignored", Some("action_not_handled".into()))
-            }
-            Err(err) => DeliveryOutcome::new(
+            Ok(Some(report)) => Parsed::Check(Box::new(report)),
+            Ok(None) => Parsed::Answer(DeliveryOutcome::new(
+                StatusCode::OK,
+                "ignored",
+                Some("action_not_handled".into()),
+            )),
+            Err(err) => Parsed::Answer(DeliveryOutcome::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 Some(format!("not a {event} payload: {err}")),
-            ),
+            )),
         },
         "issue_comment" => match serde_json::from_slice::<IssueCommentEvent>(&payload) {
             Ok(comment) => {
                 facts.number = Some(comment.issue.number);
-                handle_issue_comment(state, &comment).await
+                Parsed::Comment(Box::new(comment))
             }
-            Err(err) => DeliveryOutcome::new(
+            Err(err) => Parsed::Answer(DeliveryOutcome::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 Some(format!("not an issue_comment payload: {err}")),
-            ),
+            )),
         },
-        _ => DeliveryOutcome::new(StatusCode::OK, "ignored", Some("event_not_handled".into())),
+        _ => Parsed::Answer(DeliveryOutcome::new(
+            StatusCode::OK,
+            "ignored",
+            Some("event_not_handled".into()),
+        )),
+    };
+    drop(payload);
+    drop(body_permit);
+    let needs_store = matches!(
+        parsed,
+        Parsed::PullRequest(_) | Parsed::Check(_) | Parsed::Comment(_)
+    );
+    let _handling = if needs_store {
+        match state.inner.handling.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return (
+                    DeliveryOutcome::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        Some("too many deliveries being handled".into()),
+                    ),
+                    facts,
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let outcome = match parsed {
+        Parsed::Ping => DeliveryOutcome::new(StatusCode::OK, "pong", None),
+        Parsed::PullRequest(pr_event) => handle_pull_request(state, delivery, &pr_event).await,
+        Parsed::Check(report) => handle_check(state, &report).await,
+        Parsed::Comment(comment) => handle_issue_comment(state, &comment).await,
+        Parsed::Answer(outcome) => outcome,
     };
     if outcome.is_success() {
         state
@@ -739,6 +790,16 @@ async fn receive(
             .await;
     }
     (outcome, facts)
+}
+
+/// A verified delivery, parsed: what is left of it once its body is dropped.
+enum Parsed {
+    Ping,
+    PullRequest(Box<PullRequestEvent>),
+    Check(Box<ci::CheckReport>),
+    Comment(Box<IssueCommentEvent>),
+    /// Answered without the store.
+    Answer(DeliveryOutcome),
 }
 
 fn annotation<'a>(env: &'a PreviewEnvironment, key: &str) -> Option<&'a str> {

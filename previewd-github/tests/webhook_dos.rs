@@ -218,15 +218,33 @@ async fn a_flood_of_event_names_does_not_grow_the_metric_labels() {
     handle.await.unwrap().unwrap();
 }
 
-/// Counts readiness checks; everything else is a [`MemoryStore`].
+/// Counts readiness checks and repository lookups, and holds lookups until the gate
+/// (when there is one) lets them through; everything else is a [`MemoryStore`].
 struct CountingStore {
     inner: MemoryStore,
     ready_calls: AtomicUsize,
+    lookups: AtomicUsize,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl CountingStore {
+    fn new(inner: MemoryStore, gate: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        CountingStore {
+            inner,
+            ready_calls: AtomicUsize::new(0),
+            lookups: AtomicUsize::new(0),
+            gate,
+        }
+    }
 }
 
 #[async_trait]
 impl EnvironmentStore for CountingStore {
     async fn find_repositories(&self, r: &str) -> Result<Vec<PreviewRepository>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.unwrap().forget();
+        }
         self.inner.find_repositories(r).await
     }
     async fn record_claim(
@@ -270,10 +288,7 @@ impl EnvironmentStore for CountingStore {
 
 #[tokio::test]
 async fn readiness_probes_do_not_reach_the_api_server_per_request() {
-    let store = Arc::new(CountingStore {
-        inner: MemoryStore::new(),
-        ready_calls: AtomicUsize::new(0),
-    });
+    let store = Arc::new(CountingStore::new(MemoryStore::new(), None));
     let mut config = WebhookConfig::new(SECRET);
     config.ready_cache_ttl = Duration::from_secs(60);
     let state = WebhookState::new(config, store.clone(), WebhookMetrics::default());
@@ -305,4 +320,60 @@ async fn readiness_probes_do_not_reach_the_api_server_per_request() {
     assert_eq!(store.ready_calls.load(Ordering::SeqCst), 1);
     shutdown.cancel();
     handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_verified_delivery_frees_its_body_slot_while_the_api_is_slow() {
+    // The API is stuck: every repository lookup waits for the gate.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = Arc::new(CountingStore::new(
+        MemoryStore::with_repositories(vec![settings(json!({}))]),
+        Some(gate.clone()),
+    ));
+    let mut config = WebhookConfig::new(SECRET);
+    config.max_in_flight = 2;
+    config.max_handling = 3;
+    config.store_timeout = Duration::from_secs(60);
+    let metrics = WebhookMetrics::default();
+    let state = WebhookState::new(config, store.clone(), metrics.clone());
+    let server = Arc::new(start_with_state(state).await);
+    let body = |n: u64| {
+        let mut event = example("opened");
+        event["number"] = json!(n);
+        event["pull_request"]["number"] = json!(n);
+        serde_json::to_vec(&event).unwrap()
+    };
+    // Three deliveries wait on the API at once, more than there are body slots: each is
+    // sent once the one before reached the store.
+    let mut waiting = Vec::new();
+    for n in 1..=3u64 {
+        let (server, body) = (server.clone(), body(n));
+        waiting.push(tokio::spawn(async move {
+            deliver(&server, "pull_request", &delivery_id(), &body).await
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.lookups.load(Ordering::SeqCst) < n as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "delivery {n} never reached the store: {:?}",
+                metrics.deliveries
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // A fourth is read and verified (a body slot is free) and refused for want of a
+    // handling slot.
+    let refused = deliver(&server, "pull_request", &delivery_id(), &body(4)).await;
+    assert_eq!((refused.status, refused.outcome()), (503, "overloaded"));
+    assert_eq!(refused.reason(), "too many deliveries being handled");
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 3);
+    // The API recovers: the three are applied.
+    gate.add_permits(100);
+    for w in waiting {
+        let answer = w.await.unwrap();
+        assert_eq!((answer.status, answer.outcome()), (202, "applied"));
+    }
+    assert_eq!(store.inner.environments().len(), 3);
+    assert_eq!(metrics.count("pull_request", "overloaded"), 1);
+    Arc::into_inner(server).unwrap().stop().await;
 }
