@@ -73,6 +73,7 @@ pub fn repository(
     required_label: Option<&str>,
     image: &str,
 ) -> anyhow::Result<PreviewRepository> {
+    let count = services;
     let services: Vec<serde_json::Value> = (0..services)
         .map(|i| {
             let mut s = json!({"name": format!("svc-{i}"), "image": image, "port": 8080});
@@ -95,7 +96,15 @@ pub fn repository(
             "baseDomain": "preview.scenario.test",
             "defaultTtl": ttl,
             "gating": gating,
-            "catalogue": {"services": services}
+            "catalogue": {"services": services},
+            // Room for every service at the catalogue's default requests (250m CPU,
+            // 512Mi memory each), twice over for rollouts that surge all at once: the
+            // default quota holds 8 services.
+            "quota": {
+                "cpu": format!("{}m", 500 * count.max(4)),
+                "memory": format!("{}Mi", 1024 * count.max(4)),
+                "pods": 2 * count + 10
+            }
         }
     }))?)
 }
