@@ -353,12 +353,7 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
 
     // Deletion: the namespace goes, the deployment becomes inactive, the comment says so.
     delete_and_wait(&client, &envs, &ready).await;
-    let inactive = eventually(GITHUB_TIMEOUT, "deployment status inactive", || {
-        let last = last_deployment_state(&github, pr.number).filter(|s| s["state"] == "inactive");
-        async move { last }
-    })
-    .await;
-    assert!(inactive.get("environment_url").is_none(), "{inactive}");
+    wait_deleted_status(&github, pr.number).await;
     let comment = wait_comment(&github, "Terminated").await;
     assert!(!comment.body.contains(&url), "{}", comment.body);
     reporter.idle().await;
@@ -486,12 +481,7 @@ async fn reports_delayed_by_a_stall_are_delivered_once_github_answers() {
 
     // And the deletion is reported too.
     delete_and_wait(&client, &envs, &now).await;
-    let inactive = eventually(GITHUB_TIMEOUT, "deployment status inactive", || {
-        let last = last_deployment_state(&github, pr.number).filter(|s| s["state"] == "inactive");
-        async move { last }
-    })
-    .await;
-    assert!(inactive.get("environment_url").is_none(), "{inactive}");
+    wait_deleted_status(&github, pr.number).await;
     let (created, _) = deployment(&github, pr.number).unwrap();
     assert_deployment_request(&created, &pr);
     wait_comment(&github, "Terminated").await;
@@ -587,4 +577,16 @@ async fn a_report_the_stopped_operator_never_delivered_is_sent_by_its_successor(
     delete_and_wait(&client, &envs, &confirmed).await;
     second.stop().await;
     delete_namespace(&client, &ns).await;
+}
+
+/// Waits for the deployment status of a deleted environment: inactive, without the URL.
+/// The Terminating report (inactive, still with the URL) may reach GitHub first.
+async fn wait_deleted_status(github: &FakeGitHub, number: u64) {
+    let inactive = eventually(GITHUB_TIMEOUT, "deployment status inactive, no URL", || {
+        let last = last_deployment_state(github, number)
+            .filter(|s| s["state"] == "inactive" && s.get("environment_url").is_none());
+        async move { last }
+    })
+    .await;
+    assert_eq!(inactive["description"], "Preview environment was deleted");
 }
