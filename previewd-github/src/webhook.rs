@@ -38,9 +38,9 @@
 //! `max_in_flight × body_limit`. A verified delivery keeps only its parsed event while
 //! the Kubernetes API is called, under a second, larger limit
 //! ([`WebhookConfig::max_handling`]): when the API server is slow, deliveries wait on it
-//! instead of being refused for want of body slots. The `event` label of the delivery metric takes values
-//! from a fixed list only ([`crate::metrics::event_label`]). `/readyz` answers from a
-//! cached check of the API server, refreshed at most every
+//! instead of being refused for want of body slots. The `event` label of the delivery
+//! metric takes values from a fixed list only ([`crate::metrics::event_label`]).
+//! `/readyz` answers from a cached check of the API server, refreshed at most every
 //! [`WebhookConfig::ready_cache_ttl`], whatever the request rate.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -629,14 +629,7 @@ async fn receive(
         );
     }
     let Ok(body_permit) = state.inner.in_flight.clone().try_acquire_owned() else {
-        return (
-            DeliveryOutcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                Some("too many deliveries in flight".into()),
-            ),
-            facts,
-        );
+        return (overloaded("too many deliveries in flight"), facts);
     };
     let raw = match tokio::time::timeout(
         config.read_timeout,
@@ -754,26 +747,13 @@ async fn receive(
     };
     drop(payload);
     drop(body_permit);
-    let needs_store = matches!(
-        parsed,
-        Parsed::PullRequest(_) | Parsed::Check(_) | Parsed::Comment(_)
-    );
-    let _handling = if needs_store {
-        match state.inner.handling.clone().try_acquire_owned() {
+    // Only deliveries that call the store take a handling slot.
+    let _handling = match &parsed {
+        Parsed::Ping | Parsed::Answer(_) => None,
+        _ => match state.inner.handling.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
-            Err(_) => {
-                return (
-                    DeliveryOutcome::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        Some("too many deliveries being handled".into()),
-                    ),
-                    facts,
-                );
-            }
-        }
-    } else {
-        None
+            Err(_) => return (overloaded("too many deliveries being handled"), facts),
+        },
     };
     let outcome = match parsed {
         Parsed::Ping => DeliveryOutcome::new(StatusCode::OK, "pong", None),
@@ -808,6 +788,15 @@ fn annotation<'a>(env: &'a PreviewEnvironment, key: &str) -> Option<&'a str> {
         .as_ref()
         .and_then(|a| a.get(key))
         .map(String::as_str)
+}
+
+/// 503 `overloaded`: a limit of the webhook itself is reached; redeliver later.
+fn overloaded(why: &str) -> DeliveryOutcome {
+    DeliveryOutcome::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        Some(why.to_string()),
+    )
 }
 
 fn store_failure(err: &StoreError) -> DeliveryOutcome {
