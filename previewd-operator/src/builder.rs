@@ -36,7 +36,8 @@ use tracing::info;
 use crate::admin::{self, AdminState};
 use crate::cli::RunArgs;
 use crate::run::{
-    ai_config, controller_config, github_client, kube_client_as, start_webhook, wait_for_signal,
+    ai_config, client_as, controller_config, github_client, kube_config, start_webhook,
+    wait_for_signal,
 };
 
 /// Builds and runs the operator.
@@ -145,15 +146,19 @@ impl OperatorBuilder {
                 .as_ref()
                 .is_some_and(|s| !s.expose_secret().is_empty()),
         )?;
-        // The webhook gets a client of its own (its own connections and user agent) so
-        // that a controller busy tearing hundreds of environments down never delays the
-        // answer to GitHub. An embedding caller's client is shared.
+        // The webhook gets a client of its own (its own connections and user agent), so
+        // that the API server's audit log and metrics tell its requests from the
+        // controller's. The configuration is loaded once. An embedding caller's client
+        // is shared.
         let (client, webhook_client) = match self.client {
             Some(client) => (client.clone(), client),
-            None => (
-                kube_client_as(args.kubeconfig.as_deref(), "previewd-controller").await?,
-                kube_client_as(args.kubeconfig.as_deref(), "previewd-webhook").await?,
-            ),
+            None => {
+                let config = kube_config(args.kubeconfig.as_deref()).await?;
+                (
+                    client_as(config.clone(), "previewd-controller")?,
+                    client_as(config, "previewd-webhook")?,
+                )
+            }
         };
         controller::preflight(&client, &config)
             .await

@@ -33,17 +33,12 @@ pub fn init_tracing(format: LogFormat) {
 
 /// Builds a Kubernetes client from `--kubeconfig`, or the default chain.
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    kube_client_as(kubeconfig, "previewd").await
+    client_as(kube_config(kubeconfig).await?, "previewd")
 }
 
-/// Like [`kube_client`], with its own connection pool and the `User-Agent`
-/// `<component>/<version>`, so that the API server's audit log, metrics and priority
-/// and fairness can tell the operator's parts apart.
-pub async fn kube_client_as(
-    kubeconfig: Option<&std::path::Path>,
-    component: &str,
-) -> anyhow::Result<Client> {
-    let mut config = match kubeconfig {
+/// The Kubernetes configuration from `--kubeconfig`, or the default chain.
+pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -54,7 +49,13 @@ pub async fn kube_client_as(
         None => kube::Config::infer()
             .await
             .context("no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster)")?,
-    };
+    })
+}
+
+/// A client of `config` with its own connection pool and the `User-Agent`
+/// `<component>/<version>`, so that the API server's audit log, metrics and priority
+/// and fairness can tell the operator's parts apart.
+pub fn client_as(mut config: kube::Config, component: &str) -> anyhow::Result<Client> {
     let agent = format!("{component}/{}", env!("CARGO_PKG_VERSION"));
     config.headers.push((
         http::header::USER_AGENT,
