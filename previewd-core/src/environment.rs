@@ -196,6 +196,21 @@ pub trait EnvironmentReporter: Send + Sync {
     fn acknowledge_with(&self, _acknowledger: std::sync::Arc<dyn ReportAcknowledger>) -> bool {
         false
     }
+
+    /// Gives the reporter the controller's authorisation check, to ask right before it
+    /// writes anything about an environment (a report may wait minutes in a queue; the
+    /// claim that allowed it may be gone by then). A reporter that writes to a
+    /// source-control system must ask it; the default ignores it.
+    fn authorise_with(&self, _authoriser: std::sync::Arc<dyn ReportAuthoriser>) {}
+}
+
+/// Whether an environment may (still) act for its repository: asked by reporters right
+/// before each write, with the same rules the controller applied when it planned the
+/// report.
+pub trait ReportAuthoriser: Send + Sync {
+    /// `Ok` when `env` may be reported to its repository; `deleted` for the last report
+    /// of an environment that is gone. `Err` says why not.
+    fn authorise(&self, env: &EnvironmentView, deleted: bool) -> Result<(), String>;
 }
 
 /// Confirms that an environment's report was delivered, so it is not sent again.
@@ -234,6 +249,12 @@ impl EnvironmentReporter for Reporters {
             durable |= reporter.acknowledge_with(acknowledger.clone());
         }
         durable
+    }
+
+    fn authorise_with(&self, authoriser: std::sync::Arc<dyn ReportAuthoriser>) {
+        for reporter in &self.0 {
+            reporter.authorise_with(authoriser.clone());
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod naming;
 pub mod phase;
 pub mod retry;
 pub mod source_control;
+pub mod tenancy;
 pub mod testrun;
 pub mod testselect;
 pub mod tier;
@@ -29,7 +30,7 @@ pub use cost::{
 };
 pub use environment::{
     Advice, AiStatus, EnvironmentAdvisor, EnvironmentReporter, EnvironmentView, NoAdvice,
-    NoopReporter, TestResults,
+    NoopReporter, ReportAuthoriser, TestResults,
 };
 pub use naming::{
     NameError, environment_name, ingress_host, is_dns1123_label, namespace_name,

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use previewd_core::Phase;
-use previewd_core::environment::{EnvironmentReporter, EnvironmentView, ReportAcknowledger};
+use previewd_core::environment::{
+    EnvironmentReporter, EnvironmentView, ReportAcknowledger, ReportAuthoriser,
+};
 use previewd_core::source_control::{
     CommitState, CommitStatus, DeploymentId, DeploymentRequest, DeploymentState,
     DeploymentStatusUpdate, RepoRef, SourceControl, SourceControlError, deployment_environment,
@@ -171,7 +173,10 @@ struct Tokens {
 
 #[derive(Default)]
 struct Slot {
-    latest: Mutex<Option<(Report, Option<Confirm>)>>,
+    /// The latest report, its confirmation, the environment it is about and whether it
+    /// is the last one (deleted).
+    #[allow(clippy::type_complexity)]
+    latest: Mutex<Option<(Report, Option<Confirm>, EnvironmentView, bool)>>,
     tokens: Mutex<Tokens>,
     running: tokio::sync::Mutex<()>,
 }
@@ -185,7 +190,9 @@ struct Inner {
     tracker: TaskTracker,
     retry_base: Duration,
     failures: Counter,
+    refused: Counter,
     acknowledger: OnceLock<Arc<dyn ReportAcknowledger>>,
+    authoriser: OnceLock<Arc<dyn ReportAuthoriser>>,
 }
 
 /// Reports environments to GitHub in the background. Cheap to clone.
@@ -217,7 +224,9 @@ impl GitHubReporter {
                 tracker: TaskTracker::new(),
                 retry_base: Duration::from_secs(2),
                 failures: Counter::default(),
+                refused: Counter::default(),
                 acknowledger: OnceLock::new(),
+                authoriser: OnceLock::new(),
             }),
         }
     }
@@ -250,6 +259,18 @@ impl GitHubReporter {
                 "Failed attempts to report an environment to GitHub (transient ones are retried)",
                 self.inner.failures.clone(),
             );
+        registry
+            .sub_registry_with_prefix("previewd_github")
+            .register(
+                "reports_refused",
+                "Reports not sent because no repository claim authorises the environment any more",
+                self.inner.refused.clone(),
+            );
+    }
+
+    /// Reports dropped because the environment was no longer authorised.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.get()
     }
 
     /// Waits until every report queued so far was sent (or given up).
@@ -305,16 +326,26 @@ impl GitHubReporter {
             }
             tokens.queued = Some(confirm.token.clone());
         }
-        *slot.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((report, confirm));
+        *slot.latest.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((report, confirm, env.clone(), deleted));
         let inner = self.inner.clone();
         self.inner.tracker.spawn(async move {
             let _running = slot.running.lock().await;
-            let Some((report, confirm)) =
+            let Some((report, confirm, view, deleted)) =
                 slot.latest.lock().unwrap_or_else(|e| e.into_inner()).take()
             else {
                 // An earlier task already sent the latest state.
                 return;
             };
+            // Asked again right before writing: the claim that allowed the report when
+            // it was planned may have been revoked while it waited.
+            if let Some(authoriser) = inner.authoriser.get()
+                && let Err(why) = authoriser.authorise(&view, deleted)
+            {
+                inner.refused.inc();
+                tracing::warn!(repository = %report.repository, pr = report.number, reason = %why, "not reporting to GitHub: the environment is not authorised for this repository");
+                return;
+            }
             // Transient failures (outages, rate limits, timeouts) are retried with a
             // capped exponential backoff until the report is delivered or a newer state
             // replaces it, so a long GitHub outage delays reports but never loses them.
@@ -425,6 +456,10 @@ impl EnvironmentReporter for GitHubReporter {
         // The first acknowledger stays (a reporter is wired into one controller).
         let _ = self.inner.acknowledger.set(acknowledger);
         true
+    }
+
+    fn authorise_with(&self, authoriser: Arc<dyn ReportAuthoriser>) {
+        let _ = self.inner.authoriser.set(authoriser);
     }
 }
 

@@ -69,11 +69,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    let config = ControllerConfig {
+    let mut config = ControllerConfig {
         watch_namespace: Some(ns.clone()),
-        poll_interval: Duration::from_millis(250),
         ..ControllerConfig::default()
     };
+    config.poll_interval = Duration::from_millis(250);
     let ctx = Arc::new(Context::new(client.clone(), config));
     let readiness = Readiness::default();
     let token = CancellationToken::new();

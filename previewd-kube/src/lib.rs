@@ -15,6 +15,7 @@ pub mod plan;
 pub mod render;
 pub mod report;
 pub mod strategy;
+pub mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -179,13 +179,16 @@ pub fn test_config(namespace: &str) -> ControllerConfig {
     ControllerConfig {
         watch_namespace: Some(namespace.to_string()),
         concurrency: 4,
-        poll_interval: Duration::from_millis(500),
-        readiness_timeout: Duration::from_secs(120),
-        resync_interval: Duration::from_secs(60),
         cleanup_interval: Duration::from_secs(3600),
         backoff_base: Duration::from_millis(200),
         backoff_max: Duration::from_secs(5),
-        base_domain: "preview.test".into(),
+        planner: crate::plan::PlannerConfig {
+            poll_interval: Duration::from_millis(500),
+            readiness_timeout: Duration::from_secs(120),
+            resync_interval: Duration::from_secs(60),
+            base_domain: "preview.test".into(),
+            ..crate::plan::PlannerConfig::default()
+        },
         ..ControllerConfig::default()
     }
 }

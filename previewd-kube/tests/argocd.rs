@@ -17,7 +17,10 @@ use kube::{Client, ResourceExt};
 use previewd_core::Phase;
 use previewd_kube::controller::Context;
 use previewd_kube::crd::{PreviewEnvironment, PreviewRepository};
-use previewd_kube::strategy::{ARGOCD_RESOURCES_FINALIZER, ArgoCdStrategy, application_resource};
+use previewd_kube::strategy::{
+    ARGOCD_RESOURCES_FINALIZER, ArgoCdPlatform, ArgoCdStrategy, application_resource,
+    project_resource,
+};
 use serde_json::{Value, json};
 use support::*;
 
@@ -59,7 +62,7 @@ async fn install_argocd_crds(client: &Client) {
     }
 }
 
-fn repository(argo_ns: &str) -> PreviewRepository {
+fn repository() -> PreviewRepository {
     serde_json::from_value(json!({
         "apiVersion": "previewd.io/v1alpha1",
         "kind": "PreviewRepository",
@@ -75,8 +78,6 @@ fn repository(argo_ns: &str) -> PreviewRepository {
             "argocd": {
                 "repoURL": "https://github.com/acme/shop.git",
                 "path": "deploy/{service}/overlays/preview",
-                "namespace": argo_ns,
-                "project": "previews",
             }
         }
     }))
@@ -101,6 +102,14 @@ fn environment(name: &str, pr: i64) -> PreviewEnvironment {
         }
     }))
     .unwrap()
+}
+
+fn projects(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &project_resource("argoproj.io", "v1alpha1"),
+    )
 }
 
 fn applications(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -172,13 +181,17 @@ async fn argocd_applications_drive_readiness_updates_failure_retry_and_teardown(
     let ns = temp_namespace(&client, "argo-team").await;
     // Stands for Argo CD's namespace (a test must not share the real one).
     let argo_ns = temp_namespace(&client, "argo-apps").await;
-    let ctx = Context::new(client.clone(), test_config(&ns))
-        .register_strategy(Arc::new(ArgoCdStrategy::new()));
+    let ctx = Context::new(client.clone(), test_config(&ns)).register_strategy(Arc::new(
+        ArgoCdStrategy::with_platform(ArgoCdPlatform {
+            namespace: argo_ns.clone(),
+            ..ArgoCdPlatform::default()
+        }),
+    ));
     let op = Operator::start_with(Arc::new(ctx)).await;
 
     let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &ns);
     repos
-        .create(&PostParams::default(), &repository(&argo_ns))
+        .create(&PostParams::default(), &repository())
         .await
         .unwrap();
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
@@ -196,7 +209,15 @@ async fn argocd_applications_drive_readiness_updates_failure_retry_and_teardown(
         }
     })
     .await;
-    let env = envs.get("shop-pr-7").await.unwrap();
+    // The Applications are applied before the status that names the namespace is
+    // written, in the same reconcile.
+    let env = wait_env(&envs, "shop-pr-7", "the namespace recorded", |e| {
+        e.status
+            .as_ref()
+            .and_then(|s| s.namespace.as_ref())
+            .is_some()
+    })
+    .await;
     let preview_ns = env.status.as_ref().unwrap().namespace.clone().unwrap();
     let mut names: Vec<String> = listed.iter().map(|a| a.name_any()).collect();
     names.sort();
@@ -213,7 +234,27 @@ async fn argocd_applications_drive_readiness_updates_failure_retry_and_teardown(
         json!(["ghcr.io/acme/api=ghcr.io/acme/api:pr-7"])
     );
     assert_eq!(spec["destination"]["namespace"], preview_ns.as_str());
-    assert_eq!(spec["project"], "previews");
+    // Confined by a project of its own: this namespace, this repository, no
+    // cluster-scoped kind.
+    assert_eq!(spec["project"], preview_ns.as_str());
+    let projects = projects(&client, &argo_ns);
+    let project = projects.get(&preview_ns).await.unwrap();
+    assert_eq!(
+        project.data["spec"]["destinations"],
+        json!([{"server": "https://kubernetes.default.svc", "namespace": preview_ns}])
+    );
+    assert_eq!(
+        project.data["spec"]["sourceRepos"],
+        json!(["https://github.com/acme/shop.git"])
+    );
+    assert_eq!(project.data["spec"]["clusterResourceWhitelist"], json!([]));
+    assert_eq!(
+        project
+            .annotations()
+            .get("previewd.io/owner-uid")
+            .map(String::as_str),
+        env.metadata.uid.as_deref()
+    );
     assert_eq!(
         spec["syncPolicy"]["automated"],
         json!({"prune": true, "selfHeal": true})
@@ -387,6 +428,16 @@ async fn argocd_applications_drive_readiness_updates_failure_retry_and_teardown(
     );
     let terminating = envs.get("shop-pr-7").await.unwrap();
     assert_eq!(phase(&terminating), Some(Phase::Terminating));
+    assert!(
+        projects
+            .get(&preview_ns)
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none(),
+        "the project stays while its Applications are being deleted"
+    );
     for name in &names {
         // Argo CD deleted the resources and releases its finalizer.
         apps.patch(
@@ -414,6 +465,10 @@ async fn argocd_applications_drive_readiness_updates_failure_retry_and_teardown(
             .items
             .is_empty()
     );
+    assert!(
+        projects.get_opt(&preview_ns).await.unwrap().is_none(),
+        "the project goes after its Applications"
+    );
 
     op.stop().await;
     delete_namespace(&client, &ns).await;
@@ -431,18 +486,22 @@ async fn without_argocd_crds_the_operator_runs_and_argocd_environments_stall() {
     install_crds(&client).await;
     let ns = temp_namespace(&client, "argo-none").await;
     let ctx = Context::new(client.clone(), test_config(&ns)).register_strategy(Arc::new(
-        ArgoCdStrategy::with_resource(application_resource("argoproj.invalid", "v1alpha1")),
+        ArgoCdStrategy::new().with_resource(application_resource("argoproj.invalid", "v1alpha1")),
     ));
     let op = Operator::start_with(Arc::new(ctx)).await;
     assert!(op.readiness.is_ready(), "caches synced without the kind");
     assert_eq!(
         op.ctx.caches.missing_kinds(),
-        ["argoproj.invalid/v1alpha1/Application".to_string()].into()
+        [
+            "argoproj.invalid/v1alpha1/AppProject".to_string(),
+            "argoproj.invalid/v1alpha1/Application".to_string()
+        ]
+        .into()
     );
 
     let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &ns);
     repos
-        .create(&PostParams::default(), &repository("argocd"))
+        .create(&PostParams::default(), &repository())
         .await
         .unwrap();
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);

@@ -38,7 +38,7 @@ fn namespace_has_labels_and_restricted_pod_security() {
 
 #[test]
 fn quota_uses_defaults_and_overrides() {
-    let q = desired_resource_quota(&env(), "ns")
+    let q = desired_resource_quota(&env(), "ns", &Default::default())
         .spec
         .unwrap()
         .hard
@@ -47,7 +47,11 @@ fn quota_uses_defaults_and_overrides() {
     assert_eq!(q["pods"].0, "20");
     let mut e = env();
     e.spec.quota = Some(serde_json::from_value(json!({"cpu": "4", "pods": 50})).unwrap());
-    let q = desired_resource_quota(&e, "ns").spec.unwrap().hard.unwrap();
+    let q = desired_resource_quota(&e, "ns", &Default::default())
+        .spec
+        .unwrap()
+        .hard
+        .unwrap();
     assert_eq!(q["requests.cpu"].0, "4");
     assert_eq!(q["requests.memory"].0, "4Gi");
     assert_eq!(q["pods"].0, "50");

@@ -930,11 +930,10 @@ async fn a_quota_rejection_fails_the_environment_at_once() {
 /// Settings whose periodic resync never happens during a test: whatever the controller
 /// does there, a watch made it happen.
 fn watch_only_config(ns: &str) -> previewd_kube::ControllerConfig {
-    previewd_kube::ControllerConfig {
-        resync_interval: Duration::from_secs(3600),
-        poll_interval: Duration::from_secs(3600),
-        ..test_config(ns)
-    }
+    let mut config = test_config(ns);
+    config.resync_interval = Duration::from_secs(3600);
+    config.poll_interval = Duration::from_secs(3600);
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

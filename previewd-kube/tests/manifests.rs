@@ -67,7 +67,8 @@ impl Setup {
         let source = temp_namespace(&client, &format!("{prefix}-secrets")).await;
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "shop-db-credentials",
-                         "labels": {"previewd.io/preview-secret": "true"}},
+                         "labels": {"previewd.io/preview-secret": "true"},
+                         "annotations": {"previewd.io/allowed-repositories": "acme/*"}},
             "stringData": {"username": "shop", "password": "first"}
         }))
         .unwrap();
@@ -85,11 +86,9 @@ impl Setup {
             .create(&PostParams::default(), &private)
             .await
             .unwrap();
-        let config = previewd_kube::ControllerConfig {
-            secret_namespace: Some(source.clone()),
-            base_domain: "preview.example.com".into(),
-            ..test_config(&team)
-        };
+        let mut config = test_config(&team);
+        config.secret_namespace = Some(source.clone());
+        config.base_domain = "preview.example.com".into();
         let ctx = Context::new(client.clone(), config)
             .with_strategy(Arc::new(ManifestsStrategy::default()));
         let operator = Operator::start_with(Arc::new(ctx)).await;
@@ -108,7 +107,7 @@ impl Setup {
             .await
             .unwrap();
         let snapshot = PullRequestSnapshot {
-            repository: "acme/shop".into(),
+            repository: repo.spec.repository.clone(),
             number: pr,
             branch: format!("feature-{pr}"),
             head_sha: SHA.into(),
@@ -453,10 +452,36 @@ async fn each_refused_kind_gives_its_condition_and_writes_nothing() {
             json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "namespace": "kube-system"}}),
         ),
+        // Allowed kinds, refused for what they do.
+        (
+            "ManifestRefused",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "public"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+        ),
+        (
+            "ManifestRefused",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api"},
+            "spec": {"type": "ExternalName", "externalName": "metadata.google.internal"}}),
+        ),
+        (
+            "ManifestRefused",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "intercept"},
+            "spec": {"externalIPs": ["10.96.0.1"], "ports": [{"port": 443}]}}),
+        ),
+        (
+            "ManifestRefused",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "steal"},
+            "spec": {"selector": {"matchLabels": {"app": "steal"}}, "template": {
+                "metadata": {"labels": {"app": "steal"}},
+                "spec": {"serviceAccountName": "previewd",
+                         "containers": [{"name": "c", "image": "busybox"}]}}}}),
+        ),
     ];
     let mut envs = Vec::new();
     for (i, (reason, template)) in cases.iter().enumerate() {
         let mut repo = example(&setup.team, &format!("refused-{i}"));
+        // One repository each: a repository has one claim.
+        repo.spec.repository = format!("acme/shop-refused-{i}");
         // A harmless object first: nothing of a refused set is written, not even that.
         repo.spec.manifests.truncate(1);
         repo.spec

@@ -73,7 +73,7 @@ fn repository(name: &str, strategy: &str, domain: &str) -> PreviewRepository {
         "kind": "PreviewRepository",
         "metadata": {"name": name},
         "spec": {
-            "repository": "acme/shop",
+            "repository": format!("acme/{name}"),
             "catalogue": {"services": []},
             "baseDomain": domain,
             "strategy": strategy
@@ -88,7 +88,7 @@ fn environment(name: &str, pr: i64, repository_ref: &str) -> PreviewEnvironment 
         "kind": "PreviewEnvironment",
         "metadata": {"name": name},
         "spec": {
-            "repository": "acme/shop",
+            "repository": format!("acme/{repository_ref}"),
             "prNumber": pr,
             "branch": "strategies",
             "headSHA": SHA,

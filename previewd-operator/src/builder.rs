@@ -184,22 +184,27 @@ impl OperatorBuilder {
         let readiness = Readiness::default();
         // Argo CD is offered by name; without its CRDs (or the RBAC to read them) the
         // operator runs normally and only environments that ask for it stall.
-        let mut ctx = Context::new(client.clone(), config)
-            .with_metrics(metrics)
-            .register_strategy(Arc::new(previewd_kube::strategy::ArgoCdStrategy::new()));
+        let mut ctx = Context::new(client.clone(), config).with_metrics(metrics);
+        let mut kinds = None;
         if !args.manifest_kinds.trim().is_empty() {
-            let kinds = previewd_kube::strategy::manifests::ManifestKinds::resolve(
+            let resolved = previewd_kube::strategy::manifests::ManifestKinds::resolve(
                 &client,
                 &args.manifest_kinds,
             )
             .await
             .map_err(anyhow::Error::msg)
             .context("--manifest-kinds")?;
-            info!(kinds = ?kinds.names(), "manifests strategy enabled");
+            info!(kinds = ?resolved.names(), "manifests strategy enabled");
             ctx = ctx.register_strategy(Arc::new(previewd_kube::strategy::ManifestsStrategy::new(
-                kinds,
+                resolved.clone(),
             )));
+            kinds = Some(resolved);
         }
+        ctx = ctx.register_strategy(Arc::new(
+            previewd_kube::strategy::ArgoCdStrategy::with_platform(crate::run::argocd_platform(
+                &args, kinds,
+            )),
+        ));
         for strategy in self.extra_strategies {
             ctx = ctx.register_strategy(strategy);
         }

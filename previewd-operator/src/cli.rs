@@ -227,6 +227,37 @@ pub struct RunArgs {
     /// are refused. Suggested: ConfigMap,Service,ServiceAccount,PersistentVolumeClaim,Deployment,StatefulSet,Job,CronJob
     #[arg(long, env = "PREVIEWD_MANIFEST_KINDS", default_value = "")]
     pub manifest_kinds: String,
+    /// StorageClasses the claims of an application may name, comma-separated; a claim
+    /// naming another (or none) is refused. Empty: any class.
+    #[arg(long, env = "PREVIEWD_ALLOWED_STORAGE_CLASSES", default_value = "")]
+    pub allowed_storage_classes: String,
+    /// Object-count limits of each preview namespace's ResourceQuota, as
+    /// `name=count[,...]` (`services`, `configmaps`, `secrets`, `count/jobs.batch`, ...),
+    /// each replacing its default (services=50, configmaps=100, secrets=100,
+    /// count/deployments.apps=50, count/statefulsets.apps=20, count/jobs.batch=50,
+    /// count/cronjobs.batch=20, count/ingresses.networking.k8s.io=10,
+    /// replicationcontrollers=0). Load balancers and node ports are always 0.
+    #[arg(long, env = "PREVIEWD_QUOTA_OBJECT_COUNTS", default_value = "")]
+    pub quota_object_counts: String,
+    /// Namespace where Argo CD reads Applications and AppProjects (the `argocd`
+    /// strategy writes there, and nowhere else outside preview namespaces).
+    #[arg(long, env = "PREVIEWD_ARGOCD_NAMESPACE", default_value = "argocd")]
+    pub argocd_namespace: String,
+    /// API server Argo CD deploys previews to (as Argo CD names the cluster).
+    #[arg(
+        long,
+        env = "PREVIEWD_ARGOCD_DESTINATION_SERVER",
+        default_value = "https://kubernetes.default.svc"
+    )]
+    pub argocd_destination_server: String,
+    /// Manifest repositories Argo CD may deploy from besides each claimed repository
+    /// itself, comma-separated: exact URLs, or prefixes ending in `/`.
+    #[arg(long, env = "PREVIEWD_ARGOCD_SOURCE_REPOS", default_value = "")]
+    pub argocd_source_repos: String,
+    /// Deploy pull requests from forks through Argo CD (their manifests run with Argo
+    /// CD's rights, unreviewed); default: refused.
+    #[arg(long, env = "PREVIEWD_ARGOCD_ALLOW_FORKS", default_value_t = false)]
+    pub argocd_allow_forks: bool,
     /// Namespace holding the Secrets that PreviewRepositories may copy into previews (only
     /// those labelled previewd.io/preview-secret=true); empty switches Secret copies off
     #[arg(long, env = "PREVIEWD_SECRET_NAMESPACE")]

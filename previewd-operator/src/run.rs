@@ -11,6 +11,7 @@ use kube::Client;
 use previewd_core::{Money, Pricing};
 use previewd_kube::children::namespace::GuardSettings;
 use previewd_kube::controller::ControllerConfig;
+use previewd_kube::plan::PlannerConfig;
 use previewd_kube::strategy::StageJobSettings;
 use previewd_kube::strategy::jobs::default_operator_image;
 use prometheus_client::registry::Registry;
@@ -117,20 +118,53 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             previewd_kube::children::workload::parse_tolerations(&args.spot_tolerations)
                 .map_err(|e| anyhow::anyhow!("invalid --spot-tolerations: {e}"))?;
     }
+    let claim_policy = match &args.repository_claims {
+        Some(claims) => previewd_core::tenancy::ClaimPolicy::parse(claims)
+            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?,
+        None => previewd_core::tenancy::ClaimPolicy::open(),
+    };
+    let object_counts =
+        previewd_kube::children::namespace::parse_object_counts(&args.quota_object_counts)
+            .map_err(|e| anyhow::anyhow!("invalid --quota-object-counts: {e}"))?;
     Ok(ControllerConfig {
         watch_namespace: args.namespace.clone(),
         environment_selector: args.environment_selector.clone(),
         concurrency: args.concurrency.max(1),
+        cleanup_interval: args.cleanup_interval,
+        planner: planner_config(args, pricing, workload, claim_policy, object_counts)?,
+        ..ControllerConfig::default()
+    })
+}
+
+/// The planner's settings from flags.
+fn planner_config(
+    args: &RunArgs,
+    pricing: Pricing,
+    workload: previewd_kube::children::workload::WorkloadSettings,
+    claim_policy: previewd_core::tenancy::ClaimPolicy,
+    object_counts: std::collections::BTreeMap<String, i64>,
+) -> anyhow::Result<PlannerConfig> {
+    Ok(PlannerConfig {
+        claim_policy,
+        template_rules: previewd_kube::strategy::rules::TemplateRules {
+            allowed_storage_classes: args
+                .allowed_storage_classes
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+        },
         base_domain: args.base_domain.clone(),
         cert_issuer: args.cert_issuer.clone(),
         allowed_base_domains: split_list(&args.allowed_base_domains),
         allowed_cluster_issuers: split_list(&args.allowed_cluster_issuers),
         readiness_timeout: args.readiness_timeout,
         resync_interval: args.resync_interval,
-        cleanup_interval: args.cleanup_interval,
         pricing,
         guard: GuardSettings {
             ingress_namespace: args.ingress_namespace.clone(),
+            object_counts,
             ..GuardSettings::default()
         },
         secret_namespace: args
@@ -148,8 +182,29 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
         },
         idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
         expiry_warning: args.expiry_warning,
-        ..ControllerConfig::default()
+        ..PlannerConfig::default()
     })
+}
+
+/// The Argo CD strategy's platform settings from flags; `kinds` is the templates'
+/// allow-list (the default list when templated manifests are off).
+pub fn argocd_platform(
+    args: &RunArgs,
+    kinds: Option<previewd_kube::strategy::manifests::ManifestKinds>,
+) -> previewd_kube::strategy::ArgoCdPlatform {
+    previewd_kube::strategy::ArgoCdPlatform {
+        namespace: args.argocd_namespace.trim().to_string(),
+        destination_server: args.argocd_destination_server.trim().to_string(),
+        source_repos: args
+            .argocd_source_repos
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect(),
+        allow_forks: args.argocd_allow_forks,
+        kinds: kinds.unwrap_or_default(),
+    }
 }
 
 /// `key=value,key=value` (empty: none).
@@ -263,7 +318,7 @@ pub(crate) async fn start_webhook(
     let metrics = WebhookMetrics::register(registry);
     let mut config = WebhookConfig::new(secret.expose_secret());
     if let Some(claims) = &args.repository_claims {
-        config.claim_policy = previewd_github::claims::ClaimPolicy::parse(claims)
+        config.claim_policy = previewd_core::tenancy::ClaimPolicy::parse(claims)
             .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?;
     }
     config.command_policy = previewd_github::command::CommandPolicy {

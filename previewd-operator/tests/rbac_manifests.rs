@@ -183,10 +183,8 @@ async fn manifests_and_secret_copies_run_under_the_shipped_roles() {
 
     let token = token(&admin, &home, SA).await;
     let (sa_client, recording) = recorded_client(&token).await;
-    let config = previewd_kube::ControllerConfig {
-        secret_namespace: Some(source.clone()),
-        ..test_config(&team)
-    };
+    let mut config = test_config(&team);
+    config.secret_namespace = Some(source.clone());
     let ctx =
         Context::new(sa_client, config).register_strategy(Arc::new(ManifestsStrategy::default()));
     let operator = Operator::start_with(Arc::new(ctx)).await;

@@ -30,15 +30,76 @@ pub struct GuardSettings {
     pub ingress_namespace: String,
     /// Pod Security Standard level enforced, warned and audited (`restricted`).
     pub pod_security_level: String,
+    /// Object-count limits of the namespace's ResourceQuota, by quota resource name
+    /// (`services`, `configmaps`, `count/jobs.batch`, ...). Load balancers and node
+    /// ports are always capped at 0 besides these.
+    pub object_counts: BTreeMap<String, i64>,
 }
+
+/// The default object-count limits of a preview namespace: room for a large
+/// application, not for one that fills etcd.
+pub const DEFAULT_OBJECT_COUNTS: [(&str, i64); 9] = [
+    ("services", 50),
+    ("configmaps", 100),
+    ("secrets", 100),
+    ("replicationcontrollers", 0),
+    ("count/deployments.apps", 50),
+    ("count/statefulsets.apps", 20),
+    ("count/jobs.batch", 50),
+    ("count/cronjobs.batch", 20),
+    ("count/ingresses.networking.k8s.io", 10),
+];
 
 impl Default for GuardSettings {
     fn default() -> Self {
         GuardSettings {
             ingress_namespace: "ingress-nginx".into(),
             pod_security_level: "restricted".into(),
+            object_counts: DEFAULT_OBJECT_COUNTS
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
         }
     }
+}
+
+/// Parses object-count limits `name=count[,name=count]` (e.g.
+/// `services=20,count/jobs.batch=10`), each replacing the default of that name.
+pub fn parse_object_counts(text: &str) -> Result<BTreeMap<String, i64>, String> {
+    let mut counts: BTreeMap<String, i64> = DEFAULT_OBJECT_COUNTS
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), *v))
+        .collect();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, count) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected name=count"))?;
+        let name = name.trim();
+        let valid_name = name == "services"
+            || name == "configmaps"
+            || name == "secrets"
+            || name == "replicationcontrollers"
+            || name == "persistentvolumeclaims"
+            || name
+                .strip_prefix("count/")
+                .is_some_and(|r| !r.is_empty() && !r.contains('/'));
+        if !valid_name {
+            return Err(format!(
+                "{name:?}: an object count is services, configmaps, secrets, replicationcontrollers or count/<resource>.<group>"
+            ));
+        }
+        if name.starts_with("services.") {
+            return Err(format!("{name}: load balancers and node ports stay at 0"));
+        }
+        let count: i64 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c >= 0)
+            .ok_or_else(|| format!("{entry:?}: the count must be a whole number >= 0"))?;
+        counts.insert(name.to_string(), count);
+    }
+    Ok(counts)
 }
 
 /// The namespace, labelled as ours and with restricted pod security.
@@ -64,10 +125,21 @@ pub fn desired_namespace(env: &PreviewEnvironment, name: &str, guard: &GuardSett
     }
 }
 
-/// The namespace's ResourceQuota.
-pub fn desired_resource_quota(env: &PreviewEnvironment, namespace: &str) -> ResourceQuota {
+/// The namespace's ResourceQuota: the environment's requests and pods, the platform's
+/// object counts, and no load balancer or node port at all.
+pub fn desired_resource_quota(
+    env: &PreviewEnvironment,
+    namespace: &str,
+    guard: &GuardSettings,
+) -> ResourceQuota {
     let quota = env.spec.quota.clone().unwrap_or_default();
-    let hard = quota_hard(&quota);
+    let mut hard = quota_hard(&quota);
+    for (name, count) in &guard.object_counts {
+        hard.entry(name.clone())
+            .or_insert_with(|| Quantity(count.to_string()));
+    }
+    hard.insert("services.loadbalancers".into(), Quantity("0".into()));
+    hard.insert("services.nodeports".into(), Quantity("0".into()));
     ResourceQuota {
         metadata: child_meta(env, namespace, GUARD_NAME),
         spec: Some(ResourceQuotaSpec {

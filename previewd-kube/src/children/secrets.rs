@@ -5,6 +5,14 @@
 //! that happens to live in the source namespace (the operator's own credentials, say,
 //! when the source is the operator's namespace) can never be named into a preview. The
 //! names come from the `PreviewRepository` alone, never from a pull request.
+//!
+//! A source Secret also says who may receive it: [`ANNOTATION_ALLOWED_REPOSITORIES`]
+//! (repository patterns: `owner/name`, `owner/*`, `*`) and
+//! [`ANNOTATION_ALLOWED_NAMESPACES`] (the namespaces whose claims may name it). A copy
+//! is made only for an environment authorised for a matching repository, in a matching
+//! namespace when that annotation is set; a Secret with neither annotation is copied to
+//! nobody. The platform team, which owns the source namespace, decides; a tenant naming
+//! another team's Secret gets a refusal naming the annotation.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -17,6 +25,13 @@ pub const LABEL_PREVIEW_SECRET: &str = "previewd.io/preview-secret";
 /// Annotation on a copy naming its source, `namespace/name`.
 pub const ANNOTATION_COPIED_FROM: &str = "previewd.io/copied-from";
 
+/// Annotation on a source Secret: the repositories (patterns `owner/name`, `owner/*` or
+/// `*`, separated by commas) whose environments may receive a copy.
+pub const ANNOTATION_ALLOWED_REPOSITORIES: &str = "previewd.io/allowed-repositories";
+/// Annotation on a source Secret: the namespaces (comma-separated) whose environments
+/// may receive a copy; when set, both annotations must allow the environment.
+pub const ANNOTATION_ALLOWED_NAMESPACES: &str = "previewd.io/allowed-namespaces";
+
 /// Whether a source Secret may be copied.
 pub fn copyable(source: &Secret) -> bool {
     source
@@ -24,6 +39,45 @@ pub fn copyable(source: &Secret) -> bool {
         .get(LABEL_PREVIEW_SECRET)
         .map(String::as_str)
         == Some("true")
+}
+
+/// Whether the source Secret's owner lets an environment of `repository` in
+/// `namespace` receive it; `Err` says why not.
+pub fn may_receive(source: &Secret, repository: &str, namespace: &str) -> Result<(), String> {
+    let annotations = source.annotations();
+    let repositories = annotations.get(ANNOTATION_ALLOWED_REPOSITORIES);
+    let namespaces = annotations.get(ANNOTATION_ALLOWED_NAMESPACES);
+    if repositories.is_none() && namespaces.is_none() {
+        return Err(format!(
+            "Secret {} names no receiver: annotate it with {ANNOTATION_ALLOWED_REPOSITORIES} (and optionally {ANNOTATION_ALLOWED_NAMESPACES})",
+            source.name_any()
+        ));
+    }
+    if let Some(patterns) = repositories {
+        let allowed = previewd_core::tenancy::RepositoryPatterns::parse(patterns).map_err(|e| {
+            format!(
+                "Secret {}: {ANNOTATION_ALLOWED_REPOSITORIES}: {e}",
+                source.name_any()
+            )
+        })?;
+        if !allowed.matches(repository) {
+            return Err(format!(
+                "Secret {} may not be copied for {repository} ({ANNOTATION_ALLOWED_REPOSITORIES}: {allowed})",
+                source.name_any()
+            ));
+        }
+    }
+    if let Some(list) = namespaces
+        && !list
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .any(|ns| ns == namespace)
+    {
+        return Err(format!(
+            "Secret {} may not be copied for namespace {namespace} ({ANNOTATION_ALLOWED_NAMESPACES}: {list})",
+            source.name_any()
+        ));
+    }
+    Ok(())
 }
 
 /// The copy of `source` in `namespace`: same name, type and data, the environment's
@@ -100,5 +154,40 @@ mod tests {
         let mut unlabelled = source.clone();
         unlabelled.labels_mut().remove(LABEL_PREVIEW_SECRET);
         assert!(!copyable(&unlabelled));
+    }
+
+    #[test]
+    fn a_secret_goes_only_where_its_owner_says() {
+        let secret = |annotations: serde_json::Value| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": "db", "namespace": "previewd-secrets",
+                    "labels": {LABEL_PREVIEW_SECRET: "true"}, "annotations": annotations}
+            }))
+            .unwrap()
+        };
+        let none = secret(json!({}));
+        assert!(
+            may_receive(&none, "acme/shop", "team")
+                .unwrap_err()
+                .contains("names no receiver")
+        );
+        let repos = secret(json!({ANNOTATION_ALLOWED_REPOSITORIES: "acme/shop, acme-labs/*"}));
+        assert!(may_receive(&repos, "ACME/shop", "team").is_ok());
+        assert!(may_receive(&repos, "acme-labs/x", "anyone").is_ok());
+        let e = may_receive(&repos, "acme/web", "team").unwrap_err();
+        assert!(e.contains("may not be copied for acme/web"), "{e}");
+        let both = secret(json!({ANNOTATION_ALLOWED_REPOSITORIES: "acme/*",
+            ANNOTATION_ALLOWED_NAMESPACES: "team-a,team-b"}));
+        assert!(may_receive(&both, "acme/shop", "team-b").is_ok());
+        assert!(
+            may_receive(&both, "acme/shop", "attacker")
+                .unwrap_err()
+                .contains("namespace attacker")
+        );
+        let only_ns = secret(json!({ANNOTATION_ALLOWED_NAMESPACES: "team-a"}));
+        assert!(may_receive(&only_ns, "any/repo", "team-a").is_ok());
+        assert!(may_receive(&only_ns, "any/repo", "team-c").is_err());
+        let bad = secret(json!({ANNOTATION_ALLOWED_REPOSITORIES: "acme"}));
+        assert!(may_receive(&bad, "acme/shop", "team").is_err());
     }
 }

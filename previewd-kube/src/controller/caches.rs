@@ -106,10 +106,7 @@ pub struct CacheWriters {
     missing: Arc<RwLock<BTreeSet<String>>>,
 }
 
-/// Key of a dynamic kind in [`Caches::kinds`].
-pub fn kind_key(api_version: &str, kind: &str) -> String {
-    format!("{api_version}/{kind}")
-}
+pub use crate::plan::object::kind_key;
 
 impl Caches {
     /// Empty caches for the given extra kinds, and their writers.
@@ -245,7 +242,8 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    /// Wakes every environment that references `repo`.
+    /// Wakes every environment that references `repo`, and every environment of the
+    /// repository it claims (a new, changed or deleted claim changes who may act for it).
     fn send_for_repository(&self, repo: &PreviewRepository) {
         let Some(envs) = self.environments.get() else {
             return;
@@ -257,8 +255,12 @@ impl Triggers {
             return;
         };
         for env in envs.state() {
-            if env.metadata.namespace.as_deref() == Some(ns)
-                && env.spec.repository_ref.as_deref() == Some(name)
+            if (env.metadata.namespace.as_deref() == Some(ns)
+                && env.spec.repository_ref.as_deref() == Some(name))
+                || env
+                    .spec
+                    .repository
+                    .eq_ignore_ascii_case(&repo.spec.repository)
             {
                 let _ = self
                     .sender

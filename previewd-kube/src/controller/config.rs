@@ -1,12 +1,10 @@
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use previewd_core::Pricing;
+use crate::plan::PlannerConfig;
 
-use crate::children::namespace::GuardSettings;
-use crate::children::workload::WorkloadSettings;
-use crate::strategy::StageJobSettings;
-
-/// Operator-wide settings of the controller.
+/// Operator-wide settings of the controller: which environments it reconciles and how,
+/// and the planner's settings ([`PlannerConfig`], reachable through `Deref`).
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     /// Namespace whose `PreviewEnvironment`s are reconciled; `None` for all namespaces.
@@ -17,51 +15,16 @@ pub struct ControllerConfig {
     pub environment_selector: Option<String>,
     /// Environments reconciled at the same time.
     pub concurrency: u16,
-    /// Base domain for environments that do not name a host.
-    pub base_domain: String,
-    /// Default cert-manager ClusterIssuer.
-    pub cert_issuer: String,
-    /// Base domains environments may serve under (their hosts must be subdomains of
-    /// one); empty means only `base_domain`.
-    pub allowed_base_domains: Vec<String>,
-    /// cert-manager ClusterIssuers environments may name; empty means only `cert_issuer`.
-    pub allowed_cluster_issuers: Vec<String>,
-    /// How long a new head commit may take to become available before the environment fails.
-    pub readiness_timeout: Duration,
-    /// How often a provisioning environment is looked at while waiting for its pods.
-    pub poll_interval: Duration,
-    /// Periodic re-check of every environment, even without events.
-    pub resync_interval: Duration,
     /// Safety-net sweep interval (expired environments, orphan namespaces).
     pub cleanup_interval: Duration,
-    /// Prices for the cost estimate.
-    pub pricing: Pricing,
-    /// Guard-rail settings of each namespace.
-    pub guard: GuardSettings,
-    /// Workload settings.
-    pub workload: WorkloadSettings,
     /// First retry delay after a failed reconcile.
     pub backoff_base: Duration,
     /// Largest retry delay after repeated failures.
     pub backoff_max: Duration,
     /// Longest wait for the advisor; past it every service is deployed.
     pub advice_timeout: Duration,
-    /// Namespace of the Secrets repositories may copy into previews (`spec.secrets`);
-    /// `None` switches copies off.
-    pub secret_namespace: Option<String>,
-    /// Settings of the Jobs the stages run (test data, tests).
-    pub stage_jobs: StageJobSettings,
-    /// Idle time after which an environment's workloads are scaled to zero (`None`:
-    /// never for idleness). See [`crate::plan::sleep`] for what counts as activity.
-    pub idle_sleep_after: Option<Duration>,
-    /// How long before deletion the PR comment warns that the environment expires
-    /// (zero: no warning).
-    pub expiry_warning: Duration,
-    /// Record each report in `status.pendingReport` until the reporter confirms it was
-    /// delivered, and send it again until then (after a restart in particular). Set by
-    /// [`Context::with_reporter`](super::Context::with_reporter) when the reporter
-    /// confirms deliveries; without such a reporter nothing would ever confirm them.
-    pub durable_reports: bool,
+    /// The planner's settings.
+    pub planner: PlannerConfig,
 }
 
 impl Default for ControllerConfig {
@@ -70,56 +33,25 @@ impl Default for ControllerConfig {
             watch_namespace: None,
             environment_selector: None,
             concurrency: 8,
-            base_domain: "preview.example.com".into(),
-            cert_issuer: "letsencrypt".into(),
-            allowed_base_domains: Vec::new(),
-            allowed_cluster_issuers: Vec::new(),
-            readiness_timeout: Duration::from_secs(600),
-            poll_interval: Duration::from_secs(2),
-            resync_interval: Duration::from_secs(300),
             cleanup_interval: Duration::from_secs(300),
-            pricing: Pricing::default(),
-            guard: GuardSettings::default(),
-            workload: WorkloadSettings::default(),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             advice_timeout: Duration::from_secs(45),
-            secret_namespace: None,
-            stage_jobs: StageJobSettings::default(),
-            idle_sleep_after: Some(Duration::from_secs(2 * 3600)),
-            expiry_warning: Duration::from_secs(3600),
-            durable_reports: false,
+            planner: PlannerConfig::default(),
         }
     }
 }
 
-impl ControllerConfig {
-    /// The base domains hosts may lie under (lower-cased, without surrounding dots).
-    pub fn allowed_base_domains(&self) -> Vec<&str> {
-        let domains: Vec<&str> = if self.allowed_base_domains.is_empty() {
-            vec![self.base_domain.as_str()]
-        } else {
-            self.allowed_base_domains
-                .iter()
-                .map(String::as_str)
-                .collect()
-        };
-        domains
-            .into_iter()
-            .map(|d| d.trim().trim_matches('.'))
-            .filter(|d| !d.is_empty())
-            .collect()
-    }
+impl Deref for ControllerConfig {
+    type Target = PlannerConfig;
 
-    /// The ClusterIssuers environments may name.
-    pub fn allowed_cluster_issuers(&self) -> Vec<&str> {
-        if self.allowed_cluster_issuers.is_empty() {
-            vec![self.cert_issuer.as_str()]
-        } else {
-            self.allowed_cluster_issuers
-                .iter()
-                .map(String::as_str)
-                .collect()
-        }
+    fn deref(&self) -> &PlannerConfig {
+        &self.planner
+    }
+}
+
+impl DerefMut for ControllerConfig {
+    fn deref_mut(&mut self) -> &mut PlannerConfig {
+        &mut self.planner
     }
 }

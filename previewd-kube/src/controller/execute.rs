@@ -40,6 +40,12 @@ pub(crate) async fn execute(
                 }
             }
         }
+        // What the pass recorded before deciding (a budget's condition) is written
+        // first, so that the teardown's report carries it.
+        let old = env.status.clone().unwrap_or_default();
+        if let Err(e) = write_status(env, ctx, &old, &plan.status).await {
+            tracing::debug!(env = %env.name_any(), error = %e, "status before deletion not written");
+        }
         publish_all(env, &plan, ctx).await;
         let api = ctx.env_api(env)?;
         match api.delete(&env.name_any(), &DeleteParams::default()).await {
@@ -83,7 +89,7 @@ pub(crate) async fn execute(
         }
         Err(e) => return Err(e),
     }
-    if let Some(phase) = plan.entered {
+    for &phase in &plan.entered {
         if phase == previewd_core::Phase::Ready
             && let Some(since) = plan
                 .status

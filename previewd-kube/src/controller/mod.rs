@@ -72,6 +72,9 @@ pub struct Context {
     writers: Mutex<Option<CacheWriters>>,
     /// The controller's cache of environments (set by [`run`]).
     pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
+    /// The controller's cache of repositories, for reporters' authorisation (set by
+    /// [`run`]).
+    repository_store: Arc<OnceLock<Store<crate::crd::PreviewRepository>>>,
     failures: Mutex<HashMap<String, u32>>,
     /// Asked for the required checks of a head commit when the webhook has not reported
     /// them all (the CI gate's fallback poll); `None` without GitHub credentials.
@@ -112,6 +115,7 @@ impl Context {
             caches,
             writers: Mutex::new(Some(writers)),
             environments: Arc::new(OnceLock::new()),
+            repository_store: Arc::new(OnceLock::new()),
             failures: Mutex::new(HashMap::new()),
             checks_source: None,
             polled_checks: Mutex::new(HashMap::new()),
@@ -227,6 +231,10 @@ impl Context {
         self.config.durable_reports = reporter.acknowledge_with(Arc::new(
             crate::report::StatusAcknowledger::new(self.client.clone()),
         ));
+        reporter.authorise_with(Arc::new(crate::tenancy::ClaimAuthoriser::new(
+            self.repository_store.clone(),
+            self.config.claim_policy.clone(),
+        )));
         self.reporter = reporter;
         self
     }
@@ -529,6 +537,7 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
     let controller = caches::environment_controller(envs, environment_watch(config));
     let store = controller.store();
     let _ = ctx.environments.set(store.clone());
+    let _ = ctx.repository_store.set(ctx.caches.repositories.clone());
     let controller = controller
         .reconcile_on(triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))

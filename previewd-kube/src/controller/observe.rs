@@ -17,7 +17,7 @@ use previewd_core::source_control::RepoRef;
 
 use crate::advice::Advice;
 use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE};
-use crate::crd::{AiStatus, LABEL_ENV, PreviewEnvironment};
+use crate::crd::{AiStatus, LABEL_ENV, PreviewEnvironment, PreviewRepository};
 use crate::plan::host::{HostClaim, requested_host};
 use crate::plan::namespace::{self, ANNOTATION_OWNER_UID, NamespaceMeta};
 use crate::plan::object::{ChildKey, ObservedChild, fingerprint};
@@ -45,16 +45,13 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
                 .insert(name.clone(), namespace_view(&ctx.caches, env, &name));
         }
     }
-    if let (Some(repo), Some(ns)) = (
-        env.spec.repository_ref.as_deref(),
-        env.metadata.namespace.as_deref(),
-    ) {
-        observed.repository = ctx
-            .caches
-            .repositories
-            .get(&ObjectRef::new(repo).within(ns));
-    }
-    if let (Some(repo), Some((_, sources))) = (&observed.repository, &ctx.caches.source_secrets) {
+    observed.repositories = repositories_of(&ctx.caches, env);
+    let authorisation = crate::plan::authorisation(env, &observed, &ctx.config);
+    let granted = authorisation
+        .as_ref()
+        .ok()
+        .and_then(|grant| grant.repository.clone());
+    if let (Some(repo), Some((_, sources))) = (granted.as_ref(), &ctx.caches.source_secrets) {
         for reference in &repo.spec.secrets {
             if let Some(secret) = sources.get(
                 &ObjectRef::new(&reference.name)
@@ -68,6 +65,11 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
     }
     if deleting {
         ctx.forget_checks(env);
+        return observed;
+    }
+    // Nothing is read from the source-control system, and no advice asked, for an
+    // environment no claim authorises: the planner stalls it anyway.
+    if authorisation.is_err() {
         return observed;
     }
     observed.polled_checks = poll_checks(env, ctx).await;
@@ -97,6 +99,26 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
         observed.host_claims = host_claims(&envs.state(), ctx);
     }
     observed
+}
+
+/// The `PreviewRepository` objects that bear on `env`'s authorisation: every one that
+/// claims its repository, and the one it names.
+pub(crate) fn repositories_of(
+    caches: &Caches,
+    env: &PreviewEnvironment,
+) -> Vec<Arc<PreviewRepository>> {
+    let namespace = env.namespace();
+    caches
+        .repositories
+        .state()
+        .into_iter()
+        .filter(|r| {
+            r.spec.repository.eq_ignore_ascii_case(&env.spec.repository)
+                || (r.metadata.namespace == namespace
+                    && r.metadata.name.is_some()
+                    && r.metadata.name == env.spec.repository_ref)
+        })
+        .collect()
 }
 
 /// The CI gate's fallback poll: what the source-control system says about the required

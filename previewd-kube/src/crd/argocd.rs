@@ -6,10 +6,17 @@ use serde::{Deserialize, Serialize};
 /// How previewd hands an environment to Argo CD: one Argo CD `Application` per service
 /// (when `path` contains `{service}`) or one for the whole environment, at the head
 /// commit, synced automatically into the environment's namespace.
+///
+/// Where the Applications live, which cluster they deploy to and the Argo CD project
+/// that confines them are the platform's settings (`--argocd-namespace`,
+/// `--argocd-destination-server`; previewd writes one AppProject per environment), never
+/// a repository's.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArgoCdSettings {
-    /// Git repository of the manifests (`spec.source.repoURL`).
+    /// Git repository of the manifests (`spec.source.repoURL`): the claimed repository
+    /// itself (`https://github.com/<owner>/<name>[.git]`), or one the platform allows
+    /// (`--argocd-source-repos`).
     #[schemars(length(min = 1, max = 512))]
     #[serde(rename = "repoURL")]
     pub repo_url: String,
@@ -23,43 +30,12 @@ pub struct ArgoCdSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub target_revision: Option<String>,
-    /// Argo CD project of the Applications. Default `default`.
-    #[serde(default = "default_project")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
-    pub project: String,
-    /// Namespace where Argo CD reads Applications. Default `argocd`. The only namespace
-    /// outside an environment's own that previewd writes to (see docs/SECURITY.md).
-    #[serde(default = "default_namespace")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
-    pub namespace: String,
-    /// Destination cluster's API server. Default the cluster Argo CD runs in.
-    #[serde(default = "default_server")]
-    #[schemars(length(min = 1, max = 512))]
-    pub destination_server: String,
     /// How the manifests are rendered, and so how the pull request's images are set.
     #[serde(default)]
     pub tool: ArgoCdTool,
     /// Helm settings (with `tool: Helm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helm: Option<ArgoCdHelm>,
-}
-
-fn default_project() -> String {
-    "default".into()
-}
-
-fn default_namespace() -> String {
-    "argocd".into()
-}
-
-fn default_server() -> String {
-    "https://kubernetes.default.svc".into()
 }
 
 /// How the manifests are rendered.

@@ -10,7 +10,7 @@
 
 use kube::ResourceExt;
 
-use crate::controller::status::set_condition;
+use super::conditions::set_condition;
 use crate::crd::{LABEL_FORK, PreviewEnvironment, PreviewEnvironmentStatus, PreviewRepository};
 
 /// Condition type: `True` while a fork's environment is planned without the repository's

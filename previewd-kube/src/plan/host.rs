@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use previewd_core::naming;
 use sha2::{Digest, Sha256};
 
-use crate::controller::ControllerConfig;
+use super::PlannerConfig;
 use crate::crd::PreviewEnvironment;
 
 /// Another environment's claim on a host.
@@ -46,7 +46,7 @@ pub enum HostChoice {
 
 /// The host an environment asks for (before conflicts): its recorded host, else the
 /// spec's, else the default form under the operator's base domain.
-pub fn requested_host(env: &PreviewEnvironment, config: &ControllerConfig) -> String {
+pub fn requested_host(env: &PreviewEnvironment, config: &PlannerConfig) -> String {
     if let Some(recorded) = env.status.as_ref().and_then(|s| s.host.clone()) {
         return recorded;
     }
@@ -64,7 +64,7 @@ fn pr(env: &PreviewEnvironment) -> u64 {
 
 /// The allowed base domain `host` lies under, if any. The host must have at least one
 /// label of its own below the domain, and every label must be a DNS-1123 label.
-pub fn allowed_domain<'a>(host: &str, config: &'a ControllerConfig) -> Option<&'a str> {
+pub fn allowed_domain<'a>(host: &str, config: &'a PlannerConfig) -> Option<&'a str> {
     let labels_ok = host.len() <= 253 && host.split('.').all(naming::is_dns1123_label);
     if !labels_ok {
         return None;
@@ -102,7 +102,7 @@ fn beats(claim: &HostClaim, env: &PreviewEnvironment, recorded: bool) -> bool {
 /// Chooses the host.
 pub fn choose(
     env: &PreviewEnvironment,
-    config: &ControllerConfig,
+    config: &PlannerConfig,
     claims: &BTreeMap<String, Vec<HostClaim>>,
 ) -> HostChoice {
     let recorded = env.status.as_ref().and_then(|s| s.host.as_ref()).is_some();

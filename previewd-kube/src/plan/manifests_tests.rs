@@ -12,7 +12,7 @@ use super::namespace::{ANNOTATION_OWNER_UID, NamespaceMeta};
 use super::object::ObservedChild;
 use super::*;
 use crate::crd::PreviewRepository;
-use crate::strategy::{CatalogueStrategy, ManifestsStrategy};
+use crate::strategy::{CatalogueStrategy, DeployStrategy, ManifestsStrategy};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -50,10 +50,10 @@ fn repository(extra: serde_json::Value) -> Arc<PreviewRepository> {
     )
 }
 
-fn config() -> ControllerConfig {
-    ControllerConfig {
+fn config() -> PlannerConfig {
+    PlannerConfig {
         secret_namespace: Some("previewd-secrets".into()),
-        ..ControllerConfig::default()
+        ..PlannerConfig::default()
     }
 }
 
@@ -61,7 +61,7 @@ fn run(
     env: &PreviewEnvironment,
     observed: &Observed,
     strategy: Arc<dyn DeployStrategy>,
-    config: &ControllerConfig,
+    config: &PlannerConfig,
 ) -> Plan {
     let strategies = Strategies::new(strategy);
     plan(&PlanInput {
@@ -167,7 +167,7 @@ fn waves_open_one_at_a_time_and_later_waves_are_never_pruned() {
     let strategy: Arc<dyn DeployStrategy> = Arc::new(ManifestsStrategy::default());
     let cfg = config();
     let mut observed = Observed {
-        repository: Some(repo),
+        repositories: vec![repo],
         ..Observed::default()
     };
     let e = env();
@@ -246,7 +246,8 @@ fn source(rv: &str) -> Arc<Secret> {
     Arc::new(
         serde_json::from_value(json!({
             "metadata": {"name": "db", "namespace": "previewd-secrets", "resourceVersion": rv,
-                         "labels": {"previewd.io/preview-secret": "true"}},
+                         "labels": {"previewd.io/preview-secret": "true"},
+                         "annotations": {"previewd.io/allowed-repositories": "acme/*"}},
             "data": {"password": "c2VjcmV0"}
         }))
         .unwrap(),
@@ -258,7 +259,7 @@ fn secret_copies_are_written_once_per_source_version_and_pruned() {
     let cfg = config();
     let catalogue: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
     let mut observed = Observed {
-        repository: Some(repository(json!({"secrets": [{"name": "db"}]}))),
+        repositories: vec![repository(json!({"secrets": [{"name": "db"}]}))],
         source_secrets: [("db".to_string(), source("1"))].into(),
         ..Observed::default()
     };
@@ -296,7 +297,7 @@ fn secret_copies_are_written_once_per_source_version_and_pruned() {
     let e = written(&e, &changed);
 
     // The repository no longer names it: the copy is deleted.
-    observed.repository = Some(repository(json!({})));
+    observed.repositories = vec![repository(json!({}))];
     let dropped = run(&e, &observed, catalogue.clone(), &cfg);
     assert!(
         dropped
@@ -312,7 +313,7 @@ fn secret_copies_are_written_once_per_source_version_and_pruned() {
     // nothing written.
     let fresh = env();
     let missing = Observed {
-        repository: Some(repository(json!({"secrets": [{"name": "db"}]}))),
+        repositories: vec![repository(json!({"secrets": [{"name": "db"}]}))],
         ..Observed::default()
     };
     let plan = run(&fresh, &missing, catalogue.clone(), &cfg);
@@ -328,7 +329,7 @@ fn secret_copies_are_written_once_per_source_version_and_pruned() {
         stalled(&run(&fresh, &not_copyable, catalogue.clone(), &cfg)).0,
         "SecretNotFound"
     );
-    let off = ControllerConfig::default();
+    let off = PlannerConfig::default();
     let plan = run(&fresh, &missing, catalogue, &off);
     assert!(plan.apply.is_empty());
     assert_eq!(stalled(&plan).0, "SecretsNotConfigured");
@@ -339,9 +340,9 @@ fn egress_rules_reach_the_allow_policy_and_bad_ones_stall() {
     let cfg = config();
     let catalogue: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
     let observed = Observed {
-        repository: Some(repository(
+        repositories: vec![repository(
             json!({"egress": [{"cidrs": ["192.0.2.0/24"], "ports": [{"port": 443}]}]}),
-        )),
+        )],
         ..Observed::default()
     };
     let plan = run(&env(), &observed, catalogue.clone(), &cfg);
@@ -355,9 +356,9 @@ fn egress_rules_reach_the_allow_policy_and_bad_ones_stall() {
         json!({"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 443, "protocol": "TCP"}]})
     );
     let metadata = Observed {
-        repository: Some(repository(
+        repositories: vec![repository(
             json!({"egress": [{"cidrs": ["169.254.169.254/32"]}]}),
-        )),
+        )],
         ..Observed::default()
     };
     let plan = run(&env(), &metadata, catalogue, &cfg);
@@ -428,7 +429,7 @@ fn fork_environments_get_no_secrets_and_no_egress() {
     for (label, extra, copied, egress_rules, condition) in table {
         let case = format!("{label:?} {extra}");
         let observed = Observed {
-            repository: Some(repository(extra)),
+            repositories: vec![repository(extra)],
             source_secrets: [("db".to_string(), source("1"))].into(),
             ..Observed::default()
         };
@@ -484,7 +485,7 @@ fn a_copy_made_before_the_fork_label_is_deleted() {
     let cfg = config();
     let catalogue: Arc<dyn DeployStrategy> = Arc::new(CatalogueStrategy);
     let mut observed = Observed {
-        repository: Some(repository(json!({"secrets": [{"name": "db"}]}))),
+        repositories: vec![repository(json!({"secrets": [{"name": "db"}]}))],
         source_secrets: [("db".to_string(), source("1"))].into(),
         ..Observed::default()
     };

@@ -12,6 +12,12 @@ use sha2::{Digest, Sha256};
 
 use crate::children::ANNOTATION_APPLIED_HASH;
 
+/// Key of a dynamic kind (`apiVersion/kind`), e.g. in the caches' table of kinds and in
+/// [`super::Observed::missing_kinds`].
+pub fn kind_key(api_version: &str, kind: &str) -> String {
+    format!("{api_version}/{kind}")
+}
+
 /// Identifies a child object inside the environment's namespace (or a cluster-scoped
 /// object when `namespaced` is false, which only the Namespace itself is).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -24,8 +24,9 @@
 //!
 //! # While asleep
 //!
-//! Every Deployment and StatefulSet the strategy renders is applied with `replicas: 0`
-//! (nothing else changes, so no volume, claim or Service is touched); post-Ready stages do
+//! Every Deployment and StatefulSet the strategy renders is applied with `replicas: 0`,
+//! every Job and CronJob with `suspend: true` (nothing else changes, so no volume, claim
+//! or Service is touched); a stage's Job still running is deleted; post-Ready stages do
 //! not run. The phase stays what it was (the rollout state of the deployed commit) and
 //! the `Sleeping` condition is `True` with the reason and since when; `Ready` is `False`
 //! with reason `Sleeping`. On waking the environment is rolled out again like a new push
@@ -34,6 +35,13 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
+use previewd_core::Phase;
+
+use super::object::{ChildKey, ChildRef};
+use super::pass::Pass;
+use super::{Plan, PlannedEvent, Report, is_true, resource_of, until};
+use crate::crd::condition;
+use crate::strategy::NamespaceView;
 
 use crate::crd::{
     ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT, PreviewEnvironment,
@@ -154,17 +162,28 @@ pub fn idle_sleep_at(
     last_active(env, now).checked_add(idle).ok()
 }
 
-/// The object as it runs while asleep: Deployments and StatefulSets with `replicas: 0`
-/// (everything else unchanged).
+/// Kinds suspended while asleep (`spec.suspend: true`): a suspended Job's pods are
+/// deleted and none is started, a suspended CronJob schedules nothing.
+pub const SUSPENDED_KINDS: [&str; 2] = ["Job", "CronJob"];
+
+/// The object as it runs while asleep: Deployments and StatefulSets with `replicas: 0`,
+/// Jobs and CronJobs suspended (everything else unchanged). Waking applies the object
+/// as rendered, which withdraws both.
 pub fn asleep(object: DesiredObject) -> DesiredObject {
-    if !SCALED_KINDS.contains(&object.resource.kind.as_str()) {
+    let kind = object.resource.kind.as_str();
+    let batch = object.resource.group == "batch";
+    let (field, value) = if SCALED_KINDS.contains(&kind) && object.resource.group == "apps" {
+        ("replicas", serde_json::Value::from(0))
+    } else if SUSPENDED_KINDS.contains(&kind) && batch {
+        ("suspend", serde_json::Value::Bool(true))
+    } else {
         return object;
+    };
+    let mut json = without_hash(object.object);
+    if let Some(spec) = json.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.insert(field.into(), value);
     }
-    let mut value = without_hash(object.object);
-    if let Some(spec) = value.get_mut("spec").and_then(|s| s.as_object_mut()) {
-        spec.insert("replicas".into(), 0.into());
-    }
-    DesiredObject::from_value(object.resource, value).in_wave(object.wave)
+    DesiredObject::from_value(object.resource, json).in_wave(object.wave)
 }
 
 /// The object without the applied-hash annotation (recomputed after a change).
@@ -206,6 +225,115 @@ pub fn restarted(object: DesiredObject, token: &str) -> DesiredObject {
 
 /// Pod-template annotation carrying the redeploy/retry token that restarted the pods.
 pub const ANNOTATION_RESTARTED_FOR: &str = "previewd.io/restarted-for";
+
+/// What an asleep environment's plan is made of.
+pub(super) struct Asleep {
+    /// Why it sleeps.
+    pub reason: SleepReason,
+    /// Its namespace.
+    pub namespace: String,
+    /// The objects as they are while asleep ([`asleep`]).
+    pub desired: Vec<DesiredObject>,
+}
+
+/// An asleep environment: the namespace and everything in it kept, every Deployment and
+/// StatefulSet at zero replicas, Jobs and CronJobs suspended, stage Jobs still running
+/// deleted, nothing else pruned, no stage run; the phase kept, the `Sleeping` condition
+/// set.
+pub(super) fn plan_asleep(pass: &mut Pass<'_, '_>, asleep: Asleep) -> Plan {
+    let Asleep {
+        reason,
+        namespace,
+        desired,
+    } = asleep;
+    let input = pass.input;
+    let env = input.env;
+    let now = input.now;
+    let empty = NamespaceView::default();
+    let view = input.observed.views.get(&namespace).unwrap_or(&empty);
+    let wanted: std::collections::BTreeSet<ChildKey> =
+        desired.iter().map(DesiredObject::key).collect();
+    let applying =
+        super::provision::needs_apply(&desired, view, input.observed.namespaces.get(&namespace));
+    let mut apply: Vec<DesiredObject> = desired
+        .into_iter()
+        .filter(|d| applying.contains(&d.key()))
+        .collect();
+    apply.sort_by_key(|d| (d.resource.kind != "Namespace", d.wave));
+
+    let message = format!(
+        "{}; workloads scaled to zero, namespace and data kept; push or comment `/preview wake` to wake it",
+        reason.describe(input.config.idle_sleep_after)
+    );
+    if pass.status.phase.is_none() {
+        pass.status.phase = Some(Phase::Pending);
+    }
+    pass.status.message = Some(message.clone());
+    for (type_, value, why) in [
+        (condition::SLEEPING, true, reason.as_str()),
+        (condition::READY, false, "Sleeping"),
+        (condition::RECONCILING, false, "Sleeping"),
+    ] {
+        pass.set(type_, value, why, &message);
+    }
+    let mut plan = pass.idle_plan();
+    plan.apply = apply;
+    // Jobs a stage started (not part of the application) stop too.
+    plan.delete = view
+        .objects
+        .iter()
+        .filter(|(key, job)| {
+            key.kind == "Job"
+                && key.api_version == "batch/v1"
+                && !wanted.contains(key)
+                && view.children.get(key).is_some_and(|c| !c.deleting)
+                && job
+                    .data
+                    .pointer("/status/active")
+                    .and_then(serde_json::Value::as_i64)
+                    .is_some_and(|active| active > 0)
+        })
+        .filter_map(|(key, _)| {
+            Some(ChildRef {
+                resource: resource_of(key, input)?,
+                namespace: Some(namespace.clone()),
+                name: key.name.clone(),
+            })
+        })
+        .collect();
+    let entering = !is_true(&pass.old, condition::SLEEPING)
+        || pass
+            .old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::SLEEPING && c.reason != reason.as_str());
+    if entering {
+        plan.events.push(PlannedEvent {
+            warning: false,
+            reason: "Sleeping".into(),
+            note: message.clone(),
+        });
+        plan.report = Some(Report::Changed);
+    }
+    if super::live::lifecycle_conditions(pass) {
+        plan.report = Some(Report::Changed);
+    }
+    let mut wait = input
+        .config
+        .resync_interval
+        .min(until(now, pass.expires_at));
+    if let Some(at) = super::expiry::warning_at(env, now, input.config.expiry_warning)
+        && at > now
+    {
+        wait = wait.min(until(now, at));
+    }
+    if !plan.apply.is_empty() || !plan.delete.is_empty() {
+        wait = wait.min(input.config.poll_interval);
+    }
+    plan.requeue_after = Some(wait);
+    plan.status = pass.status.clone();
+    plan
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -16,13 +16,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use previewd_core::Phase;
 use serde_json::json;
 
+use super::health::Health;
 use super::host::HostClaim;
 use super::namespace::{ANNOTATION_OWNER_UID, NamespaceMeta, alternative_name, primary_name};
 use super::object::{ChildKey, DesiredObject, ObservedChild};
 use super::*;
 use crate::advice::Advice;
-use crate::controller::ControllerConfig;
 use crate::crd::{AiStatus, PreviewEnvironment, condition};
+use crate::plan::PlannerConfig;
 use crate::strategy::{
     CatalogueStrategy, DeployStrategy, NamespaceView, RenderInput, Stage, StageOutcome, Strategies,
     WatchedKind,
@@ -41,8 +42,8 @@ fn at(secs: i64) -> jiff::Timestamp {
         .unwrap()
 }
 
-fn config() -> ControllerConfig {
-    ControllerConfig {
+fn config() -> PlannerConfig {
+    PlannerConfig {
         base_domain: "preview.test".into(),
         readiness_timeout: Duration::from_secs(600),
         poll_interval: Duration::from_secs(2),
@@ -50,12 +51,12 @@ fn config() -> ControllerConfig {
         // Lifecycle policy is off here; `lifecycle_config` turns it on.
         idle_sleep_after: None,
         expiry_warning: Duration::ZERO,
-        ..ControllerConfig::default()
+        ..PlannerConfig::default()
     }
 }
 
-fn lifecycle_config() -> ControllerConfig {
-    ControllerConfig {
+fn lifecycle_config() -> PlannerConfig {
+    PlannerConfig {
         idle_sleep_after: Some(Duration::from_secs(3600)),
         expiry_warning: Duration::from_secs(1800),
         ..config()
@@ -193,7 +194,7 @@ fn run_configured(
     env: &PreviewEnvironment,
     world: &World,
     now: jiff::Timestamp,
-    cfg: &ControllerConfig,
+    cfg: &PlannerConfig,
     strategy: Arc<dyn DeployStrategy>,
     stages: &[Arc<dyn Stage>],
 ) -> Plan {
@@ -280,7 +281,7 @@ fn a_new_environment_gets_its_finalizer_namespace_first_and_provisions() {
         "the namespace carries the ownership marker"
     );
     assert_eq!(plan.report, Some(Report::Changed));
-    assert_eq!(plan.entered, Some(Phase::Provisioning));
+    assert_eq!(plan.entered, vec![Phase::Provisioning]);
     assert_eq!(plan.events[0].reason, "NamespaceReady");
     assert!(cond(&plan, condition::NAMESPACE_READY).status == "True");
     assert!(cond(&plan, condition::RECONCILING).status == "True");
@@ -316,12 +317,12 @@ fn available_services_make_it_ready_and_a_converged_environment_plans_nothing() 
     assert_eq!(third.status, e.status.clone().unwrap(), "no status write");
     assert!(third.apply.is_empty() && third.delete.is_empty() && third.events.is_empty());
     assert_eq!(third.report, None);
-    assert_eq!(third.entered, None);
+    assert!(third.entered.is_empty());
 }
 
 /// Plans with durable reports on (a reporter that confirms deliveries).
 fn run_durable(env: &PreviewEnvironment, world: &World, now: jiff::Timestamp) -> Plan {
-    let cfg = ControllerConfig {
+    let cfg = PlannerConfig {
         durable_reports: true,
         ..config()
     };
@@ -358,7 +359,7 @@ fn a_report_stays_pending_in_the_status_until_confirmed() {
     let again = run_durable(&e, &world, at(3));
     assert_eq!(again.report, Some(Report::Changed));
     assert_eq!(again.status, e.status.clone().unwrap(), "no status write");
-    assert!(again.events.is_empty() && again.entered.is_none());
+    assert!(again.events.is_empty() && again.entered.is_empty());
 
     // Once confirmed (the reporter removed the token), a resync plans nothing at all.
     let mut confirmed = e.clone();
@@ -390,7 +391,7 @@ fn progressing_services_keep_it_provisioning_with_what_waits() {
             .unwrap()
             .contains("service api: waiting for available replicas")
     );
-    assert_eq!(second.entered, None);
+    assert!(second.entered.is_empty());
 }
 
 #[test]
@@ -659,7 +660,7 @@ fn a_new_head_commit_rolls_the_services_again() {
     e.spec.head_sha = SHA2.into();
     let plan = run(&e, &world, at(100));
     assert_eq!(phase(&plan), Phase::Provisioning);
-    assert_eq!(plan.entered, Some(Phase::Provisioning));
+    assert_eq!(plan.entered, vec![Phase::Provisioning]);
     assert_eq!(plan.events[0].reason, "SpecChanged", "{:?}", plan.events);
     assert_eq!(
         plan.report,
@@ -1188,7 +1189,7 @@ fn repository(strategy: Option<&str>) -> Arc<PreviewRepository> {
         serde_json::from_value(json!({
             "apiVersion": "previewd.io/v1alpha1",
             "kind": "PreviewRepository",
-            "metadata": {"name": "shop", "namespace": "previews"},
+            "metadata": {"name": "shop", "namespace": "team"},
             "spec": spec
         }))
         .unwrap(),
@@ -1203,13 +1204,13 @@ fn the_strategy_is_the_environments_else_the_repositorys_else_the_default() {
     assert_eq!(strategies.default_name(), "house");
 
     // Neither names one: the operator's default.
-    let plain = env_with(json!({"repositoryRef": "shop"}));
-    let plan = plan_with_strategies(&plain, &Observed::default(), &strategies);
+    let plan = plan_with_strategies(&env(), &Observed::default(), &strategies);
     assert_eq!(configmaps(&plan), ["house"]);
+    let plain = env_with(json!({"repositoryRef": "shop"}));
 
     // The repository names one, and the strategy sees the repository.
     let observed = Observed {
-        repository: Some(repository(Some("manifests"))),
+        repositories: vec![repository(Some("manifests"))],
         ..Observed::default()
     };
     let plan = plan_with_strategies(&plain, &observed, &strategies);
@@ -1241,7 +1242,7 @@ fn an_unknown_strategy_stalls_and_writes_nothing() {
     let strategies = Strategies::default();
     let e = env_with(json!({"repositoryRef": "shop"}));
     let observed = Observed {
-        repository: Some(repository(Some("argocd"))),
+        repositories: vec![repository(Some("argocd"))],
         ..Observed::default()
     };
     let plan = plan_with_strategies(&e, &observed, &strategies);
@@ -1673,7 +1674,7 @@ fn retry_rebuilds_a_failed_environment_and_redeploy_restarts_pods_once() {
     let e = written(&e, &ready);
     let again = run(&e, &world, at(703));
     assert!(
-        again.apply.is_empty() && again.entered.is_none(),
+        again.apply.is_empty() && again.entered.is_empty(),
         "acted on once"
     );
 }

@@ -20,10 +20,30 @@
 //! (deleting the Application deletes what it deployed).
 //!
 //! Applications live in Argo CD's namespace, the one place outside an environment's own
-//! namespace previewd writes to: only in the namespace the repository's settings name,
-//! with names derived from the environment's namespace, the environment's labels, and its
-//! UID in `previewd.io/owner-uid` (the planner adds those and only ever prunes or deletes
-//! objects that carry the UID). See docs/SECURITY.md.
+//! namespace previewd writes to: only in the namespace the platform configures
+//! ([`ArgoCdPlatform`]), with names derived from the environment's namespace, the
+//! environment's labels, and its UID in `previewd.io/owner-uid` (the planner adds those
+//! and only ever prunes or deletes objects that carry the UID). See docs/SECURITY.md.
+//!
+//! # Confinement
+//!
+//! An Application in Argo CD's namespace may name any AppProject, and the project is all
+//! that limits what Argo CD deploys with its own (cluster-wide) rights; the built-in
+//! `default` project allows everything. So nothing of it comes from a tenant: previewd
+//! writes one AppProject per environment (named like its namespace) that allows
+//! - one destination: the environment's namespace on the platform's destination server;
+//! - one source: the manifests repository, which must be the claimed repository itself
+//!   or one the platform allows ([`ArgoCdPlatform::source_repos`]);
+//! - no cluster-scoped kind (`clusterResourceWhitelist: []`) and, in the namespace, only
+//!   the kinds templates may create (`namespaceResourceWhitelist`, the operator's
+//!   allow-list, which never holds RBAC, quotas or network policies);
+//! - no other namespace's Applications (`sourceNamespaces: []`).
+//!
+//! What an AppProject cannot express (a Service's type, external IPs) is refused by the
+//! namespace's quota (no load balancer, no node port) and by the chart's admission
+//! policy for preview namespaces. A fork's pull request runs code nobody reviewed with
+//! Argo CD's rights to the repository's manifests, so fork environments are refused
+//! unless the platform opts in ([`ArgoCdPlatform::allow_forks`]).
 //!
 //! Health (pure, from the Application's status as Argo CD writes it):
 //! - available: `sync.status` Synced at the head commit, `health.status` Healthy, the
@@ -38,6 +58,7 @@ use std::collections::BTreeSet;
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 
+use super::manifests::ManifestKinds;
 use super::{DeployStrategy, NamespaceView, RenderInput, StrategyError, WatchedKind};
 use crate::crd::{ANNOTATION_RETRY, ArgoCdSettings, ArgoCdTool, ServiceSpec};
 use crate::plan::health::{Health, combine};
@@ -57,10 +78,47 @@ pub const ARGOCD_ERROR_CONDITIONS: &[&str] = &[
 /// Longest Kubernetes label value, which Argo CD's tracking label takes the name as.
 const NAME_MAX: usize = 63;
 
+/// The platform's Argo CD settings: where Applications live, where they deploy, which
+/// sources they may use. Never read from a tenant's objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgoCdPlatform {
+    /// Namespace where Argo CD reads Applications and AppProjects (`--argocd-namespace`,
+    /// default `argocd`).
+    pub namespace: String,
+    /// The destination cluster's API server (`--argocd-destination-server`, default
+    /// the cluster Argo CD runs in).
+    pub destination_server: String,
+    /// Manifest repositories allowed besides the claimed repository itself
+    /// (`--argocd-source-repos`): exact URLs, or prefixes ending in `/`.
+    pub source_repos: Vec<String>,
+    /// Deploy fork pull requests through Argo CD (`--argocd-allow-forks`; default off).
+    pub allow_forks: bool,
+    /// Kinds Argo CD may create in an environment's namespace (its AppProject's
+    /// `namespaceResourceWhitelist`): the templates' allow-list.
+    pub kinds: ManifestKinds,
+}
+
+impl Default for ArgoCdPlatform {
+    fn default() -> Self {
+        ArgoCdPlatform {
+            namespace: "argocd".into(),
+            destination_server: IN_CLUSTER.into(),
+            source_repos: Vec::new(),
+            allow_forks: false,
+            kinds: ManifestKinds::default(),
+        }
+    }
+}
+
+/// The API server of the cluster Argo CD runs in, as Argo CD names it.
+pub const IN_CLUSTER: &str = "https://kubernetes.default.svc";
+
 /// Deploys through Argo CD Applications.
 #[derive(Clone, Debug)]
 pub struct ArgoCdStrategy {
     application: ApiResource,
+    project: ApiResource,
+    platform: ArgoCdPlatform,
 }
 
 impl Default for ArgoCdStrategy {
@@ -70,21 +128,108 @@ impl Default for ArgoCdStrategy {
 }
 
 impl ArgoCdStrategy {
-    /// The strategy for Argo CD's `argoproj.io/v1alpha1` Applications.
+    /// The strategy for Argo CD's `argoproj.io/v1alpha1` Applications, with the default
+    /// platform settings.
     pub fn new() -> ArgoCdStrategy {
-        ArgoCdStrategy::with_resource(application_resource("argoproj.io", "v1alpha1"))
+        ArgoCdStrategy::with_platform(ArgoCdPlatform::default())
+    }
+
+    /// The strategy with the platform's settings.
+    pub fn with_platform(platform: ArgoCdPlatform) -> ArgoCdStrategy {
+        ArgoCdStrategy {
+            application: application_resource("argoproj.io", "v1alpha1"),
+            project: project_resource("argoproj.io", "v1alpha1"),
+            platform,
+        }
     }
 
     /// The strategy for Applications served under another group or version (a fork of
     /// Argo CD, or a cluster that serves none, to see the strategy refused).
-    pub fn with_resource(application: ApiResource) -> ArgoCdStrategy {
-        ArgoCdStrategy { application }
+    pub fn with_resource(mut self, application: ApiResource) -> ArgoCdStrategy {
+        self.project = project_resource(&application.group, &application.version);
+        self.application = application;
+        self
     }
 
     /// The Application resource this strategy writes.
     pub fn application(&self) -> &ApiResource {
         &self.application
     }
+
+    /// The platform's settings.
+    pub fn platform(&self) -> &ArgoCdPlatform {
+        &self.platform
+    }
+}
+
+/// The `AppProject` resource of an Argo CD API group and version.
+pub fn project_resource(group: &str, version: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: "AppProject".into(),
+        plural: "appprojects".into(),
+    }
+}
+
+/// Whether `repo_url` is `repository` (`owner/name`) on GitHub, or one of the
+/// platform's allowed sources.
+pub fn source_allowed(repo_url: &str, repository: &str, allowed: &[String]) -> bool {
+    let normal = |u: &str| {
+        u.trim()
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .to_ascii_lowercase()
+    };
+    let url = normal(repo_url);
+    if url == format!("https://github.com/{}", repository.to_ascii_lowercase()) {
+        return true;
+    }
+    allowed.iter().any(|a| {
+        let a = a.trim().to_ascii_lowercase();
+        if a.ends_with('/') {
+            url.starts_with(&a) && url.len() > a.len()
+        } else {
+            url == normal(&a)
+        }
+    })
+}
+
+/// The AppProject that confines an environment's Applications: named like its
+/// namespace, one destination, one source, no cluster-scoped kind, only `kinds` in the
+/// namespace.
+pub fn desired_project(
+    resource: &ApiResource,
+    platform: &ArgoCdPlatform,
+    namespace: &str,
+    repo_url: &str,
+) -> DesiredObject {
+    let mut kinds: Vec<Value> = platform
+        .kinds
+        .resources()
+        .map(|r| json!({"group": r.group, "kind": r.kind}))
+        .collect();
+    kinds.sort_by_key(Value::to_string);
+    let object = json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {"name": project_name(namespace), "namespace": platform.namespace},
+        "spec": {
+            "description": format!("previewd: the preview environment in namespace {namespace}"),
+            "sourceRepos": [repo_url],
+            "destinations": [{"server": platform.destination_server, "namespace": namespace}],
+            "clusterResourceWhitelist": [],
+            "namespaceResourceWhitelist": kinds,
+            "sourceNamespaces": [],
+        },
+    });
+    DesiredObject::from_value(resource.clone(), object)
+}
+
+/// Name of an environment's AppProject: its namespace (unique in the cluster).
+pub fn project_name(namespace: &str) -> String {
+    application_name(namespace, None)
 }
 
 /// The `Application` resource of an Argo CD API group and version.
@@ -169,8 +314,10 @@ pub fn split_image(image: &str) -> (&str, &str) {
 /// also carries that value and a sync `operation`: Argo CD's automated sync does not try
 /// a commit whose sync failed again, an explicit operation does. A new retry value
 /// changes the desired state, so the operation is written once per retry.
+#[allow(clippy::too_many_arguments)]
 pub fn desired_application(
     resource: &ApiResource,
+    platform: &ArgoCdPlatform,
     settings: &ArgoCdSettings,
     planned: &PlannedApplication,
     namespace: &str,
@@ -241,14 +388,14 @@ pub fn desired_application(
         "kind": resource.kind,
         "metadata": {
             "name": planned.name,
-            "namespace": settings.namespace,
+            "namespace": platform.namespace,
             "finalizers": [ARGOCD_RESOURCES_FINALIZER],
         },
         "spec": {
-            "project": settings.project,
+            "project": project_name(namespace),
             "source": source,
             "destination": {
-                "server": settings.destination_server,
+                "server": platform.destination_server,
                 "namespace": namespace,
             },
             "syncPolicy": {
@@ -385,47 +532,77 @@ impl DeployStrategy for ArgoCdStrategy {
     }
 
     fn watched_kinds(&self) -> Vec<WatchedKind> {
-        vec![WatchedKind {
-            resource: self.application.clone(),
-            full: true,
-            optional: true,
-        }]
+        vec![
+            WatchedKind {
+                resource: self.application.clone(),
+                full: true,
+                optional: true,
+            },
+            WatchedKind {
+                resource: self.project.clone(),
+                full: false,
+                optional: true,
+            },
+        ]
     }
 
-    fn external_namespace(&self, input: &RenderInput<'_>) -> Option<String> {
-        self.settings(input).ok().map(|s| s.namespace.clone())
+    fn external_namespace(&self, _input: &RenderInput<'_>) -> Option<String> {
+        Some(self.platform.namespace.clone())
+    }
+
+    fn external_teardown_rank(&self, key: &ChildKey) -> u8 {
+        // An Application's finalizer asks Argo CD, which reads its project, to delete
+        // what it deployed: the project goes once no Application is left.
+        u8::from(key.kind == self.project.kind && key.api_version == self.project.api_version)
     }
 
     fn desired(&self, input: &RenderInput<'_>) -> Result<Vec<DesiredObject>, StrategyError> {
         let settings = self.settings(input)?;
-        if settings.namespace == input.namespace {
+        if crate::plan::fork::is_fork(input.env) && !self.platform.allow_forks {
             return Err(StrategyError {
-                reason: "ArgoCdSettingsInvalid".into(),
-                message: "spec.argocd.namespace must be Argo CD's namespace, not the environment's"
-                    .into(),
+                reason: "ArgoCdForkRefused".into(),
+                message: "pull requests from forks are not deployed through Argo CD: their manifests would run with Argo CD's rights, unreviewed (the platform may allow it with --argocd-allow-forks)".into(),
+            });
+        }
+        if !source_allowed(
+            &settings.repo_url,
+            &input.env.spec.repository,
+            &self.platform.source_repos,
+        ) {
+            return Err(StrategyError {
+                reason: "ArgoCdSourceRefused".into(),
+                message: format!(
+                    "spec.argocd.repoURL {:?} is neither the claimed repository https://github.com/{} nor a source the platform allows (--argocd-source-repos)",
+                    settings.repo_url, input.env.spec.repository
+                ),
             });
         }
         let services = &input.env.spec.services;
-        planned_applications(settings, input.namespace, services)
-            .iter()
-            .map(|planned| {
-                desired_application(
-                    &self.application,
-                    settings,
-                    planned,
-                    input.namespace,
-                    &input.env.spec.head_sha,
-                    services,
-                    input
-                        .env
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(ANNOTATION_RETRY))
-                        .map(String::as_str),
-                )
-            })
-            .collect()
+        let mut objects = vec![desired_project(
+            &self.project,
+            &self.platform,
+            input.namespace,
+            &settings.repo_url,
+        )];
+        for planned in planned_applications(settings, input.namespace, services) {
+            objects.push(desired_application(
+                &self.application,
+                &self.platform,
+                settings,
+                &planned,
+                input.namespace,
+                &input.env.spec.head_sha,
+                services,
+                input
+                    .env
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_RETRY))
+                    .map(String::as_str),
+            )?);
+        }
+        Ok(objects)
     }
 
     fn health(

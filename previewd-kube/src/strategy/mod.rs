@@ -18,6 +18,7 @@ mod argocd;
 mod catalogue;
 pub mod jobs;
 pub mod manifests;
+pub mod rules;
 pub mod seed;
 pub mod testrun;
 
@@ -31,9 +32,10 @@ use kube::api::DynamicObject;
 use kube::core::ApiResource;
 
 pub use argocd::{
-    ARGOCD_ERROR_CONDITIONS, ARGOCD_RESOURCES_FINALIZER, ArgoCdStrategy, PlannedApplication,
-    application_health, application_name, application_resource, desired_application,
-    planned_applications, split_image,
+    ARGOCD_ERROR_CONDITIONS, ARGOCD_RESOURCES_FINALIZER, ArgoCdPlatform, ArgoCdStrategy,
+    IN_CLUSTER, PlannedApplication, application_health, application_name, application_resource,
+    desired_application, desired_project, planned_applications, project_name, project_resource,
+    source_allowed, split_image,
 };
 pub use catalogue::CatalogueStrategy;
 pub use jobs::StageJobSettings;
@@ -41,8 +43,8 @@ pub use manifests::ManifestsStrategy;
 pub use seed::SeedStage;
 pub use testrun::TestRunStage;
 
-use crate::controller::ControllerConfig;
 use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus, PreviewRepository};
+use crate::plan::PlannerConfig;
 use crate::plan::health::Health;
 use crate::plan::object::{ChildKey, DesiredObject, ObservedChild};
 
@@ -90,7 +92,7 @@ pub struct RenderInput<'a> {
     /// The environment's namespace.
     pub namespace: &'a str,
     /// The operator's settings.
-    pub config: &'a ControllerConfig,
+    pub config: &'a PlannerConfig,
     /// Whether workloads go to spot capacity.
     pub use_spot: bool,
     /// The environment's public host, when it has an Ingress.
@@ -240,6 +242,13 @@ pub trait DeployStrategy: Send + Sync {
     /// are deleted, and waited for, before the namespace on teardown.
     fn external_namespace(&self, _input: &RenderInput<'_>) -> Option<String> {
         None
+    }
+
+    /// On teardown, objects in the external namespace are deleted in rounds, lowest
+    /// rank first, each round once the one before is gone (Argo CD's AppProject after
+    /// its Applications). Default 0 for every object.
+    fn external_teardown_rank(&self, _key: &ChildKey) -> u8 {
+        0
     }
 
     /// The objects the application needs. An error stalls the environment with its

@@ -19,8 +19,8 @@ use previewd_core::testrun::parse_seed_report;
 
 use super::jobs::{JobState, deadline_seconds, job, job_state, restricted_job, terminated_runner};
 use super::{NamespaceView, RenderInput, Stage, StageOutcome, StrategyError, WatchedKind};
-use crate::controller::status::set_condition;
 use crate::crd::{PreviewEnvironment, PreviewEnvironmentStatus, TestDataStatus, condition};
+use crate::plan::conditions::set_condition;
 use crate::plan::object::DesiredObject;
 
 /// How long a seed Job may run.

@@ -180,7 +180,7 @@ fn seed_then_tests_pass_to_complete() {
         again.status.test_data,
         done.status.as_ref().unwrap().test_data
     );
-    assert!(again.apply.is_empty() && again.delete.is_empty() && again.entered.is_none());
+    assert!(again.apply.is_empty() && again.delete.is_empty() && again.entered.is_empty());
 }
 
 #[test]

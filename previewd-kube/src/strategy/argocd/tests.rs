@@ -30,12 +30,131 @@ fn resource() -> ApiResource {
 }
 
 #[test]
-fn settings_default_to_the_argocd_namespace_and_project() {
+fn the_platform_decides_where_applications_live_and_deploy() {
+    let p = ArgoCdPlatform::default();
+    assert_eq!(p.namespace, "argocd");
+    assert_eq!(p.destination_server, "https://kubernetes.default.svc");
+    assert!(!p.allow_forks);
     let s = settings("deploy/{service}", ArgoCdTool::Kustomize);
-    assert_eq!(s.namespace, "argocd");
-    assert_eq!(s.project, "default");
-    assert_eq!(s.destination_server, "https://kubernetes.default.svc");
     assert_eq!(s.target_revision, None);
+    // A tenant's repository settings naming a project, a namespace or a server: those
+    // fields do not exist (the API server prunes them; here they are ignored).
+    let s: ArgoCdSettings = serde_json::from_value(json!({
+        "repoURL": "https://github.com/acme/shop.git", "path": "deploy",
+        "project": "default", "namespace": "kube-system",
+        "destinationServer": "https://elsewhere.example.com"
+    }))
+    .unwrap();
+    let planned = planned_applications(&s, "preview-7-feature", &services());
+    let d = desired_application(
+        &resource(),
+        &p,
+        &s,
+        &planned[0],
+        "preview-7-feature",
+        SHA,
+        &services(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(d.object["metadata"]["namespace"], "argocd");
+    assert_eq!(d.object["spec"]["project"], "preview-7-feature");
+    assert_eq!(
+        d.object["spec"]["destination"],
+        json!({"server": "https://kubernetes.default.svc", "namespace": "preview-7-feature"})
+    );
+}
+
+#[test]
+fn each_environment_gets_a_project_that_allows_only_its_namespace_and_source() {
+    let platform = ArgoCdPlatform::default();
+    let project = desired_project(
+        &project_resource("argoproj.io", "v1alpha1"),
+        &platform,
+        "preview-7-feature",
+        "https://github.com/acme/shop.git",
+    );
+    let spec = &project.object["spec"];
+    assert_eq!(project.object["metadata"]["name"], "preview-7-feature");
+    assert_eq!(project.object["metadata"]["namespace"], "argocd");
+    assert_eq!(
+        spec["destinations"],
+        json!([{"server": "https://kubernetes.default.svc", "namespace": "preview-7-feature"}])
+    );
+    assert_eq!(
+        spec["sourceRepos"],
+        json!(["https://github.com/acme/shop.git"])
+    );
+    assert_eq!(spec["clusterResourceWhitelist"], json!([]));
+    assert_eq!(spec["sourceNamespaces"], json!([]));
+    let kinds: Vec<String> = spec["namespaceResourceWhitelist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            format!(
+                "{}/{}",
+                k["group"].as_str().unwrap(),
+                k["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&"apps/Deployment".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"/Service".to_string()), "{kinds:?}");
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.contains("rbac") || k.ends_with("NetworkPolicy") || k.ends_with("Secret")),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn only_the_claimed_repository_or_an_allowed_source_is_deployed() {
+    assert!(source_allowed(
+        "https://github.com/acme/shop.git",
+        "acme/shop",
+        &[]
+    ));
+    assert!(source_allowed(
+        "https://GitHub.com/Acme/Shop/",
+        "acme/shop",
+        &[]
+    ));
+    assert!(!source_allowed(
+        "https://github.com/other/private.git",
+        "acme/shop",
+        &[]
+    ));
+    assert!(!source_allowed(
+        "https://github.com/acme/shop-secrets",
+        "acme/shop",
+        &[]
+    ));
+    let allowed = vec![
+        "https://git.example.com/platform/".to_string(),
+        "https://github.com/acme/deploy.git".to_string(),
+    ];
+    assert!(source_allowed(
+        "https://git.example.com/platform/manifests.git",
+        "acme/shop",
+        &allowed
+    ));
+    assert!(source_allowed(
+        "https://github.com/acme/deploy",
+        "acme/shop",
+        &allowed
+    ));
+    assert!(!source_allowed(
+        "https://git.example.com/platformX/m",
+        "acme/shop",
+        &allowed
+    ));
+    assert!(!source_allowed(
+        "https://git.example.com/platform/",
+        "acme/shop",
+        &allowed
+    ));
 }
 
 #[test]
@@ -80,6 +199,7 @@ fn one_application_per_service_with_kustomize_images_at_the_head_commit() {
     assert_eq!(planned.len(), 2);
     let d = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -97,7 +217,7 @@ fn one_application_per_service_with_kustomize_images_at_the_head_commit() {
         o["metadata"]["finalizers"],
         json!([ARGOCD_RESOURCES_FINALIZER])
     );
-    assert_eq!(o["spec"]["project"], "default");
+    assert_eq!(o["spec"]["project"], "preview-7-feature");
     assert_eq!(
         o["spec"]["source"]["repoURL"],
         "https://github.com/acme/shop.git"
@@ -119,6 +239,7 @@ fn one_application_per_service_with_kustomize_images_at_the_head_commit() {
     // A new head commit is a new desired state.
     let newer = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -149,6 +270,7 @@ fn one_application_for_the_environment_with_helm_parameters_per_service() {
     );
     let d = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -177,6 +299,7 @@ fn helm_parameters_shared_by_several_services_are_refused() {
     let planned = planned_applications(&s, "preview-7-feature", &services());
     let e = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -192,6 +315,7 @@ fn helm_parameters_shared_by_several_services_are_refused() {
     let planned = planned_applications(&s, "preview-7-feature", &services());
     let d = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[1],
         "preview-7-feature",
@@ -213,6 +337,7 @@ fn a_pinned_revision_replaces_the_head_commit() {
     let planned = planned_applications(&s, "preview-7-feature", &services());
     let d = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -331,6 +456,7 @@ fn a_retry_requests_one_sync_and_waits_for_it() {
     let planned = planned_applications(&s, "preview-7-feature", &services());
     let plain = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -342,6 +468,7 @@ fn a_retry_requests_one_sync_and_waits_for_it() {
     assert!(plain.object.get("operation").is_none());
     let retry = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",
@@ -358,6 +485,7 @@ fn a_retry_requests_one_sync_and_waits_for_it() {
     assert_ne!(retry.hash, plain.hash);
     let again = desired_application(
         &resource(),
+        &ArgoCdPlatform::default(),
         &s,
         &planned[0],
         "preview-7-feature",

@@ -120,6 +120,11 @@ impl ManifestKinds {
         self.kinds.get(&(api_version.to_string(), kind.to_string()))
     }
 
+    /// The resources of the allowed kinds.
+    pub fn resources(&self) -> impl Iterator<Item = &ApiResource> {
+        self.kinds.values().map(|k| &k.resource)
+    }
+
     /// The kinds the controller must watch.
     pub fn watched(&self) -> Vec<WatchedKind> {
         self.kinds

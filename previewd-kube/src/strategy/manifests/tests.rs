@@ -9,8 +9,8 @@ use kube::api::DynamicObject;
 use serde_json::json;
 
 use super::*;
-use crate::controller::ControllerConfig;
 use crate::crd::PreviewEnvironment;
+use crate::plan::PlannerConfig as ControllerConfig;
 
 const NS: &str = "preview-7-shop";
 
