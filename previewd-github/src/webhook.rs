@@ -973,8 +973,13 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
             )),
         );
     };
-    let Some(name) = ci::required_name(report, &settings.spec.required_checks) else {
-        return DeliveryOutcome::new(StatusCode::OK, "ignored", Some("check_not_required".into()));
+    let Some(required) = ci::required_check(report, &settings.spec.required_checks) else {
+        let why = if ci::bound_elsewhere(report, &settings.spec.required_checks) {
+            "check_not_from_bound_app"
+        } else {
+            "check_not_required"
+        };
+        return DeliveryOutcome::new(StatusCode::OK, "ignored", Some(why.into()));
     };
     let Some(namespace) = settings.metadata.namespace.as_deref() else {
         return DeliveryOutcome::new(
@@ -1010,7 +1015,13 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
             let mut checks: RecordedChecks = annotation(env, ANNOTATION_CHECKS)
                 .and_then(|a| serde_json::from_str(a).ok())
                 .unwrap_or_default();
-            if !checks.record(&report.sha, name, report.state, &report.at) {
+            if !checks.record_from(
+                &report.sha,
+                &required.name,
+                report.app,
+                report.state,
+                &report.at,
+            ) {
                 continue;
             }
             let (Some(env_name), Some(rv)) = (
@@ -1039,7 +1050,7 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
                 } else {
                     "unchanged"
                 },
-                Some(format!("{name}: {}", report.state.as_str())),
+                Some(format!("{}: {}", required.name, report.state.as_str())),
             );
         }
     }

@@ -161,6 +161,24 @@ impl FakeGitHub {
         url::Url::parse(&format!("http://{}/", self.addr)).unwrap()
     }
 
+    /// A token client of this server with short timeouts and few retries, which gives up
+    /// at once on a rate limit longer than a second.
+    pub fn client(&self) -> previewd_github::GitHubClient {
+        let mut config = previewd_github::ClientConfig::new(self.base_url());
+        config.request_timeout = Duration::from_secs(5);
+        config.max_retries = 1;
+        config.backoff_base = Duration::from_millis(20);
+        config.backoff_max = Duration::from_millis(100);
+        config.mutation_spacing = Duration::from_millis(1);
+        config.max_rate_limit_wait = Duration::from_secs(1);
+        previewd_github::GitHubClient::new(
+            config,
+            previewd_github::GitHubAuth::Token(secrecy::SecretString::from(TOKEN.to_string())),
+            previewd_github::metrics::ClientMetrics::default(),
+        )
+        .unwrap()
+    }
+
     pub fn script(&self, method: Method, path: &str, answers: Vec<Scripted>) {
         self.state
             .lock()
