@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `Content-Type` is `application/json` or `application/x-www-form-urlencoded` | 415 |
 //! | `X-GitHub-Event` and `X-GitHub-Delivery` present | 400 |
-//! | event is `pull_request`, `issue_comment` or `ping` (nothing else is read) | 200 `ignored` |
+//! | event is `pull_request`, `issue_comment`, a check event, an access event (`member`, `membership`, `organization`, `team`) or `ping` (nothing else is read) | 200 `ignored` |
 //! | `X-Hub-Signature-256` is `sha256=` and 64 hex digits | 401 |
 //! | declared `Content-Length` within the limit (default 1 MiB) | 413 |
 //! | fewer than [`WebhookConfig::max_in_flight`] bodies being read | 503 `overloaded` |
@@ -16,6 +16,7 @@
 //! | same delivery id seen and answered 2xx recently | 200 `duplicate` |
 //! | payload parsed (the body's slot is freed); fewer than [`WebhookConfig::max_handling`] deliveries being handled | 503 `overloaded` |
 //! | `ping` | 200 `pong` |
+//! | an access event: cached permissions it may change are dropped | 200 `forgotten` |
 //! | unhandled actions, policy says leave alone | 200 `ignored` |
 //! | payload parses as a `pull_request` event with an RFC 3339 `updated_at` | 400 |
 //! | exactly one allowed `PreviewRepository` claims the repository | 202 `unknown_repository` / `conflicting_claims` |
@@ -24,8 +25,10 @@
 //! | rendering refused the settings or payload | 422 |
 //! | the Kubernetes API failed or timed out | 503 (GitHub records a failure; redeliver) |
 //!
-//! The handler never calls GitHub and never waits for the environment: the
-//! `PreviewEnvironment` is the durable queue the controller works from.
+//! The handler never waits for the environment: the `PreviewEnvironment` is the durable
+//! queue the controller works from. It calls GitHub only to authorise: the permission of
+//! a PR command's author ([`crate::permission`]), within
+//! [`WebhookConfig::github_timeout`].
 //!
 //! # Before authentication
 //!
@@ -73,6 +76,7 @@ use crate::command::{self, CommandPolicy, CommandResponder, Reaction};
 use crate::decision::{self, Plan};
 use crate::event::{Envelope, IssueCommentEvent, PullRequestEvent};
 use crate::metrics::WebhookMetrics;
+use crate::permission::{self, PermissionPolicy, Permissions, RepositoryAccess};
 use crate::policy;
 use crate::signature::{self, SIGNATURE_HEADER};
 use crate::store::{EnvironmentStore, Precondition, StoreError};
@@ -92,6 +96,10 @@ pub const HANDLED_EVENTS: &[&str] = &[
     "check_run",
     "check_suite",
     "status",
+    "member",
+    "membership",
+    "organization",
+    "team",
 ];
 
 const LOCK_STRIPES: usize = 64;
@@ -123,8 +131,17 @@ pub struct WebhookConfig {
     pub ready_cache_ttl: Duration,
     /// Which namespaces may claim which repositories.
     pub claim_policy: ClaimPolicy,
-    /// Who may run PR commands.
+    /// Deprecated filter on PR commenters' author association, in front of the
+    /// permission check (default: none).
     pub command_policy: CommandPolicy,
+    /// Who is a maintainer (runs PR commands, approves forks): their permission on the
+    /// repository.
+    pub permission_policy: PermissionPolicy,
+    /// How long a user's permission on a repository is reused.
+    pub permission_cache_ttl: Duration,
+    /// Time allowed for each question to GitHub (a permission, a pull request's head);
+    /// slower answers count as no answer, and the action waiting on them is refused.
+    pub github_timeout: Duration,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -144,14 +161,18 @@ impl std::fmt::Debug for WebhookConfig {
             .field("ready_cache_ttl", &self.ready_cache_ttl)
             .field("claim_policy", &self.claim_policy)
             .field("command_policy", &self.command_policy)
+            .field("permission_policy", &self.permission_policy)
+            .field("permission_cache_ttl", &self.permission_cache_ttl)
+            .field("github_timeout", &self.github_timeout)
             .finish()
     }
 }
 
 impl WebhookConfig {
     /// Defaults (1 MiB, 10 s read timeout, 5 s store timeout, 10 000 deliveries for 1 h,
-    /// 32 in flight, `/readyz` cached for 5 s, any namespace may claim a repository) with
-    /// one secret.
+    /// 32 in flight, `/readyz` cached for 5 s, any namespace may claim a repository,
+    /// maintainers have write or above, permissions reused for 5 min, 5 s per question
+    /// to GitHub) with one secret.
     pub fn new(secret: impl Into<String>) -> Self {
         WebhookConfig {
             secrets: vec![SecretString::from(secret.into())],
@@ -165,6 +186,9 @@ impl WebhookConfig {
             ready_cache_ttl: Duration::from_secs(5),
             claim_policy: ClaimPolicy::open(),
             command_policy: CommandPolicy::default(),
+            permission_policy: PermissionPolicy::default(),
+            permission_cache_ttl: Duration::from_secs(300),
+            github_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -217,6 +241,9 @@ struct Inner {
     ready: Mutex<Option<(Instant, Result<(), String>)>>,
     /// Acknowledges PR commands on GitHub, when configured.
     responder: Option<Arc<dyn CommandResponder>>,
+    /// Answers who is a maintainer, when GitHub is configured; without it no command
+    /// runs.
+    permissions: Option<Arc<Permissions>>,
     /// Bounds the background acknowledgements in flight.
     reactions: Arc<Semaphore>,
 }
@@ -260,6 +287,7 @@ impl WebhookState {
                 handling,
                 ready: Mutex::new(None),
                 responder: None,
+                permissions: None,
                 reactions: Arc::new(Semaphore::new(REACTIONS_IN_FLIGHT)),
             }),
         }
@@ -269,6 +297,20 @@ impl WebhookState {
     pub fn with_responder(mut self, responder: Arc<dyn CommandResponder>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.responder = Some(responder);
+        }
+        self
+    }
+
+    /// Decides who is a maintainer by asking `access` (call before serving): the
+    /// permission of PR commenters. Without it, commands are refused.
+    pub fn with_repository_access(mut self, access: Arc<dyn RepositoryAccess>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.permissions = Some(Arc::new(Permissions::new(
+                access,
+                inner.config.permission_policy.clone(),
+                inner.config.permission_cache_ttl,
+                inner.config.github_timeout,
+            )));
         }
         self
     }
@@ -334,7 +376,10 @@ pub fn router(state: WebhookState) -> Router {
     let config = &state.inner.config;
     // Backstop over the whole request; the body read and each store call have their own,
     // shorter deadlines that answer 408 and 503.
-    let overall = config.read_timeout + config.store_timeout * 8 + Duration::from_secs(1);
+    let overall = config.read_timeout
+        + config.store_timeout * 8
+        + config.github_timeout * 2
+        + Duration::from_secs(1);
     // The body limit is enforced in the handler (Content-Length first, then while
     // reading), so oversized deliveries are logged and counted like every other.
     let webhook = Router::new()
@@ -728,6 +773,16 @@ async fn receive(
                 Some(format!("not a {event} payload: {err}")),
             )),
         },
+        "member" | "membership" | "organization" | "team" => {
+            match permission::access_change(event, &payload) {
+                Ok(change) => Parsed::Access(change),
+                Err(err) => Parsed::Answer(DeliveryOutcome::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    Some(format!("not a {event} payload: {err}")),
+                )),
+            }
+        }
         "issue_comment" => match serde_json::from_slice::<IssueCommentEvent>(&payload) {
             Ok(comment) => {
                 facts.number = Some(comment.issue.number);
@@ -749,7 +804,7 @@ async fn receive(
     drop(body_permit);
     // Only deliveries that call the store take a handling slot.
     let _handling = match &parsed {
-        Parsed::Ping | Parsed::Answer(_) => None,
+        Parsed::Ping | Parsed::Answer(_) | Parsed::Access(_) => None,
         _ => match state.inner.handling.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => return (overloaded("too many deliveries being handled"), facts),
@@ -760,6 +815,17 @@ async fn receive(
         Parsed::PullRequest(pr_event) => handle_pull_request(state, delivery, &pr_event).await,
         Parsed::Check(report) => handle_check(state, &report).await,
         Parsed::Comment(comment) => handle_issue_comment(state, &comment).await,
+        Parsed::Access(change) => match &state.inner.permissions {
+            Some(permissions) => {
+                permissions.apply(&change).await;
+                DeliveryOutcome::new(StatusCode::OK, "forgotten", None)
+            }
+            None => DeliveryOutcome::new(
+                StatusCode::OK,
+                "ignored",
+                Some("no_permission_cache".into()),
+            ),
+        },
         Parsed::Answer(outcome) => outcome,
     };
     if outcome.is_success() {
@@ -778,6 +844,8 @@ enum Parsed {
     PullRequest(Box<PullRequestEvent>),
     Check(Box<ci::CheckReport>),
     Comment(Box<IssueCommentEvent>),
+    /// Someone's access to repositories may have changed.
+    Access(permission::AccessChange),
     /// Answered without the store.
     Answer(DeliveryOutcome),
 }
@@ -1196,23 +1264,42 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
     };
     let repository = event.repository.full_name.clone();
     let comment_id = event.comment.id;
-    // Refused before any store call: a flood of comments costs no API requests.
+    let login = event.comment.user.login.as_str();
+    let refused = |why: String| {
+        state.react(&repository, comment_id, Reaction::Refused);
+        DeliveryOutcome::new(StatusCode::OK, "refused", Some(why))
+    };
+    // The deprecated association filter, when set, refuses before any request.
     if !state
         .inner
         .config
         .command_policy
         .allows(&event.comment.author_association)
     {
-        state.react(&repository, comment_id, Reaction::Refused);
-        return DeliveryOutcome::new(
-            StatusCode::OK,
-            "refused",
-            Some(format!(
-                "{} may not run commands (author association {:?})",
-                event.comment.user.login, event.comment.author_association
-            )),
-        );
+        return refused(format!(
+            "{login} may not run commands (author association {:?})",
+            event.comment.author_association
+        ));
     }
+    // The commenter's permission on the repository decides; no answer refuses too, and
+    // then (below) the sticky comment says why. A refusal writes nothing, so a flood of
+    // comments costs no store calls.
+    let Some(permissions) = state.inner.permissions.as_deref() else {
+        return refused(
+            "commands need GitHub credentials to check the commenter's permission".into(),
+        );
+    };
+    let unverified = match permissions.check(&repository, login).await {
+        permission::Verdict::Allowed(_) => None,
+        permission::Verdict::Refused(held) => {
+            return refused(format!(
+                "{login} has the role {} on {repository}; commands need {}",
+                held.describe(),
+                permissions.policy().describe()
+            ));
+        }
+        permission::Verdict::Unknown(why) => Some(format!("could not check the permission: {why}")),
+    };
     let candidates = match state
         .with_timeout(
             "find_repositories",
@@ -1266,17 +1353,21 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
                 Some("the environment is being deleted".into()),
             );
         }
-        if let Some(why) = crate::command_record::fork_refusal(&env, settings.spec.gating.forks) {
-            state.react(&repository, comment_id, Reaction::Refused);
-            return DeliveryOutcome::new(StatusCode::OK, "refused", Some(why.into()));
-        }
-        let (annotations, reaction) = match crate::command_record::record(
-            &env,
-            &command,
-            comment_id,
-            &event.comment.user.login,
-            Timestamp::now(),
-        ) {
+        let recorded = match &unverified {
+            // Not refused silently: the comment is answered on the sticky comment.
+            Some(why) => {
+                crate::command_record::record_refusal(&env, &command, comment_id, login, why)
+            }
+            None => {
+                if let Some(why) =
+                    crate::command_record::fork_refusal(&env, settings.spec.gating.forks)
+                {
+                    return refused(why.into());
+                }
+                crate::command_record::record(&env, &command, comment_id, login, Timestamp::now())
+            }
+        };
+        let (annotations, reaction) = match recorded {
             crate::command_record::Recorded::Duplicate => {
                 return DeliveryOutcome::new(
                     StatusCode::OK,
@@ -1306,11 +1397,14 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
             Err(err) => return store_failure(&err),
             Ok(()) => {
                 state.react(&repository, comment_id, reaction);
-                return DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "command",
-                    Some(command.verb().to_string()),
-                );
+                return match &unverified {
+                    Some(why) => DeliveryOutcome::new(StatusCode::OK, "refused", Some(why.clone())),
+                    None => DeliveryOutcome::new(
+                        StatusCode::ACCEPTED,
+                        "command",
+                        Some(command.verb().to_string()),
+                    ),
+                };
             }
         }
     }

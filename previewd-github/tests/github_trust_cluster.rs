@@ -1,12 +1,17 @@
-//! Which checks count, on the local control plane (`testenv/up`): signed deliveries
+//! Who GitHub says may act, on the local control plane (`testenv/up`): signed deliveries
 //! derived from the real `@octokit/webhooks-examples` payloads through the real webhook
-//! server into the Kubernetes store, the real controller deciding, and a local server
-//! speaking GitHub's REST API that answers the checks APIs and records every request.
+//! server into the Kubernetes store, and a local server speaking GitHub's REST API that
+//! answers the collaborator permission and checks APIs (errors included)
+//! and records every request.
 //!
-//! A check run with the required name from another App (the pull request's own
-//! workflow, the `github-actions` App) and a commit status of that name do not open a
-//! gate bound to an App, neither through the webhook's record nor through the
-//! controller's fallback poll; the bound App's check run does.
+//! Each attack is shown to fail, next to the legitimate path that still works:
+//! - a read-only collaborator's `/preview delete` (the payload calls them `COLLABORATOR`,
+//!   which the association rule admitted) is refused; a writer's is recorded; GitHub
+//!   failing refuses too; a `member` webhook drops a demoted writer's cached permission;
+//! - a check run with the required name from another App (the pull request's own
+//!   workflow, the `github-actions` App) and a commit status of that name do not open a
+//!   gate bound to an App, the webhook's record nor the controller's fallback poll; the
+//!   bound App's check run does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,16 +21,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use fake_github::FakeGitHub;
+use fake_github::{FakeGitHub, Scripted};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use previewd_core::Phase;
 use previewd_core::checks::{RecordedChecks, RequiredCheck};
 use previewd_core::source_control::SourceControl;
+use previewd_github::metrics::WebhookMetrics;
 use previewd_github::reporter::GitHubReporter;
 use previewd_github::store::KubeStore;
+use previewd_github::webhook::{WebhookConfig, WebhookState};
 use previewd_kube::controller::Context;
-use previewd_kube::crd::{ANNOTATION_CHECKS, PreviewEnvironment, PreviewRepository};
+use previewd_kube::crd::{
+    ANNOTATION_CHECKS, ANNOTATION_COMMAND_REPLY, ANNOTATION_DELETE_REQUESTED,
+    ANNOTATION_EXTENDED_UNTIL, PreviewEnvironment, PreviewRepository,
+};
 use previewd_kube::testing::{
     Operator, client, delete_namespace, eventually, install_crds, temp_namespace, test_config,
 };
@@ -40,17 +50,150 @@ const GITHUB_ACTIONS: u64 = 15368;
 const LINTER: u64 = 29310;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The webhook over the namespace's Kubernetes store.
-async fn webhook(client: &kube::Client, ns: &str) -> Server {
-    start_with_store(Arc::new(KubeStore::new(
-        client.clone(),
-        Some(ns.to_string()),
-    )))
-    .await
+/// The webhook over the namespace's Kubernetes store, asking `github` who may act.
+async fn webhook(client: &kube::Client, ns: &str, github: &FakeGitHub) -> Server {
+    let gh = github.client();
+    let state = WebhookState::new(
+        WebhookConfig::new(SECRET),
+        Arc::new(KubeStore::new(client.clone(), Some(ns.to_string()))),
+        WebhookMetrics::default(),
+    )
+    .with_responder(Arc::new(gh.clone()))
+    .with_repository_access(Arc::new(gh));
+    start_with_state(state).await
 }
 
 fn annotation(env: &PreviewEnvironment, key: &str) -> Option<String> {
     env.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+fn permission_path(login: &str) -> String {
+    format!("/repos/{REPOSITORY}/collaborators/{login}/permission")
+}
+
+async fn reaction(github: &FakeGitHub, id: u64) -> String {
+    eventually(TIMEOUT, "the reaction on the comment", || async move {
+        github.with(|s| {
+            s.reactions
+                .iter()
+                .find(|(c, _)| *c == id)
+                .map(|(_, r)| r.clone())
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_collaborator_cannot_delete_a_preview_and_a_writer_can() {
+    let (client, ns) = cluster_with_settings("trust-cmd").await;
+    let github = FakeGitHub::start().await;
+    github.grant("reader", "read");
+    github.grant("writer", "write");
+    let server = webhook(&client, &ns, &github).await;
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let name = previewd_kube::render::environment_name(REPOSITORY, 2);
+
+    let opened = deliver_json(&server, "pull_request", &delivery_id(), &example("opened")).await;
+    assert_eq!(opened.outcome(), "applied", "{opened:?}");
+    let before = envs.get(&name).await.unwrap();
+
+    // Attack: a read-only collaborator. The payload's association, COLLABORATOR, is what
+    // the association rule admitted; the permission GitHub reports is `read`.
+    let attack = pr_comment_by(2, 7001, "/preview delete", "reader", "COLLABORATOR");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &attack).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "refused"),
+        "{answer:?}"
+    );
+    assert!(answer.reason().contains("has the role read"), "{answer:?}");
+    let after = envs.get(&name).await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "nothing written"
+    );
+    assert_eq!(annotation(&after, ANNOTATION_DELETE_REQUESTED), None);
+    assert_eq!(github.hits(&Method::GET, &permission_path("reader")), 1);
+    assert_eq!(reaction(&github, 7001).await, "-1");
+
+    // GitHub failing to answer for a writer refuses as well, and says so on the PR.
+    github.script(
+        Method::GET,
+        &permission_path("writer"),
+        vec![
+            Scripted::status(502, "Bad Gateway"),
+            Scripted::status(502, "Bad Gateway"),
+        ],
+    );
+    let unanswered = pr_comment_by(2, 7002, "/preview delete", "writer", "MEMBER");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &unanswered).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "refused"),
+        "{answer:?}"
+    );
+    let env = envs.get(&name).await.unwrap();
+    assert_eq!(annotation(&env, ANNOTATION_DELETE_REQUESTED), None);
+    let reply = annotation(&env, ANNOTATION_COMMAND_REPLY).unwrap();
+    assert!(
+        reply.starts_with("7002 `/preview delete` by @writer: refused, could not check"),
+        "{reply}"
+    );
+    assert_eq!(reaction(&github, 7002).await, "-1");
+
+    // Control: the writer's command is recorded (the controller deletes on it).
+    let legit = pr_comment_by(2, 7003, "/preview delete", "writer", "MEMBER");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &legit).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (202, "command"),
+        "{answer:?}"
+    );
+    let env = envs.get(&name).await.unwrap();
+    assert_eq!(
+        annotation(&env, ANNOTATION_DELETE_REQUESTED).as_deref(),
+        Some("7003")
+    );
+    assert_eq!(reaction(&github, 7003).await, "+1");
+    // Answers are reused: a second command asks GitHub nothing more.
+    let hits = github.hits(&Method::GET, &permission_path("writer"));
+    let extend = pr_comment_by(2, 7004, "/preview extend 1h", "writer", "MEMBER");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &extend).await;
+    assert_eq!(answer.outcome(), "command", "{answer:?}");
+    assert_eq!(github.hits(&Method::GET, &permission_path("writer")), hits);
+
+    // The writer is made read-only; GitHub's `member` webhook (the real `edited`
+    // example, for this user) drops the cached answer at once.
+    github.grant("writer", "read");
+    let mut member = example_of("member", "edited");
+    member["member"]["login"] = json!("writer");
+    let answer = deliver_json(&server, "member", &delivery_id(), &member).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "forgotten"),
+        "{answer:?}"
+    );
+    let demoted = pr_comment_by(2, 7005, "/preview extend 4h", "writer", "MEMBER");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &demoted).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "refused"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        github.hits(&Method::GET, &permission_path("writer")),
+        hits + 1
+    );
+    let env = envs.get(&name).await.unwrap();
+    assert_eq!(
+        annotation(&env, "previewd.io/command-ids").as_deref(),
+        Some("7002,7003,7004"),
+        "the refused comment left no trace"
+    );
+    assert!(annotation(&env, ANNOTATION_EXTENDED_UNTIL).is_some());
+
+    server.stop().await;
+    delete_namespace(&client, &ns).await;
 }
 
 fn pick(event: &str, matches: impl Fn(&Value) -> bool) -> Value {
@@ -117,7 +260,7 @@ async fn a_check_run_from_another_app_does_not_open_a_bound_gate() {
         .with_reporter(Arc::new(GitHubReporter::new(scm.clone(), None)))
         .with_checks_source(scm);
     let op = Operator::start_with(Arc::new(ctx)).await;
-    let server = webhook(&client, &ns).await;
+    let server = webhook(&client, &ns, &github).await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
 
     let answer = deliver_json(&server, "pull_request", &delivery_id(), &example("opened")).await;

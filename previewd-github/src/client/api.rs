@@ -446,6 +446,32 @@ impl SourceControl for GitHubClient {
 }
 
 impl GitHubClient {
+    /// `login`'s permission on `repo`
+    /// (`GET /repos/{owner}/{repo}/collaborators/{username}/permission`, App permission
+    /// Metadata: read). A 404 (not a collaborator, no such user) is no permission; every
+    /// other failure is an error. See [`crate::permission`].
+    pub async fn collaborator_permission(
+        &self,
+        repo: &RepoRef,
+        login: &str,
+    ) -> Result<crate::permission::CollaboratorPermission, GitHubError> {
+        if !crate::permission::valid_login(login) {
+            return Err(GitHubError::Rejected {
+                status: 400,
+                message: "not a GitHub login".into(),
+            });
+        }
+        let url = self.url(&format!(
+            "{}/collaborators/{login}/permission",
+            repo_path(repo)
+        ))?;
+        match self.get(url, JSON_MEDIA_TYPE).await {
+            Ok(answer) => answer.json(),
+            Err(GitHubError::NotFound(_)) => Ok(crate::permission::CollaboratorPermission::none()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Adds a reaction to an issue or pull-request comment
     /// (`POST /repos/{owner}/{repo}/issues/comments/{id}/reactions`). GitHub answers 200
     /// when the same reaction exists already, so a retry never adds a second one.
