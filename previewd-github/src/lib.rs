@@ -14,6 +14,7 @@
 //! - [`permission`]: who is a maintainer (runs commands, approves forks): the actor's
 //!   permission on the repository as GitHub's collaborator permission API answers it.
 
+pub mod approval;
 pub mod ci;
 #[cfg(feature = "kube")]
 pub mod claims;

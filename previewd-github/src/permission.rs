@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use previewd_core::source_control::RepoRef;
+use previewd_core::source_control::{PullRequestInfo, RepoRef};
 use serde::Deserialize;
 
 use crate::client::{GitHubClient, GitHubError};
@@ -197,6 +197,13 @@ pub trait RepositoryAccess: Send + Sync {
         repo: &RepoRef,
         login: &str,
     ) -> Result<CollaboratorPermission, GitHubError>;
+
+    /// The pull request as GitHub sees it now (head commit, state, labels).
+    async fn pull_request(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<PullRequestInfo, GitHubError>;
 }
 
 #[async_trait]
@@ -207,6 +214,14 @@ impl RepositoryAccess for GitHubClient {
         login: &str,
     ) -> Result<CollaboratorPermission, GitHubError> {
         GitHubClient::collaborator_permission(self, repo, login).await
+    }
+
+    async fn pull_request(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<PullRequestInfo, GitHubError> {
+        GitHubClient::pull_request_info(self, repo, number).await
     }
 }
 
@@ -302,6 +317,27 @@ impl Permissions {
             )),
             Ok(Ok(permission)) if self.policy.allows(&permission) => Verdict::Allowed(permission),
             Ok(Ok(permission)) => Verdict::Refused(permission),
+        }
+    }
+
+    /// Pull request `number` of `repository` as GitHub sees it now, within the timeout.
+    pub async fn pull_request(
+        &self,
+        repository: &str,
+        number: u64,
+    ) -> Result<PullRequestInfo, String> {
+        let repo = RepoRef::parse(repository)
+            .ok_or_else(|| format!("{repository:?} is not owner/name"))?;
+        match tokio::time::timeout(self.timeout, self.access.pull_request(&repo, number)).await {
+            Err(_) => Err(format!(
+                "GitHub did not answer for the pull request within {}s",
+                self.timeout.as_secs_f64()
+            )),
+            Ok(Err(err)) => Err(format!(
+                "GitHub could not read the pull request ({})",
+                err.category()
+            )),
+            Ok(Ok(pr)) => Ok(pr),
         }
     }
 
@@ -535,6 +571,14 @@ mod tests {
                 return Err(GitHubError::Transport("no more answers".into()));
             }
             answers.remove(0)
+        }
+
+        async fn pull_request(
+            &self,
+            _repo: &RepoRef,
+            _number: u64,
+        ) -> Result<PullRequestInfo, GitHubError> {
+            Err(GitHubError::NotFound("no pull requests here".into()))
         }
     }
 

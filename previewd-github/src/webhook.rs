@@ -20,6 +20,7 @@
 //! | unhandled actions, policy says leave alone | 200 `ignored` |
 //! | payload parses as a `pull_request` event with an RFC 3339 `updated_at` | 400 |
 //! | exactly one allowed `PreviewRepository` claims the repository | 202 `unknown_repository` / `conflicting_claims` |
+//! | a fork approval (approval label added): the sender is a maintainer and GitHub still reports the payload's head ([`crate::approval`]) | 200 `refused` / 503 `github_unavailable` |
 //! | event newer than what the environment or the recorded close holds ([`crate::decision`]) | 202 `stale` / 200 `duplicate` |
 //! | the environment rendered and written (or deleted) | 202 `applied` / `deleted` / `unchanged` / `absent` |
 //! | rendering refused the settings or payload | 422 |
@@ -27,7 +28,8 @@
 //!
 //! The handler never waits for the environment: the `PreviewEnvironment` is the durable
 //! queue the controller works from. It calls GitHub only to authorise: the permission of
-//! a PR command's author ([`crate::permission`]), within
+//! a PR command's author and of a fork's approver, and the head of a pull request being
+//! approved ([`crate::permission`], [`crate::approval`]), each within
 //! [`WebhookConfig::github_timeout`].
 //!
 //! # Before authentication
@@ -70,14 +72,15 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+use crate::approval::{self, ApprovalCheck, ApprovalRecord};
 use crate::ci;
 use crate::claims::{self, ClaimPolicy, ClaimVerdict};
 use crate::command::{self, CommandPolicy, CommandResponder, Reaction};
-use crate::decision::{self, Plan};
+use crate::decision::{self, ANNOTATION_APPROVED_AT, ANNOTATION_APPROVED_BY, Plan};
 use crate::event::{Envelope, IssueCommentEvent, PullRequestEvent};
 use crate::metrics::WebhookMetrics;
 use crate::permission::{self, PermissionPolicy, Permissions, RepositoryAccess};
-use crate::policy;
+use crate::policy::{self, Approval, Decision};
 use crate::signature::{self, SIGNATURE_HEADER};
 use crate::store::{EnvironmentStore, Precondition, StoreError};
 
@@ -242,7 +245,7 @@ struct Inner {
     /// Acknowledges PR commands on GitHub, when configured.
     responder: Option<Arc<dyn CommandResponder>>,
     /// Answers who is a maintainer, when GitHub is configured; without it no command
-    /// runs.
+    /// runs and no fork is approved.
     permissions: Option<Arc<Permissions>>,
     /// Bounds the background acknowledgements in flight.
     reactions: Arc<Semaphore>,
@@ -302,7 +305,8 @@ impl WebhookState {
     }
 
     /// Decides who is a maintainer by asking `access` (call before serving): the
-    /// permission of PR commenters. Without it, commands are refused.
+    /// permission of PR commenters and fork approvers, and the head of a pull request
+    /// being approved. Without it, commands and fork approvals are refused.
     pub fn with_repository_access(mut self, access: Arc<dyn RepositoryAccess>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.permissions = Some(Arc::new(Permissions::new(
@@ -975,6 +979,10 @@ async fn handle_pull_request(
             Some("PreviewRepository has no namespace".into()),
         );
     };
+    let approved = match verify_approval(state, event, &settings).await {
+        Ok(approved) => approved,
+        Err(outcome) => return outcome,
+    };
     let name = render::environment_name(&settings.spec.repository, event.number);
     let _guard = state.lock_for(&namespace, &name).lock().await;
     let mut settings = settings;
@@ -998,7 +1006,17 @@ async fn handle_pull_request(
                 Err(err) => return store_failure(&err),
             }
         }
-        match attempt(state, delivery, event, &settings, &namespace, &name).await {
+        let attempted = attempt(
+            state,
+            delivery,
+            event,
+            &settings,
+            &namespace,
+            &name,
+            approved.as_ref(),
+        )
+        .await;
+        match attempted {
             Err(StoreError::Conflict) => continue,
             Err(err) => return store_failure(&err),
             Ok(outcome) => return outcome,
@@ -1129,7 +1147,61 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
     )
 }
 
-/// One read-plan-write round; `Err(Conflict)` means read again.
+/// When `event` asks to approve a fork's head commit, checks the approval against GitHub
+/// ([`approval::check`]): `Ok(Some(record))` approved, `Ok(None)` no approval asked,
+/// `Err` the answer to give (refused, or GitHub unavailable), with nothing written.
+async fn verify_approval(
+    state: &WebhookState,
+    event: &PullRequestEvent,
+    settings: &PreviewRepository,
+) -> Result<Option<ApprovalRecord>, DeliveryOutcome> {
+    let gating = &settings.spec.gating;
+    // Whether an approval is asked does not depend on what the cluster holds.
+    let Decision::Apply {
+        approval: Approval::Requested(sha),
+    } = policy::decide(event, gating, None)
+    else {
+        return Ok(None);
+    };
+    match approval::check(
+        state.inner.permissions.as_deref(),
+        event,
+        &sha,
+        &gating.approval_label,
+    )
+    .await
+    {
+        ApprovalCheck::Approved(record) => Ok(Some(record)),
+        ApprovalCheck::Refused(why) => Err(DeliveryOutcome::new(
+            StatusCode::OK,
+            "refused",
+            Some(format!("fork approval refused: {why}")),
+        )),
+        ApprovalCheck::Unavailable(why) => Err(DeliveryOutcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "github_unavailable",
+            Some(format!("fork approval not checked: {why}; redeliver later")),
+        )),
+    }
+}
+
+/// The approval an existing environment records for `sha`.
+fn recorded_approval(existing: Option<&PreviewEnvironment>, sha: &str) -> ApprovalRecord {
+    let recorded = |key| {
+        existing
+            .filter(|e| annotation(e, ANNOTATION_APPROVED_SHA) == Some(sha))
+            .and_then(|e| annotation(e, key))
+            .map(str::to_string)
+    };
+    ApprovalRecord {
+        sha: sha.to_string(),
+        by: recorded(ANNOTATION_APPROVED_BY),
+        at: recorded(ANNOTATION_APPROVED_AT),
+    }
+}
+
+/// One read-plan-write round; `Err(Conflict)` means read again. `approved` is the
+/// approval [`verify_approval`] checked for this event, if it asked for one.
 async fn attempt(
     state: &WebhookState,
     delivery: &str,
@@ -1137,6 +1209,7 @@ async fn attempt(
     settings: &PreviewRepository,
     namespace: &str,
     name: &str,
+    approved: Option<&ApprovalRecord>,
 ) -> Result<DeliveryOutcome, StoreError> {
     let store = &state.inner.store;
     let existing = state
@@ -1211,13 +1284,27 @@ async fn attempt(
                 Some(reason.to_string()),
             )
         }
-        Plan::Apply { approved_sha } => {
+        Plan::Apply { approval } => {
+            let record = match approval {
+                Approval::NotNeeded => None,
+                Approval::Kept(sha) => Some(recorded_approval(existing.as_ref(), &sha)),
+                Approval::Requested(sha) => match approved {
+                    Some(record) if record.sha.eq_ignore_ascii_case(&sha) => Some(record.clone()),
+                    _ => {
+                        return Ok(DeliveryOutcome::new(
+                            StatusCode::OK,
+                            "refused",
+                            Some("fork approval refused: not checked".into()),
+                        ));
+                    }
+                },
+            };
             let desired = match desired_environment(
                 event,
                 settings,
                 existing.as_ref(),
                 delivery,
-                approved_sha.as_deref(),
+                record.as_ref(),
             ) {
                 Ok(env) => env,
                 Err(err) => {
@@ -1438,13 +1525,14 @@ pub fn snapshot(event: &PullRequestEvent, previous_activity: Option<&str>) -> Pu
 }
 
 /// Renders the environment for `event` from `settings` and adds the webhook's
-/// annotations (head SHA, delivery id, approved fork commit).
+/// annotations (head SHA, delivery id, and the approval of a fork's head commit: its
+/// SHA, who approved it and when).
 pub fn desired_environment(
     event: &PullRequestEvent,
     settings: &PreviewRepository,
     existing: Option<&PreviewEnvironment>,
     delivery: &str,
-    approved_sha: Option<&str>,
+    approval: Option<&ApprovalRecord>,
 ) -> Result<PreviewEnvironment, render::RenderError> {
     let previous_activity = existing.and_then(|e| annotation(e, ANNOTATION_LAST_ACTIVITY));
     let mut env = render::render_environment(settings, &snapshot(event, previous_activity))?;
@@ -1457,8 +1545,16 @@ pub fn desired_environment(
         event.pull_request.head.sha.clone(),
     );
     annotations.insert(ANNOTATION_DELIVERY.to_string(), delivery.to_string());
-    if let Some(sha) = approved_sha {
-        annotations.insert(ANNOTATION_APPROVED_SHA.to_string(), sha.to_string());
+    if let Some(approval) = approval {
+        annotations.insert(ANNOTATION_APPROVED_SHA.to_string(), approval.sha.clone());
+        for (key, value) in [
+            (ANNOTATION_APPROVED_BY, &approval.by),
+            (ANNOTATION_APPROVED_AT, &approval.at),
+        ] {
+            if let Some(value) = value {
+                annotations.insert(key.to_string(), value.clone());
+            }
+        }
     }
     mark_fork(&mut env, event, existing);
     Ok(env)
@@ -1546,6 +1642,14 @@ mod tests {
         .unwrap()
     }
 
+    fn approved(sha: &str) -> ApprovalRecord {
+        ApprovalRecord {
+            sha: sha.into(),
+            by: Some("maintainer".into()),
+            at: Some("2024-01-01T00:00:00Z".into()),
+        }
+    }
+
     #[test]
     fn desired_environment_is_a_complete_apply_body() {
         let env = desired_environment(
@@ -1553,7 +1657,7 @@ mod tests {
             &settings(),
             None,
             "d-1",
-            Some("abcdef1"),
+            Some(&approved("abcdef1")),
         )
         .unwrap();
         let body = serde_json::to_value(&env).unwrap();
@@ -1564,6 +1668,8 @@ mod tests {
         assert_eq!(annotations[ANNOTATION_HEAD_SHA], "abcdef1");
         assert_eq!(annotations[ANNOTATION_DELIVERY], "d-1");
         assert_eq!(annotations[ANNOTATION_APPROVED_SHA], "abcdef1");
+        assert_eq!(annotations[ANNOTATION_APPROVED_BY], "maintainer");
+        assert_eq!(annotations[ANNOTATION_APPROVED_AT], "2024-01-01T00:00:00Z");
         assert_eq!(
             annotations[ANNOTATION_PR_UPDATED_AT],
             "2024-01-01T00:00:00Z"
@@ -1615,8 +1721,14 @@ mod tests {
                 .cloned()
         };
         let s = settings();
-        let forked =
-            desired_environment(&fork_event("opened"), &s, None, "d-1", Some("abcdef1")).unwrap();
+        let forked = desired_environment(
+            &fork_event("opened"),
+            &s,
+            None,
+            "d-1",
+            Some(&approved("abcdef1")),
+        )
+        .unwrap();
         assert_eq!(fork_label(&forked).as_deref(), Some("true"));
         let own = desired_environment(
             &event("opened", "abcdef1", "2024-01-01T00:00:00Z"),
@@ -1691,7 +1803,7 @@ mod tests {
             &s,
             None,
             "d-4",
-            Some("abcdef1"),
+            Some(&approved("abcdef1")),
         )
         .unwrap();
         assert!(!same_desired_state(&a, &d));

@@ -1,13 +1,16 @@
 //! Who GitHub says may act, on the local control plane (`testenv/up`): signed deliveries
 //! derived from the real `@octokit/webhooks-examples` payloads through the real webhook
 //! server into the Kubernetes store, and a local server speaking GitHub's REST API that
-//! answers the collaborator permission and checks APIs (errors included)
+//! answers the collaborator permission, pull request and checks APIs (errors included)
 //! and records every request.
 //!
 //! Each attack is shown to fail, next to the legitimate path that still works:
 //! - a read-only collaborator's `/preview delete` (the payload calls them `COLLABORATOR`,
 //!   which the association rule admitted) is refused; a writer's is recorded; GitHub
 //!   failing refuses too; a `member` webhook drops a demoted writer's cached permission;
+//! - a fork approval racing a push approves neither commit; a triager's label approves
+//!   nothing; a maintainer's approval of the head GitHub reports is recorded with who and
+//!   when, and a later push never inherits it;
 //! - a check run with the required name from another App (the pull request's own
 //!   workflow, the `github-actions` App) and a commit status of that name do not open a
 //!   gate bound to an App, the webhook's record nor the controller's fallback poll; the
@@ -44,6 +47,10 @@ use serde_json::{Value, json};
 
 /// The examples' head commit (and the commit their checks run on).
 const SHA_A: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+/// A commit pushed to the fork after it.
+const SHA_B: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+/// And another, later still.
+const SHA_C: &str = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
 /// The App a pull request's own GitHub Actions workflow reports as.
 const GITHUB_ACTIONS: u64 = 15368;
 /// The App of the examples' check runs.
@@ -191,6 +198,194 @@ async fn a_read_only_collaborator_cannot_delete_a_preview_and_a_writer_can() {
         "the refused comment left no trace"
     );
     assert!(annotation(&env, ANNOTATION_EXTENDED_UNTIL).is_some());
+
+    server.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// The real `pull_request` example of `action`, from a fork, at `head`, at time `at`,
+/// sent by `sender`.
+fn fork_event(action: &str, head: &str, at: &str, sender: &str) -> Value {
+    let mut e = example(action);
+    e["pull_request"]["head"]["repo"]["full_name"] = json!("attacker/Hello-World");
+    e["pull_request"]["head"]["repo"]["fork"] = json!(true);
+    e["pull_request"]["head"]["sha"] = json!(head);
+    e["pull_request"]["updated_at"] = json!(at);
+    e["sender"]["login"] = json!(sender);
+    if action == "labeled" || action == "unlabeled" {
+        e["label"]["name"] = json!("preview/approved");
+    }
+    e
+}
+
+/// What GitHub's pull request API says about the fork's pull request now.
+fn github_view(github: &FakeGitHub, head: &str, labelled: bool) {
+    let mut pr = fork_event("labeled", head, "2019-05-15T15:30:00Z", "x")["pull_request"].clone();
+    pr["labels"] = if labelled {
+        json!([{"name": "preview/approved"}])
+    } else {
+        json!([])
+    };
+    github.with(|s| s.pulls.insert(2, pr));
+}
+
+async fn environments(envs: &Api<PreviewEnvironment>) -> Vec<PreviewEnvironment> {
+    envs.list(&ListParams::default()).await.unwrap().items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_racing_a_push_does_not_approve_the_pushed_commit() {
+    let (client, ns) = cluster_with_settings("trust-fork").await;
+    let github = FakeGitHub::start().await;
+    github.grant("maintainer", "write");
+    github.grant("triager", "triage");
+    let server = webhook(&client, &ns, &github).await;
+    let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
+    let send = |event: Value| {
+        let server = &server;
+        async move { deliver_json(server, "pull_request", &delivery_id(), &event).await }
+    };
+
+    let answer = send(fork_event(
+        "opened",
+        SHA_A,
+        "2019-05-15T15:20:33Z",
+        "attacker",
+    ))
+    .await;
+    assert_eq!(answer.reason(), "fork_not_approved", "{answer:?}");
+
+    // Attack: the maintainer adds the label while the head is A; the fork pushes B
+    // before previewd handles the label. GitHub now reports B: nothing is approved,
+    // neither A nor B.
+    github_view(&github, SHA_B, true);
+    let answer = send(fork_event(
+        "labeled",
+        SHA_A,
+        "2019-05-15T15:21:00Z",
+        "maintainer",
+    ))
+    .await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "refused"),
+        "{answer:?}"
+    );
+    assert!(
+        answer
+            .reason()
+            .contains("head moved from ec26c3e57ca3 to b0b0b0b0b0b0"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        github.hits(&Method::GET, &format!("/repos/{REPOSITORY}/pulls/2")),
+        1
+    );
+    let answer = send(fork_event(
+        "synchronize",
+        SHA_B,
+        "2019-05-15T15:21:01Z",
+        "attacker",
+    ))
+    .await;
+    assert_eq!(answer.reason(), "fork_not_approved", "{answer:?}");
+    assert!(environments(&envs).await.is_empty(), "nothing approved");
+
+    // Attack: someone who may add labels (triage) but not push approves B.
+    let answer = send(fork_event(
+        "labeled",
+        SHA_B,
+        "2019-05-15T15:22:00Z",
+        "triager",
+    ))
+    .await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "refused"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.reason().contains("has the role triage"),
+        "{answer:?}"
+    );
+    assert!(environments(&envs).await.is_empty());
+    let answer = send(fork_event(
+        "unlabeled",
+        SHA_B,
+        "2019-05-15T15:22:30Z",
+        "maintainer",
+    ))
+    .await;
+    assert_eq!(answer.reason(), "fork_approval_removed", "{answer:?}");
+
+    // GitHub failing to report the head approves nothing; the delivery fails (503) so
+    // that it can be redelivered.
+    github_view(&github, SHA_B, true);
+    github.script(
+        Method::GET,
+        &format!("/repos/{REPOSITORY}/pulls/2"),
+        vec![
+            Scripted::status(502, "Bad Gateway"),
+            Scripted::status(502, "Bad Gateway"),
+        ],
+    );
+    let approve_b = fork_event("labeled", SHA_B, "2019-05-15T15:23:00Z", "maintainer");
+    let delivery = delivery_id();
+    let answer = deliver_json(&server, "pull_request", &delivery, &approve_b).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (503, "github_unavailable"),
+        "{answer:?}"
+    );
+    assert!(environments(&envs).await.is_empty());
+
+    // Control: redelivered once GitHub answers, the maintainer's approval of the head
+    // GitHub reports is recorded: the full SHA, who, when.
+    let answer = deliver_json(&server, "pull_request", &delivery, &approve_b).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (202, "applied"),
+        "{answer:?}"
+    );
+    let all = environments(&envs).await;
+    assert_eq!(all.len(), 1);
+    let env = &all[0];
+    assert_eq!(env.spec.head_sha, SHA_B);
+    assert_eq!(
+        annotation(env, "previewd.io/approved-sha").as_deref(),
+        Some(SHA_B)
+    );
+    assert_eq!(
+        annotation(env, "previewd.io/approved-by").as_deref(),
+        Some("maintainer")
+    );
+    assert_eq!(
+        annotation(env, "previewd.io/approved-at").as_deref(),
+        Some("2019-05-15T15:23:00Z")
+    );
+
+    // A later push never inherits the approval: the environment stays on B.
+    github_view(&github, SHA_C, true);
+    let answer = send(fork_event(
+        "synchronize",
+        SHA_C,
+        "2019-05-15T15:24:00Z",
+        "attacker",
+    ))
+    .await;
+    assert_eq!(
+        (answer.status, answer.outcome(), answer.reason()),
+        (200, "ignored", "fork_head_not_approved")
+    );
+    let env = envs
+        .get(env.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(env.spec.head_sha, SHA_B);
+    assert_eq!(
+        annotation(&env, "previewd.io/approved-sha").as_deref(),
+        Some(SHA_B)
+    );
 
     server.stop().await;
     delete_namespace(&client, &ns).await;

@@ -289,9 +289,7 @@ impl SourceControl for GitHubClient {
         repo: &RepoRef,
         number: u64,
     ) -> Result<PullRequestInfo, SourceControlError> {
-        let url = self.url(&format!("{}/pulls/{number}", repo_path(repo)))?;
-        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
-        Ok(pull_request_info(repo, answer.json::<PullRequest>()?))
+        Ok(self.pull_request_info(repo, number).await?)
     }
 
     async fn changed_files(
@@ -446,6 +444,17 @@ impl SourceControl for GitHubClient {
 }
 
 impl GitHubClient {
+    /// Pull request `number` as GitHub sees it now (`GET /repos/{owner}/{repo}/pulls/{n}`).
+    pub async fn pull_request_info(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<PullRequestInfo, GitHubError> {
+        let url = self.url(&format!("{}/pulls/{number}", repo_path(repo)))?;
+        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
+        Ok(pull_request_info(repo, answer.json::<PullRequest>()?))
+    }
+
     /// `login`'s permission on `repo`
     /// (`GET /repos/{owner}/{repo}/collaborators/{username}/permission`, App permission
     /// Metadata: read). A 404 (not a collaborator, no such user) is no permission; every

@@ -122,6 +122,9 @@ pub struct State {
     /// Collaborator permissions by login (lower case): `(role_name, permission)`; a login
     /// not listed gets 404, as GitHub answers for someone who is no collaborator.
     pub permissions: BTreeMap<String, (String, String)>,
+    /// Pull requests by number, as `GET .../pulls/{n}` answers them; others get a
+    /// default open pull request.
+    pub pulls: BTreeMap<u64, Value>,
 }
 
 pub struct FakeGitHub {
@@ -481,7 +484,10 @@ fn route(
                     )))
                     .unwrap();
             }
-            answer(200, pull(number))
+            match state.pulls.get(&number) {
+                Some(pr) => answer(200, pr.clone()),
+                None => answer(200, pull(number)),
+            }
         }
         ("GET", ["repos", owner, repo, "collaborators", user, "permission"]) => {
             match state.permissions.get(&user.to_ascii_lowercase()) {
