@@ -482,13 +482,14 @@ pub trait SourceControl: Send + Sync {
     ) -> Result<CommentUpsert, SourceControlError>;
 
     /// The states of the `required` checks of commit `sha` (check runs, commit status
-    /// contexts and Apps' check suites, by name), for the CI gate's fallback poll. The
-    /// default answers that the provider cannot tell.
+    /// contexts and Apps' check suites, by name; a check bound to an App only from that
+    /// App's check runs and suites), for the CI gate's fallback poll. The default answers
+    /// that the provider cannot tell.
     async fn commit_checks(
         &self,
         repo: &RepoRef,
         sha: &str,
-        required: &[String],
+        required: &[crate::checks::RequiredCheck],
     ) -> Result<crate::checks::RecordedChecks, SourceControlError> {
         let _ = (repo, sha, required);
         Err(SourceControlError::Config(

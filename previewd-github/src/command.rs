@@ -10,8 +10,13 @@
 //! | `/preview delete` | delete the environment now |
 //! | `/preview help`, anything else | the list of commands |
 //!
-//! Pure: parsing and authorisation. The comment body is untrusted: only the first line
-//! that starts with `/preview` is read, at most [`MAX_COMMAND_CHARS`] characters of it.
+//! Pure: parsing. The comment body is untrusted: only the first line that starts with
+//! `/preview` is read, at most [`MAX_COMMAND_CHARS`] characters of it.
+//!
+//! Who may run commands is decided by the commenter's permission on the repository
+//! ([`crate::permission`]), not by the comment's `author_association`. [`CommandPolicy`]
+//! keeps the old association list only as an optional filter in front of that check: it
+//! can refuse more, never allow anyone the permission check refuses.
 
 use std::fmt;
 
@@ -19,9 +24,6 @@ use previewd_core::Ttl;
 
 /// Longest command line read.
 pub const MAX_COMMAND_CHARS: usize = 200;
-
-/// Author associations allowed to run commands by default: people with write access.
-pub const DEFAULT_ALLOWED_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
 
 /// The help text (Markdown).
 pub const HELP: &str = "commands: `/preview extend [duration]` (e.g. `4h`), `/preview sleep`, \
@@ -111,28 +113,32 @@ pub fn parse(body: &str) -> Option<Command> {
     }
 }
 
-/// Who may run commands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A filter on commenters in front of the permission check (deprecated).
+///
+/// `author_association` does not say what someone may do (`COLLABORATOR` includes
+/// read-only collaborators, `MEMBER` every organisation member) and arrives as
+/// `CONTRIBUTOR` for members whose membership is private, so it never authorises a
+/// command: the commenter's permission on the repository does
+/// ([`crate::permission`]). A non-empty list only refuses, before any request to
+/// GitHub, comments whose association it does not name. Default: empty, no filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommandPolicy {
-    /// Author associations (`OWNER`, `MEMBER`, `COLLABORATOR`, ...) allowed; compared
-    /// case-insensitively.
+    /// Author associations (`OWNER`, `MEMBER`, `COLLABORATOR`, ...) whose comments go on
+    /// to the permission check; compared case-insensitively. Empty: every comment does.
     pub allowed_associations: Vec<String>,
 }
 
-impl Default for CommandPolicy {
-    fn default() -> Self {
-        CommandPolicy {
-            allowed_associations: DEFAULT_ALLOWED_ASSOCIATIONS
-                .iter()
-                .map(|s| (*s).to_string())
-                .collect(),
-        }
-    }
-}
-
 impl CommandPolicy {
-    /// Whether a commenter with `association` may run commands.
+    /// Whether a comment by a commenter with `association` goes on to the permission
+    /// check (with an empty list, every one does).
     pub fn allows(&self, association: &str) -> bool {
+        if self
+            .allowed_associations
+            .iter()
+            .all(|a| a.trim().is_empty())
+        {
+            return true;
+        }
         let association = association.trim();
         !association.is_empty()
             && self
@@ -198,24 +204,19 @@ mod tests {
     }
 
     #[test]
-    fn only_write_access_may_command_by_default() {
+    fn the_association_filter_is_off_by_default_and_only_narrows() {
+        // Off: the permission check decides for everyone, private members included.
         let policy = CommandPolicy::default();
-        for ok in ["OWNER", "MEMBER", "COLLABORATOR", "member"] {
-            assert!(policy.allows(ok), "{ok}");
+        for any in ["OWNER", "CONTRIBUTOR", "NONE", ""] {
+            assert!(policy.allows(any), "{any}");
         }
-        for refused in [
-            "CONTRIBUTOR",
-            "FIRST_TIME_CONTRIBUTOR",
-            "NONE",
-            "MANNEQUIN",
-            "",
-        ] {
-            assert!(!policy.allows(refused), "{refused}");
-        }
-        let owners_only = CommandPolicy {
-            allowed_associations: vec!["OWNER".into()],
+        let listed = CommandPolicy {
+            allowed_associations: vec!["OWNER".into(), "member".into()],
         };
-        assert!(!owners_only.allows("MEMBER"));
+        assert!(listed.allows("OWNER") && listed.allows("MEMBER"));
+        for refused in ["COLLABORATOR", "CONTRIBUTOR", "NONE", ""] {
+            assert!(!listed.allows(refused), "{refused}");
+        }
     }
 }
 
@@ -224,7 +225,7 @@ mod tests {
 pub enum Reaction {
     /// Accepted and recorded.
     Accepted,
-    /// Refused (no write access, fork policy, no environment).
+    /// Refused (not a maintainer, permission unknown, fork policy, no environment).
     Refused,
     /// Not understood: help is on the sticky comment.
     Confused,

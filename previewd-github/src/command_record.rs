@@ -50,14 +50,10 @@ pub fn fork_refusal(env: &PreviewEnvironment, forks: ForkPolicy) -> Option<&'sta
     }
 }
 
-/// Records `command` from comment `comment_id` by `login` at `now` on `env`.
-pub fn record(
-    env: &PreviewEnvironment,
-    command: &Command,
-    comment_id: u64,
-    login: &str,
-    now: jiff::Timestamp,
-) -> Recorded {
+/// The command annotations `env` holds with comment `comment_id` added to the handled
+/// ones (the oldest dropped beyond [`COMMAND_IDS_KEPT`]); `None` when it was handled
+/// before. The budget's sleep annotations are left out: the commands never own them.
+fn with_comment(env: &PreviewEnvironment, comment_id: u64) -> Option<BTreeMap<String, String>> {
     let existing = env.annotations();
     let id = comment_id.to_string();
     let mut ids: Vec<String> = existing
@@ -71,9 +67,9 @@ pub fn record(
         })
         .unwrap_or_default();
     if ids.contains(&id) {
-        return Recorded::Duplicate;
+        return None;
     }
-    ids.push(id.clone());
+    ids.push(id);
     let skip = ids.len().saturating_sub(COMMAND_IDS_KEPT);
     ids.drain(..skip);
 
@@ -90,6 +86,50 @@ pub fn record(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     annotations.insert(ANNOTATION_COMMAND_IDS.into(), ids.join(","));
+    Some(annotations)
+}
+
+/// Records that `command` from comment `comment_id` by `login` was refused because
+/// `why` (previewd could not check the commenter's permission): the comment counts as
+/// handled and the sticky comment says why, nothing else changes.
+pub fn record_refusal(
+    env: &PreviewEnvironment,
+    command: &Command,
+    comment_id: u64,
+    login: &str,
+    why: &str,
+) -> Recorded {
+    let Some(mut annotations) = with_comment(env, comment_id) else {
+        return Recorded::Duplicate;
+    };
+    annotations.insert(
+        ANNOTATION_COMMAND_REPLY.into(),
+        format!(
+            "{comment_id} `{command}` by @{login}: refused, {why}; nothing was done, comment again later"
+        ),
+    );
+    Recorded::Write {
+        annotations,
+        reaction: Reaction::Refused,
+    }
+}
+
+/// Records `command` from comment `comment_id` by `login` at `now` on `env`.
+pub fn record(
+    env: &PreviewEnvironment,
+    command: &Command,
+    comment_id: u64,
+    login: &str,
+    now: jiff::Timestamp,
+) -> Recorded {
+    let existing = env.annotations();
+    let id = comment_id.to_string();
+    let Some(mut annotations) = with_comment(env, comment_id) else {
+        return Recorded::Duplicate;
+    };
+    let budget_sleep = existing
+        .get(ANNOTATION_SLEEP)
+        .is_some_and(|v| sleep::is_budget_request(v));
     let now_text = now.to_string();
     let by = format!("`{command}` by @{login}");
     let mut reaction = Reaction::Accepted;
@@ -266,6 +306,33 @@ mod tests {
             let (a, _) = written(record(&env(json!({})), &cmd, 10, "a", now()));
             assert_eq!(a[key], "10");
         }
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_once_and_changes_nothing_else() {
+        let e = env(json!({ANNOTATION_SLEEP: "command", ANNOTATION_COMMAND_IDS: "5"}));
+        let (a, r) = written(record_refusal(
+            &e,
+            &Command::Delete,
+            6,
+            "alice",
+            "GitHub could not tell the permission (rate_limited)",
+        ));
+        assert_eq!(r, Reaction::Refused);
+        assert_eq!(a[ANNOTATION_COMMAND_IDS], "5,6");
+        assert_eq!(a[ANNOTATION_SLEEP], "command", "kept");
+        assert!(!a.contains_key(ANNOTATION_DELETE_REQUESTED));
+        assert!(!a.contains_key(ANNOTATION_LAST_COMMAND), "no activity");
+        let reply = &a[ANNOTATION_COMMAND_REPLY];
+        assert!(
+            reply.starts_with("6 `/preview delete` by @alice: refused"),
+            "{reply}"
+        );
+        assert!(reply.contains("rate_limited"), "{reply}");
+        assert_eq!(
+            record_refusal(&e, &Command::Delete, 5, "alice", "x"),
+            Recorded::Duplicate
+        );
     }
 
     #[test]

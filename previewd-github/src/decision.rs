@@ -43,12 +43,16 @@ use previewd_kube::crd::{
 };
 
 use crate::event::PullRequestEvent;
-use crate::policy::{self, Decision};
+use crate::policy::{self, Approval, Decision};
 
 /// Annotation: head commit of the newest event applied.
 pub const ANNOTATION_HEAD_SHA: &str = "previewd.io/head-sha";
-/// Annotation: head commit of a fork PR that a maintainer approved.
+/// Annotation: head commit of a fork PR that a maintainer approved (the full SHA).
 pub const ANNOTATION_APPROVED_SHA: &str = "previewd.io/approved-sha";
+/// Annotation: login of the maintainer who approved [`ANNOTATION_APPROVED_SHA`].
+pub const ANNOTATION_APPROVED_BY: &str = "previewd.io/approved-by";
+/// Annotation: when they approved it (RFC 3339, GitHub's time of the label event).
+pub const ANNOTATION_APPROVED_AT: &str = "previewd.io/approved-at";
 
 /// How long a tombstone is kept: longer than GitHub lets anyone redeliver an event
 /// (3 days on github.com, 7 on GitHub Enterprise Server).
@@ -100,8 +104,8 @@ pub enum Plan {
     },
     /// Render and apply.
     Apply {
-        /// Approved fork head commit.
-        approved_sha: Option<String>,
+        /// The approval of a fork's head commit it rests on.
+        approval: Approval,
     },
 }
 
@@ -209,11 +213,11 @@ pub fn plan(
                 },
             }
         }
-        Decision::Apply { approved_sha } => {
+        Decision::Apply { approval } => {
             if terminating {
                 Plan::Terminating
             } else {
-                Plan::Apply { approved_sha }
+                Plan::Apply { approval }
             }
         }
     }

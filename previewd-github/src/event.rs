@@ -197,6 +197,9 @@ pub struct CheckRun {
     /// When it completed, RFC 3339.
     #[serde(default)]
     pub completed_at: Option<String>,
+    /// The App that created it (a pull request's own workflow: `github-actions`).
+    #[serde(default)]
+    pub app: Option<App>,
 }
 
 /// A `check_suite` delivery.
@@ -230,8 +233,11 @@ pub struct CheckSuite {
 }
 
 /// A GitHub App.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct App {
+    /// Id: what a required check's `app` names.
+    #[serde(default)]
+    pub id: Option<u64>,
     /// Short name.
     #[serde(default)]
     pub slug: Option<String>,

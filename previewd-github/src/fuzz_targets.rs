@@ -49,12 +49,33 @@ pub fn webhook_delivery(data: &[u8]) {
     // a record never holds a name that was not required.
     for kind in crate::ci::CHECK_EVENTS {
         if let Ok(Some(report)) = crate::ci::report_of(kind, &payload) {
-            let required = vec!["build".to_string()];
+            let required = vec![
+                previewd_core::checks::RequiredCheck::named("build"),
+                previewd_core::checks::RequiredCheck::bound("lint", 29310),
+            ];
             let mut record = previewd_core::checks::RecordedChecks::default();
-            if let Some(name) = crate::ci::required_name(&report, &required) {
-                record.record(&report.sha, name, report.state, &report.at);
+            if let Some(check) = crate::ci::required_check(&report, &required) {
+                record.record_from(
+                    &report.sha,
+                    &check.name,
+                    report.app,
+                    report.state,
+                    &report.at,
+                );
             }
-            assert!(record.checks.keys().all(|k| required.contains(k)));
+            assert!(
+                record
+                    .checks
+                    .keys()
+                    .all(|k| required.iter().any(|r| &r.name == k))
+            );
+            assert!(
+                record
+                    .checks
+                    .get("lint")
+                    .is_none_or(|r| r.app == Some(29310)),
+                "a bound check only ever records its App"
+            );
             let _ = previewd_core::checks::gate(&required, &report.sha, &record);
         }
     }

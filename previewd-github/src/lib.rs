@@ -9,9 +9,12 @@
 //!   diffs, commit statuses, deployments and the sticky PR comment, with token or GitHub
 //!   App authentication and GitHub's rate-limit rules.
 //! - [`comment`]: the pure renderer of the sticky comment's body.
-//! - [`command`]: PR commands (`/preview extend`, `sleep`, `wake`, ...): parsing and who
-//!   may run them; the webhook records them on the environment.
+//! - [`command`]: PR commands (`/preview extend`, `sleep`, `wake`, ...): parsing; the
+//!   webhook records them on the environment.
+//! - [`permission`]: who is a maintainer (runs commands, approves forks): the actor's
+//!   permission on the repository as GitHub's collaborator permission API answers it.
 
+pub mod approval;
 pub mod ci;
 #[cfg(feature = "kube")]
 pub mod claims;
@@ -26,6 +29,7 @@ pub mod event;
 #[cfg(feature = "kube")]
 pub mod fuzz_targets;
 pub mod metrics;
+pub mod permission;
 pub mod policy;
 pub mod reporter;
 pub mod signature;

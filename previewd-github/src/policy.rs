@@ -16,27 +16,55 @@
 //!
 //! # Approving fork PRs
 //!
-//! Approval is recorded per head commit. When a maintainer adds the approval label
-//! (default `preview/approved`), the `labeled` delivery carries the PR's head SHA at
-//! that moment; the environment is rendered for that commit and the SHA is stored in the
-//! `previewd.io/approved-sha` annotation. A later push to the fork (`synchronize` with
-//! another head SHA) does not move the environment: it keeps serving the approved commit
-//! and the delivery is answered `fork_head_not_approved`. To approve the new head, the
-//! maintainer removes the label (which tears the environment down) and adds it again.
-//! The label still being present on the PR never approves a commit by itself.
+//! Approval is recorded per head commit. When someone adds the approval label (default
+//! `preview/approved`), the `labeled` delivery carries the PR's head SHA at that moment;
+//! this module only says that an approval of that commit was requested
+//! ([`Approval::Requested`]). The webhook then checks it against GitHub before anything
+//! is written ([`crate::approval`]): the sender must be a maintainer (their permission
+//! on the repository, [`crate::permission`]), and the head GitHub reports now must still
+//! be the payload's head, with the label still on the pull request. Only then is the
+//! environment rendered for that commit and the approval recorded: the full SHA, who
+//! approved and when (`previewd.io/approved-sha`, `-by`, `-at`).
+//!
+//! A later push to the fork (`synchronize` with another head SHA) does not move the
+//! environment: it keeps serving the approved commit and the delivery is answered
+//! `fork_head_not_approved`. To approve the new head, the maintainer removes the label
+//! (which tears the environment down) and adds it again. The label still being present
+//! on the PR never approves a commit by itself.
 
 use previewd_core::gating::{ForkPolicy, GatingPolicy};
 
 use crate::event::PullRequestEvent;
 
+/// The approval an apply rests on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Approval {
+    /// None needed: a pull request from the repository itself, or forks allowed.
+    NotNeeded,
+    /// The fork's head commit was approved earlier and is still the head.
+    Kept(String),
+    /// The approval label was just added for this head commit: approved only once the
+    /// webhook checked it against GitHub ([`crate::approval`]).
+    Requested(String),
+}
+
+impl Approval {
+    /// The fork head commit the apply is for, if it needs an approval.
+    pub fn sha(&self) -> Option<&str> {
+        match self {
+            Approval::NotNeeded => None,
+            Approval::Kept(sha) | Approval::Requested(sha) => Some(sha),
+        }
+    }
+}
+
 /// What to do with the PR's environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Render and apply the environment. `approved_sha` is the fork head commit a
-    /// maintainer approved, recorded on the environment.
+    /// Render and apply the environment, on the approval given.
     Apply {
-        /// Approved head commit of a fork PR.
-        approved_sha: Option<String>,
+        /// For a fork PR under `RequireApproval`: its approved (or to be approved) head.
+        approval: Approval,
     },
     /// Remove the environment if it exists.
     Remove {
@@ -108,10 +136,14 @@ pub fn decide(
         };
     }
     if !event.is_fork() {
-        return Decision::Apply { approved_sha: None };
+        return Decision::Apply {
+            approval: Approval::NotNeeded,
+        };
     }
     match gating.forks {
-        ForkPolicy::Allow => Decision::Apply { approved_sha: None },
+        ForkPolicy::Allow => Decision::Apply {
+            approval: Approval::NotNeeded,
+        },
         ForkPolicy::Deny => Decision::Remove {
             reason: "fork_denied",
         },
@@ -123,7 +155,7 @@ pub fn decide(
                 .is_some_and(|l| l.name == gating.approval_label);
             if approval_event && action == "labeled" {
                 Decision::Apply {
-                    approved_sha: Some(head.to_string()),
+                    approval: Approval::Requested(head.to_string()),
                 }
             } else if approval_event && action == "unlabeled" {
                 Decision::Remove {
@@ -131,7 +163,7 @@ pub fn decide(
                 }
             } else if previously_approved_sha == Some(head) {
                 Decision::Apply {
-                    approved_sha: Some(head.to_string()),
+                    approval: Approval::Kept(head.to_string()),
                 }
             } else if previously_approved_sha.is_some() {
                 Decision::Ignore {
@@ -182,7 +214,9 @@ mod tests {
         let g = GatingPolicy::default();
         assert_eq!(
             decide(&parse(event("opened")), &g, None),
-            Decision::Apply { approved_sha: None }
+            Decision::Apply {
+                approval: Approval::NotNeeded
+            }
         );
         let mut closed = event("closed");
         closed["pull_request"]["state"] = json!("closed");
@@ -211,7 +245,9 @@ mod tests {
         base_change["changes"] = json!({"base": {"ref": {"from": "develop"}}});
         assert_eq!(
             decide(&parse(base_change), &g, None),
-            Decision::Apply { approved_sha: None }
+            Decision::Apply {
+                approval: Approval::NotNeeded
+            }
         );
     }
 
@@ -227,7 +263,9 @@ mod tests {
         g.skip_drafts = false;
         assert_eq!(
             decide(&parse(draft), &g, None),
-            Decision::Apply { approved_sha: None }
+            Decision::Apply {
+                approval: Approval::NotNeeded
+            }
         );
     }
 
@@ -247,7 +285,9 @@ mod tests {
         labeled["label"] = json!({"name": "preview"});
         assert_eq!(
             decide(&parse(labeled), &g, None),
-            Decision::Apply { approved_sha: None }
+            Decision::Apply {
+                approval: Approval::NotNeeded
+            }
         );
         // The label list still shows the label on `unlabeled`; the event's label wins.
         let mut unlabeled = event("unlabeled");
@@ -285,14 +325,14 @@ mod tests {
         assert_eq!(
             decide(&parse(approve), &g, None),
             Decision::Apply {
-                approved_sha: Some("aaaaaaa".into())
+                approval: Approval::Requested("aaaaaaa".into())
             }
         );
         let mut push = fork(event("synchronize"));
         assert_eq!(
             decide(&parse(push.clone()), &g, Some("aaaaaaa")),
             Decision::Apply {
-                approved_sha: Some("aaaaaaa".into())
+                approval: Approval::Kept("aaaaaaa".into())
             }
         );
         push["pull_request"]["head"]["sha"] = json!("ccccccc");
@@ -330,7 +370,9 @@ mod tests {
         };
         assert_eq!(
             decide(&parse(deleted), &allow, None),
-            Decision::Apply { approved_sha: None }
+            Decision::Apply {
+                approval: Approval::NotNeeded
+            }
         );
     }
 }

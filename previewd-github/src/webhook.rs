@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `Content-Type` is `application/json` or `application/x-www-form-urlencoded` | 415 |
 //! | `X-GitHub-Event` and `X-GitHub-Delivery` present | 400 |
-//! | event is `pull_request`, `issue_comment` or `ping` (nothing else is read) | 200 `ignored` |
+//! | event is `pull_request`, `issue_comment`, a check event, an access event (`member`, `membership`, `organization`, `team`) or `ping` (nothing else is read) | 200 `ignored` |
 //! | `X-Hub-Signature-256` is `sha256=` and 64 hex digits | 401 |
 //! | declared `Content-Length` within the limit (default 1 MiB) | 413 |
 //! | fewer than [`WebhookConfig::max_in_flight`] bodies being read | 503 `overloaded` |
@@ -16,16 +16,21 @@
 //! | same delivery id seen and answered 2xx recently | 200 `duplicate` |
 //! | payload parsed (the body's slot is freed); fewer than [`WebhookConfig::max_handling`] deliveries being handled | 503 `overloaded` |
 //! | `ping` | 200 `pong` |
+//! | an access event: cached permissions it may change are dropped | 200 `forgotten` |
 //! | unhandled actions, policy says leave alone | 200 `ignored` |
 //! | payload parses as a `pull_request` event with an RFC 3339 `updated_at` | 400 |
 //! | exactly one allowed `PreviewRepository` claims the repository | 202 `unknown_repository` / `conflicting_claims` |
+//! | a fork approval (approval label added): the sender is a maintainer and GitHub still reports the payload's head ([`crate::approval`]) | 200 `refused` / 503 `github_unavailable` |
 //! | event newer than what the environment or the recorded close holds ([`crate::decision`]) | 202 `stale` / 200 `duplicate` |
 //! | the environment rendered and written (or deleted) | 202 `applied` / `deleted` / `unchanged` / `absent` |
 //! | rendering refused the settings or payload | 422 |
 //! | the Kubernetes API failed or timed out | 503 (GitHub records a failure; redeliver) |
 //!
-//! The handler never calls GitHub and never waits for the environment: the
-//! `PreviewEnvironment` is the durable queue the controller works from.
+//! The handler never waits for the environment: the `PreviewEnvironment` is the durable
+//! queue the controller works from. It calls GitHub only to authorise: the permission of
+//! a PR command's author and of a fork's approver, and the head of a pull request being
+//! approved ([`crate::permission`], [`crate::approval`]), each within
+//! [`WebhookConfig::github_timeout`].
 //!
 //! # Before authentication
 //!
@@ -67,13 +72,15 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+use crate::approval::{self, ApprovalCheck, ApprovalRecord};
 use crate::ci;
 use crate::claims::{self, ClaimPolicy, ClaimVerdict};
 use crate::command::{self, CommandPolicy, CommandResponder, Reaction};
-use crate::decision::{self, Plan};
+use crate::decision::{self, ANNOTATION_APPROVED_AT, ANNOTATION_APPROVED_BY, Plan};
 use crate::event::{Envelope, IssueCommentEvent, PullRequestEvent};
 use crate::metrics::WebhookMetrics;
-use crate::policy;
+use crate::permission::{self, PermissionPolicy, Permissions, RepositoryAccess};
+use crate::policy::{self, Approval, Decision};
 use crate::signature::{self, SIGNATURE_HEADER};
 use crate::store::{EnvironmentStore, Precondition, StoreError};
 
@@ -92,6 +99,10 @@ pub const HANDLED_EVENTS: &[&str] = &[
     "check_run",
     "check_suite",
     "status",
+    "member",
+    "membership",
+    "organization",
+    "team",
 ];
 
 const LOCK_STRIPES: usize = 64;
@@ -123,8 +134,17 @@ pub struct WebhookConfig {
     pub ready_cache_ttl: Duration,
     /// Which namespaces may claim which repositories.
     pub claim_policy: ClaimPolicy,
-    /// Who may run PR commands.
+    /// Deprecated filter on PR commenters' author association, in front of the
+    /// permission check (default: none).
     pub command_policy: CommandPolicy,
+    /// Who is a maintainer (runs PR commands, approves forks): their permission on the
+    /// repository.
+    pub permission_policy: PermissionPolicy,
+    /// How long a user's permission on a repository is reused.
+    pub permission_cache_ttl: Duration,
+    /// Time allowed for each question to GitHub (a permission, a pull request's head);
+    /// slower answers count as no answer, and the action waiting on them is refused.
+    pub github_timeout: Duration,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -144,14 +164,18 @@ impl std::fmt::Debug for WebhookConfig {
             .field("ready_cache_ttl", &self.ready_cache_ttl)
             .field("claim_policy", &self.claim_policy)
             .field("command_policy", &self.command_policy)
+            .field("permission_policy", &self.permission_policy)
+            .field("permission_cache_ttl", &self.permission_cache_ttl)
+            .field("github_timeout", &self.github_timeout)
             .finish()
     }
 }
 
 impl WebhookConfig {
     /// Defaults (1 MiB, 10 s read timeout, 5 s store timeout, 10 000 deliveries for 1 h,
-    /// 32 in flight, `/readyz` cached for 5 s, any namespace may claim a repository) with
-    /// one secret.
+    /// 32 in flight, `/readyz` cached for 5 s, any namespace may claim a repository,
+    /// maintainers have write or above, permissions reused for 5 min, 5 s per question
+    /// to GitHub) with one secret.
     pub fn new(secret: impl Into<String>) -> Self {
         WebhookConfig {
             secrets: vec![SecretString::from(secret.into())],
@@ -165,6 +189,9 @@ impl WebhookConfig {
             ready_cache_ttl: Duration::from_secs(5),
             claim_policy: ClaimPolicy::open(),
             command_policy: CommandPolicy::default(),
+            permission_policy: PermissionPolicy::default(),
+            permission_cache_ttl: Duration::from_secs(300),
+            github_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -217,6 +244,9 @@ struct Inner {
     ready: Mutex<Option<(Instant, Result<(), String>)>>,
     /// Acknowledges PR commands on GitHub, when configured.
     responder: Option<Arc<dyn CommandResponder>>,
+    /// Answers who is a maintainer, when GitHub is configured; without it no command
+    /// runs and no fork is approved.
+    permissions: Option<Arc<Permissions>>,
     /// Bounds the background acknowledgements in flight.
     reactions: Arc<Semaphore>,
 }
@@ -260,6 +290,7 @@ impl WebhookState {
                 handling,
                 ready: Mutex::new(None),
                 responder: None,
+                permissions: None,
                 reactions: Arc::new(Semaphore::new(REACTIONS_IN_FLIGHT)),
             }),
         }
@@ -269,6 +300,21 @@ impl WebhookState {
     pub fn with_responder(mut self, responder: Arc<dyn CommandResponder>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.responder = Some(responder);
+        }
+        self
+    }
+
+    /// Decides who is a maintainer by asking `access` (call before serving): the
+    /// permission of PR commenters and fork approvers, and the head of a pull request
+    /// being approved. Without it, commands and fork approvals are refused.
+    pub fn with_repository_access(mut self, access: Arc<dyn RepositoryAccess>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.permissions = Some(Arc::new(Permissions::new(
+                access,
+                inner.config.permission_policy.clone(),
+                inner.config.permission_cache_ttl,
+                inner.config.github_timeout,
+            )));
         }
         self
     }
@@ -334,7 +380,10 @@ pub fn router(state: WebhookState) -> Router {
     let config = &state.inner.config;
     // Backstop over the whole request; the body read and each store call have their own,
     // shorter deadlines that answer 408 and 503.
-    let overall = config.read_timeout + config.store_timeout * 8 + Duration::from_secs(1);
+    let overall = config.read_timeout
+        + config.store_timeout * 8
+        + config.github_timeout * 2
+        + Duration::from_secs(1);
     // The body limit is enforced in the handler (Content-Length first, then while
     // reading), so oversized deliveries are logged and counted like every other.
     let webhook = Router::new()
@@ -728,6 +777,16 @@ async fn receive(
                 Some(format!("not a {event} payload: {err}")),
             )),
         },
+        "member" | "membership" | "organization" | "team" => {
+            match permission::access_change(event, &payload) {
+                Ok(change) => Parsed::Access(change),
+                Err(err) => Parsed::Answer(DeliveryOutcome::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    Some(format!("not a {event} payload: {err}")),
+                )),
+            }
+        }
         "issue_comment" => match serde_json::from_slice::<IssueCommentEvent>(&payload) {
             Ok(comment) => {
                 facts.number = Some(comment.issue.number);
@@ -749,7 +808,7 @@ async fn receive(
     drop(body_permit);
     // Only deliveries that call the store take a handling slot.
     let _handling = match &parsed {
-        Parsed::Ping | Parsed::Answer(_) => None,
+        Parsed::Ping | Parsed::Answer(_) | Parsed::Access(_) => None,
         _ => match state.inner.handling.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => return (overloaded("too many deliveries being handled"), facts),
@@ -760,6 +819,17 @@ async fn receive(
         Parsed::PullRequest(pr_event) => handle_pull_request(state, delivery, &pr_event).await,
         Parsed::Check(report) => handle_check(state, &report).await,
         Parsed::Comment(comment) => handle_issue_comment(state, &comment).await,
+        Parsed::Access(change) => match &state.inner.permissions {
+            Some(permissions) => {
+                permissions.apply(&change).await;
+                DeliveryOutcome::new(StatusCode::OK, "forgotten", None)
+            }
+            None => DeliveryOutcome::new(
+                StatusCode::OK,
+                "ignored",
+                Some("no_permission_cache".into()),
+            ),
+        },
         Parsed::Answer(outcome) => outcome,
     };
     if outcome.is_success() {
@@ -778,6 +848,8 @@ enum Parsed {
     PullRequest(Box<PullRequestEvent>),
     Check(Box<ci::CheckReport>),
     Comment(Box<IssueCommentEvent>),
+    /// Someone's access to repositories may have changed.
+    Access(permission::AccessChange),
     /// Answered without the store.
     Answer(DeliveryOutcome),
 }
@@ -907,6 +979,10 @@ async fn handle_pull_request(
             Some("PreviewRepository has no namespace".into()),
         );
     };
+    let approved = match verify_approval(state, event, &settings).await {
+        Ok(approved) => approved,
+        Err(outcome) => return outcome,
+    };
     let name = render::environment_name(&settings.spec.repository, event.number);
     let _guard = state.lock_for(&namespace, &name).lock().await;
     let mut settings = settings;
@@ -930,7 +1006,17 @@ async fn handle_pull_request(
                 Err(err) => return store_failure(&err),
             }
         }
-        match attempt(state, delivery, event, &settings, &namespace, &name).await {
+        let attempted = attempt(
+            state,
+            delivery,
+            event,
+            &settings,
+            &namespace,
+            &name,
+            approved.as_ref(),
+        )
+        .await;
+        match attempted {
             Err(StoreError::Conflict) => continue,
             Err(err) => return store_failure(&err),
             Ok(outcome) => return outcome,
@@ -973,8 +1059,13 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
             )),
         );
     };
-    let Some(name) = ci::required_name(report, &settings.spec.required_checks) else {
-        return DeliveryOutcome::new(StatusCode::OK, "ignored", Some("check_not_required".into()));
+    let Some(required) = ci::required_check(report, &settings.spec.required_checks) else {
+        let why = if ci::bound_elsewhere(report, &settings.spec.required_checks) {
+            "check_not_from_bound_app"
+        } else {
+            "check_not_required"
+        };
+        return DeliveryOutcome::new(StatusCode::OK, "ignored", Some(why.into()));
     };
     let Some(namespace) = settings.metadata.namespace.as_deref() else {
         return DeliveryOutcome::new(
@@ -1010,7 +1101,13 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
             let mut checks: RecordedChecks = annotation(env, ANNOTATION_CHECKS)
                 .and_then(|a| serde_json::from_str(a).ok())
                 .unwrap_or_default();
-            if !checks.record(&report.sha, name, report.state, &report.at) {
+            if !checks.record_from(
+                &report.sha,
+                &required.name,
+                report.app,
+                report.state,
+                &report.at,
+            ) {
                 continue;
             }
             let (Some(env_name), Some(rv)) = (
@@ -1039,7 +1136,7 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
                 } else {
                     "unchanged"
                 },
-                Some(format!("{name}: {}", report.state.as_str())),
+                Some(format!("{}: {}", required.name, report.state.as_str())),
             );
         }
     }
@@ -1050,7 +1147,61 @@ async fn handle_check(state: &WebhookState, report: &ci::CheckReport) -> Deliver
     )
 }
 
-/// One read-plan-write round; `Err(Conflict)` means read again.
+/// When `event` asks to approve a fork's head commit, checks the approval against GitHub
+/// ([`approval::check`]): `Ok(Some(record))` approved, `Ok(None)` no approval asked,
+/// `Err` the answer to give (refused, or GitHub unavailable), with nothing written.
+async fn verify_approval(
+    state: &WebhookState,
+    event: &PullRequestEvent,
+    settings: &PreviewRepository,
+) -> Result<Option<ApprovalRecord>, DeliveryOutcome> {
+    let gating = &settings.spec.gating;
+    // Whether an approval is asked does not depend on what the cluster holds.
+    let Decision::Apply {
+        approval: Approval::Requested(sha),
+    } = policy::decide(event, gating, None)
+    else {
+        return Ok(None);
+    };
+    match approval::check(
+        state.inner.permissions.as_deref(),
+        event,
+        &sha,
+        &gating.approval_label,
+    )
+    .await
+    {
+        ApprovalCheck::Approved(record) => Ok(Some(record)),
+        ApprovalCheck::Refused(why) => Err(DeliveryOutcome::new(
+            StatusCode::OK,
+            "refused",
+            Some(format!("fork approval refused: {why}")),
+        )),
+        ApprovalCheck::Unavailable(why) => Err(DeliveryOutcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "github_unavailable",
+            Some(format!("fork approval not checked: {why}; redeliver later")),
+        )),
+    }
+}
+
+/// The approval an existing environment records for `sha`.
+fn recorded_approval(existing: Option<&PreviewEnvironment>, sha: &str) -> ApprovalRecord {
+    let recorded = |key| {
+        existing
+            .filter(|e| annotation(e, ANNOTATION_APPROVED_SHA) == Some(sha))
+            .and_then(|e| annotation(e, key))
+            .map(str::to_string)
+    };
+    ApprovalRecord {
+        sha: sha.to_string(),
+        by: recorded(ANNOTATION_APPROVED_BY),
+        at: recorded(ANNOTATION_APPROVED_AT),
+    }
+}
+
+/// One read-plan-write round; `Err(Conflict)` means read again. `approved` is the
+/// approval [`verify_approval`] checked for this event, if it asked for one.
 async fn attempt(
     state: &WebhookState,
     delivery: &str,
@@ -1058,6 +1209,7 @@ async fn attempt(
     settings: &PreviewRepository,
     namespace: &str,
     name: &str,
+    approved: Option<&ApprovalRecord>,
 ) -> Result<DeliveryOutcome, StoreError> {
     let store = &state.inner.store;
     let existing = state
@@ -1132,13 +1284,27 @@ async fn attempt(
                 Some(reason.to_string()),
             )
         }
-        Plan::Apply { approved_sha } => {
+        Plan::Apply { approval } => {
+            let record = match approval {
+                Approval::NotNeeded => None,
+                Approval::Kept(sha) => Some(recorded_approval(existing.as_ref(), &sha)),
+                Approval::Requested(sha) => match approved {
+                    Some(record) if record.sha.eq_ignore_ascii_case(&sha) => Some(record.clone()),
+                    _ => {
+                        return Ok(DeliveryOutcome::new(
+                            StatusCode::OK,
+                            "refused",
+                            Some("fork approval refused: not checked".into()),
+                        ));
+                    }
+                },
+            };
             let desired = match desired_environment(
                 event,
                 settings,
                 existing.as_ref(),
                 delivery,
-                approved_sha.as_deref(),
+                record.as_ref(),
             ) {
                 Ok(env) => env,
                 Err(err) => {
@@ -1185,23 +1351,42 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
     };
     let repository = event.repository.full_name.clone();
     let comment_id = event.comment.id;
-    // Refused before any store call: a flood of comments costs no API requests.
+    let login = event.comment.user.login.as_str();
+    let refused = |why: String| {
+        state.react(&repository, comment_id, Reaction::Refused);
+        DeliveryOutcome::new(StatusCode::OK, "refused", Some(why))
+    };
+    // The deprecated association filter, when set, refuses before any request.
     if !state
         .inner
         .config
         .command_policy
         .allows(&event.comment.author_association)
     {
-        state.react(&repository, comment_id, Reaction::Refused);
-        return DeliveryOutcome::new(
-            StatusCode::OK,
-            "refused",
-            Some(format!(
-                "{} may not run commands (author association {:?})",
-                event.comment.user.login, event.comment.author_association
-            )),
-        );
+        return refused(format!(
+            "{login} may not run commands (author association {:?})",
+            event.comment.author_association
+        ));
     }
+    // The commenter's permission on the repository decides; no answer refuses too, and
+    // then (below) the sticky comment says why. A refusal writes nothing, so a flood of
+    // comments costs no store calls.
+    let Some(permissions) = state.inner.permissions.as_deref() else {
+        return refused(
+            "commands need GitHub credentials to check the commenter's permission".into(),
+        );
+    };
+    let unverified = match permissions.check(&repository, login).await {
+        permission::Verdict::Allowed(_) => None,
+        permission::Verdict::Refused(held) => {
+            return refused(format!(
+                "{login} has the role {} on {repository}; commands need {}",
+                held.describe(),
+                permissions.policy().describe()
+            ));
+        }
+        permission::Verdict::Unknown(why) => Some(format!("could not check the permission: {why}")),
+    };
     let candidates = match state
         .with_timeout(
             "find_repositories",
@@ -1255,17 +1440,21 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
                 Some("the environment is being deleted".into()),
             );
         }
-        if let Some(why) = crate::command_record::fork_refusal(&env, settings.spec.gating.forks) {
-            state.react(&repository, comment_id, Reaction::Refused);
-            return DeliveryOutcome::new(StatusCode::OK, "refused", Some(why.into()));
-        }
-        let (annotations, reaction) = match crate::command_record::record(
-            &env,
-            &command,
-            comment_id,
-            &event.comment.user.login,
-            Timestamp::now(),
-        ) {
+        let recorded = match &unverified {
+            // Not refused silently: the comment is answered on the sticky comment.
+            Some(why) => {
+                crate::command_record::record_refusal(&env, &command, comment_id, login, why)
+            }
+            None => {
+                if let Some(why) =
+                    crate::command_record::fork_refusal(&env, settings.spec.gating.forks)
+                {
+                    return refused(why.into());
+                }
+                crate::command_record::record(&env, &command, comment_id, login, Timestamp::now())
+            }
+        };
+        let (annotations, reaction) = match recorded {
             crate::command_record::Recorded::Duplicate => {
                 return DeliveryOutcome::new(
                     StatusCode::OK,
@@ -1295,11 +1484,14 @@ async fn handle_issue_comment(state: &WebhookState, event: &IssueCommentEvent) -
             Err(err) => return store_failure(&err),
             Ok(()) => {
                 state.react(&repository, comment_id, reaction);
-                return DeliveryOutcome::new(
-                    StatusCode::ACCEPTED,
-                    "command",
-                    Some(command.verb().to_string()),
-                );
+                return match &unverified {
+                    Some(why) => DeliveryOutcome::new(StatusCode::OK, "refused", Some(why.clone())),
+                    None => DeliveryOutcome::new(
+                        StatusCode::ACCEPTED,
+                        "command",
+                        Some(command.verb().to_string()),
+                    ),
+                };
             }
         }
     }
@@ -1333,13 +1525,14 @@ pub fn snapshot(event: &PullRequestEvent, previous_activity: Option<&str>) -> Pu
 }
 
 /// Renders the environment for `event` from `settings` and adds the webhook's
-/// annotations (head SHA, delivery id, approved fork commit).
+/// annotations (head SHA, delivery id, and the approval of a fork's head commit: its
+/// SHA, who approved it and when).
 pub fn desired_environment(
     event: &PullRequestEvent,
     settings: &PreviewRepository,
     existing: Option<&PreviewEnvironment>,
     delivery: &str,
-    approved_sha: Option<&str>,
+    approval: Option<&ApprovalRecord>,
 ) -> Result<PreviewEnvironment, render::RenderError> {
     let previous_activity = existing.and_then(|e| annotation(e, ANNOTATION_LAST_ACTIVITY));
     let mut env = render::render_environment(settings, &snapshot(event, previous_activity))?;
@@ -1352,8 +1545,16 @@ pub fn desired_environment(
         event.pull_request.head.sha.clone(),
     );
     annotations.insert(ANNOTATION_DELIVERY.to_string(), delivery.to_string());
-    if let Some(sha) = approved_sha {
-        annotations.insert(ANNOTATION_APPROVED_SHA.to_string(), sha.to_string());
+    if let Some(approval) = approval {
+        annotations.insert(ANNOTATION_APPROVED_SHA.to_string(), approval.sha.clone());
+        for (key, value) in [
+            (ANNOTATION_APPROVED_BY, &approval.by),
+            (ANNOTATION_APPROVED_AT, &approval.at),
+        ] {
+            if let Some(value) = value {
+                annotations.insert(key.to_string(), value.clone());
+            }
+        }
     }
     mark_fork(&mut env, event, existing);
     Ok(env)
@@ -1441,6 +1642,14 @@ mod tests {
         .unwrap()
     }
 
+    fn approved(sha: &str) -> ApprovalRecord {
+        ApprovalRecord {
+            sha: sha.into(),
+            by: Some("maintainer".into()),
+            at: Some("2024-01-01T00:00:00Z".into()),
+        }
+    }
+
     #[test]
     fn desired_environment_is_a_complete_apply_body() {
         let env = desired_environment(
@@ -1448,7 +1657,7 @@ mod tests {
             &settings(),
             None,
             "d-1",
-            Some("abcdef1"),
+            Some(&approved("abcdef1")),
         )
         .unwrap();
         let body = serde_json::to_value(&env).unwrap();
@@ -1459,6 +1668,8 @@ mod tests {
         assert_eq!(annotations[ANNOTATION_HEAD_SHA], "abcdef1");
         assert_eq!(annotations[ANNOTATION_DELIVERY], "d-1");
         assert_eq!(annotations[ANNOTATION_APPROVED_SHA], "abcdef1");
+        assert_eq!(annotations[ANNOTATION_APPROVED_BY], "maintainer");
+        assert_eq!(annotations[ANNOTATION_APPROVED_AT], "2024-01-01T00:00:00Z");
         assert_eq!(
             annotations[ANNOTATION_PR_UPDATED_AT],
             "2024-01-01T00:00:00Z"
@@ -1510,8 +1721,14 @@ mod tests {
                 .cloned()
         };
         let s = settings();
-        let forked =
-            desired_environment(&fork_event("opened"), &s, None, "d-1", Some("abcdef1")).unwrap();
+        let forked = desired_environment(
+            &fork_event("opened"),
+            &s,
+            None,
+            "d-1",
+            Some(&approved("abcdef1")),
+        )
+        .unwrap();
         assert_eq!(fork_label(&forked).as_deref(), Some("true"));
         let own = desired_environment(
             &event("opened", "abcdef1", "2024-01-01T00:00:00Z"),
@@ -1586,7 +1803,7 @@ mod tests {
             &s,
             None,
             "d-4",
-            Some("abcdef1"),
+            Some(&approved("abcdef1")),
         )
         .unwrap();
         assert!(!same_desired_state(&a, &d));

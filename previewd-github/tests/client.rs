@@ -925,10 +925,11 @@ async fn commit_checks_read_runs_suites_and_statuses_of_one_commit() {
         }
     });
     let client = token_client(&github);
-    let required: Vec<String> = ["build", "lint", "octocoders-linter", "ci/jenkins"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let required: Vec<previewd_core::checks::RequiredCheck> =
+        ["build", "lint", "octocoders-linter", "ci/jenkins"]
+            .into_iter()
+            .map(Into::into)
+            .collect();
     let checks = SourceControl::commit_checks(&client, &repo(), sha, &required)
         .await
         .unwrap();
@@ -971,4 +972,66 @@ async fn commit_checks_read_runs_suites_and_statuses_of_one_commit() {
         matches!(refused, Err(SourceControlError::Forbidden(_))),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn the_poll_counts_only_the_bound_app_for_a_bound_check() {
+    use previewd_core::checks::{CheckState, Gate, RequiredCheck, gate};
+    const ACTIONS: u64 = 15368;
+    const LINTER: u64 = 29310;
+    let github = FakeGitHub::start().await;
+    let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+    // The pull request's own workflow publishes a passing "lint" check run and a "lint"
+    // commit status; the bound App's run is still in progress.
+    github.with(|s| {
+        s.check_runs.push(serde_json::json!({
+            "name": "lint", "head_sha": sha, "status": "completed", "conclusion": "success",
+            "completed_at": "2026-11-29T12:09:00Z",
+            "app": {"id": ACTIONS, "slug": "github-actions"}
+        }));
+        s.check_runs.push(serde_json::json!({
+            "name": "lint", "head_sha": sha, "status": "in_progress", "conclusion": null,
+            "started_at": "2026-11-29T12:00:00Z",
+            "app": {"id": LINTER, "slug": "octocoders-linter"}
+        }));
+        s.commit_statuses.push((
+            sha.to_string(),
+            serde_json::json!({"context": "lint", "state": "success",
+                               "updated_at": "2026-11-29T12:09:30+00:00"}),
+        ));
+    });
+    let client = token_client(&github);
+    let required = vec![RequiredCheck::bound("lint", LINTER)];
+    let checks = SourceControl::commit_checks(&client, &repo(), sha, &required)
+        .await
+        .unwrap();
+    assert_eq!(
+        checks.checks["lint"].state,
+        CheckState::Pending,
+        "{checks:?}"
+    );
+    assert_eq!(checks.checks["lint"].app, Some(LINTER));
+    assert_eq!(
+        gate(&required, sha, &checks),
+        Gate::Waiting(vec!["lint".into()])
+    );
+    // The bound App's run passes: now the gate opens.
+    github.with(|s| {
+        s.check_runs.push(serde_json::json!({
+            "name": "lint", "head_sha": sha, "status": "completed", "conclusion": "success",
+            "completed_at": "2026-11-29T12:10:00Z",
+            "app": {"id": LINTER, "slug": "octocoders-linter"}
+        }));
+    });
+    let checks = SourceControl::commit_checks(&client, &repo(), sha, &required)
+        .await
+        .unwrap();
+    assert_eq!(gate(&required, sha, &checks), Gate::Open);
+    // Unbound, the workflow's run is as good as any (the behaviour of unbound checks).
+    let unbound = vec![RequiredCheck::named("lint")];
+    github.with(|s| s.check_runs.retain(|r| r["app"]["id"] == ACTIONS));
+    let checks = SourceControl::commit_checks(&client, &repo(), sha, &unbound)
+        .await
+        .unwrap();
+    assert_eq!(gate(&unbound, sha, &checks), Gate::Open);
 }

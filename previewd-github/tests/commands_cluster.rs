@@ -4,8 +4,8 @@
 //! to a throwaway namespace, reporting to a local server that speaks GitHub's API and
 //! recording history in the real PostgreSQL (`scripts/pg-up`).
 //!
-//! One environment lives through: Ready → a sleep command from someone without write
-//! access (refused) → `/preview sleep` (every Deployment at zero replicas) → `/preview
+//! One environment lives through: Ready → a sleep command from a read-only collaborator
+//! (refused) → `/preview sleep` (every Deployment at zero replicas) → `/preview
 //! wake` (replicas from the spec) → `/preview extend 3w` (expiry moved, capped at
 //! `maxLifespan`) with the expiry warning on the sticky comment → `/preview delete`; then
 //! its history row is read back from PostgreSQL.
@@ -74,6 +74,8 @@ async fn sleep_wake_extend_warn_delete_and_history_through_pr_commands() {
     let (client, ns) = cluster_with_settings("lifecycle-cmd").await;
     let mut cleanup = CleanupOnDrop(client.clone(), ns.clone(), true);
     let github = FakeGitHub::start().await;
+    github.grant("Codertocat", "admin");
+    github.grant("reader", "read");
     let gh = github_client(&github);
 
     // History in a table of its own.
@@ -108,7 +110,8 @@ async fn sleep_wake_extend_warn_delete_and_history_through_pr_commands() {
         Arc::new(KubeStore::new(client.clone(), Some(ns.clone()))),
         WebhookMetrics::default(),
     )
-    .with_responder(Arc::new(gh.clone()));
+    .with_responder(Arc::new(gh.clone()))
+    .with_repository_access(Arc::new(gh.clone()));
     let server = start_with_state(state).await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &ns);
     let env_name = previewd_kube::render::environment_name(REPOSITORY, 2);
@@ -133,8 +136,8 @@ async fn sleep_wake_extend_warn_delete_and_history_through_pr_commands() {
     let preview_ns = env.status.clone().unwrap().namespace.unwrap();
     assert_eq!(replicas(&client, &preview_ns, "web").await, Some(1));
 
-    // Someone without write access: refused, nothing recorded.
-    let refused = pr_comment(2, 9000, "/preview sleep", "CONTRIBUTOR");
+    // A read-only collaborator: refused, nothing recorded.
+    let refused = pr_comment_by(2, 9000, "/preview sleep", "reader", "COLLABORATOR");
     let answer = deliver_json(&server, "issue_comment", &delivery_id(), &refused).await;
     assert_eq!(answer.outcome(), "refused", "{answer:?}");
 

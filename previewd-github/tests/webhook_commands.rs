@@ -1,7 +1,8 @@
 //! PR commands through the real webhook server on 127.0.0.1: the real `issue_comment`
 //! examples of `@octokit/webhooks-examples`, and variants of them made into commands on
-//! a pull request, signed with the webhook secret. Reactions go through the real
-//! [`GitHubClient`] to a local server that speaks GitHub's reactions API.
+//! a pull request, signed with the webhook secret. Reactions and the commenters'
+//! permissions go through the real [`GitHubClient`] to a local server that speaks
+//! GitHub's reactions and collaborator permission APIs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,8 +20,8 @@ use previewd_github::metrics::{ClientMetrics, WebhookMetrics};
 use previewd_github::store::MemoryStore;
 use previewd_github::webhook::{WebhookConfig, WebhookState};
 use previewd_kube::crd::{
-    ANNOTATION_COMMAND_IDS, ANNOTATION_COMMAND_REPLY, ANNOTATION_EXTENDED_UNTIL,
-    ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, PreviewEnvironment,
+    ANNOTATION_COMMAND_IDS, ANNOTATION_COMMAND_REPLY, ANNOTATION_DELETE_REQUESTED,
+    ANNOTATION_EXTENDED_UNTIL, ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, PreviewEnvironment,
 };
 use reqwest::Method;
 use secrecy::SecretString;
@@ -47,15 +48,18 @@ struct Rig {
     github: FakeGitHub,
 }
 
+/// The examples' commenter, `Codertocat`, has write permission.
 async fn rig() -> Rig {
     let github = FakeGitHub::start().await;
+    github.grant("Codertocat", "write");
     let store = Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))]));
     let state = WebhookState::new(
         WebhookConfig::new(SECRET),
         store.clone(),
         WebhookMetrics::default(),
     )
-    .with_responder(Arc::new(github_client(&github)));
+    .with_responder(Arc::new(github_client(&github)))
+    .with_repository_access(Arc::new(github.client()));
     let server = start_with_state(state).await;
     Rig {
         server,
@@ -185,23 +189,37 @@ async fn a_command_is_recorded_once_and_acknowledged() {
 }
 
 #[tokio::test]
-async fn commands_without_write_access_are_refused_before_any_write() {
+async fn commands_without_write_permission_are_refused_before_any_write() {
     let rig = rig().await;
     seed(&rig).await;
+    rig.github.grant("reader", "read");
+    rig.github.grant("triager", "triage");
     let writes = rig.store.write_count();
-    for (id, association) in [
-        (6001, "CONTRIBUTOR"),
-        (6002, "NONE"),
-        (6003, "FIRST_TIME_CONTRIBUTOR"),
+    // The association the payload claims changes nothing: the permission decides.
+    for (id, login, association, held) in [
+        (6001, "reader", "COLLABORATOR", "read"),
+        (6002, "triager", "MEMBER", "triage"),
+        (6003, "stranger", "OWNER", "none"),
     ] {
-        let delete = pr_comment(2, id, "/preview delete", association);
+        let delete = pr_comment_by(2, id, "/preview delete", login, association);
         let answer = deliver_json(&rig.server, "issue_comment", &delivery_id(), &delete).await;
         assert_eq!(
             (answer.status, answer.outcome()),
             (200, "refused"),
             "{answer:?}"
         );
-        assert!(answer.reason().contains(association));
+        assert!(
+            answer.reason().contains(&format!("has the role {held}")),
+            "{answer:?}"
+        );
+        assert!(answer.reason().contains("write or above"), "{answer:?}");
+        assert_eq!(
+            rig.github.hits(
+                &Method::GET,
+                &format!("/repos/{REPOSITORY}/collaborators/{login}/permission")
+            ),
+            1
+        );
     }
     assert_eq!(rig.store.write_count(), writes, "nothing recorded");
     let mut got = rig.reactions(3).await;
@@ -299,4 +317,139 @@ async fn the_reactions_client_is_idempotent_and_reports_errors() {
     );
     client.react("acme/shop", 43, Reaction::Confused).await;
     assert!(github.hits(&Method::POST, path) >= 3);
+}
+
+#[tokio::test]
+async fn a_private_member_with_write_permission_is_obeyed() {
+    // A member whose organisation membership is private arrives as CONTRIBUTOR.
+    let rig = rig().await;
+    seed(&rig).await;
+    rig.github.grant("private-member", "maintain");
+    let sleep = pr_comment_by(2, 6101, "/preview sleep", "private-member", "CONTRIBUTOR");
+    let answer = deliver_json(&rig.server, "issue_comment", &delivery_id(), &sleep).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (202, "command"),
+        "{answer:?}"
+    );
+    assert_eq!(rig.annotation(ANNOTATION_SLEEP).as_deref(), Some("command"));
+}
+
+#[tokio::test]
+async fn when_github_cannot_tell_the_command_is_refused_and_the_reply_says_why() {
+    let rig = rig().await;
+    seed(&rig).await;
+    rig.github.grant("writer", "write");
+    let path = format!("/repos/{REPOSITORY}/collaborators/writer/permission");
+    // A server error after the client's retry, then a rate limit longer than the client
+    // waits: both refuse; nothing the command asks for is recorded.
+    rig.github.script(
+        Method::GET,
+        &path,
+        vec![
+            fake_github::Scripted::status(502, "Bad Gateway"),
+            fake_github::Scripted::status(502, "Bad Gateway"),
+            fake_github::Scripted::status(429, "API rate limit exceeded")
+                .header("retry-after", "120"),
+        ],
+    );
+    for (id, category) in [(6201, "server_error"), (6202, "rate_limited")] {
+        let delete = pr_comment_by(2, id, "/preview delete", "writer", "MEMBER");
+        let answer = deliver_json(&rig.server, "issue_comment", &delivery_id(), &delete).await;
+        assert_eq!(
+            (answer.status, answer.outcome()),
+            (200, "refused"),
+            "{answer:?}"
+        );
+        assert!(answer.reason().contains(category), "{answer:?}");
+        assert_eq!(rig.annotation(ANNOTATION_DELETE_REQUESTED), None);
+        let reply = rig.annotation(ANNOTATION_COMMAND_REPLY).unwrap();
+        assert!(
+            reply.starts_with(&format!("{id} `/preview delete` by @writer: refused")),
+            "{reply}"
+        );
+        assert!(reply.contains(category), "{reply}");
+    }
+    // GitHub answers again: the same person's next comment is obeyed.
+    let delete = pr_comment_by(2, 6203, "/preview delete", "writer", "MEMBER");
+    let answer = deliver_json(&rig.server, "issue_comment", &delivery_id(), &delete).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (202, "command"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        rig.annotation(ANNOTATION_DELETE_REQUESTED).as_deref(),
+        Some("6203")
+    );
+    let mut got = rig.reactions(3).await;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (6201, "-1".to_string()),
+            (6202, "-1".to_string()),
+            (6203, "+1".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn without_github_credentials_no_command_runs() {
+    let store = Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))]));
+    let server = start(store.clone(), |_| {}).await;
+    seed_server(&server).await;
+    let writes = store.write_count();
+    let delete = pr_comment(2, 6301, "/preview delete", "OWNER");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &delete).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "refused"),
+        "{answer:?}"
+    );
+    assert!(answer.reason().contains("credentials"), "{answer:?}");
+    assert_eq!(store.write_count(), writes);
+}
+
+#[tokio::test]
+async fn the_deprecated_association_filter_only_narrows() {
+    let github = FakeGitHub::start().await;
+    github.grant("Codertocat", "write");
+    github.grant("outsider", "write");
+    let store = Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))]));
+    let mut config = WebhookConfig::new(SECRET);
+    config.command_policy.allowed_associations = vec!["OWNER".into(), "MEMBER".into()];
+    let state = WebhookState::new(config, store.clone(), WebhookMetrics::default())
+        .with_repository_access(Arc::new(github.client()));
+    let server = start_with_state(state).await;
+    // start_with_state serves `state`'s store, not the server's own.
+    let answer = deliver_json(&server, "pull_request", &delivery_id(), &example("opened")).await;
+    assert_eq!(answer.outcome(), "applied", "{answer:?}");
+    // Not listed: refused without asking GitHub, whatever the permission.
+    let sleep = pr_comment_by(2, 6401, "/preview sleep", "outsider", "CONTRIBUTOR");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &sleep).await;
+    assert_eq!(answer.outcome(), "refused", "{answer:?}");
+    assert_eq!(
+        github.hits(
+            &Method::GET,
+            &format!("/repos/{REPOSITORY}/collaborators/outsider/permission")
+        ),
+        0
+    );
+    // Listed, and still asked.
+    let sleep = pr_comment(2, 6402, "/preview sleep", "OWNER");
+    let answer = deliver_json(&server, "issue_comment", &delivery_id(), &sleep).await;
+    assert_eq!(answer.outcome(), "command", "{answer:?}");
+    assert_eq!(
+        github.hits(
+            &Method::GET,
+            &format!("/repos/{REPOSITORY}/collaborators/Codertocat/permission")
+        ),
+        1
+    );
+}
+
+async fn seed_server(server: &Server) {
+    let answer = deliver_json(server, "pull_request", &delivery_id(), &example("opened")).await;
+    assert_eq!(answer.outcome(), "applied", "{answer:?}");
 }

@@ -3,10 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod fake_github;
+
+use std::sync::Arc;
 
 use common::*;
+use fake_github::FakeGitHub;
+use previewd_github::metrics::WebhookMetrics;
+use previewd_github::store::MemoryStore;
 use previewd_github::store::StoreOp;
 use previewd_github::webhook::ANNOTATION_APPROVED_SHA;
+use previewd_github::webhook::{WebhookConfig, WebhookState};
 use previewd_kube::crd::{ANNOTATION_PR_UPDATED_AT, PreviewEnvironment};
 use serde_json::{Value, json};
 
@@ -218,9 +225,32 @@ fn forked(mut payload: Value) -> Value {
     payload
 }
 
+/// GitHub's view of the fork pull request: `head` at its tip, `labels` on it.
+fn fork_pull_request(head: &str, labels: &[&str]) -> Value {
+    let mut pr = forked(example("labeled"))["pull_request"].clone();
+    pr["head"]["sha"] = json!(head);
+    pr["labels"] = labels.iter().map(|l| json!({"name": l})).collect();
+    pr
+}
+
 #[tokio::test]
 async fn fork_prs_need_an_approval_per_head_commit() {
-    let server = start_default(json!({})).await;
+    // The examples' sender, Codertocat, maintains the repository.
+    let github = FakeGitHub::start().await;
+    github.grant("Codertocat", "write");
+    github.with(|s| {
+        s.pulls
+            .insert(2, fork_pull_request(HEAD_SHA, &["preview/approved"]))
+    });
+    let store = Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))]));
+    let state = WebhookState::new(
+        WebhookConfig::new(SECRET),
+        store.clone(),
+        WebhookMetrics::default(),
+    )
+    .with_repository_access(Arc::new(github.client()));
+    let mut server = start_with_state(state).await;
+    server.store = store;
     let opened = forked(example("opened"));
     let answer = deliver_json(&server, "pull_request", &delivery_id(), &opened).await;
     assert_eq!(
@@ -236,9 +266,12 @@ async fn fork_prs_need_an_approval_per_head_commit() {
     assert_eq!((answer.status, answer.outcome()), (202, "applied"));
     let env = &server.store.environments()[0];
     assert_eq!(env.spec.head_sha, HEAD_SHA);
+    let annotations = env.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations[ANNOTATION_APPROVED_SHA], HEAD_SHA);
+    assert_eq!(annotations["previewd.io/approved-by"], "Codertocat");
     assert_eq!(
-        env.metadata.annotations.as_ref().unwrap()[ANNOTATION_APPROVED_SHA],
-        HEAD_SHA
+        annotations["previewd.io/approved-at"],
+        "2019-05-15T15:20:35Z"
     );
 
     // A new push to the fork is not deployed: the environment stays on the approved commit.
@@ -262,6 +295,15 @@ async fn fork_prs_need_an_approval_per_head_commit() {
         (answer.status, answer.outcome(), answer.reason()),
         (202, "deleted", "fork_approval_removed")
     );
+    github.with(|s| {
+        s.pulls.insert(
+            2,
+            fork_pull_request(
+                "1111111111111111111111111111111111111111",
+                &["preview/approved"],
+            ),
+        )
+    });
     let mut reapprove = approve.clone();
     reapprove["pull_request"]["head"]["sha"] = json!("1111111111111111111111111111111111111111");
     reapprove["pull_request"]["updated_at"] = json!("2019-05-15T16:02:00Z");

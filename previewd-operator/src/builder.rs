@@ -297,9 +297,7 @@ impl OperatorBuilder {
                     &args,
                     secret,
                     webhook_client,
-                    github.clone().map(|c| {
-                        Arc::new(c) as Arc<dyn previewd_github::command::CommandResponder>
-                    }),
+                    github.clone(),
                     &mut registry,
                     shutdown.clone(),
                 )

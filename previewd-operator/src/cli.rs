@@ -103,13 +103,27 @@ pub struct RunArgs {
     /// (`0s`: no warning).
     #[arg(long, env = "PREVIEWD_EXPIRY_WARNING", default_value = "1h", value_parser = parse_duration)]
     pub expiry_warning: Duration,
-    /// Comma-separated GitHub author associations allowed to run `/preview` commands.
-    #[arg(
-        long,
-        env = "PREVIEWD_COMMAND_ASSOCIATIONS",
-        default_value = "OWNER,MEMBER,COLLABORATOR"
-    )]
+    /// Deprecated: comma-separated GitHub author associations whose `/preview` comments
+    /// go on to the permission check (--maintainer-role); others are refused without
+    /// asking GitHub. It never lets anyone run a command: the association does not say
+    /// what someone may do, and private organisation members arrive as CONTRIBUTOR.
+    /// Empty (default): no filter.
+    #[arg(long, env = "PREVIEWD_COMMAND_ASSOCIATIONS", default_value = "")]
     pub command_associations: String,
+    /// Least permission on a repository (GitHub's collaborator permission: read, triage,
+    /// write, maintain, admin) that makes someone a maintainer, who may run `/preview`
+    /// commands and approve fork pull requests. Needs GitHub credentials; without them
+    /// commands and fork approvals are refused.
+    #[arg(long, env = "PREVIEWD_MAINTAINER_ROLE", default_value = "write")]
+    pub maintainer_role: String,
+    /// Comma-separated custom repository roles that make someone a maintainer too (a
+    /// custom role not listed never does, whatever its base role).
+    #[arg(long, env = "PREVIEWD_MAINTAINER_CUSTOM_ROLES", default_value = "")]
+    pub maintainer_custom_roles: String,
+    /// How long a user's permission on a repository is reused before GitHub is asked
+    /// again (`member`, `membership`, `organization` and `team` webhooks drop it at once).
+    #[arg(long, env = "PREVIEWD_PERMISSION_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub permission_cache_ttl: Duration,
     /// PostgreSQL URL of the environment history (`postgres://user:pass@host/db`); when
     /// set, history goes there instead of the ConfigMap.
     #[arg(long, env = "PREVIEWD_HISTORY_POSTGRES_URL", hide_env_values = true, value_parser = parse_secret)]

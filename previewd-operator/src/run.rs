@@ -73,6 +73,26 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Who is a maintainer, from `--maintainer-role` and `--maintainer-custom-roles`.
+pub fn permission_policy(
+    args: &RunArgs,
+) -> anyhow::Result<previewd_github::permission::PermissionPolicy> {
+    let minimum = args
+        .maintainer_role
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid --maintainer-role: {e}"))?;
+    Ok(previewd_github::permission::PermissionPolicy {
+        minimum,
+        custom_roles: args
+            .maintainer_custom_roles
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
 /// Controller settings from flags.
 pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     let cpu: Money = args
@@ -306,7 +326,7 @@ pub(crate) async fn start_webhook(
     args: &RunArgs,
     secret: &SecretString,
     client: Client,
-    responder: Option<Arc<dyn previewd_github::command::CommandResponder>>,
+    github: Option<previewd_github::GitHubClient>,
     registry: &mut Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
@@ -324,9 +344,23 @@ pub(crate) async fn start_webhook(
     config.command_policy = previewd_github::command::CommandPolicy {
         allowed_associations: split_list(&args.command_associations),
     };
+    if !config.command_policy.allowed_associations.is_empty() {
+        tracing::warn!(
+            "--command-associations is deprecated: it only filters commenters before the permission check (--maintainer-role)"
+        );
+    }
+    config.permission_policy = permission_policy(args)?;
+    config.permission_cache_ttl = args.permission_cache_ttl;
     let mut state = WebhookState::new(config, store, metrics);
-    if let Some(responder) = responder {
-        state = state.with_responder(responder);
+    match github {
+        Some(github) => {
+            state = state
+                .with_responder(Arc::new(github.clone()))
+                .with_repository_access(Arc::new(github));
+        }
+        None => tracing::warn!(
+            "no GitHub credentials: PR commands and fork approvals are refused, since nobody's permission can be checked"
+        ),
     }
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
@@ -407,4 +441,41 @@ pub async fn history_store(
     Ok(Some(Arc::new(
         ConfigMapHistory::new(api, name).with_flush_interval(HISTORY_FLUSH_INTERVAL),
     )))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["previewd"];
+        argv.extend_from_slice(flags);
+        *Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn maintainers_have_write_by_default_and_the_flags_change_it() {
+        use previewd_github::permission::{PermissionPolicy, Role};
+        assert_eq!(
+            permission_policy(&run_args(&[])).unwrap(),
+            PermissionPolicy::default()
+        );
+        let policy = permission_policy(&run_args(&[
+            "--maintainer-role",
+            "Maintain",
+            "--maintainer-custom-roles",
+            "deployer, release-manager,",
+        ]))
+        .unwrap();
+        assert_eq!(policy.minimum, Role::Maintain);
+        assert_eq!(policy.custom_roles, vec!["deployer", "release-manager"]);
+        let err = permission_policy(&run_args(&["--maintainer-role", "owner"])).unwrap_err();
+        assert!(err.to_string().contains("--maintainer-role"), "{err}");
+        // The deprecated association filter is off unless set.
+        assert_eq!(run_args(&[]).command_associations, "");
+    }
 }

@@ -1,7 +1,7 @@
 //! The [`SourceControl`] implementation: GitHub endpoints and their wire types.
 
 use async_trait::async_trait;
-use previewd_core::checks::{CheckState, RecordedChecks};
+use previewd_core::checks::{CheckState, RecordedChecks, RequiredCheck};
 use previewd_core::source_control::{
     ChangedFile, ChangedFiles, CommentId, CommentUpsert, CommitStatus, DeploymentId,
     DeploymentRequest, DeploymentStatusUpdate, FileChangeKind, PullRequestDiff, PullRequestInfo,
@@ -160,18 +160,19 @@ impl GitHubClient {
     /// The states of the `required` checks of commit `sha`: the latest check run of each
     /// name, each App's check suite (by slug and name) and the latest commit status of
     /// each context (`GET .../commits/{sha}/check-runs`, `.../check-suites`, `.../status`,
-    /// 100 per page, at most 10 pages each). Names not required are left out.
+    /// 100 per page, at most 10 pages each). Names not required are left out, and so are,
+    /// for a check bound to an App, statuses and other Apps' check runs and suites.
     pub async fn commit_checks(
         &self,
         repo: &RepoRef,
         sha: &str,
-        required: &[String],
+        required: &[RequiredCheck],
     ) -> Result<RecordedChecks, GitHubError> {
         let mut checks = RecordedChecks::default();
         let base = format!("{}/commits/{sha}", repo_path(repo));
-        let mut record = |name: &str, state: CheckState, at: String| {
-            if required.iter().any(|r| r == name) {
-                checks.record(sha, name, state, &at);
+        let mut record = |name: &str, app: Option<u64>, state: CheckState, at: String| {
+            if required.iter().any(|r| r.accepts(name, app)) {
+                checks.record_from(sha, name, app, state, &at);
             }
         };
         for page in 1..=MAX_CHECK_PAGES {
@@ -185,6 +186,7 @@ impl GitHubClient {
                 let state = CheckState::of_check(&run.status, run.conclusion.as_deref());
                 record(
                     &run.name,
+                    run.app.and_then(|a| a.id),
                     state,
                     crate::ci::utc(run.completed_at.or(run.started_at)),
                 );
@@ -205,12 +207,14 @@ impl GitHubClient {
                     suite.status.as_deref().unwrap_or("queued"),
                     suite.conclusion.as_deref(),
                 );
-                let app = suite.app.unwrap_or(crate::event::App {
-                    slug: None,
-                    name: None,
-                });
+                let app = suite.app.unwrap_or_default();
                 for name in [app.slug, app.name].into_iter().flatten() {
-                    record(&name, state, crate::ci::utc(suite.updated_at.clone()));
+                    record(
+                        &name,
+                        app.id,
+                        state,
+                        crate::ci::utc(suite.updated_at.clone()),
+                    );
                 }
             }
             if seen < 100 || page * 100 >= list.total_count {
@@ -227,6 +231,7 @@ impl GitHubClient {
             for status in combined.statuses {
                 record(
                     &status.context,
+                    None,
                     CheckState::of_status(&status.state),
                     crate::ci::utc(status.updated_at),
                 );
@@ -284,9 +289,7 @@ impl SourceControl for GitHubClient {
         repo: &RepoRef,
         number: u64,
     ) -> Result<PullRequestInfo, SourceControlError> {
-        let url = self.url(&format!("{}/pulls/{number}", repo_path(repo)))?;
-        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
-        Ok(pull_request_info(repo, answer.json::<PullRequest>()?))
+        Ok(self.pull_request_info(repo, number).await?)
     }
 
     async fn changed_files(
@@ -301,7 +304,7 @@ impl SourceControl for GitHubClient {
         &self,
         repo: &RepoRef,
         sha: &str,
-        required: &[String],
+        required: &[RequiredCheck],
     ) -> Result<RecordedChecks, SourceControlError> {
         Ok(GitHubClient::commit_checks(self, repo, sha, required).await?)
     }
@@ -441,6 +444,43 @@ impl SourceControl for GitHubClient {
 }
 
 impl GitHubClient {
+    /// Pull request `number` as GitHub sees it now (`GET /repos/{owner}/{repo}/pulls/{n}`).
+    pub async fn pull_request_info(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<PullRequestInfo, GitHubError> {
+        let url = self.url(&format!("{}/pulls/{number}", repo_path(repo)))?;
+        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
+        Ok(pull_request_info(repo, answer.json::<PullRequest>()?))
+    }
+
+    /// `login`'s permission on `repo`
+    /// (`GET /repos/{owner}/{repo}/collaborators/{username}/permission`, App permission
+    /// Metadata: read). A 404 (not a collaborator, no such user) is no permission; every
+    /// other failure is an error. See [`crate::permission`].
+    pub async fn collaborator_permission(
+        &self,
+        repo: &RepoRef,
+        login: &str,
+    ) -> Result<crate::permission::CollaboratorPermission, GitHubError> {
+        if !crate::permission::valid_login(login) {
+            return Err(GitHubError::Rejected {
+                status: 400,
+                message: "not a GitHub login".into(),
+            });
+        }
+        let url = self.url(&format!(
+            "{}/collaborators/{login}/permission",
+            repo_path(repo)
+        ))?;
+        match self.get(url, JSON_MEDIA_TYPE).await {
+            Ok(answer) => answer.json(),
+            Err(GitHubError::NotFound(_)) => Ok(crate::permission::CollaboratorPermission::none()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Adds a reaction to an issue or pull-request comment
     /// (`POST /repos/{owner}/{repo}/issues/comments/{id}/reactions`). GitHub answers 200
     /// when the same reaction exists already, so a retry never adds a second one.

@@ -155,6 +155,22 @@ pub fn pr_comment(pr: u64, id: u64, body: &str, association: &str) -> Value {
     payload
 }
 
+/// [`pr_comment`] by `login` instead of the example's commenter.
+pub fn pr_comment_by(pr: u64, id: u64, body: &str, login: &str, association: &str) -> Value {
+    let mut payload = pr_comment(pr, id, body, association);
+    payload["comment"]["user"]["login"] = json!(login);
+    payload["sender"]["login"] = json!(login);
+    payload
+}
+
+/// The first example of `event` whose `action` is `action`.
+pub fn example_of(event: &str, action: &str) -> Value {
+    examples(event)
+        .into_iter()
+        .find(|e| e["action"] == action)
+        .unwrap_or_else(|| panic!("no {event} example with action {action}"))
+}
+
 /// Same as [`deliver_json`]; named for servers over other stores.
 pub async fn deliver_json_to(
     server: &Server,

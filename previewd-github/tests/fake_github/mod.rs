@@ -1,8 +1,9 @@
 //! A small server on 127.0.0.1 that speaks the parts of GitHub's REST API previewd uses:
 //! pulls, pull files (capped at 3000 like GitHub), diffs, statuses, deployments and their
-//! statuses, issue comments (paginated with `Link` headers), `/user`, `/app` and App
-//! installation tokens (the JWT is verified with the app's public key). Failures are
-//! scripted per route; every request is logged so tests can count attempts.
+//! statuses, issue comments (paginated with `Link` headers), collaborator permissions,
+//! `/user`, `/app` and App installation tokens (the JWT is verified with the app's public
+//! key). Failures are scripted per route; every request is logged so tests can count
+//! attempts.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -118,6 +119,12 @@ pub struct State {
     pub check_suites: Vec<Value>,
     /// Reactions as `(comment id, content)`, each at most once (as GitHub keeps them).
     pub reactions: Vec<(u64, String)>,
+    /// Collaborator permissions by login (lower case): `(role_name, permission)`; a login
+    /// not listed gets 404, as GitHub answers for someone who is no collaborator.
+    pub permissions: BTreeMap<String, (String, String)>,
+    /// Pull requests by number, as `GET .../pulls/{n}` answers them; others get a
+    /// default open pull request.
+    pub pulls: BTreeMap<u64, Value>,
 }
 
 pub struct FakeGitHub {
@@ -161,6 +168,24 @@ impl FakeGitHub {
         url::Url::parse(&format!("http://{}/", self.addr)).unwrap()
     }
 
+    /// A token client of this server with short timeouts and few retries, which gives up
+    /// at once on a rate limit longer than a second.
+    pub fn client(&self) -> previewd_github::GitHubClient {
+        let mut config = previewd_github::ClientConfig::new(self.base_url());
+        config.request_timeout = Duration::from_secs(5);
+        config.max_retries = 1;
+        config.backoff_base = Duration::from_millis(20);
+        config.backoff_max = Duration::from_millis(100);
+        config.mutation_spacing = Duration::from_millis(1);
+        config.max_rate_limit_wait = Duration::from_secs(1);
+        previewd_github::GitHubClient::new(
+            config,
+            previewd_github::GitHubAuth::Token(secrecy::SecretString::from(TOKEN.to_string())),
+            previewd_github::metrics::ClientMetrics::default(),
+        )
+        .unwrap()
+    }
+
     pub fn script(&self, method: Method, path: &str, answers: Vec<Scripted>) {
         self.state
             .lock()
@@ -189,6 +214,22 @@ impl FakeGitHub {
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().unwrap())
+    }
+
+    /// Gives `login` the role `role_name` (and the legacy `permission` GitHub maps it to).
+    pub fn grant(&self, login: &str, role_name: &str) {
+        let permission = match role_name {
+            "admin" => "admin",
+            "maintain" | "write" => "write",
+            "triage" | "read" => "read",
+            _ => "write",
+        };
+        self.with(|s| {
+            s.permissions.insert(
+                login.to_ascii_lowercase(),
+                (role_name.to_string(), permission.to_string()),
+            )
+        });
     }
 }
 
@@ -443,7 +484,31 @@ fn route(
                     )))
                     .unwrap();
             }
-            answer(200, pull(number))
+            match state.pulls.get(&number) {
+                Some(pr) => answer(200, pr.clone()),
+                None => answer(200, pull(number)),
+            }
+        }
+        ("GET", ["repos", owner, repo, "collaborators", user, "permission"]) => {
+            match state.permissions.get(&user.to_ascii_lowercase()) {
+                Some((role_name, permission)) => answer(
+                    200,
+                    json!({
+                        "permission": permission,
+                        "role_name": role_name,
+                        "user": {"login": user, "type": "User",
+                                 "permissions": {"admin": permission == "admin",
+                                                 "push": permission != "read" && permission != "none",
+                                                 "pull": true}},
+                        "repository": {"full_name": format!("{owner}/{repo}")}
+                    }),
+                ),
+                None => answer(
+                    404,
+                    json!({"message": "Not Found",
+                           "documentation_url": "https://docs.github.com/rest/collaborators/collaborators#get-repository-permissions-for-a-user"}),
+                ),
+            }
         }
         ("GET", ["repos", _, _, "pulls", n, "files"]) => {
             let number: u64 = n.parse().unwrap_or(0);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
+use previewd_core::checks::RequiredCheck;
 use previewd_core::{Money, Phase, Tier, Ttl, TtlChoice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -111,11 +112,15 @@ pub struct PreviewEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaSpec>,
     /// Checks the head commit must pass before it is deployed (check runs, commit status
-    /// contexts or GitHub Apps' check suites, by name); meanwhile the environment waits
-    /// with reason `WaitingForChecks`, and a failed one fails it.
+    /// contexts or GitHub Apps' check suites, by name; with `app`, only that GitHub App's
+    /// check runs and suites count); meanwhile the environment waits with reason
+    /// `WaitingForChecks`, and a failed one fails it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 20), inner(length(min = 1, max = 255)))]
-    pub required_checks: Vec<String>,
+    #[schemars(
+        length(max = 20),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
+    pub required_checks: Vec<RequiredCheck>,
 }
 
 /// One service of the environment.

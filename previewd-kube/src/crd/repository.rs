@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
+use previewd_core::checks::RequiredCheck;
 use previewd_core::{ServiceCatalogue, Tier, Ttl, TtlChoice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -141,11 +142,16 @@ pub struct PreviewRepositorySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argocd: Option<ArgoCdSettings>,
     /// Checks a head commit must pass before it is deployed: names of check runs,
-    /// commit status contexts, or GitHub Apps whose check suite must pass. Empty: deploy
-    /// at once.
+    /// commit status contexts, or GitHub Apps whose check suite must pass. With `app`
+    /// (a GitHub App id), only that App's check runs and suites satisfy the check, never
+    /// a commit status or another App's check run of the same name (a pull request's own
+    /// workflow can publish either). Empty: deploy at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 20), inner(length(min = 1, max = 255)))]
-    pub required_checks: Vec<String>,
+    #[schemars(
+        length(max = 20),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
+    pub required_checks: Vec<RequiredCheck>,
 }
 
 fn default_true() -> bool {
