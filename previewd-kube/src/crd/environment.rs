@@ -733,4 +733,22 @@ pub mod condition {
     pub const SLEEPING: &str = "Sleeping";
     /// The environment will be deleted within the expiry warning time.
     pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    /// A fork's environment is planned without the repository's Secrets and egress.
+    pub const FORK_RESTRICTED: &str = "ForkRestricted";
+
+    /// Every condition type the controller writes. A test drives the planner to each
+    /// of them, so a new type without a test fails the suite.
+    pub const ALL: [&str; 11] = [
+        READY,
+        RECONCILING,
+        STALLED,
+        NAMESPACE_READY,
+        SERVICES_DEPLOYED,
+        TESTS_COMPLETED,
+        BUDGET_EXCEEDED,
+        DATA_SEEDED,
+        SLEEPING,
+        EXPIRING_SOON,
+        FORK_RESTRICTED,
+    ];
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::pass::{Pass, Step};
-use super::{PlanInput, PlannedEvent, expiry, truncate};
+use super::{FinalizerAction, PlanInput, PlannedEvent, expiry, truncate};
 use crate::crd::{ANNOTATION_DELETE_REQUESTED, PreviewRepository};
 use crate::tenancy::{self, Grant, Refusal, Subject};
 
@@ -86,6 +86,11 @@ pub(super) fn admit(pass: &mut Pass<'_, '_>) -> Step<Option<Arc<PreviewRepositor
         Ok(grant) => grant,
         Err(refusal) => {
             pass.status.pending_report = None;
+            // Not even the finalizer is added to an environment previewd never acted
+            // for; one that has it keeps it, so that what was deployed is torn down.
+            if pass.finalizer == FinalizerAction::Add {
+                pass.finalizer = FinalizerAction::Keep;
+            }
             return Err(pass.stall(refusal.reason, &refusal.message));
         }
     };

@@ -15,7 +15,7 @@ use crate::crd::{LABEL_FORK, PreviewEnvironment, PreviewEnvironmentStatus, Previ
 
 /// Condition type: `True` while a fork's environment is planned without the repository's
 /// Secrets and egress rules.
-pub const CONDITION_FORK_RESTRICTED: &str = "ForkRestricted";
+pub const CONDITION_FORK_RESTRICTED: &str = crate::crd::condition::FORK_RESTRICTED;
 
 /// Reason of [`CONDITION_FORK_RESTRICTED`].
 pub const REASON_FORK: &str = "ForkPullRequest";

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gate;
+mod promises;
 mod stages;
+mod tenancy;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
