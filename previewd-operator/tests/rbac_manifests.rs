@@ -150,7 +150,8 @@ async fn manifests_and_secret_copies_run_under_the_shipped_roles() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "db", "labels": {"previewd.io/preview-secret": "true"}},
+        "metadata": {"name": "db", "labels": {"previewd.io/preview-secret": "true"},
+                     "annotations": {"previewd.io/allowed-repositories": "acme/shop"}},
         "stringData": {"password": "first"}
     }))
     .unwrap();
