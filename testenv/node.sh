@@ -449,8 +449,16 @@ EOF
   log "real node $NODE_NAME ready in $((SECONDS - NODE_T0)) s (pods $NODE_POD_CIDR, taint: $taints)"
 }
 
+# CoreDNS available, and running in this containerd (after a restart of the node the API may
+# still report the pod of the containerd before).
 node_dns_ready() {
-  [[ "$(kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.availableReplicas}')" == 1 ]]
+  local ctr_=(ctr --address "$(node_dir)/containerd.sock" -n k8s.io) ids id
+  [[ "$(kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.availableReplicas}')" == 1 ]] || return 1
+  ids="$("${ctr_[@]}" containers ls -q 'labels."io.kubernetes.container.name"==coredns')"
+  for id in $ids; do
+    "${ctr_[@]}" tasks ls | awk -v id="$id" '$1 == id && $3 == "RUNNING" {found=1} END {exit !found}' && return 0
+  done
+  return 1
 }
 
 # The objects the node needs in the cluster: endpoints for the `kubernetes` Service (the API
