@@ -277,6 +277,21 @@ async fn helm_installs_the_image_and_the_operator_serves_previews() {
         202
     );
 
+    // The webhook recorded in the repository's status that it is the repository's binding.
+    let repos: Api<PreviewRepository> = Api::namespaced(client.clone(), &team);
+    eventually(TIMEOUT, "the Claimed condition on the repository", || {
+        let repos = repos.clone();
+        async move {
+            let repo = repos.get("acme-shop").await.ok()?;
+            let claimed = repo
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Claimed")?;
+            (claimed.status == "True").then_some(())
+        }
+    })
+    .await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(client.clone(), &team);
     let env = wait_ready_at(&envs, &sha1).await;
     let preview_ns = env.status.as_ref().unwrap().namespace.clone().unwrap();
