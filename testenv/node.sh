@@ -76,8 +76,9 @@ node_kill_leftovers() {
 }
 
 # Stop the node of state directory $1 (default: this one) and remove everything it made:
-# processes, mounts, the netns (veth, bridge, iptables rules, ipsets), the host's routes, the
-# kubepods cgroups, then its directory. Safe to run twice and after a crash.
+# processes, mounts, and when that state owns the machine's node (or nobody does) the netns
+# (veth, bridge, iptables rules, ipsets), the host's routes and the kubepods cgroups; then its
+# directory. Safe to run twice and after a crash.
 node_cleanup() {
   local state="${1:-$STATE}" dir c i m
   dir="$state/node"
@@ -88,7 +89,12 @@ node_cleanup() {
     stop_component "$c"
   done
   STATE="$saved_state"
-  node_kill_leftovers "$dir"
+  # The machine-wide parts belong to the owner: another state directory's live node is left
+  # alone.
+  local owner machine_wide=0
+  owner="$(node_owner)"
+  [[ -z "$owner" || "$owner" == "$state" ]] && machine_wide=1
+  ((machine_wide == 0)) || node_kill_leftovers "$dir"
   # Mounts under the node's directory, deepest first (kubelet's volumes and its rshared bind of
   # its own root, containerd's rootfs overlays, sandbox shm, netns files).
   for ((i = 0; i < 5; i++)); do
@@ -96,15 +102,17 @@ node_cleanup() {
     [[ -n "$m" ]] || break
     while IFS= read -r t; do umount -l "$t" 2>/dev/null || true; done <<<"$m"
   done
-  if [[ -e "$NODE_NETNS_PATH" ]]; then ip netns del "$NODE_NETNS" 2>/dev/null || true; fi
-  ip link del "$NODE_HOST_IF" 2>/dev/null || true
-  for c in "$NODE_POD_CIDR" "$NODE_SERVICE_CIDR"; do
-    ip route del "$c" via "$NODE_IP" 2>/dev/null || true
-  done
-  for c in "${NODE_GUARDED_RANGES[@]}"; do
-    ip route del unreachable "$c" metric 4000 2>/dev/null || true
-  done
-  find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  if ((machine_wide == 1)); then
+    if [[ -e "$NODE_NETNS_PATH" ]]; then ip netns del "$NODE_NETNS" 2>/dev/null || true; fi
+    ip link del "$NODE_HOST_IF" 2>/dev/null || true
+    for c in "$NODE_POD_CIDR" "$NODE_SERVICE_CIDR"; do
+      ip route del "$c" via "$NODE_IP" 2>/dev/null || true
+    done
+    for c in "${NODE_GUARDED_RANGES[@]}"; do
+      ip route del unreachable "$c" metric 4000 2>/dev/null || true
+    done
+    find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  fi
   if [[ -d "$dir" ]] && [[ -z "$(node_mounts "$dir")" ]]; then
     rm -rf --one-file-system "$dir"
   elif [[ -d "$dir" ]]; then
