@@ -1,23 +1,17 @@
-# A small static image of the previewd binary.
+# The previewd image: one static binary and the CA bundle on an empty base, run as the
+# non-root user 65532, with no shell and no package manager. Nothing comes from a registry.
 #
-#   docker build -t ghcr.io/previewd/previewd:0.1.0 .
-#
-# Build stage: a pinned Rust toolchain producing a fully static musl binary (ring's C and
-# assembly parts are compiled with musl-gcc). Runtime stage: distroless "static" as the
-# non-root user 65532, with no shell and no package manager. Tags are pinned; pin digests
-# as well in your registry mirror (`image@sha256:...`) when you build for production.
-FROM docker.io/library/rust:1.95.0-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
-WORKDIR /src
-COPY . .
-RUN cargo build --release --locked -p previewd-operator --target x86_64-unknown-linux-musl \
- && install -D -m 0755 target/x86_64-unknown-linux-musl/release/previewd /out/previewd
-
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/previewd /usr/local/bin/previewd
+# The build context is a directory holding two files (testenv/images/build makes it):
+#   previewd              RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
+#                           --locked -p previewd-operator --target x86_64-unknown-linux-gnu
+#                         (target/x86_64-unknown-linux-gnu/release/previewd, statically linked)
+#   ca-certificates.crt   /etc/ssl/certs/ca-certificates.crt (Debian's ca-certificates)
+# and the image is built with Debian's buildah (docker build takes the same arguments):
+#   buildah bud --timestamp 0 -f Dockerfile -t ghcr.io/previewd/previewd:0.1.0 DIR
+# `--timestamp 0` makes the image reproducible: the same files give the same digest.
+FROM scratch
+COPY --chmod=0644 ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --chmod=0755 previewd /usr/local/bin/previewd
 USER 65532:65532
 EXPOSE 8080 8443
 ENTRYPOINT ["/usr/local/bin/previewd"]

@@ -89,5 +89,5 @@ remove_state() {
   fi
   rm -rf "${STATE:?}/etcd-data" "$STATE/pki" "$STATE/pids" "$STATE/kwok-workdir" \
     "$STATE/kubeconfig" "$STATE/cluster.env" "$STATE/env" "${STATE:?}/bin" \
-    "$STATE/audit.log" "$STATE/audit-policy.yaml" "$STATE/nodes.yaml"
+    "$STATE/audit.log" "$STATE/audit-policy.yaml" "$STATE/nodes.yaml" "$STATE/node.env"
 }

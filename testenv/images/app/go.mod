@@ -1,0 +1,3 @@
+module previewd.local/testenv/images/app
+
+go 1.26.0
