@@ -63,15 +63,13 @@ impl Setup {
             ingress_namespace: ingress.clone(),
             ..Default::default()
         };
-        let config = previewd_kube::ControllerConfig {
-            secret_namespace: Some(secrets.clone()),
-            guard,
-            readiness_timeout: PHASE_TIMEOUT,
-            stage_jobs: previewd_kube::strategy::StageJobSettings {
-                operator_image: images.operator.clone(),
-                ..Default::default()
-            },
-            ..test_config(&team)
+        let mut config = test_config(&team);
+        config.secret_namespace = Some(secrets.clone());
+        config.guard = guard;
+        config.readiness_timeout = PHASE_TIMEOUT;
+        config.stage_jobs = previewd_kube::strategy::StageJobSettings {
+            operator_image: images.operator.clone(),
+            ..Default::default()
         };
         let ctx = Context::new(client.clone(), config)
             .with_strategy(Arc::new(ManifestsStrategy::default()))
@@ -540,7 +538,8 @@ async fn seed_and_test_jobs_run_their_images() {
     )
     .await;
     let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "preview-database", "labels": {"previewd.io/preview-secret": "true"}},
+        "metadata": {"name": "preview-database", "labels": {"previewd.io/preview-secret": "true"},
+                     "annotations": {"previewd.io/allowed-repositories": "realnode/*"}},
         "stringData": {"url": db.url_for_pods}
     }))
     .unwrap();
