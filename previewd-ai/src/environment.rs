@@ -172,18 +172,46 @@ impl CatalogueSource for FixedCatalogue {
 }
 
 /// Reads the `PreviewRepository` named by the environment's `spec.repositoryRef`, in the
-/// environment's namespace.
+/// environment's namespace: from the controller's watch cache when it is given one (the
+/// shipped roles grant PreviewRepositories list and watch only), else with a GET.
 #[cfg(feature = "kube")]
 #[derive(Clone)]
 pub struct KubeCatalogues {
     client: kube::Client,
+    cache: Option<
+        Arc<
+            std::sync::OnceLock<
+                kube::runtime::reflector::Store<previewd_kube::crd::PreviewRepository>,
+            >,
+        >,
+    >,
 }
 
 #[cfg(feature = "kube")]
 impl KubeCatalogues {
     /// Reads through `client`.
     pub fn new(client: kube::Client) -> Self {
-        KubeCatalogues { client }
+        KubeCatalogues {
+            client,
+            cache: None,
+        }
+    }
+
+    /// Reads from the controller's cache of repositories once it is filled
+    /// ([`previewd_kube::controller::Context::repository_store`]), through `client`
+    /// until then.
+    pub fn cached(
+        client: kube::Client,
+        cache: Arc<
+            std::sync::OnceLock<
+                kube::runtime::reflector::Store<previewd_kube::crd::PreviewRepository>,
+            >,
+        >,
+    ) -> Self {
+        KubeCatalogues {
+            client,
+            cache: Some(cache),
+        }
     }
 }
 
@@ -207,6 +235,14 @@ impl CatalogueSource for KubeCatalogues {
         } else {
             env.namespace.as_str()
         };
+        if let Some(store) = self.cache.as_ref().and_then(|c| c.get()) {
+            let key = kube::runtime::reflector::ObjectRef::<PreviewRepository>::new(name)
+                .within(namespace);
+            return match store.get(&key) {
+                Some(repo) => Ok(settings_of(repo.spec.clone())),
+                None => Err(AdviceError::RepositoryNotFound(name.to_owned())),
+            };
+        }
         let api: kube::Api<PreviewRepository> =
             kube::Api::namespaced(self.client.clone(), namespace);
         match api.get_opt(name).await {

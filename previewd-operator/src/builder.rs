@@ -248,8 +248,9 @@ impl OperatorBuilder {
         let advisor: Arc<dyn EnvironmentAdvisor> = match self.advisor {
             Some(advisor) => advisor,
             None => {
-                let catalogues = Arc::new(previewd_ai::environment::KubeCatalogues::new(
+                let catalogues = Arc::new(previewd_ai::environment::KubeCatalogues::cached(
                     client.clone(),
+                    ctx.repository_store(),
                 ));
                 match self.ai_provider {
                     Some(provider) => {

@@ -217,6 +217,12 @@ impl Context {
         handed.remove(&backoff_key(env));
     }
 
+    /// The controller's cache of `PreviewRepository` objects, filled once [`run`] starts
+    /// (for plug-ins that read repository settings without an API request per read).
+    pub fn repository_store(&self) -> Arc<OnceLock<Store<crate::crd::PreviewRepository>>> {
+        self.repository_store.clone()
+    }
+
     /// Replaces the clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
