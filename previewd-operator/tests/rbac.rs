@@ -779,3 +779,150 @@ async fn preview_namespaces_refuse_exposing_services_whoever_writes_them() {
     .await;
     stage.remove().await;
 }
+
+/// Every API call the webhook's store makes (the split webhook's whole use of the API,
+/// and the backfill's), authenticated as a ServiceAccount bound to exactly the shipped
+/// webhook role: nothing is refused, and every granted verb is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_store_runs_under_exactly_the_shipped_webhook_role() {
+    use previewd_github::{EnvironmentStore, KubeStore, Precondition};
+    use previewd_kube::crd::{ClosedPullRequest, PreviewRepository};
+
+    let stage = Stage::new("rbac-hook").await;
+    let hook = "previewd-webhook";
+    service_account(&stage.admin, &stage.home, hook).await;
+    let shipped = ShippedRbac::load();
+    let rules = shipped.webhook_role["rules"].as_array().unwrap().clone();
+    let name = format!("previewd-hook-{}", stage.suffix);
+    let installed = install_cluster_role(&stage.admin, &name, &rules, &stage.home, hook).await;
+
+    let repo: PreviewRepository = serde_json::from_value(json!({
+        "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewRepository",
+        "metadata": {"name": "shop", "namespace": stage.team},
+        "spec": {"repository": "acme/shop", "baseDomain": "preview.test", "catalogue": {"services": [
+            {"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}
+    }))
+    .unwrap();
+    Api::<PreviewRepository>::namespaced(stage.admin.clone(), &stage.team)
+        .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+
+    let token = token(&stage.admin, &stage.home, hook).await;
+    let (sa, recording) = recorded_client(&token).await;
+    let store = KubeStore::new(sa, Some(stage.team.clone()));
+    // The authorizer may take a moment to see the new binding.
+    eventually(Duration::from_secs(30), "the webhook role applies", || {
+        let store = store.clone();
+        async move { store.ready().await.ok() }
+    })
+    .await;
+    let found = store.find_repositories("acme/shop").await.unwrap();
+    assert_eq!(found.len(), 1);
+    store
+        .record_claim(&previewd_kube::tenancy::ClaimVerdict {
+            namespace: stage.team.clone(),
+            name: "shop".into(),
+            claimed: true,
+            reason: previewd_kube::tenancy::REASON_BOUND,
+            message: "bound".into(),
+        })
+        .await
+        .unwrap();
+    let mut env = environment("shop-pr-9", 9, None);
+    env.metadata.namespace = Some(stage.team.clone());
+    assert!(
+        store
+            .get_environment(&stage.team, "shop-pr-9")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .apply_environment(&env, &Precondition::Absent)
+        .await
+        .unwrap();
+    let live = store
+        .get_environment(&stage.team, "shop-pr-9")
+        .await
+        .unwrap()
+        .unwrap();
+    let version = live.metadata.resource_version.clone().unwrap();
+    store
+        .apply_command_annotations(
+            &stage.team,
+            "shop-pr-9",
+            &[("previewd.io/command".to_string(), "extend".to_string())].into(),
+            &version,
+        )
+        .await
+        .unwrap();
+    let at = store
+        .environments_at(&stage.team, "acme/shop", &env.spec.head_sha)
+        .await
+        .unwrap();
+    assert_eq!(at.len(), 1);
+    let live = store
+        .get_environment(&stage.team, "shop-pr-9")
+        .await
+        .unwrap()
+        .unwrap();
+    let checks = previewd_core::checks::RecordedChecks {
+        sha: env.spec.head_sha.clone(),
+        ..Default::default()
+    };
+    store
+        .record_checks(
+            &stage.team,
+            "shop-pr-9",
+            &checks,
+            live.metadata.resource_version.as_deref().unwrap(),
+        )
+        .await
+        .unwrap();
+    let live = store
+        .get_environment(&stage.team, "shop-pr-9")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .delete_environment(
+                &stage.team,
+                "shop-pr-9",
+                live.metadata.resource_version.as_deref().unwrap()
+            )
+            .await
+            .unwrap()
+    );
+    store
+        .record_tombstone(
+            &found[0],
+            "shop-pr-9",
+            &ClosedPullRequest {
+                updated_at: "2026-01-01T00:00:00Z".into(),
+                delivery: "d-1".into(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+
+    assert!(
+        recording.forbidden().is_empty(),
+        "refused: {:?}",
+        recording.forbidden()
+    );
+    let used = recording.used();
+    let unused: Vec<_> = granted(&rules).difference(&used).cloned().collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used: {unused:?}\nused: {used:?}"
+    );
+    Installed {
+        cluster_objects: installed,
+    }
+    .remove(&stage.admin)
+    .await;
+    stage.remove().await;
+}
