@@ -131,6 +131,61 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+/// Installs custom resource definitions of another product as its own Go module ships
+/// them: runs the `testenv/` script `script` (which prints, as its last line, the
+/// directory holding the manifests), applies `files` from there with a forced server-side
+/// apply, and waits until each is Established.
+///
+/// # Panics
+///
+/// When the script fails, a file cannot be read or applied, or a definition is not
+/// Established within [`SETUP_TIMEOUT`].
+pub async fn install_crd_files(client: &Client, script: &str, files: &[&str]) {
+    let path = format!("{}/../testenv/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = ok_or_panic(
+        std::process::Command::new(&path).output(),
+        &format!("run testenv/{script}"),
+    );
+    assert!(
+        out.status.success(),
+        "testenv/{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("testenv/{script} printed no directory"))
+        .trim()
+        .to_string();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in files {
+        let yaml = ok_or_panic(
+            std::fs::read(format!("{dir}/{file}")),
+            &format!("read {dir}/{file}"),
+        );
+        let crd: CustomResourceDefinition =
+            ok_or_panic(serde_saphyr::from_slice(&yaml), &format!("parse {file}"));
+        let name = crd.name_any();
+        ok_or_panic(
+            crds.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await,
+            &format!("apply CRD {name}"),
+        );
+        let established = tokio::time::timeout(
+            SETUP_TIMEOUT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await;
+        let watched = ok_or_panic(established, &format!("CRD {name} established in time"));
+        ok_or_panic(watched, &format!("watch CRD {name}"));
+    }
+}
+
 /// Eight random hexadecimal digits, for names that must not collide between tests or
 /// runs (namespaces, branches).
 pub fn unique_suffix() -> String {

@@ -233,33 +233,86 @@ impl std::fmt::Debug for Backfill {
     }
 }
 
-/// The backfill `previewd run` runs on its leader: with GitHub credentials and a webhook
-/// secret (the deliveries are signed with it), unless `--backfill-interval` is 0.
+/// The backfill `previewd run` runs on its leader: with GitHub credentials, unless
+/// `--backfill-interval` is 0. Its deliveries go to a handler inside this process, never
+/// over the network, so they are signed with the webhook secret when this process has one
+/// and with a key of its own otherwise: the controller of the split layout, which does
+/// not serve the webhook, backfills too.
 pub fn from_run_args(
     args: &crate::cli::RunArgs,
     client: Client,
 ) -> anyhow::Result<Option<Backfill>> {
     let interval = args.replica.backfill_interval;
-    let Some(secret) = args
-        .webhook_secret
-        .as_ref()
-        .map(secrecy::ExposeSecret::expose_secret)
-        .filter(|s| !s.is_empty())
-    else {
-        return Ok(None);
-    };
-    if interval.is_zero() {
+    if interval.is_zero() || args.replica.webhook_only {
         return Ok(None);
     }
     let metrics = previewd_github::metrics::ClientMetrics::default();
     let Some(github) = crate::run::github_rest_client(args, metrics)? else {
         return Ok(None);
     };
+    let secret = args
+        .webhook_secret
+        .as_ref()
+        .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     Ok(Some(Backfill::new(
         client,
         github,
-        secret,
+        &secret,
         args.namespace.clone(),
         interval,
     )))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    fn run_args(flags: &[&str]) -> crate::cli::RunArgs {
+        let mut argv = vec!["previewd", "run"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(crate::cli::Command::Run(run)) => *run,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn client() -> kube::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_controller_backfills_without_the_webhook_secret() {
+        // The split layout's controller: GitHub credentials, no webhook secret.
+        let controller = run_args(&["--github-token", "t0ken"]);
+        assert!(
+            super::from_run_args(&controller, client().await)
+                .unwrap()
+                .is_some()
+        );
+        // Off without credentials, at interval 0, and in a webhook-only process.
+        assert!(
+            super::from_run_args(&run_args(&[]), client().await)
+                .unwrap()
+                .is_none()
+        );
+        let off = run_args(&["--github-token", "t0ken", "--backfill-interval", "0s"]);
+        assert!(
+            super::from_run_args(&off, client().await)
+                .unwrap()
+                .is_none()
+        );
+        let webhook = run_args(&["--github-token", "t0ken", "--webhook-only"]);
+        assert!(
+            super::from_run_args(&webhook, client().await)
+                .unwrap()
+                .is_none()
+        );
+    }
 }

@@ -192,6 +192,24 @@ pub struct RunArgs {
         default_value = "ingress-nginx"
     )]
     pub ingress_namespace: String,
+    /// How environments are reached from outside the cluster: `ingress` (an Ingress
+    /// each, TLS from cert-manager) or `httproute` (a Gateway API HTTPRoute each, attached
+    /// to --gateway-name; TLS at the Gateway's listener, each host one label below an
+    /// allowed base domain).
+    #[arg(long, env = "PREVIEWD_ROUTE_KIND", default_value = "ingress", value_parser = ["ingress", "httproute"])]
+    pub route_kind: String,
+    /// Name of the Gateway environments' HTTPRoutes attach to (with `--route-kind
+    /// httproute`).
+    #[arg(long, env = "PREVIEWD_GATEWAY_NAME", default_value = "")]
+    pub gateway_name: String,
+    /// Namespace of that Gateway (its listener must allow routes from preview
+    /// namespaces).
+    #[arg(long, env = "PREVIEWD_GATEWAY_NAMESPACE", default_value = "")]
+    pub gateway_namespace: String,
+    /// Listener of that Gateway the routes attach to (`sectionName`); empty: every
+    /// listener whose hostname matches.
+    #[arg(long, env = "PREVIEWD_GATEWAY_SECTION", default_value = "")]
+    pub gateway_section: String,
     /// Environments reconciled concurrently.
     #[arg(long, env = "PREVIEWD_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,

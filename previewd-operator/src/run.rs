@@ -202,8 +202,32 @@ fn planner_config(
         },
         idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
         expiry_warning: args.expiry_warning,
+        routing: routing(args)?,
         ..PlannerConfig::default()
     })
+}
+
+/// How environments are reached, from `--route-kind` and the `--gateway-*` flags.
+pub fn routing(args: &RunArgs) -> anyhow::Result<previewd_kube::children::httproute::Routing> {
+    use previewd_kube::children::httproute::{GatewayRef, Routing};
+    match args.route_kind.trim() {
+        "ingress" => Ok(Routing::Ingress),
+        "httproute" => {
+            let name = args.gateway_name.trim();
+            let namespace = args.gateway_namespace.trim();
+            anyhow::ensure!(
+                !name.is_empty() && !namespace.is_empty(),
+                "--route-kind httproute needs --gateway-name and --gateway-namespace (the Gateway the routes attach to)"
+            );
+            let section = args.gateway_section.trim();
+            Ok(Routing::HttpRoute(GatewayRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                section_name: (!section.is_empty()).then(|| section.to_string()),
+            }))
+        }
+        other => anyhow::bail!("invalid --route-kind {other:?}: ingress or httproute"),
+    }
 }
 
 /// The Argo CD strategy's platform settings from flags; `kinds` is the templates'
@@ -477,5 +501,32 @@ mod tests {
         assert!(err.to_string().contains("--maintainer-role"), "{err}");
         // The deprecated association filter is off unless set.
         assert_eq!(run_args(&[]).command_associations, "");
+    }
+
+    #[test]
+    fn routes_are_ingresses_by_default_and_httproutes_need_a_gateway() {
+        use previewd_kube::children::httproute::{GatewayRef, Routing};
+        assert_eq!(routing(&run_args(&[])).unwrap(), Routing::Ingress);
+        let err = routing(&run_args(&["--route-kind", "httproute"])).unwrap_err();
+        assert!(err.to_string().contains("--gateway-name"), "{err}");
+        assert_eq!(
+            routing(&run_args(&[
+                "--route-kind",
+                "httproute",
+                "--gateway-name",
+                "previews",
+                "--gateway-namespace",
+                "gateway",
+                "--gateway-section",
+                "https",
+            ]))
+            .unwrap(),
+            Routing::HttpRoute(GatewayRef {
+                namespace: "gateway".into(),
+                name: "previews".into(),
+                section_name: Some("https".into()),
+            })
+        );
+        assert!(crate::cli::Cli::try_parse_from(["previewd", "--route-kind", "gateway"]).is_err());
     }
 }

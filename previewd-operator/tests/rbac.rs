@@ -280,7 +280,7 @@ fn granted(rules: &[Value]) -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn shipped_roles_have_no_wildcards_escalation_or_secret_access() {
-    for manifest in ["previewd", "previewd-split-webhook"] {
+    for manifest in ["previewd", "previewd-combined"] {
         for doc in rendered(manifest) {
             if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
                 continue;
@@ -541,10 +541,41 @@ async fn admission_policy_refuses_writes_outside_preview_namespaces() {
         "deleting a team namespace",
     );
 
+    // A namespace of its own without restricted pod security, or with it only enforced.
+    let pss_refused = |r: Result<Namespace, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s))
+            if s.code == 403 && s.message.contains("restricted Pod Security Standard") => {}
+        other => panic!("{what}: expected the pod-security rule to refuse, got {other:?}"),
+    };
+    for labels in [
+        json!({"app.kubernetes.io/managed-by": "previewd"}),
+        json!({"app.kubernetes.io/managed-by": "previewd",
+               "pod-security.kubernetes.io/enforce": "restricted"}),
+        json!({"app.kubernetes.io/managed-by": "previewd",
+               "pod-security.kubernetes.io/enforce": "baseline",
+               "pod-security.kubernetes.io/audit": "restricted",
+               "pod-security.kubernetes.io/warn": "restricted"}),
+    ] {
+        let lax: Namespace = serde_json::from_value(json!({"metadata": {
+            "name": format!("preview-lax-{}", stage.suffix),
+            "labels": labels,
+        }}))
+        .unwrap();
+        pss_refused(
+            namespaces.create(&PostParams::default(), &lax).await,
+            &format!("preview namespace labelled {labels}"),
+        );
+    }
+
     // Inside a namespace previewd created, the same writes pass.
     let ours: Namespace = serde_json::from_value(json!({"metadata": {
         "name": format!("preview-{}", stage.suffix),
-        "labels": {"app.kubernetes.io/managed-by": "previewd"},
+        "labels": {
+            "app.kubernetes.io/managed-by": "previewd",
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+        },
     }}))
     .unwrap();
     namespaces
@@ -555,11 +586,339 @@ async fn admission_policy_refuses_writes_outside_preview_namespaces() {
         .create(&PostParams::default(), &configmap)
         .await
         .expect("a write inside a managed preview namespace");
+    // Dropping restricted pod security from it later is refused too.
+    pss_refused(
+        namespaces
+            .patch(
+                &ours.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})),
+            )
+            .await,
+        "relaxing a managed namespace's pod security",
+    );
     namespaces
         .delete(&ours.name_any(), &DeleteParams::default())
         .await
         .expect("deleting a managed namespace");
 
+    Installed {
+        cluster_objects: installed,
+    }
+    .remove(&stage.admin)
+    .await;
+    stage.remove().await;
+}
+
+/// The rendered policy for Services in preview namespaces, renamed for one test and
+/// narrowed to the namespace `only` (the cluster is shared), with `exempt_user` as its
+/// only exempt user.
+fn preview_services_policy(suffix: &str, only: &str, exempt_user: &str) -> (Value, Value) {
+    let docs = rendered("previewd");
+    let mut policy = document(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "previewd-preview-services",
+    );
+    let mut binding = document(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "previewd-preview-services",
+    );
+    let name = format!("previewd-preview-services-{suffix}");
+    policy["metadata"]["name"] = json!(name);
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["namespaceSelector"],
+        json!({"matchLabels": {"app.kubernetes.io/managed-by": "previewd"}})
+    );
+    policy["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] =
+        json!(only);
+    policy["spec"]["matchConditions"] = json!([{
+        "name": "not-exempt",
+        "expression": format!("request.userInfo.username != '{exempt_user}'"),
+    }]);
+    binding["metadata"]["name"] = json!(name);
+    binding["spec"]["policyName"] = json!(name);
+    (policy, binding)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_namespaces_refuse_exposing_services_whoever_writes_them() {
+    let stage = Stage::new("rbac-svc").await;
+    // An admin-like identity: every verb on Services everywhere (as Argo CD's application
+    // controller has), not exempt from the policy.
+    let argo = "argocd-like";
+    service_account(&stage.admin, &stage.home, argo).await;
+    let name = format!("previewd-svc-{}", stage.suffix);
+    let broad = vec![
+        json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "create", "patch", "update", "delete"]}),
+    ];
+    let mut installed = install_cluster_role(&stage.admin, &name, &broad, &stage.home, argo).await;
+    let preview = format!("preview-svc-{}", stage.suffix);
+    let (policy, binding) =
+        preview_services_policy(&stage.suffix, &preview, "break-glass@example.test");
+    apply(&stage.admin, &policy).await;
+    apply(&stage.admin, &binding).await;
+    installed.extend([policy, binding]);
+
+    // A namespace previewd manages, and a team namespace that it does not.
+    let namespaces: Api<Namespace> = Api::all(stage.admin.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {
+        "name": preview,
+        "labels": {"app.kubernetes.io/managed-by": "previewd", "previewd.io/test": "true"},
+    }}))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+
+    let token = token(&stage.admin, &stage.home, argo).await;
+    let (sa, _) = recorded_client(&token).await;
+    let in_preview: Api<Service> = Api::namespaced(sa.clone(), &preview);
+    let service = |name: &str, spec: Value| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let load_balancer = service(
+        "public",
+        json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+    );
+    // Policies take a moment to reach the admission chain.
+    let first = eventually(
+        Duration::from_secs(30),
+        "the policy refuses a LoadBalancer",
+        || {
+            let in_preview = in_preview.clone();
+            let load_balancer = load_balancer.clone();
+            async move {
+                match in_preview
+                    .create(&PostParams::default(), &load_balancer)
+                    .await
+                {
+                    Err(kube::Error::Api(s)) if s.code == 403 => Some(s.message),
+                    Ok(_) => {
+                        let _ = in_preview.delete("public", &DeleteParams::default()).await;
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+        },
+    )
+    .await;
+    assert!(first.contains("type LoadBalancer is refused"), "{first}");
+    assert!(first.contains(&preview), "{first}");
+
+    for (svc, expected) in [
+        (
+            service(
+                "nodeport",
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            ),
+            "type NodePort is refused",
+        ),
+        (
+            service(
+                "alias",
+                json!({"type": "ExternalName", "externalName": "metadata.google.internal"}),
+            ),
+            "type ExternalName is refused",
+        ),
+        (
+            service(
+                "intercept",
+                json!({"ports": [{"port": 80}], "externalIPs": ["10.0.0.10"]}),
+            ),
+            "spec.externalIPs is refused",
+        ),
+    ] {
+        match in_preview.create(&PostParams::default(), &svc).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(expected) => {}
+            other => panic!("{}: expected {expected:?}, got {other:?}", svc.name_any()),
+        }
+    }
+    // A ClusterIP Service passes, and cannot be turned into a NodePort afterwards.
+    in_preview
+        .create(
+            &PostParams::default(),
+            &service("web", json!({"ports": [{"port": 80}]})),
+        )
+        .await
+        .expect("a ClusterIP Service in a preview namespace");
+    match in_preview
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "NodePort"}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("NodePort") => {}
+        other => panic!("turning web into a NodePort: {other:?}"),
+    }
+    // Outside preview namespaces the policy does not apply.
+    Api::<Service>::namespaced(sa.clone(), &stage.team)
+        .create(
+            &PostParams::default(),
+            &service(
+                "public",
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .expect("a NodePort Service in a team namespace is the team's business");
+
+    namespaces
+        .delete(&preview, &DeleteParams::default())
+        .await
+        .unwrap();
+    Installed {
+        cluster_objects: installed,
+    }
+    .remove(&stage.admin)
+    .await;
+    stage.remove().await;
+}
+
+/// Every API call the webhook's store makes (the split webhook's whole use of the API,
+/// and the backfill's), authenticated as a ServiceAccount bound to exactly the shipped
+/// webhook role: nothing is refused, and every granted verb is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_store_runs_under_exactly_the_shipped_webhook_role() {
+    use previewd_github::{EnvironmentStore, KubeStore, Precondition};
+    use previewd_kube::crd::{ClosedPullRequest, PreviewRepository};
+
+    let stage = Stage::new("rbac-hook").await;
+    let hook = "previewd-webhook";
+    service_account(&stage.admin, &stage.home, hook).await;
+    let shipped = ShippedRbac::load();
+    let rules = shipped.webhook_role["rules"].as_array().unwrap().clone();
+    let name = format!("previewd-hook-{}", stage.suffix);
+    let installed = install_cluster_role(&stage.admin, &name, &rules, &stage.home, hook).await;
+
+    let repo: PreviewRepository = serde_json::from_value(json!({
+        "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewRepository",
+        "metadata": {"name": "shop", "namespace": stage.team},
+        "spec": {"repository": "acme/shop", "baseDomain": "preview.test", "catalogue": {"services": [
+            {"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}
+    }))
+    .unwrap();
+    Api::<PreviewRepository>::namespaced(stage.admin.clone(), &stage.team)
+        .create(&PostParams::default(), &repo)
+        .await
+        .unwrap();
+
+    let token = token(&stage.admin, &stage.home, hook).await;
+    let (sa, recording) = recorded_client(&token).await;
+    let store = KubeStore::new(sa, Some(stage.team.clone()));
+    // The authorizer may take a moment to see the new binding.
+    eventually(Duration::from_secs(30), "the webhook role applies", || {
+        let store = store.clone();
+        async move { store.ready().await.ok() }
+    })
+    .await;
+    let found = store.find_repositories("acme/shop").await.unwrap();
+    assert_eq!(found.len(), 1);
+    store
+        .record_claim(&previewd_kube::tenancy::ClaimVerdict {
+            namespace: stage.team.clone(),
+            name: "shop".into(),
+            claimed: true,
+            reason: previewd_kube::tenancy::REASON_BOUND,
+            message: "bound".into(),
+        })
+        .await
+        .unwrap();
+    let mut env = environment("shop-pr-9", 9, None);
+    env.metadata.namespace = Some(stage.team.clone());
+    assert!(
+        store
+            .get_environment(&stage.team, "shop-pr-9")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .apply_environment(&env, &Precondition::Absent)
+        .await
+        .unwrap();
+    let live = store
+        .get_environment(&stage.team, "shop-pr-9")
+        .await
+        .unwrap()
+        .unwrap();
+    let version = live.metadata.resource_version.clone().unwrap();
+    store
+        .apply_command_annotations(
+            &stage.team,
+            "shop-pr-9",
+            &[("previewd.io/command".to_string(), "extend".to_string())].into(),
+            &version,
+        )
+        .await
+        .unwrap();
+    let at = store
+        .environments_at(&stage.team, "acme/shop", &env.spec.head_sha)
+        .await
+        .unwrap();
+    assert_eq!(at.len(), 1);
+    let live = store
+        .get_environment(&stage.team, "shop-pr-9")
+        .await
+        .unwrap()
+        .unwrap();
+    let checks = previewd_core::checks::RecordedChecks {
+        sha: env.spec.head_sha.clone(),
+        ..Default::default()
+    };
+    store
+        .record_checks(
+            &stage.team,
+            "shop-pr-9",
+            &checks,
+            live.metadata.resource_version.as_deref().unwrap(),
+        )
+        .await
+        .unwrap();
+    let live = store
+        .get_environment(&stage.team, "shop-pr-9")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .delete_environment(
+                &stage.team,
+                "shop-pr-9",
+                live.metadata.resource_version.as_deref().unwrap()
+            )
+            .await
+            .unwrap()
+    );
+    store
+        .record_tombstone(
+            &found[0],
+            "shop-pr-9",
+            &ClosedPullRequest {
+                updated_at: "2026-01-01T00:00:00Z".into(),
+                delivery: "d-1".into(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+
+    assert!(
+        recording.forbidden().is_empty(),
+        "refused: {:?}",
+        recording.forbidden()
+    );
+    let used = recording.used();
+    let unused: Vec<_> = granted(&rules).difference(&used).cloned().collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used: {unused:?}\nused: {used:?}"
+    );
     Installed {
         cluster_objects: installed,
     }

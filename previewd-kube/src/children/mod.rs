@@ -2,6 +2,7 @@
 //! `desired_*` function; [`apply`] writes an object with server-side apply only when its
 //! desired state changed.
 
+pub mod httproute;
 pub mod ingress;
 pub mod namespace;
 pub mod secrets;

@@ -83,6 +83,18 @@ pub struct Context {
     handed_reports: Mutex<HashMap<String, String>>,
 }
 
+/// Every kind the caches watch in preview namespaces: what the plug-ins create
+/// ([`crate::plan::watched_kinds`]) and the environments' routes.
+fn cached_kinds(
+    strategies: &Strategies,
+    stages: &[Arc<dyn Stage>],
+    config: &ControllerConfig,
+) -> Vec<crate::strategy::WatchedKind> {
+    let mut kinds = crate::plan::watched_kinds(strategies, stages);
+    kinds.extend(crate::children::httproute::watched_kinds(&config.routing));
+    kinds
+}
+
 /// How often the CI gate's fallback poll asks the source-control system about one
 /// environment's head commit.
 pub const CHECKS_POLL_INTERVAL: Duration = Duration::from_secs(60);
@@ -99,7 +111,7 @@ impl Context {
         );
         let strategies = Strategies::default();
         let (caches, writers) = Caches::new(
-            &crate::plan::watched_kinds(&strategies, &[]),
+            &cached_kinds(&strategies, &[], &config),
             config.secret_namespace.as_deref(),
         );
         Context {
@@ -148,7 +160,7 @@ impl Context {
 
     fn rebuild_caches(&mut self) {
         let (caches, writers) = Caches::new(
-            &crate::plan::watched_kinds(&self.strategies, &self.stages),
+            &cached_kinds(&self.strategies, &self.stages, &self.config),
             self.config.secret_namespace.as_deref(),
         );
         self.caches = caches;

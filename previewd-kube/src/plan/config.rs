@@ -8,6 +8,7 @@ use std::time::Duration;
 use previewd_core::Pricing;
 use previewd_core::tenancy::ClaimPolicy;
 
+use crate::children::httproute::Routing;
 use crate::children::namespace::GuardSettings;
 use crate::children::workload::WorkloadSettings;
 use crate::strategy::StageJobSettings;
@@ -59,6 +60,8 @@ pub struct PlannerConfig {
     pub claim_policy: ClaimPolicy,
     /// What templated objects may do ([`crate::strategy::rules`]).
     pub template_rules: TemplateRules,
+    /// How environments are reached: an Ingress or a Gateway API HTTPRoute each.
+    pub routing: Routing,
 }
 
 impl Default for PlannerConfig {
@@ -81,6 +84,7 @@ impl Default for PlannerConfig {
             durable_reports: false,
             claim_policy: ClaimPolicy::open(),
             template_rules: TemplateRules::default(),
+            routing: Routing::Ingress,
         }
     }
 }

@@ -442,6 +442,9 @@ fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
     }
     watched_kinds(input.strategies, input.stages)
         .into_iter()
+        .chain(crate::children::httproute::watched_kinds(
+            &input.config.routing,
+        ))
         .map(|k| k.resource)
         .find(|r| r.kind == key.kind && r.api_version == key.api_version)
 }

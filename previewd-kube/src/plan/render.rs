@@ -17,6 +17,9 @@ use super::namespace::{self, NamespaceChoice};
 use super::object::{ChildKey, DesiredObject};
 use super::pass::{Pass, Step};
 use super::{PlannerConfig, expiry, fork, sleep};
+use crate::children::httproute::{
+    Routing, desired_httproutes, http_route_resource, one_label_below, service_backends,
+};
 use crate::children::ingress::desired_ingress;
 use crate::children::namespace::{
     add_egress, desired_allow_policy, desired_default_deny, desired_limit_range, desired_namespace,
@@ -116,6 +119,17 @@ pub(super) fn target(
             ),
         ));
     }
+    if let (Some(host), Routing::HttpRoute(_)) = (host.as_deref(), &input.config.routing)
+        && let Some(domain) = host::allowed_domain(host, input.config)
+        && !one_label_below(host, domain)
+    {
+        return Err(pass.stall(
+            "HostNotAllowed",
+            &format!(
+                "host {host:?} is more than one label below {domain}: the Gateway listener for *.{domain} and its wildcard certificate cover exactly one label"
+            ),
+        ));
+    }
     pass.status.host = host.clone();
 
     // A fork's environment gets neither the repository's Secrets nor its egress rules.
@@ -166,6 +180,21 @@ pub(super) fn render(
     let render = target.render_input(&lifecycle.effective, input.config, input.now);
     let stall = |e: StrategyError| pass.stall(&e.reason, &e.message);
 
+    if target.host.is_some()
+        && matches!(input.config.routing, Routing::HttpRoute(_))
+        && input
+            .observed
+            .missing_kinds
+            .contains(&super::object::kind_key(
+                &http_route_resource().api_version,
+                "HTTPRoute",
+            ))
+    {
+        return Err(pass.stall(
+            "GatewayApiUnavailable",
+            "the operator routes with Gateway API HTTPRoutes (--route-kind httproute), which this cluster does not serve; install the Gateway API CRDs (the operator notices within 30 s)",
+        ));
+    }
     let base = base_objects(&render, &target.ingress).map_err(stall)?;
     let copies = secret_copies(&render, &input.observed.source_secrets).map_err(stall)?;
     let labels = crate::children::common_labels(env);
@@ -353,7 +382,7 @@ fn secret_copies(
     Ok(copies)
 }
 
-/// The namespace, its guard rails and the Ingress.
+/// The namespace, its guard rails and the Ingress (or the HTTPRoutes).
 fn base_objects(
     render: &RenderInput<'_>,
     ingress: &IngressSpec,
@@ -388,6 +417,14 @@ fn base_objects(
         DesiredObject::from_typed(&allow).map_err(err)?,
     ];
     if ingress.enabled
+        && let Some(host) = render.host
+        && let Routing::HttpRoute(gateway) = &cfg.routing
+    {
+        let backends = service_backends(env);
+        for route in desired_httproutes(env, ns, host, gateway, &backends) {
+            objects.push(DesiredObject::from_value(http_route_resource(), route));
+        }
+    } else if ingress.enabled
         && let Some(host) = render.host
     {
         let issuer = ingress

@@ -1,13 +1,23 @@
+{{- define "previewd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 53 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Objects are named <fullname>[-suffix]; 53 characters leave room for the suffixes. */}}
 {{- define "previewd.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 53 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "previewd.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 53 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 53 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 53 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "previewd.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "previewd.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -15,7 +25,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "previewd.selector" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "previewd.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
@@ -31,15 +41,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The controller's ServiceAccount. */}}
 {{- define "previewd.serviceAccount" -}}
-{{ include "previewd.fullname" . }}
+{{- if .Values.serviceAccount.create -}}
+{{ default (include "previewd.fullname" .) .Values.serviceAccount.name }}
+{{- else -}}
+{{ required "serviceAccount.name is required with serviceAccount.create=false" .Values.serviceAccount.name }}
+{{- end -}}
 {{- end -}}
 
+{{/* Whether the webhook runs in its own Deployment. */}}
+{{- define "previewd.webhookSplit" -}}
+{{- if and .Values.webhook.enabled .Values.webhook.split }}true{{ end -}}
+{{- end -}}
+
+{{/* The ServiceAccount the webhook runs as. */}}
 {{- define "previewd.webhookServiceAccount" -}}
-{{- if .Values.webhook.split -}}
-{{ include "previewd.fullname" . }}-webhook
+{{- if include "previewd.webhookSplit" . -}}
+{{- if .Values.webhook.serviceAccount.create -}}
+{{ default (printf "%s-webhook" (include "previewd.fullname" .)) .Values.webhook.serviceAccount.name }}
 {{- else -}}
-{{ include "previewd.fullname" . }}
+{{ required "webhook.serviceAccount.name is required with webhook.serviceAccount.create=false" .Values.webhook.serviceAccount.name }}
+{{- end -}}
+{{- else -}}
+{{ include "previewd.serviceAccount" . }}
 {{- end -}}
 {{- end -}}
 
@@ -53,22 +78,57 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Pod security context shared by every previewd container: the restricted profile. */}}
-{{- define "previewd.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{/* GitHub credentials are configured (a token or an App). */}}
+{{- define "previewd.githubCredentials" -}}
+{{- if or .Values.github.token.existingSecret .Values.github.app.id }}true{{ end -}}
 {{- end -}}
 
-{{- define "previewd.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: ["ALL"]
+{{/* The namespace whose pods may reach previews (the ingress controller or gateway). */}}
+{{- define "previewd.ingressNamespace" -}}
+{{- if .Values.ingressNamespace -}}
+{{ .Values.ingressNamespace }}
+{{- else if eq .Values.routing.kind "httproute" -}}
+{{ .Values.routing.gateway.namespace }}
+{{- else -}}
+{{ fail "ingressNamespace: name the namespace of your ingress controller (with routing.kind=httproute it defaults to the Gateway's namespace)" }}
+{{- end -}}
+{{- end -}}
+
+{{/* GitHub credentials as environment variables (the controller and the webhook). */}}
+{{- define "previewd.githubEnv" -}}
+- name: PREVIEWD_GITHUB_API_URL
+  value: {{ .Values.github.apiUrl | quote }}
+{{- if .Values.github.token.existingSecret }}
+- name: PREVIEWD_GITHUB_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.github.token.existingSecret }}
+      key: {{ .Values.github.token.key }}
+{{- else if .Values.github.app.id }}
+- name: PREVIEWD_GITHUB_APP_ID
+  value: {{ .Values.github.app.id | quote }}
+- name: PREVIEWD_GITHUB_APP_INSTALLATION_ID
+  value: {{ required "github.app.installationId is required with github.app.id" .Values.github.app.installationId | quote }}
+- name: PREVIEWD_GITHUB_APP_PRIVATE_KEY_FILE
+  value: /var/run/secrets/previewd/github-app/{{ .Values.github.app.key }}
+{{- end }}
+{{- end -}}
+
+{{/* The GitHub App's key, mounted where PREVIEWD_GITHUB_APP_PRIVATE_KEY_FILE points. */}}
+{{- define "previewd.githubAppMounted" -}}
+{{- if and .Values.github.app.id (not .Values.github.token.existingSecret) }}true{{ end -}}
+{{- end -}}
+
+{{- define "previewd.githubAppVolume" -}}
+- name: github-app
+  secret:
+    secretName: {{ required "github.app.existingSecret (the App's private key) is required with github.app.id" .Values.github.app.existingSecret }}
+{{- end -}}
+
+{{- define "previewd.githubAppMount" -}}
+- name: github-app
+  mountPath: /var/run/secrets/previewd/github-app
+  readOnly: true
 {{- end -}}
 
 {{/* Environment shared by the operator and the split webhook. */}}
@@ -85,6 +145,10 @@ capabilities:
 - name: PREVIEWD_NAMESPACE
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.repositoryClaims }}
+- name: PREVIEWD_REPOSITORY_CLAIMS
+  value: {{ include "previewd.repositoryClaims" $ | quote }}
+{{- end }}
 - name: POD_NAME
   valueFrom:
     fieldRef:
@@ -95,6 +159,27 @@ capabilities:
       fieldPath: metadata.namespace
 {{- end -}}
 
+{{/* repositoryClaims as --repository-claims: `namespace=pattern,pattern;namespace=...`. */}}
+{{- define "previewd.repositoryClaims" -}}
+{{- $entries := list -}}
+{{- range $namespace, $patterns := .Values.repositoryClaims -}}
+{{- $entries = append $entries (printf "%s=%s" $namespace (join "," $patterns)) -}}
+{{- end -}}
+{{- join ";" $entries -}}
+{{- end -}}
+
+{{/* Settings the webhook handling reads (the webhook, and the backfill in the controller). */}}
+{{- define "previewd.commandEnv" -}}
+- name: PREVIEWD_MAINTAINER_ROLE
+  value: {{ .Values.commands.maintainerRole | quote }}
+- name: PREVIEWD_MAINTAINER_CUSTOM_ROLES
+  value: {{ join "," .Values.commands.maintainerCustomRoles | quote }}
+- name: PREVIEWD_PERMISSION_CACHE_TTL
+  value: {{ .Values.commands.permissionCacheTtl | quote }}
+- name: PREVIEWD_COMMAND_ASSOCIATIONS
+  value: {{ join "," .Values.commands.associations | quote }}
+{{- end -}}
+
 {{- define "previewd.webhookEnv" -}}
 - name: PREVIEWD_WEBHOOK_REQUIRED
   value: "true"
@@ -103,6 +188,15 @@ capabilities:
     secretKeyRef:
       name: {{ include "previewd.webhookSecretName" . }}
       key: {{ .Values.github.webhookSecret.key }}
+{{- end -}}
+
+{{/* `key=value,...` from a map. */}}
+{{- define "previewd.pairs" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%v" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
 
 {{/* The manifests allow-list as --manifest-kinds: Kind for built-ins, group/version/Kind otherwise. */}}
@@ -116,4 +210,45 @@ capabilities:
 {{- end -}}
 {{- end -}}
 {{- join "," $kinds -}}
+{{- end -}}
+
+{{/* A PodDisruptionBudget spec from {enabled, minAvailable, maxUnavailable}. */}}
+{{- define "previewd.pdbSpec" -}}
+{{- if and .minAvailable .maxUnavailable -}}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" -}}
+{{- end -}}
+{{- if .maxUnavailable -}}
+maxUnavailable: {{ .maxUnavailable }}
+{{- else -}}
+minAvailable: {{ default 1 .minAvailable }}
+{{- end -}}
+{{- end -}}
+
+{{/* Topology spread of a component: as configured, else over nodes when possible. */}}
+{{- define "previewd.topologySpread" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $values := index . 2 -}}
+{{- if $values.topologySpreadConstraints -}}
+{{ toYaml $values.topologySpreadConstraints }}
+{{- else -}}
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "previewd.selector" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ $component }}
+{{- end -}}
+{{- end -}}
+
+{{/* The prometheus job the alerts select. */}}
+{{- define "previewd.metricsJob" -}}
+{{- if .Values.metrics.prometheusRule.job -}}
+{{ .Values.metrics.prometheusRule.job }}
+{{- else if .Values.metrics.podMonitor.enabled -}}
+{{ printf "%s/%s" .Release.Namespace (include "previewd.fullname" .) }}
+{{- else -}}
+{{ include "previewd.fullname" . }}-metrics
+{{- end -}}
 {{- end -}}
