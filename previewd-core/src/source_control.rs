@@ -277,15 +277,25 @@ impl CommitStatus {
 pub struct DeploymentRequest {
     /// Commit or branch deployed.
     pub git_ref: String,
-    /// Environment name, e.g. `preview/pr-123`.
+    /// Environment name: [`PREVIEW_ENVIRONMENT`], shared by every pull request.
     pub environment: String,
     /// Short description.
     pub description: String,
+    /// The pull request the deployment belongs to (sent in the deployment's `payload`,
+    /// which tells one PR's deployments from another's in the shared environment).
+    pub pull_request: u64,
 }
 
-/// Environment name of a PR's deployment.
-pub fn deployment_environment(pr: u64) -> String {
-    format!("preview/pr-{pr}")
+/// The one repository environment every preview deployment goes to. Deployments are
+/// transient (`transient_environment: true`), so a PR's deployment never marks another
+/// PR's inactive, and each carries its own URL (the "View deployment" button on its PR).
+/// A name per pull request would create a repository environment per pull request,
+/// which only the Administration permission can delete.
+pub const PREVIEW_ENVIRONMENT: &str = "preview";
+
+/// Environment name of a PR's deployment: [`PREVIEW_ENVIRONMENT`] for every PR.
+pub fn deployment_environment(_pr: u64) -> String {
+    PREVIEW_ENVIRONMENT.to_string()
 }
 
 /// Identifier of a deployment at the provider.
@@ -480,6 +490,34 @@ pub trait SourceControl: Send + Sync {
         number: u64,
         body: &str,
     ) -> Result<CommentUpsert, SourceControlError>;
+
+    /// Waits until a mutation could be sent now without going over the provider's rate
+    /// limits (a pause after a rate-limit answer, a budget of writes), so that a caller
+    /// can still change its mind (a newer state to report) after the wait and before
+    /// the write. Sends nothing; the write itself still keeps the limits. The default
+    /// returns at once.
+    async fn write_slot(&self) {}
+
+    /// The deployment `request` describes, if it exists, without creating it. The
+    /// default creates it (providers that cannot look one up).
+    async fn find_deployment(
+        &self,
+        repo: &RepoRef,
+        request: &DeploymentRequest,
+    ) -> Result<Option<DeploymentId>, SourceControlError> {
+        self.create_deployment(repo, request).await.map(Some)
+    }
+
+    /// Edits previewd's comment on the pull request in place if there is one; creates
+    /// none (`None`: there was none). The default creates or edits it.
+    async fn update_comment(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+        body: &str,
+    ) -> Result<Option<CommentUpsert>, SourceControlError> {
+        self.upsert_comment(repo, number, body).await.map(Some)
+    }
 
     /// The states of the `required` checks of commit `sha` (check runs, commit status
     /// contexts and Apps' check suites, by name; a check bound to an App only from that

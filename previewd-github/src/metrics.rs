@@ -188,6 +188,12 @@ pub struct ClientMetrics {
     pub retries: Counter,
     /// Last `x-ratelimit-remaining` seen.
     pub rate_limit_remaining: Gauge,
+    /// Rate-limit answers that paused every request.
+    pub pauses: Counter,
+    /// Requests that waited for such a pause.
+    pub paused_requests: Counter,
+    /// Times a request waited for the secondary-limit budget.
+    pub budget_waits: Counter,
 }
 
 impl ClientMetrics {
@@ -208,6 +214,21 @@ impl ClientMetrics {
             "previewd_github_rate_limit_remaining",
             "Remaining GitHub primary rate-limit budget (x-ratelimit-remaining)",
             metrics.rate_limit_remaining.clone(),
+        );
+        registry.register(
+            "previewd_github_rate_limit_pauses",
+            "GitHub rate-limit answers that paused every request of the client",
+            metrics.pauses.clone(),
+        );
+        registry.register(
+            "previewd_github_paused_requests",
+            "GitHub requests that waited for a rate-limit pause",
+            metrics.paused_requests.clone(),
+        );
+        registry.register(
+            "previewd_github_budget_waits",
+            "Times a GitHub request waited to stay under the secondary limits",
+            metrics.budget_waits.clone(),
         );
         metrics
     }

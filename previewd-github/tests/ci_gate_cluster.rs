@@ -47,6 +47,7 @@ fn github_client(github: &FakeGitHub) -> Arc<dyn SourceControl> {
     config.backoff_base = Duration::from_millis(20);
     config.backoff_max = Duration::from_millis(100);
     config.mutation_spacing = Duration::from_millis(5);
+    config.budget = previewd_github::client::budget::BudgetLimits::unlimited();
     Arc::new(
         GitHubClient::new(
             config,

@@ -32,6 +32,7 @@ fn fast_config(github: &FakeGitHub) -> ClientConfig {
     config.secondary_rate_limit_wait = Duration::from_millis(20);
     config.rate_limit_reset_margin = Duration::ZERO;
     config.mutation_spacing = Duration::from_millis(1);
+    config.budget = previewd_github::client::budget::BudgetLimits::unlimited();
     config
 }
 
@@ -178,6 +179,7 @@ async fn commit_status_and_deployment_lifecycle() {
         git_ref: sha.into(),
         environment: deployment_environment(7),
         description: "previewd environment for PR #7".into(),
+        pull_request: 7,
     };
     let id = client.create_deployment(&repo(), &request).await.unwrap();
     // Creating again for the same ref and environment reuses it.
@@ -188,7 +190,8 @@ async fn commit_status_and_deployment_lifecycle() {
     github.with(|s| {
         assert_eq!(s.deployments.len(), 1);
         let d = &s.deployments[0];
-        assert_eq!(d["environment"], "preview/pr-7");
+        assert_eq!(d["environment"], "preview");
+        assert_eq!(d["payload"], serde_json::json!({"pull_request": 7}));
         assert_eq!(d["ref"], sha);
         assert_eq!(d["transient_environment"], true);
         assert_eq!(d["production_environment"], false);
@@ -789,6 +792,7 @@ async fn a_create_whose_answer_is_lost_is_not_duplicated() {
         git_ref: "abc1234".into(),
         environment: deployment_environment(9),
         description: "preview".into(),
+        pull_request: 9,
     };
     github.script(
         Method::POST,
@@ -833,61 +837,113 @@ async fn a_create_whose_answer_is_lost_is_not_duplicated() {
     github.with(|s| assert_eq!(s.deployments.len(), 2));
 }
 
-/// One pull request's writes are rate limited for a while; another pull request's
-/// writes go through meanwhile instead of queueing behind the wait.
+/// A rate-limit answer (403 secondary limit, or 429) with `retry-after` to one pull
+/// request's write pauses every request of the client, as GitHub asks: another pull
+/// request's write waits for the pause instead of going out meanwhile, and both are sent
+/// once it is over.
 #[tokio::test]
-async fn a_rate_limit_wait_does_not_hold_the_write_gate() {
+async fn a_rate_limit_answer_pauses_every_request_of_the_client() {
+    for (status, message) in [
+        (403, "You have exceeded a secondary rate limit."),
+        (429, "Too many requests"),
+    ] {
+        let github = FakeGitHub::start().await;
+        let mut config = fast_config(&github);
+        config.max_rate_limit_wait = Duration::from_secs(60);
+        let metrics = ClientMetrics::default();
+        let client = GitHubClient::new(
+            config,
+            GitHubAuth::Token(SecretString::from(TOKEN.to_string())),
+            metrics.clone(),
+        )
+        .unwrap();
+        let limited = "/repos/acme/shop/statuses/aaaaaaa";
+        github.script(
+            Method::POST,
+            limited,
+            vec![Scripted::status(status, message).header("retry-after", "1")],
+        );
+        let status_body = CommitStatus::new(CommitState::Pending, "building", None);
+        let slow = {
+            let client = client.clone();
+            let status_body = status_body.clone();
+            tokio::spawn(async move {
+                client
+                    .set_commit_status(&repo(), "aaaaaaa", &status_body)
+                    .await
+            })
+        };
+        // Until the answer has paused the client.
+        for _ in 0..1000 {
+            if client.paused_until().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(client.paused_until().is_some(), "{status}: paused");
+        client
+            .set_commit_status(&repo(), "bbbbbbb", &status_body)
+            .await
+            .unwrap();
+        slow.await.unwrap().unwrap();
+        assert_eq!(metrics.pauses.get(), 1, "{status}");
+        assert!(
+            metrics.paused_requests.get() >= 1,
+            "{status}: the other write waited for the pause"
+        );
+        let posts: Vec<String> = github.with(|s| {
+            s.log
+                .iter()
+                .filter(|l| l.method == Method::POST)
+                .map(|l| l.path.clone())
+                .collect()
+        });
+        assert_eq!(posts.len(), 3, "{status}: {posts:?}");
+        assert_eq!(posts[0], limited, "{status}: the refused write came first");
+        assert_eq!(github.hits(&Method::POST, limited), 2, "{status}");
+    }
+}
+
+/// A pause longer than the client waits out fails every request at once, without
+/// sending it: GitHub asked for silence until `retry-after`.
+#[tokio::test]
+async fn a_pause_longer_than_the_client_waits_fails_requests_without_sending_them() {
     let github = FakeGitHub::start().await;
     let mut config = fast_config(&github);
-    config.max_rate_limit_wait = Duration::from_secs(60);
+    config.max_rate_limit_wait = Duration::from_secs(1);
+    let metrics = ClientMetrics::default();
     let client = GitHubClient::new(
         config,
         GitHubAuth::Token(SecretString::from(TOKEN.to_string())),
-        ClientMetrics::default(),
+        metrics.clone(),
     )
     .unwrap();
     let limited = "/repos/acme/shop/statuses/aaaaaaa";
     github.script(
         Method::POST,
         limited,
-        vec![
-            Scripted::status(403, "You have exceeded a secondary rate limit.")
-                .header("retry-after", "3"),
-        ],
+        vec![Scripted::status(429, "Too many requests").header("retry-after", "600")],
     );
     let status = CommitStatus::new(CommitState::Pending, "building", None);
-    let slow = {
-        let client = client.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            client
-                .set_commit_status(&repo(), "aaaaaaa", &status)
-                .await
-                .unwrap();
-            started.elapsed()
-        })
-    };
-    // Let the first request meet its rate limit.
-    while github.hits(&Method::POST, limited) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    client
-        .set_commit_status(&repo(), "bbbbbbb", &status)
-        .await
-        .unwrap();
-    // The other PR's write completed while the rate-limited one is still waiting.
+    let first = client.set_commit_status(&repo(), "aaaaaaa", &status).await;
     assert!(
-        !slow.is_finished(),
-        "the rate-limited request is still waiting"
+        matches!(first, Err(SourceControlError::RateLimited { .. })),
+        "{first:?}"
     );
-    assert_eq!(
-        github.hits(&Method::POST, "/repos/acme/shop/statuses/bbbbbbb"),
-        1
+    assert!(client.paused_until().is_some());
+    let second = client.set_commit_status(&repo(), "bbbbbbb", &status).await;
+    assert!(
+        matches!(second, Err(SourceControlError::RateLimited { .. })),
+        "{second:?}"
     );
-    let waited = slow.await.unwrap();
-    assert!(waited >= Duration::from_secs(3), "{waited:?}");
-    assert_eq!(github.hits(&Method::POST, limited), 2);
+    let read = client.pull_request(&repo(), 7).await;
+    assert!(
+        matches!(read, Err(SourceControlError::RateLimited { .. })),
+        "{read:?}"
+    );
+    assert_eq!(github.with(|s| s.log.len()), 1, "only the first was sent");
+    assert_eq!(metrics.pauses.get(), 1);
+    assert_eq!(metrics.paused_requests.get(), 2);
 }
 
 #[tokio::test]

@@ -44,6 +44,7 @@ fn github_client(github: &FakeGitHub) -> GitHubClient {
     config.backoff_base = Duration::from_millis(20);
     config.backoff_max = Duration::from_millis(100);
     config.mutation_spacing = Duration::from_millis(1);
+    config.budget = previewd_github::client::budget::BudgetLimits::unlimited();
     GitHubClient::new(
         config,
         GitHubAuth::Token(SecretString::from(fake_github::TOKEN.to_string())),

@@ -56,6 +56,7 @@ async fn setup(prefix: &str) -> Setup {
     gh.backoff_base = Duration::from_millis(20);
     gh.backoff_max = Duration::from_millis(100);
     gh.mutation_spacing = Duration::from_millis(5);
+    gh.budget = previewd_github::client::budget::BudgetLimits::unlimited();
     let scm: Arc<dyn SourceControl> = Arc::new(
         GitHubClient::new(
             gh,

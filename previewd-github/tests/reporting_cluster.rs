@@ -178,6 +178,7 @@ fn reporter(
     config.secondary_rate_limit_wait = Duration::from_millis(20);
     config.rate_limit_reset_margin = Duration::ZERO;
     config.mutation_spacing = Duration::from_millis(5);
+    config.budget = previewd_github::client::budget::BudgetLimits::unlimited();
     let client = GitHubClient::new(
         config,
         GitHubAuth::Token(SecretString::from(fake_github::TOKEN.to_string())),
@@ -226,7 +227,9 @@ fn deployment(github: &FakeGitHub, number: u64) -> Option<(Value, Vec<Value>)> {
         let found: Vec<&Value> = s
             .deployments
             .iter()
-            .filter(|d| d["environment"] == environment.as_str())
+            .filter(|d| {
+                d["environment"] == environment.as_str() && d["payload"]["pull_request"] == number
+            })
             .collect();
         assert!(found.len() <= 1, "one deployment per commit: {found:?}");
         let deployment = (*found.first()?).clone();
@@ -274,10 +277,8 @@ fn comments(github: &FakeGitHub) -> Vec<fake_github::Comment> {
 }
 
 fn assert_deployment_request(deployment: &Value, pr: &Pr) {
-    assert_eq!(
-        deployment["environment"],
-        format!("preview/pr-{}", pr.number)
-    );
+    assert_eq!(deployment["environment"], "preview");
+    assert_eq!(deployment["payload"], json!({"pull_request": pr.number}));
     assert_eq!(deployment["ref"], pr.sha);
     assert_eq!(deployment["transient_environment"], true);
     assert_eq!(deployment["production_environment"], false);
@@ -319,11 +320,20 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
     let ready = wait_phase(&envs, &pr.name(), Phase::Ready).await;
     let url = assert_ready(&ready, &pr);
 
-    // Commit status: pending while the environment was built, then success with the URL.
+    // Commit status: success with the URL, after at most pending ones (a state replaced
+    // by a newer one before it was sent is never sent, so the pending one may be skipped
+    // when the environment is Ready first).
     let states = wait_status_success(&github, pr.sha, "commit status success").await;
     assert_eq!(
-        states[0].0, "pending",
-        "first status is pending: {states:?}"
+        states.last().unwrap().0,
+        "success",
+        "the last status is success: {states:?}"
+    );
+    assert!(
+        states[..states.len() - 1]
+            .iter()
+            .all(|(state, _)| state == "pending"),
+        "only pending statuses before it: {states:?}"
     );
     assert_eq!(states.last().unwrap().1.as_deref(), Some(url.as_str()));
     assert!(
@@ -333,7 +343,7 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
         "{states:?}"
     );
 
-    // Deployment `preview/pr-<n>`: transient, never production, no required contexts,
+    // A deployment in the shared `preview` environment: transient, never production, no required contexts,
     // and its latest status is success with the environment's URL.
     let (created, statuses) = wait_deployment_success(&github, pr.number).await;
     assert_deployment_request(&created, &pr);
@@ -363,6 +373,19 @@ async fn phase_changes_reach_github_and_deletion_deactivates_the_deployment() {
         "deletion sets no commit status"
     );
     assert_eq!(comments(&github).len(), 1);
+    // Nothing on GitHub outlives the pull request: the one shared environment holds
+    // every PR's deployments, so no `preview/pr-<n>` environment is left behind.
+    github.with(|s| {
+        assert_eq!(
+            s.environments.iter().collect::<Vec<_>>(),
+            ["preview"],
+            "no per-PR environment"
+        );
+        assert!(
+            !s.environments
+                .contains(&format!("preview/pr-{}", pr.number))
+        );
+    });
     assert_eq!(reporter.failures(), 0);
 
     operator.stop().await;
@@ -514,9 +537,12 @@ async fn a_report_the_stopped_operator_never_delivered_is_sent_by_its_successor(
     create(&envs, &pr).await;
     let ready = wait_phase(&envs, &pr.name(), Phase::Ready).await;
     let url = assert_ready(&ready, &pr);
-    // Its first report met the outage; the Ready report waits behind that one's retry.
+    // Its report met the outage (the Pending one, or the Ready one if that replaced it
+    // before it was sent) and waits for its retry.
     eventually(GITHUB_TIMEOUT, "an attempt to report", || {
-        let tried = status_attempts(&github, pr.sha, "pending") > 0;
+        let tried = status_attempts(&github, pr.sha, "pending")
+            + status_attempts(&github, pr.sha, "success")
+            > 0;
         async move { tried.then_some(()) }
     })
     .await;

@@ -34,6 +34,7 @@ fn github_client(github: &FakeGitHub) -> GitHubClient {
     config.backoff_base = Duration::from_millis(20);
     config.backoff_max = Duration::from_millis(100);
     config.mutation_spacing = Duration::from_millis(1);
+    config.budget = previewd_github::client::budget::BudgetLimits::unlimited();
     GitHubClient::new(
         config,
         GitHubAuth::Token(SecretString::from(fake_github::TOKEN.to_string())),
@@ -46,6 +47,7 @@ struct Rig {
     server: Server,
     store: Arc<MemoryStore>,
     github: FakeGitHub,
+    client: GitHubClient,
 }
 
 /// The examples' commenter, `Codertocat`, has write permission.
@@ -53,18 +55,21 @@ async fn rig() -> Rig {
     let github = FakeGitHub::start().await;
     github.grant("Codertocat", "write");
     let store = Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))]));
+    // Reads permissions; gives up at once on a rate limit longer than a second.
+    let client = github.client();
     let state = WebhookState::new(
         WebhookConfig::new(SECRET),
         store.clone(),
         WebhookMetrics::default(),
     )
     .with_responder(Arc::new(github_client(&github)))
-    .with_repository_access(Arc::new(github.client()));
+    .with_repository_access(Arc::new(client.clone()));
     let server = start_with_state(state).await;
     Rig {
         server,
         store,
         github,
+        client,
     }
 }
 
@@ -342,7 +347,7 @@ async fn when_github_cannot_tell_the_command_is_refused_and_the_reply_says_why()
     rig.github.grant("writer", "write");
     let path = format!("/repos/{REPOSITORY}/collaborators/writer/permission");
     // A server error after the client's retry, then a rate limit longer than the client
-    // waits: both refuse; nothing the command asks for is recorded.
+    // waits (one second): both refuse; nothing the command asks for is recorded.
     rig.github.script(
         Method::GET,
         &path,
@@ -350,7 +355,7 @@ async fn when_github_cannot_tell_the_command_is_refused_and_the_reply_says_why()
             fake_github::Scripted::status(502, "Bad Gateway"),
             fake_github::Scripted::status(502, "Bad Gateway"),
             fake_github::Scripted::status(429, "API rate limit exceeded")
-                .header("retry-after", "120"),
+                .header("retry-after", "2"),
         ],
     );
     for (id, category) in [(6201, "server_error"), (6202, "rate_limited")] {
@@ -369,6 +374,11 @@ async fn when_github_cannot_tell_the_command_is_refused_and_the_reply_says_why()
             "{reply}"
         );
         assert!(reply.contains(category), "{reply}");
+    }
+    // Every request of the client waits until GitHub's `retry-after` is over, as GitHub
+    // asks.
+    while let Some(until) = rig.client.paused_until() {
+        tokio::time::sleep_until(until).await;
     }
     // GitHub answers again: the same person's next comment is obeyed.
     let delete = pr_comment_by(2, 6203, "/preview delete", "writer", "MEMBER");

@@ -100,6 +100,28 @@ struct IdOnly {
     id: u64,
 }
 
+/// A listed deployment: its id and the payload previewd gave it.
+#[derive(Deserialize)]
+struct DeploymentEntry {
+    id: u64,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+impl DeploymentEntry {
+    /// The PR of previewd's payload, `{"pull_request": N}` (GitHub returns a payload sent
+    /// as an object as an object; one sent as a string as that string).
+    fn pull_request(&self) -> Option<u64> {
+        match &self.payload {
+            serde_json::Value::String(text) => serde_json::from_str::<serde_json::Value>(text)
+                .ok()?
+                .get("pull_request")?
+                .as_u64(),
+            value => value.get("pull_request")?.as_u64(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct CommentEntry {
     id: u64,
@@ -275,10 +297,16 @@ impl GitHubClient {
         url.query_pairs_mut()
             .append_pair("ref", &request.git_ref)
             .append_pair("environment", &request.environment)
-            .append_pair("per_page", "1");
-        let answer = self.get(url, JSON_MEDIA_TYPE).await?;
-        let found: Vec<IdOnly> = answer.json()?;
-        Ok(found.first().map(|d| DeploymentId(d.id)))
+            .append_pair("task", DEFAULT_DEPLOYMENT_TASK)
+            .append_pair("per_page", PER_PAGE);
+        // The shared environment holds every PR's deployments: the payload names the PR
+        // (two PRs may have the same head commit). A deployment without the payload is
+        // not previewd's.
+        let (found, _) = self.get_all::<DeploymentEntry>(url, 1000).await?;
+        Ok(found
+            .into_iter()
+            .find(|d| d.pull_request() == Some(request.pull_request))
+            .map(|d| DeploymentId(d.id)))
     }
 }
 
@@ -365,6 +393,7 @@ impl SourceControl for GitHubClient {
             "production_environment": false,
             "required_contexts": [],
             "auto_merge": false,
+            "payload": {"pull_request": request.pull_request},
         });
         let id = self
             .find_or_create(
@@ -378,6 +407,38 @@ impl SourceControl for GitHubClient {
         Ok(id)
     }
 
+    async fn write_slot(&self) {
+        self.wait_for_write_slot().await;
+    }
+
+    async fn find_deployment(
+        &self,
+        repo: &RepoRef,
+        request: &DeploymentRequest,
+    ) -> Result<Option<DeploymentId>, SourceControlError> {
+        Ok(self.existing_deployment(repo, request).await?)
+    }
+
+    async fn update_comment(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+        body: &str,
+    ) -> Result<Option<CommentUpsert>, SourceControlError> {
+        let body = cap_body(body);
+        let _serial = self.inner.comment_lock.lock().await;
+        match self.find_sticky_comment(repo, number).await? {
+            None => Ok(None),
+            Some((id, existing)) if existing == body => Ok(Some(CommentUpsert::Unchanged(id))),
+            Some((id, _)) => {
+                let url = self.url(&format!("{}/issues/comments/{}", repo_path(repo), id.0))?;
+                self.send_json(Method::PATCH, url, json!({ "body": body }))
+                    .await?;
+                Ok(Some(CommentUpsert::Updated(id)))
+            }
+        }
+    }
+
     async fn set_deployment_status(
         &self,
         repo: &RepoRef,
@@ -389,9 +450,12 @@ impl SourceControl for GitHubClient {
             repo_path(repo),
             deployment.0
         ))?;
+        // Other PRs' deployments share the environment: a success never inactivates them
+        // (they are transient too; `auto_inactive: false` says so explicitly).
         let mut body = json!({
             "state": status.state.as_str(),
             "description": truncate_chars(&status.description, STATUS_DESCRIPTION_MAX),
+            "auto_inactive": false,
         });
         if let Some(env_url) = &status.environment_url {
             body["environment_url"] = json!(env_url);

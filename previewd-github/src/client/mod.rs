@@ -11,8 +11,14 @@
 //!   refreshing an App token), 404, 422 or other 4xx;
 //! - when it mutates (POST, PATCH, PUT, DELETE), holds the client's write gate while the
 //!   request is on the wire, so mutations are serialised per installation and spaced by
-//!   [`ClientConfig::mutation_spacing`]; the gate is released while waiting out a rate
-//!   limit or a backoff, so one rate-limited pull request never stalls the others;
+//!   [`ClientConfig::mutation_spacing`];
+//! - stays under GitHub's secondary limits ([`budget`]): at most
+//!   [`ClientConfig::max_concurrent_requests`] requests at once, mutations per minute and
+//!   per hour and points per minute within [`ClientConfig::budget`];
+//! - on a rate-limit answer (403/429 with `retry-after`, an exhausted primary limit, a
+//!   secondary limit) pauses *every* request of the client until the wait is over, not
+//!   only the one that met it: GitHub asks integrations to stop, and those that keep
+//!   sending risk being banned;
 //! - never re-sends a POST that creates something (deployment, comment) after its answer
 //!   was lost (timeout, connection error, 5xx): the caller looks for the object first and
 //!   creates it only if it is not there, so a retry cannot make a duplicate.
@@ -21,6 +27,7 @@
 
 mod api;
 mod auth;
+pub mod budget;
 mod error;
 mod pulls;
 
@@ -77,6 +84,10 @@ pub struct ClientConfig {
     pub max_rate_limit_wait: Duration,
     /// Least time between two mutating requests.
     pub mutation_spacing: Duration,
+    /// Mutations a minute and an hour, points a minute ([`budget`]).
+    pub budget: budget::BudgetLimits,
+    /// Requests in flight at once (GitHub: at most 100).
+    pub max_concurrent_requests: usize,
 }
 
 impl ClientConfig {
@@ -98,6 +109,8 @@ impl ClientConfig {
             rate_limit_reset_margin: Duration::from_secs(1),
             max_rate_limit_wait: Duration::from_secs(15 * 60),
             mutation_spacing: Duration::from_secs(1),
+            budget: budget::BudgetLimits::default(),
+            max_concurrent_requests: 10,
         }
     }
 
@@ -300,6 +313,12 @@ struct Inner {
     metrics: ClientMetrics,
     /// Last time a mutating request finished; held while one is in flight.
     write_gate: Mutex<Option<Instant>>,
+    /// What was sent, against the secondary limits.
+    budget: std::sync::Mutex<budget::Budget>,
+    /// Requests in flight.
+    in_flight: tokio::sync::Semaphore,
+    /// Every request waits until then (a rate limit was met).
+    paused_until: std::sync::Mutex<Option<Instant>>,
     /// Serialises find-then-create of the sticky comment.
     comment_lock: Mutex<()>,
     bot_login: OnceCell<String>,
@@ -421,6 +440,7 @@ impl GitHubClient {
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| GitHubError::Config(format!("could not build the HTTP client: {e}")))?;
+        let (limits, concurrency) = (config.budget, config.max_concurrent_requests.max(1));
         Ok(GitHubClient {
             inner: Arc::new(Inner {
                 http,
@@ -428,6 +448,9 @@ impl GitHubClient {
                 config,
                 metrics,
                 write_gate: Mutex::new(None),
+                budget: std::sync::Mutex::new(budget::Budget::new(limits)),
+                in_flight: tokio::sync::Semaphore::new(concurrency),
+                paused_until: std::sync::Mutex::new(None),
                 comment_lock: Mutex::new(()),
                 bot_login: OnceCell::new(),
             }),
@@ -548,6 +571,87 @@ impl GitHubClient {
             .inc();
     }
 
+    /// Until when every request of this client waits, if a rate limit was met.
+    pub fn paused_until(&self) -> Option<Instant> {
+        let until = *self
+            .inner
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        until.filter(|t| *t > Instant::now())
+    }
+
+    /// Pauses every request until `until` (a later pause wins).
+    fn pause(&self, until: Instant) {
+        let mut paused = self
+            .inner
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+        self.inner.metrics.pauses.inc();
+    }
+
+    /// Waits out a pause, if one is in effect.
+    async fn wait_for_pause(&self) {
+        let mut waited = false;
+        while let Some(until) = self.paused_until() {
+            if !waited {
+                self.inner.metrics.paused_requests.inc();
+                waited = true;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Waits until a mutation could be sent now: no pause in effect, the spacing after
+    /// the previous mutation over, and room in the budget. Records nothing.
+    pub(crate) async fn wait_for_write_slot(&self) {
+        loop {
+            self.wait_for_pause().await;
+            let last = *self.inner.write_gate.lock().await;
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + self.inner.config.mutation_spacing).await;
+            }
+            let now = Instant::now();
+            let at = self
+                .inner
+                .budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ready_at(now, true);
+            if at <= now && self.paused_until().is_none() {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    /// Waits until the budget allows the request, and records it as sent.
+    async fn wait_for_budget(&self, write: bool) {
+        loop {
+            let now = Instant::now();
+            let at = self
+                .inner
+                .budget
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ready_at(now, write);
+            if at <= now {
+                self.inner
+                    .budget
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(now, write);
+                return;
+            }
+            self.inner.metrics.budget_waits.inc();
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
     /// Waits for the write gate and the spacing after the previous mutation.
     async fn acquire_gate(&self) -> tokio::sync::MutexGuard<'_, Option<Instant>> {
         let guard = self.inner.write_gate.lock().await;
@@ -585,11 +689,27 @@ impl GitHubClient {
             if let Some(body) = &spec.body {
                 request = request.json(body);
             }
+            // A pause longer than this client waits out fails at once, as the answer
+            // that caused it did.
+            if let Some(until) = self.paused_until() {
+                let left = until.saturating_duration_since(Instant::now());
+                if left > config.max_rate_limit_wait {
+                    self.inner.metrics.paused_requests.inc();
+                    return Err(GitHubError::RateLimited {
+                        retry_after: Some(left),
+                    });
+                }
+            }
+            self.wait_for_pause().await;
+            let permit = self.inner.in_flight.acquire().await.ok();
             let mut gate = if gated {
                 Some(self.acquire_gate().await)
             } else {
                 None
             };
+            if spec.auth == AuthKind::Installation {
+                self.wait_for_budget(mutating).await;
+            }
             let sent = async {
                 let response = request.send().await?;
                 let status = response.status();
@@ -602,6 +722,7 @@ impl GitHubClient {
                 **guard = Some(Instant::now());
             }
             drop(gate);
+            drop(permit);
             let verdict = match &sent {
                 Ok((status, headers, body)) => {
                     if let Some(remaining) = header_u64(headers, "x-ratelimit-remaining") {
@@ -648,14 +769,24 @@ impl GitHubClient {
                     refreshed = true;
                     force_refresh = true;
                 }
-                Verdict::Fail(err) => return Err(err),
+                Verdict::Fail(err) => {
+                    // A wait too long to sit out here still stops every other request.
+                    if let GitHubError::RateLimited {
+                        retry_after: Some(wait),
+                    } = &err
+                    {
+                        self.pause(Instant::now() + *wait);
+                    }
+                    return Err(err);
+                }
                 Verdict::RateLimited { wait, secondary } => {
                     if secondary {
                         secondary_hits += 1;
                     }
-                    tracing::warn!(url = %spec.url, ?wait, "GitHub rate limit; waiting");
+                    tracing::warn!(url = %spec.url, ?wait, "GitHub rate limit; pausing every request");
                     self.inner.metrics.retries.inc();
-                    tokio::time::sleep(wait).await;
+                    // Every request of the client waits, this one included.
+                    self.pause(Instant::now() + wait);
                 }
                 Verdict::Retry { wait, why } => {
                     tracing::warn!(url = %spec.url, attempt, ?wait, why, "GitHub request failed; retrying");

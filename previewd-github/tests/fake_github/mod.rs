@@ -97,6 +97,10 @@ pub struct State {
     pub outage: Option<Scripted>,
     pub deployments: Vec<Value>,
     pub deployment_statuses: Vec<(u64, Value)>,
+    /// Repository environments. As on GitHub, creating a deployment for an environment
+    /// name that does not exist creates the environment, and nothing but an
+    /// administrator's `DELETE .../environments/{name}` removes it.
+    pub environments: std::collections::BTreeSet<String>,
     /// PR number → number of changed files.
     pub pr_files: BTreeMap<u64, usize>,
     /// PR number → its changed files as GitHub lists them (`filename`, `status`,
@@ -125,6 +129,14 @@ pub struct State {
     /// Pull requests by number, as `GET .../pulls/{n}` answers them; others get a
     /// default open pull request.
     pub pulls: BTreeMap<u64, Value>,
+    /// When set, every mutation waits for a permit of this gate before it is received
+    /// (logged and carried out): a test lets writes through one by one.
+    pub mutation_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Mutations waiting at the gate.
+    pub held_mutations: usize,
+    /// Requests being answered, and the most at once.
+    pub in_flight_requests: usize,
+    pub max_in_flight_requests: usize,
 }
 
 pub struct FakeGitHub {
@@ -177,6 +189,7 @@ impl FakeGitHub {
         config.backoff_base = Duration::from_millis(20);
         config.backoff_max = Duration::from_millis(100);
         config.mutation_spacing = Duration::from_millis(1);
+        config.budget = previewd_github::client::budget::BudgetLimits::unlimited();
         config.max_rate_limit_wait = Duration::from_secs(1);
         previewd_github::GitHubClient::new(
             config,
@@ -214,6 +227,24 @@ impl FakeGitHub {
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().unwrap())
+    }
+
+    /// Holds every mutation from now on until the returned gate hands out a permit.
+    pub fn gate_mutations(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.with(|s| s.mutation_gate = Some(gate.clone()));
+        gate
+    }
+
+    /// Mutations received (logged), in order, as `(method, path)`.
+    pub fn mutation_log(&self) -> Vec<(Method, String)> {
+        self.with(|s| {
+            s.log
+                .iter()
+                .filter(|l| l.method != Method::GET)
+                .map(|l| (l.method.clone(), l.path.clone()))
+                .collect()
+        })
     }
 
     /// Gives `login` the role `role_name` (and the legacy `permission` GitHub maps it to).
@@ -356,8 +387,16 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Body>) -> Response {
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let mutating = method != Method::GET;
 
+    let gate = shared.lock().unwrap().mutation_gate.clone();
+    if let Some(gate) = gate.filter(|_| mutating) {
+        shared.lock().unwrap().held_mutations += 1;
+        gate.acquire().await.unwrap().forget();
+        shared.lock().unwrap().held_mutations -= 1;
+    }
     let scripted = {
         let mut state = shared.lock().unwrap();
+        state.in_flight_requests += 1;
+        state.max_in_flight_requests = state.max_in_flight_requests.max(state.in_flight_requests);
         state.log.push(Logged {
             method: method.clone(),
             path: path.clone(),
@@ -406,6 +445,7 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Body>) -> Response {
         route(&shared, &method, &path, &query, &headers, body)
     };
     let mut state = shared.lock().unwrap();
+    state.in_flight_requests -= 1;
     if mutating {
         state.in_flight_mutations -= 1;
     }
@@ -585,7 +625,21 @@ fn route(
                 .collect();
             paginate(&state, path, query, found)
         }
+        ("GET", ["repos", _, _, "environments"]) => {
+            let environments: Vec<Value> = state
+                .environments
+                .iter()
+                .map(|name| json!({"name": name}))
+                .collect();
+            answer(
+                200,
+                json!({"total_count": environments.len(), "environments": environments}),
+            )
+        }
         ("POST", ["repos", _, _, "deployments"]) => {
+            if let Some(environment) = body["environment"].as_str() {
+                state.environments.insert(environment.to_string());
+            }
             state.next_id += 1;
             let mut created = body.clone();
             created["id"] = json!(state.next_id);
