@@ -988,21 +988,21 @@ async fn handle_pull_request(
     let mut settings = settings;
     for round in 0..MAX_CONFLICT_RETRIES {
         if round > 0 {
-            // Re-read the settings too: their status holds the tombstones.
+            // Re-read the settings too, from the API server: their status holds the
+            // tombstones.
+            let repo_name = settings.metadata.name.clone().unwrap_or_default();
             match state
                 .with_timeout(
-                    "find_repositories",
-                    state.inner.store.find_repositories(&repository),
+                    "read_repository",
+                    state
+                        .inner
+                        .store
+                        .read_repository(&namespace, &repo_name, &repository),
                 )
                 .await
             {
-                Ok(fresh) => {
-                    if let Some(bound) =
-                        claims::resolve(&repository, fresh, &state.inner.config.claim_policy).bound
-                    {
-                        settings = bound;
-                    }
-                }
+                Ok(Some(fresh)) => settings = fresh,
+                Ok(None) => {}
                 Err(err) => return store_failure(&err),
             }
         }
@@ -1014,6 +1014,7 @@ async fn handle_pull_request(
             &namespace,
             &name,
             approved.as_ref(),
+            round > 0,
         )
         .await;
         match attempted {
@@ -1200,8 +1201,10 @@ fn recorded_approval(existing: Option<&PreviewEnvironment>, sha: &str) -> Approv
     }
 }
 
-/// One read-plan-write round; `Err(Conflict)` means read again. `approved` is the
-/// approval [`verify_approval`] checked for this event, if it asked for one.
+/// One read-plan-write round; `Err(Conflict)` means read again (`fresh`: from the API
+/// server, not the store's watch). `approved` is the approval [`verify_approval`]
+/// checked for this event, if it asked for one.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     state: &WebhookState,
     delivery: &str,
@@ -1210,20 +1213,30 @@ async fn attempt(
     namespace: &str,
     name: &str,
     approved: Option<&ApprovalRecord>,
+    fresh: bool,
 ) -> Result<DeliveryOutcome, StoreError> {
     let store = &state.inner.store;
-    let existing = state
-        .with_timeout("get_environment", store.get_environment(namespace, name))
-        .await?;
-    let closed = settings.status.as_ref().map(|s| &s.closed_pull_requests);
-    let tombstone = closed.and_then(|c| c.get(name));
+    // From the store's watch first; after a conflict, from the API server.
+    let existing = if fresh {
+        state
+            .with_timeout("read_environment", store.read_environment(namespace, name))
+            .await?
+    } else {
+        state
+            .with_timeout("get_environment", store.get_environment(namespace, name))
+            .await?
+    };
     let plan = decision::plan(
         event,
         &settings.spec.gating,
         delivery,
         existing.as_ref(),
-        tombstone,
+        settings
+            .status
+            .as_ref()
+            .and_then(|s| s.closed_pull_requests.get(name)),
     );
+    let closed = settings.status.as_ref().map(|s| &s.closed_pull_requests);
     let accepted = |outcome, reason: Option<String>| {
         Ok(DeliveryOutcome::new(StatusCode::ACCEPTED, outcome, reason))
     };
@@ -1557,6 +1570,10 @@ pub fn desired_environment(
         }
     }
     mark_fork(&mut env, event, existing);
+    // The controller's cleanup finalizer, in every apply: the controller need not add it
+    // with a write of its own before its first reconcile can create anything, and an
+    // apply that left it out would remove it (the webhook's field manager owns it).
+    env.metadata.finalizers = Some(vec![previewd_kube::crd::FINALIZER.to_string()]);
     Ok(env)
 }
 
@@ -1679,6 +1696,11 @@ mod tests {
             "2024-01-01T00:00:00Z"
         );
         assert!(body.get("status").is_none_or(serde_json::Value::is_null));
+        assert_eq!(
+            body["metadata"]["finalizers"],
+            json!([previewd_kube::crd::FINALIZER]),
+            "created with the cleanup finalizer: no separate write to add it"
+        );
     }
 
     /// A fork's `pull_request` payload as GitHub sends it: `head.repo` is the fork (a

@@ -358,7 +358,9 @@ pub(crate) async fn start_webhook(
     use previewd_github::store::KubeStore;
     use previewd_github::webhook::{WebhookConfig, WebhookState, router, serve};
 
-    let store = Arc::new(KubeStore::new(client, args.namespace.clone()));
+    // Repository settings come from a watch, not a list per delivery.
+    let store =
+        Arc::new(KubeStore::new(client, args.namespace.clone()).with_watch_cache(shutdown.clone()));
     let metrics = WebhookMetrics::register(registry);
     let mut config = WebhookConfig::new(secret.expose_secret());
     if let Some(claims) = &args.repository_claims {

@@ -810,7 +810,9 @@ async fn the_webhook_store_runs_under_exactly_the_shipped_webhook_role() {
 
     let token = token(&stage.admin, &stage.home, hook).await;
     let (sa, recording) = recorded_client(&token).await;
-    let store = KubeStore::new(sa, Some(stage.team.clone()));
+    // As the operator runs it: settings from a watch of the repositories.
+    let watching = tokio_util::sync::CancellationToken::new();
+    let store = KubeStore::new(sa, Some(stage.team.clone())).with_watch_cache(watching.clone());
     // The authorizer may take a moment to see the new binding.
     eventually(Duration::from_secs(30), "the webhook role applies", || {
         let store = store.clone();
@@ -819,6 +821,12 @@ async fn the_webhook_store_runs_under_exactly_the_shipped_webhook_role() {
     .await;
     let found = store.find_repositories("acme/shop").await.unwrap();
     assert_eq!(found.len(), 1);
+    // Where a tombstone decides, the repository is read afresh.
+    let read = store
+        .read_repository(&stage.team, "shop", "acme/shop")
+        .await
+        .unwrap();
+    assert!(read.is_some());
     store
         .record_claim(&previewd_kube::tenancy::ClaimVerdict {
             namespace: stage.team.clone(),
@@ -838,10 +846,25 @@ async fn the_webhook_store_runs_under_exactly_the_shipped_webhook_role() {
             .unwrap()
             .is_none()
     );
+    // After a conflict the environment is read from the API server.
+    assert!(
+        store
+            .read_environment(&stage.team, "shop-pr-9")
+            .await
+            .unwrap()
+            .is_none()
+    );
     store
         .apply_environment(&env, &Precondition::Absent)
         .await
         .unwrap();
+    assert!(
+        store
+            .read_environment(&stage.team, "shop-pr-9")
+            .await
+            .unwrap()
+            .is_some()
+    );
     let live = store
         .get_environment(&stage.team, "shop-pr-9")
         .await
@@ -908,6 +931,22 @@ async fn the_webhook_store_runs_under_exactly_the_shipped_webhook_role() {
         .await
         .unwrap();
 
+    // Both watches (repositories, environments) have listed and watched by now (the
+    // cache answered or the store read meanwhile; both are the role's).
+    eventually(Duration::from_secs(30), "the store's watches run", || {
+        let used = recording.used();
+        async move {
+            let watched = |resource: &str| {
+                used.iter().any(|u| {
+                    let u = format!("{u:?}");
+                    u.contains(&format!("\"{resource}\"")) && u.contains("\"watch\"")
+                })
+            };
+            (watched("previewrepositories") && watched("previewenvironments")).then_some(())
+        }
+    })
+    .await;
+    watching.cancel();
     assert!(
         recording.forbidden().is_empty(),
         "refused: {:?}",

@@ -1,9 +1,17 @@
 //! [`EnvironmentStore`] on the Kubernetes API: server-side apply with field manager
 //! `previewd` (forced), resourceVersion preconditions, settings looked up by listing
-//! `PreviewRepository` objects; claim conditions and tombstones are merge patches of the
+//! `PreviewRepository` objects (or, with [`KubeStore::with_watch_cache`], from a watch
+//! of them); claim conditions and tombstones are merge patches of the
 //! `PreviewRepository` status subresource.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher::{self, watcher};
 
 use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -25,6 +33,77 @@ pub struct KubeStore {
     client: Client,
     settings_namespace: Option<String>,
     tombstones: Arc<Coalescer>,
+    cache: Option<RepositoryCache>,
+}
+
+/// Watches of the `PreviewRepository` objects the store reads settings from and of the
+/// `PreviewEnvironment`s it writes, and what the store wrote that they may not show yet.
+#[derive(Clone)]
+struct RepositoryCache {
+    store: Store<PreviewRepository>,
+    /// Set once the first list is in, dropped while the watch fails.
+    synced: Arc<AtomicBool>,
+    environments: Store<PreviewEnvironment>,
+    environments_synced: Arc<AtomicBool>,
+    /// Environments this store applied or deleted, with the resourceVersion of its
+    /// write, until the watch shows that version or a later one.
+    written: Arc<std::sync::Mutex<HashMap<ObjectKey, Written>>>,
+    /// Tombstones this store recorded, by repository, until the watch shows them.
+    tombstones: Arc<std::sync::Mutex<HashMap<ObjectKey, BTreeMap<String, ClosedPullRequest>>>>,
+}
+
+/// `(namespace, name)`.
+type ObjectKey = (String, String);
+
+/// The resourceVersion of a write and the object after it (`None`: gone).
+type Written = (u64, Option<PreviewEnvironment>);
+
+fn version(rv: Option<&str>) -> u64 {
+    rv.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Runs a watch into a reflector store, keeping `synced` set while it works.
+fn reflect<K>(
+    api: Api<K>,
+    mut writer: kube::runtime::reflector::store::Writer<K>,
+    synced: Arc<AtomicBool>,
+    strip: fn(&mut K),
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .boxed();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.next() => event,
+            };
+            match event {
+                Some(Ok(event)) => {
+                    let event = event.modify(strip);
+                    writer.apply_watcher_event(&event);
+                    if matches!(event, watcher::Event::InitDone) {
+                        synced.store(true, Ordering::SeqCst);
+                    }
+                }
+                Some(Err(err)) => {
+                    synced.store(false, Ordering::SeqCst);
+                    tracing::warn!(error = %err, "a watch of the webhook's store failed; reading from the API server meanwhile");
+                }
+                None => return,
+            }
+        }
+    });
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -44,6 +123,79 @@ impl KubeStore {
             client,
             settings_namespace,
             tombstones: Arc::new(Coalescer::default()),
+            cache: None,
+        }
+    }
+
+    /// Reads repository settings and environments from watches instead of asking the
+    /// API server on every delivery (until a watch has listed once, and while it fails,
+    /// the store asks the API server as before). The watches run until `shutdown`.
+    ///
+    /// A cache may be a moment behind the API server. A delivery then decides on an
+    /// environment a moment old, and its write carries that version's resourceVersion,
+    /// so it fails with a conflict if the environment changed meanwhile; the webhook then
+    /// reads afresh from the API server ([`EnvironmentStore::read_environment`],
+    /// [`EnvironmentStore::read_repository`]) and decides again. What the store writes
+    /// itself (environments applied and deleted, tombstones) it answers from its own
+    /// record until the watch shows it, so a delivery never decides on a state older than
+    /// this process's own last write. Environments are cached without status, which the
+    /// webhook never reads.
+    pub fn with_watch_cache(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        let (store, writer) = kube::runtime::reflector::store::<PreviewRepository>();
+        let synced = Arc::new(AtomicBool::new(false));
+        reflect(
+            self.repositories(),
+            writer,
+            synced.clone(),
+            |repo| repo.metadata.managed_fields = None,
+            shutdown.clone(),
+        );
+        let (environments, writer) = kube::runtime::reflector::store::<PreviewEnvironment>();
+        let environments_synced = Arc::new(AtomicBool::new(false));
+        let api: Api<PreviewEnvironment> = match &self.settings_namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        reflect(
+            api,
+            writer,
+            environments_synced.clone(),
+            |env| {
+                env.metadata.managed_fields = None;
+                env.status = None;
+            },
+            shutdown,
+        );
+        self.cache = Some(RepositoryCache {
+            store,
+            synced,
+            environments,
+            environments_synced,
+            written: Arc::default(),
+            tombstones: Arc::default(),
+        });
+        self
+    }
+
+    /// Records `written`, the environment as a write of this store left it, until the
+    /// watch shows it: every write, so that the next read's resourceVersion is the
+    /// latest and a write based on it does not fail with a conflict.
+    fn wrote_environment(&self, namespace: &str, name: &str, mut written: PreviewEnvironment) {
+        written.metadata.managed_fields = None;
+        written.status = None;
+        let at = version(written.metadata.resource_version.as_deref());
+        self.wrote(namespace, name, at, Some(written));
+    }
+
+    /// Records what this store wrote of `namespace/name`: the object after the write (or
+    /// `None`: gone) and the resourceVersion the watch must reach to show it.
+    fn wrote(&self, namespace: &str, name: &str, at: u64, object: Option<PreviewEnvironment>) {
+        if let Some(cache) = &self.cache {
+            cache
+                .written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((namespace.to_string(), name.to_string()), (at, object));
         }
     }
 
@@ -74,6 +226,32 @@ impl EnvironmentStore for KubeStore {
         &self,
         repository: &str,
     ) -> Result<Vec<PreviewRepository>, StoreError> {
+        if let Some(cache) = &self.cache
+            && cache.synced.load(Ordering::SeqCst)
+        {
+            let mut recorded = cache.tombstones.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(cache
+                .store
+                .state()
+                .iter()
+                .filter(|r| r.spec.repository.eq_ignore_ascii_case(repository))
+                .map(|r| {
+                    let mut repo = r.as_ref().clone();
+                    let key = (repo.namespace().unwrap_or_default(), repo.name_any());
+                    if let Some(mine) = recorded.get_mut(&key) {
+                        let status = repo.status.get_or_insert_with(Default::default);
+                        // Shown by the watch now: no longer needed.
+                        mine.retain(|name, t| status.closed_pull_requests.get(name) != Some(t));
+                        for (name, tombstone) in mine.iter() {
+                            status
+                                .closed_pull_requests
+                                .insert(name.clone(), tombstone.clone());
+                        }
+                    }
+                    repo
+                })
+                .collect());
+        }
         let list = self
             .repositories()
             .list(&ListParams::default())
@@ -84,6 +262,16 @@ impl EnvironmentStore for KubeStore {
             .into_iter()
             .filter(|r| r.spec.repository.eq_ignore_ascii_case(repository))
             .collect())
+    }
+
+    async fn read_repository(
+        &self,
+        namespace: &str,
+        name: &str,
+        _repository: &str,
+    ) -> Result<Option<PreviewRepository>, StoreError> {
+        let api: Api<PreviewRepository> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name).await.map_err(map_error)
     }
 
     async fn record_claim(&self, verdict: &ClaimVerdict) -> Result<(), StoreError> {
@@ -147,10 +335,54 @@ impl EnvironmentStore for KubeStore {
                     .map(|_| ())
                     .map_err(map_error)
             })
-            .await
+            .await?;
+        if let Some(cache) = &self.cache {
+            cache
+                .tombstones
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((namespace.to_string(), settings.name_any()))
+                .or_default()
+                .insert(env_name.to_string(), tombstone.clone());
+        }
+        Ok(())
     }
 
     async fn get_environment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PreviewEnvironment>, StoreError> {
+        let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|c| c.environments_synced.load(Ordering::SeqCst))
+        else {
+            return self.read_environment(namespace, name).await;
+        };
+        let cached = cache
+            .environments
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+            .map(|env| env.as_ref().clone());
+        let key = (namespace.to_string(), name.to_string());
+        let mut written = cache.written.lock().unwrap_or_else(|e| e.into_inner());
+        match written.get(&key) {
+            Some((at, mine)) => {
+                let seen = cached
+                    .as_ref()
+                    .is_some_and(|c| version(c.metadata.resource_version.as_deref()) >= *at);
+                if seen || (cached.is_none() && mine.is_none()) {
+                    written.remove(&key);
+                    Ok(cached)
+                } else {
+                    Ok(mine.clone())
+                }
+            }
+            None => Ok(cached),
+        }
+    }
+
+    async fn read_environment(
         &self,
         namespace: &str,
         name: &str,
@@ -183,10 +415,12 @@ impl EnvironmentStore for KubeStore {
             Precondition::Absent => None,
         };
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(name, &params, &Patch::Apply(&body))
+        let applied = api
+            .patch(name, &params, &Patch::Apply(&body))
             .await
-            .map(|_| ())
-            .map_err(map_error)
+            .map_err(map_error)?;
+        self.wrote_environment(namespace, name, applied);
+        Ok(())
     }
 
     async fn apply_command_annotations(
@@ -208,10 +442,12 @@ impl EnvironmentStore for KubeStore {
             },
         });
         let params = PatchParams::apply(COMMAND_FIELD_MANAGER).force();
-        api.patch(name, &params, &Patch::Apply(&body))
+        let written = api
+            .patch(name, &params, &Patch::Apply(&body))
             .await
-            .map(|_| ())
-            .map_err(map_error)
+            .map_err(map_error)?;
+        self.wrote_environment(namespace, name, written);
+        Ok(())
     }
 
     async fn delete_environment(
@@ -229,7 +465,21 @@ impl EnvironmentStore for KubeStore {
             ..DeleteParams::default()
         };
         match api.delete(name, &params).await {
-            Ok(_) => Ok(true),
+            Ok(outcome) => {
+                // Held by its finalizer (being deleted), or gone at once.
+                match outcome.left() {
+                    Some(mut deleting) => {
+                        deleting.metadata.managed_fields = None;
+                        deleting.status = None;
+                        let at = version(deleting.metadata.resource_version.as_deref());
+                        self.wrote(namespace, name, at, Some(deleting));
+                    }
+                    None => {
+                        self.wrote(namespace, name, version(Some(resource_version)) + 1, None);
+                    }
+                }
+                Ok(true)
+            }
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
             Err(err) => Err(map_error(err)),
         }
@@ -274,7 +524,10 @@ impl EnvironmentStore for KubeStore {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(written) => {
+                self.wrote_environment(namespace, name, written);
+                Ok(())
+            }
             // Deleted meanwhile: nothing to record.
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(err) => Err(map_error(err)),

@@ -64,6 +64,25 @@ pub trait EnvironmentStore: Send + Sync + 'static {
         repository: &str,
     ) -> Result<Vec<PreviewRepository>, StoreError>;
 
+    /// The `PreviewRepository` `namespace/name` as the API server holds it now (not from
+    /// a cache): read where a decision rests on its tombstones. The default finds it
+    /// among [`EnvironmentStore::find_repositories`] of `repository`.
+    async fn read_repository(
+        &self,
+        namespace: &str,
+        name: &str,
+        repository: &str,
+    ) -> Result<Option<PreviewRepository>, StoreError> {
+        Ok(self
+            .find_repositories(repository)
+            .await?
+            .into_iter()
+            .find(|r| {
+                r.metadata.namespace.as_deref() == Some(namespace)
+                    && r.metadata.name.as_deref() == Some(name)
+            }))
+    }
+
     /// Records the `Claimed` condition of one `PreviewRepository` in its status.
     async fn record_claim(&self, verdict: &ClaimVerdict) -> Result<(), StoreError>;
 
@@ -83,6 +102,17 @@ pub trait EnvironmentStore: Send + Sync + 'static {
         namespace: &str,
         name: &str,
     ) -> Result<Option<PreviewEnvironment>, StoreError>;
+
+    /// The environment `namespace/name` as the API server holds it now (not from a
+    /// cache): read after a write failed with a conflict. The default is
+    /// [`EnvironmentStore::get_environment`].
+    async fn read_environment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PreviewEnvironment>, StoreError> {
+        self.get_environment(namespace, name).await
+    }
 
     /// Server-side applies `env` (field manager `previewd`, forced) if `precondition`
     /// still holds.
