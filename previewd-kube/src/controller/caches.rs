@@ -63,6 +63,60 @@ pub enum KindCache {
     Full(Store<DynamicObject>),
 }
 
+/// The names of a cache's objects by namespace, kept beside its store by its watch, so
+/// that one environment's view reads its own namespace's objects instead of scanning
+/// every object of the kind (which made a reconcile cost O(environments)).
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceIndex(Arc<RwLock<std::collections::HashMap<String, BTreeSet<String>>>>);
+
+impl NamespaceIndex {
+    fn insert(&self, namespace: &str, name: &str) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(namespace.to_string())
+            .or_default()
+            .insert(name.to_string());
+    }
+
+    fn remove(&self, namespace: &str, name: &str) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(names) = map.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                map.remove(namespace);
+            }
+        }
+    }
+
+    fn rebuild(&self, objects: impl Iterator<Item = (String, String)>) {
+        let mut fresh: std::collections::HashMap<String, BTreeSet<String>> = Default::default();
+        for (namespace, name) in objects {
+            fresh.entry(namespace).or_default().insert(name);
+        }
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    /// Names of the objects in `namespace` (`""`: cluster-scoped ones).
+    pub fn names(&self, namespace: &str) -> Vec<String> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.get(namespace)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Namespaces that hold objects.
+    pub fn namespaces(&self) -> Vec<String> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
+    }
+}
+
+fn index_key<K: Resource>(obj: &K) -> (String, String) {
+    (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
 /// The read side of every watch.
 #[derive(Clone)]
 pub struct Caches {
@@ -80,6 +134,14 @@ pub struct Caches {
     pub pvcs: Store<PersistentVolumeClaim>,
     /// Other child kinds, by `apiVersion/kind`.
     pub kinds: BTreeMap<String, (ApiResource, KindCache)>,
+    /// The Deployments' names by namespace.
+    pub deployments_index: NamespaceIndex,
+    /// The Pods' names by namespace.
+    pub pods_index: NamespaceIndex,
+    /// The PersistentVolumeClaims' names by namespace.
+    pub pvcs_index: NamespaceIndex,
+    /// Each other kind's names by namespace, by `apiVersion/kind`.
+    pub kind_indexes: BTreeMap<String, NamespaceIndex>,
     /// Optional kinds (`apiVersion/kind`) the cluster does not serve (yet): their caches
     /// are empty and ready, and the kind is looked up again every
     /// [`OPTIONAL_KIND_RECHECK`].
@@ -102,8 +164,11 @@ pub struct CacheWriters {
     repositories: Writer<PreviewRepository>,
     source_secrets: Option<(String, Writer<Secret>)>,
     pvcs: Writer<PersistentVolumeClaim>,
-    kinds: Vec<(ApiResource, bool, KindWriter)>,
+    kinds: Vec<(ApiResource, bool, KindWriter, NamespaceIndex)>,
     missing: Arc<RwLock<BTreeSet<String>>>,
+    deployments_index: NamespaceIndex,
+    pods_index: NamespaceIndex,
+    pvcs_index: NamespaceIndex,
 }
 
 pub use crate::plan::object::kind_key;
@@ -119,23 +184,32 @@ impl Caches {
             secret_namespace.map(|ns| (ns.to_string(), Writer::default()));
         let pvcs = Writer::default();
         let mut readers = BTreeMap::new();
+        let mut indexes = BTreeMap::new();
         let mut writers = Vec::new();
         let missing = Arc::new(RwLock::new(BTreeSet::new()));
         for k in kinds {
             let key = kind_key(&k.resource.api_version, &k.resource.kind);
+            let index = NamespaceIndex::default();
+            indexes.insert(key.clone(), index.clone());
             if k.full {
                 let w: Writer<DynamicObject> = Writer::new(k.resource.clone());
                 readers.insert(key, (k.resource.clone(), KindCache::Full(w.as_reader())));
-                writers.push((k.resource.clone(), k.optional, KindWriter::Full(w)));
+                writers.push((k.resource.clone(), k.optional, KindWriter::Full(w), index));
             } else {
                 let w: Writer<PartialObjectMeta<DynamicObject>> = Writer::new(k.resource.clone());
                 readers.insert(
                     key,
                     (k.resource.clone(), KindCache::Metadata(w.as_reader())),
                 );
-                writers.push((k.resource.clone(), k.optional, KindWriter::Metadata(w)));
+                writers.push((
+                    k.resource.clone(),
+                    k.optional,
+                    KindWriter::Metadata(w),
+                    index,
+                ));
             }
         }
+        let (deployments_index, pods_index, pvcs_index) = Default::default();
         (
             Caches {
                 namespaces: namespaces.as_reader(),
@@ -148,6 +222,10 @@ impl Caches {
                 pvcs: pvcs.as_reader(),
                 kinds: readers,
                 missing: missing.clone(),
+                deployments_index: NamespaceIndex::clone(&deployments_index),
+                pods_index: NamespaceIndex::clone(&pods_index),
+                pvcs_index: NamespaceIndex::clone(&pvcs_index),
+                kind_indexes: indexes,
             },
             CacheWriters {
                 namespaces,
@@ -158,6 +236,9 @@ impl Caches {
                 pvcs,
                 kinds: writers,
                 missing,
+                deployments_index,
+                pods_index,
+                pvcs_index,
             },
         )
     }
@@ -349,6 +430,7 @@ impl CacheWriters {
                 wakes: always,
                 dyntype: (),
             },
+            NamespaceIndex::default(),
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -363,6 +445,7 @@ impl CacheWriters {
                 wakes: always,
                 dyntype: (),
             },
+            self.deployments_index.clone(),
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -377,6 +460,7 @@ impl CacheWriters {
                 wakes: pod_wakes,
                 dyntype: (),
             },
+            self.pods_index.clone(),
             shutdown.clone(),
         ));
         if let Some((ns, writer)) = self.source_secrets {
@@ -393,6 +477,7 @@ impl CacheWriters {
                     wakes: always,
                     dyntype: (),
                 },
+                NamespaceIndex::default(),
                 shutdown.clone(),
             ));
         }
@@ -412,6 +497,7 @@ impl CacheWriters {
                 wakes: repository_wakes,
                 dyntype: (),
             },
+            NamespaceIndex::default(),
             shutdown.clone(),
         ));
         tasks.push(spawn_watch(
@@ -429,9 +515,10 @@ impl CacheWriters {
                 wakes: always,
                 dyntype: (),
             },
+            self.pvcs_index.clone(),
             shutdown.clone(),
         ));
-        for (resource, optional, writer) in self.kinds {
+        for (resource, optional, writer, index) in self.kinds {
             let served = optional.then(|| Served {
                 client: client.clone(),
                 resource: resource.clone(),
@@ -451,6 +538,7 @@ impl CacheWriters {
                         wakes: always,
                         dyntype: resource.clone(),
                     },
+                    index.clone(),
                     shutdown.clone(),
                 )),
                 KindWriter::Full(w) => tasks.push(spawn_watch_when(
@@ -466,6 +554,7 @@ impl CacheWriters {
                         wakes: always,
                         dyntype: resource.clone(),
                     },
+                    index.clone(),
                     shutdown.clone(),
                 )),
             }
@@ -742,6 +831,7 @@ fn spawn_watch_when<K>(
     mut writer: Writer<K>,
     triggers: Triggers,
     hooks: Hooks<K>,
+    index: NamespaceIndex,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -749,7 +839,7 @@ where
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
     let Some(served) = served else {
-        return spawn_watch(kind, api, config, writer, triggers, hooks, shutdown);
+        return spawn_watch(kind, api, config, writer, triggers, hooks, index, shutdown);
     };
     tokio::spawn(async move {
         let mut first = true;
@@ -778,7 +868,7 @@ where
                 }
             }
         }
-        let _ = spawn_watch(kind, api, config, writer, triggers, hooks, shutdown).await;
+        let _ = spawn_watch(kind, api, config, writer, triggers, hooks, index, shutdown).await;
     })
 }
 
@@ -786,6 +876,7 @@ fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_watch<K>(
     kind: String,
     api: Api<K>,
@@ -793,6 +884,7 @@ fn spawn_watch<K>(
     mut writer: Writer<K>,
     triggers: Triggers,
     hooks: Hooks<K>,
+    index: NamespaceIndex,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -835,17 +927,22 @@ where
                 Event::Apply(o) => {
                     let old = reader.get(&ObjectRef::from_obj_with(o, dyntype.clone()));
                     writer.apply_watcher_event(&event);
+                    let (namespace, name) = index_key(o);
+                    index.insert(&namespace, &name);
                     if old.is_none_or(|old| wakes(old.as_ref(), o)) {
                         route(&triggers, o);
                     }
                 }
                 Event::Delete(o) => {
                     writer.apply_watcher_event(&event);
+                    let (namespace, name) = index_key(o);
+                    index.remove(&namespace, &name);
                     route(&triggers, o);
                 }
                 Event::InitDone => {
                     let before = reader.state();
                     writer.apply_watcher_event(&event);
+                    index.rebuild(reader.state().iter().map(|o| index_key(o.as_ref())));
                     let mut lists = seen_lists.lock().unwrap_or_else(|p| p.into_inner());
                     *lists += 1;
                     // After a re-list, wake every environment the cache knew before or
@@ -856,7 +953,12 @@ where
                         }
                     }
                 }
-                Event::Init | Event::InitApply(_) => writer.apply_watcher_event(&event),
+                Event::InitApply(o) => {
+                    writer.apply_watcher_event(&event);
+                    let (namespace, name) = index_key(o);
+                    index.insert(&namespace, &name);
+                }
+                Event::Init => writer.apply_watcher_event(&event),
             }
         }
     })
@@ -918,6 +1020,24 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_namespace_index_follows_applies_deletions_and_relists() {
+        let index = NamespaceIndex::default();
+        index.insert("preview-1", "api");
+        index.insert("preview-1", "web");
+        index.insert("preview-2", "api");
+        assert_eq!(index.names("preview-1"), ["api", "web"]);
+        index.remove("preview-1", "api");
+        assert_eq!(index.names("preview-1"), ["web"]);
+        index.remove("preview-1", "web");
+        assert!(index.names("preview-1").is_empty());
+        assert_eq!(index.namespaces(), ["preview-2"]);
+        // A re-list replaces everything: what was deleted during the gap goes.
+        index.rebuild([("argocd".to_string(), "app".to_string())].into_iter());
+        assert!(index.names("preview-2").is_empty());
+        assert_eq!(index.names("argocd"), ["app"]);
     }
 
     #[test]

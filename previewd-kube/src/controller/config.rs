@@ -15,6 +15,10 @@ pub struct ControllerConfig {
     pub environment_selector: Option<String>,
     /// Environments reconciled at the same time.
     pub concurrency: u16,
+    /// How long a woken environment waits for more wake-ups before it is reconciled: the
+    /// updates of its Pods and Deployments while they roll out come in bursts, and one
+    /// reconcile for a burst does what one per update would.
+    pub debounce: Duration,
     /// Safety-net sweep interval (expired environments, orphan namespaces).
     pub cleanup_interval: Duration,
     /// First retry delay after a failed reconcile.
@@ -33,6 +37,7 @@ impl Default for ControllerConfig {
             watch_namespace: None,
             environment_selector: None,
             concurrency: 8,
+            debounce: Duration::from_millis(500),
             cleanup_interval: Duration::from_secs(300),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),

@@ -60,10 +60,7 @@ pub(crate) async fn execute(
         }
         return Ok(requeue(&plan));
     }
-    for object in &plan.apply {
-        claim_namespace(ctx, object).await?;
-        apply(ctx, object).await?;
-    }
+    apply_in_groups(ctx, &plan.apply).await?;
     for child in &plan.delete {
         delete(ctx, child).await?;
     }
@@ -253,6 +250,62 @@ async fn claim_namespace(ctx: &Context, object: &DesiredObject) -> Result<(), Er
     }
 }
 
+/// Which objects may be applied together: the namespace alone and first, then its guard
+/// rails (quota, limit range, network policies: in force before any pod is admitted),
+/// then the rest, each wave after the one before.
+fn apply_group(object: &DesiredObject) -> (i32, u8) {
+    let kind = object.resource.kind.as_str();
+    let class = match (object.resource.group.as_str(), kind) {
+        ("", "Namespace") => 0,
+        ("", "ResourceQuota" | "LimitRange") | ("networking.k8s.io", "NetworkPolicy") => 1,
+        _ => 2,
+    };
+    (object.wave, class)
+}
+
+/// The groups of consecutive objects of the same [`apply_group`], in the plan's order.
+pub(crate) fn apply_groups(objects: &[DesiredObject]) -> Vec<&[DesiredObject]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for i in 1..=objects.len() {
+        if i == objects.len() || apply_group(&objects[i]) != apply_group(&objects[start]) {
+            if start < i {
+                groups.push(&objects[start..i]);
+            }
+            start = i;
+        }
+    }
+    groups
+}
+
+/// How many applies of one group are in flight at once.
+const APPLIES_IN_FLIGHT: usize = 8;
+
+/// Applies the plan's objects: a group's objects at the same time (they do not depend on
+/// each other), the groups one after the other. A reconcile then costs a few round
+/// trips to the API server instead of one per object.
+async fn apply_in_groups(ctx: &Context, objects: &[DesiredObject]) -> Result<(), Error> {
+    use futures::{StreamExt, TryStreamExt};
+    type Applying<'a> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>>;
+    for group in apply_groups(objects) {
+        let applies: Vec<Applying<'_>> = group
+            .iter()
+            .map(|object| Box::pin(claim_and_apply(ctx, object)) as Applying<'_>)
+            .collect();
+        futures::stream::iter(applies)
+            .buffer_unordered(APPLIES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    Ok(())
+}
+
+async fn claim_and_apply(ctx: &Context, object: &DesiredObject) -> Result<(), Error> {
+    claim_namespace(ctx, object).await?;
+    apply(ctx, object).await
+}
+
 /// Server-side applies one object.
 pub(crate) async fn apply(ctx: &Context, object: &DesiredObject) -> Result<(), Error> {
     let api = api_for(ctx, &object.resource, object.namespace.as_deref());
@@ -361,7 +414,7 @@ pub(crate) async fn write_status(
     old: &PreviewEnvironmentStatus,
     new: &PreviewEnvironmentStatus,
 ) -> Result<Option<String>, Error> {
-    if old == new {
+    if old == new || !crate::plan::status_worth_writing(old, new) {
         return Ok(None);
     }
     let api = ctx.env_api(env)?;
@@ -382,4 +435,57 @@ pub(crate) async fn write_status(
         .await
         .context(|| format!("write status of {}", env.name_any()))?;
     Ok(Some(written.resource_version().unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota, Service};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+    fn object<K: kube::Resource<DynamicType = ()> + serde::Serialize>(name: &str) -> DesiredObject {
+        let mut value = serde_json::json!({"metadata": {"name": name}});
+        value["apiVersion"] = K::api_version(&()).into();
+        value["kind"] = K::kind(&()).into();
+        DesiredObject::from_value(kube::core::ApiResource::erase::<K>(&()), value)
+    }
+
+    #[test]
+    fn the_namespace_goes_alone_then_its_guard_rails_then_the_rest() {
+        let objects = vec![
+            object::<Namespace>("ns"),
+            object::<ResourceQuota>("q"),
+            object::<LimitRange>("l"),
+            object::<NetworkPolicy>("deny"),
+            object::<NetworkPolicy>("allow"),
+            object::<Deployment>("api"),
+            object::<Service>("api"),
+        ];
+        let groups: Vec<Vec<&str>> = apply_groups(&objects)
+            .iter()
+            .map(|g| g.iter().map(|o| o.resource.kind.as_str()).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                vec!["Namespace"],
+                vec![
+                    "ResourceQuota",
+                    "LimitRange",
+                    "NetworkPolicy",
+                    "NetworkPolicy"
+                ],
+                vec!["Deployment", "Service"],
+            ]
+        );
+        // A later wave waits for the one before, whatever its kinds.
+        let mut later = object::<Service>("late");
+        later.wave = 1;
+        let mut waves = objects.clone();
+        waves.push(later);
+        assert_eq!(apply_groups(&waves).len(), 4);
+        assert!(apply_groups(&[]).is_empty());
+    }
 }

@@ -558,7 +558,11 @@ pub async fn run(ctx: Arc<Context>, readiness: Readiness, shutdown: Cancellation
     let _ = ctx.repository_store.set(ctx.caches.repositories.clone());
     let controller = controller
         .reconcile_on(triggers)
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(config.concurrency)
+                .debounce(config.debounce),
+        )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
     let ready_store = store.clone();

@@ -261,7 +261,25 @@ pub(crate) fn external_children(
                 .and_then(|a| a.get(ANNOTATION_OWNER_UID))
                 == Some(&uid)
     };
-    for (resource, cache) in caches.kinds.values() {
+    for (kind_key, (resource, cache)) in &caches.kinds {
+        // Objects outside preview namespaces only, through the namespace index.
+        let outside: Vec<(String, String)> = caches
+            .kind_indexes
+            .get(kind_key)
+            .map(|index| {
+                index
+                    .namespaces()
+                    .into_iter()
+                    .filter(|ns| !ns.starts_with(namespace::NAMESPACE_PREFIX))
+                    .flat_map(|ns| {
+                        index
+                            .names(&ns)
+                            .into_iter()
+                            .map(move |name| (ns.clone(), name))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut add = |meta: &kube::api::ObjectMeta, object: Option<Arc<DynamicObject>>| {
             if !marked(meta) {
                 return;
@@ -289,18 +307,38 @@ pub(crate) fn external_children(
         };
         match cache {
             KindCache::Metadata(store) => {
-                for o in store.state() {
+                for o in outside
+                    .iter()
+                    .filter_map(|(ns, n)| store.get(&dynamic_ref(ns, n, resource)))
+                {
                     add(&o.metadata, None);
                 }
             }
             KindCache::Full(store) => {
-                for o in store.state() {
+                for o in outside
+                    .iter()
+                    .filter_map(|(ns, n)| store.get(&dynamic_ref(ns, n, resource)))
+                {
                     add(&o.metadata, Some(o.clone()));
                 }
             }
         }
     }
     found
+}
+
+/// The cache key of a dynamic object (`namespace` empty: cluster-scoped).
+fn dynamic_ref<K: kube::Resource<DynamicType = kube::core::ApiResource>>(
+    namespace: &str,
+    name: &str,
+    resource: &kube::core::ApiResource,
+) -> ObjectRef<K> {
+    let r = ObjectRef::new_with(name, resource.clone());
+    if namespace.is_empty() {
+        r
+    } else {
+        r.within(namespace)
+    }
 }
 
 /// What the caches hold for `env` in `namespace`.
@@ -310,7 +348,17 @@ pub(crate) fn namespace_view(
     namespace: &str,
 ) -> NamespaceView {
     let mut view = NamespaceView::default();
-    for d in caches.deployments.state() {
+    // Only the namespace's own objects, through the caches' namespace indexes.
+    let deployments = caches
+        .deployments_index
+        .names(namespace)
+        .into_iter()
+        .filter_map(|name| {
+            caches
+                .deployments
+                .get(&ObjectRef::new(&name).within(namespace))
+        });
+    for d in deployments {
         if !belongs(d.as_ref(), env, namespace) {
             continue;
         }
@@ -324,26 +372,36 @@ pub(crate) fn namespace_view(
         view.deployments.push(d);
     }
     view.pods = caches
-        .pods
-        .state()
+        .pods_index
+        .names(namespace)
         .into_iter()
+        .filter_map(|name| caches.pods.get(&ObjectRef::new(&name).within(namespace)))
         .filter(|p| belongs(p.as_ref(), env, namespace))
         .collect();
     view.pvcs = caches
-        .pvcs
-        .state()
+        .pvcs_index
+        .names(namespace)
         .into_iter()
+        .filter_map(|name| caches.pvcs.get(&ObjectRef::new(&name).within(namespace)))
         .filter(|c| belongs(c.as_ref(), env, namespace))
         .collect();
-    for (resource, cache) in caches.kinds.values() {
+    for (kind_key, (resource, cache)) in &caches.kinds {
         let key = |name: String| ChildKey {
             api_version: resource.api_version.clone(),
             kind: resource.kind.clone(),
             name,
         };
+        let names = caches
+            .kind_indexes
+            .get(kind_key)
+            .map(|index| index.names(namespace))
+            .unwrap_or_default();
         match cache {
             KindCache::Metadata(store) => {
-                for o in store.state() {
+                for o in names
+                    .iter()
+                    .filter_map(|n| store.get(&dynamic_ref(namespace, n, resource)))
+                {
                     if belongs(o.as_ref(), env, namespace) {
                         view.children
                             .insert(key(o.name_any()), child(o.as_ref(), None));
@@ -351,7 +409,10 @@ pub(crate) fn namespace_view(
                 }
             }
             KindCache::Full(store) => {
-                for o in store.state() {
+                for o in names
+                    .iter()
+                    .filter_map(|n| store.get(&dynamic_ref(namespace, n, resource)))
+                {
                     if belongs(o.as_ref(), env, namespace) {
                         let fp = fingerprint(&resource.kind, &o.data);
                         let k = key(o.name_any());

@@ -382,6 +382,47 @@ fn secret_copies(
     Ok(copies)
 }
 
+/// Every object a live environment needs in `namespace`, exposed at `host`, deployed by
+/// `strategy`: the namespace and its guard rails, the Ingress (or HTTPRoutes) and the
+/// application, placed and checked as the planner places and checks them, without the
+/// decisions around them (phases, waves, hashes of what is live). The scale scenario's
+/// floor applies exactly these objects with no operator, so that what previewd adds is
+/// measured against the same shapes.
+pub fn desired_objects(
+    env: &PreviewEnvironment,
+    namespace: &str,
+    host: Option<&str>,
+    config: &PlannerConfig,
+    strategy: &dyn DeployStrategy,
+    repository: Option<&PreviewRepository>,
+    now: jiff::Timestamp,
+) -> Result<Vec<DesiredObject>, StrategyError> {
+    let expected_lifespan = expiry::expiry_policy(env).ttl.as_duration();
+    let render = RenderInput {
+        env,
+        namespace,
+        config,
+        use_spot: previewd_core::tier::use_spot(expected_lifespan, env.spec.resources.use_spot),
+        host,
+        repository,
+        now,
+    };
+    let ingress = env.spec.ingress.clone().unwrap_or_default();
+    let mut objects = base_objects(&render, &ingress)?;
+    let labels = crate::children::common_labels(env);
+    let external_namespace = strategy.external_namespace(&render);
+    let mut app = strategy.desired(&render)?;
+    confine(&mut app, &render, external_namespace.as_deref())?;
+    objects.extend(scoped_app(
+        app,
+        namespace,
+        external_namespace.as_deref(),
+        env,
+        &labels,
+    )?);
+    Ok(objects)
+}
+
 /// The namespace, its guard rails and the Ingress (or the HTTPRoutes).
 fn base_objects(
     render: &RenderInput<'_>,

@@ -307,3 +307,74 @@ fn every_condition_type_is_produced_by_a_tested_pass() {
         assert_eq!(c.observed_generation, Some(1), "{type_}");
     }
 }
+
+#[test]
+fn a_changed_progress_message_alone_is_not_written_while_provisioning() {
+    use crate::crd::PreviewEnvironmentStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let condition = |status: &str, reason: &str, message: &str| Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        observed_generation: Some(1),
+    };
+    let status = |phase, message: &str, ready: Condition| PreviewEnvironmentStatus {
+        phase: Some(phase),
+        message: Some(message.into()),
+        conditions: vec![ready],
+        ..PreviewEnvironmentStatus::default()
+    };
+    let old = status(
+        Phase::Provisioning,
+        "service api: 0 of 1 replicas available",
+        condition(
+            "False",
+            "Provisioning",
+            "service api: 0 of 1 replicas available",
+        ),
+    );
+    let progressed = status(
+        Phase::Provisioning,
+        "service web: pod web-1: Pending",
+        condition("False", "Provisioning", "service web: pod web-1: Pending"),
+    );
+    assert!(!crate::plan::status_worth_writing(&old, &progressed));
+    // A new phase, a condition's state or reason, the pending report: written.
+    let ready = status(
+        Phase::Ready,
+        "5 service(s) available",
+        condition("True", "Ready", ""),
+    );
+    assert!(crate::plan::status_worth_writing(&old, &ready));
+    let mut reported = progressed.clone();
+    reported.pending_report = Some("token".into());
+    assert!(crate::plan::status_worth_writing(&old, &reported));
+    let failed = status(
+        Phase::Failed,
+        "service api: pod api-1: ErrImagePull",
+        condition("False", "ServicesFailed", "x"),
+    );
+    assert!(crate::plan::status_worth_writing(&old, &failed));
+    // What a Pending environment waits for is written as it changes.
+    let waiting = |message: &str| {
+        status(
+            Phase::Pending,
+            message,
+            condition("False", "WaitingForChecks", message),
+        )
+    };
+    assert!(crate::plan::status_worth_writing(
+        &waiting("waiting for checks: lint, test"),
+        &waiting("waiting for checks: lint")
+    ));
+    // Outside a rollout every change is written, messages included.
+    let ready_again = status(
+        Phase::Ready,
+        "another message",
+        condition("True", "Ready", ""),
+    );
+    assert!(crate::plan::status_worth_writing(&ready, &ready_again));
+    assert!(!crate::plan::status_worth_writing(&ready, &ready));
+}
