@@ -57,8 +57,10 @@ pub struct Deployment {
     pub id: u64,
     /// Commit.
     pub git_ref: String,
-    /// Environment (`preview/pr-<n>`).
+    /// Environment (`preview`, shared by every PR).
     pub environment: String,
+    /// The PR of the deployment's payload (`{"pull_request": N}`).
+    pub pull_request: Option<u64>,
     /// Statuses, oldest first (`state` values).
     pub statuses: Vec<String>,
 }
@@ -108,13 +110,12 @@ impl State {
             .count()
     }
 
-    /// Deployments that share a (ref, environment) with an earlier one.
+    /// Deployments that share a (ref, environment, PR) with an earlier one.
     pub fn duplicate_deployments(&self) -> Vec<(String, String)> {
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for d in &self.deployments {
-            *seen
-                .entry((d.git_ref.clone(), d.environment.clone()))
-                .or_default() += 1;
+            let key = format!("{}#{}", d.environment, d.pull_request.unwrap_or_default());
+            *seen.entry((d.git_ref.clone(), key)).or_default() += 1;
         }
         let mut dups: Vec<_> = seen
             .into_iter()
@@ -125,15 +126,52 @@ impl State {
         dups
     }
 
+    /// Repository environments created (a deployment to a new environment name creates
+    /// one, as on GitHub).
+    pub fn environments(&self) -> std::collections::BTreeSet<String> {
+        self.deployments
+            .iter()
+            .map(|d| d.environment.clone())
+            .collect()
+    }
+
     /// The newest deployment of PR `number` and its last status.
     pub fn latest_deployment(&self, number: u64) -> Option<(&Deployment, Option<&str>)> {
-        let env = format!("preview/pr-{number}");
         self.deployments
             .iter()
             .rev()
-            .find(|d| d.environment == env)
+            .find(|d| d.pull_request == Some(number))
             .map(|d| (d, d.statuses.last().map(String::as_str)))
     }
+}
+
+/// The reporter's figures in the operator's `/metrics` text: the backlog, the oldest
+/// pending report's age, states superseded and delivered, rate-limit pauses and budget
+/// waits.
+pub fn report_backlog(metrics: &str) -> Value {
+    const NAMES: [&str; 8] = [
+        "previewd_github_report_backlog",
+        "previewd_github_report_oldest_pending_seconds",
+        "previewd_github_reports_superseded_total",
+        "previewd_github_reports_delivered_total",
+        "previewd_github_report_failures_total",
+        "previewd_github_rate_limit_pauses_total",
+        "previewd_github_paused_requests_total",
+        "previewd_github_budget_waits_total",
+    ];
+    let mut out = serde_json::Map::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if NAMES.contains(&name)
+            && let Ok(value) = value.parse::<f64>()
+        {
+            out.insert(name.to_string(), json!(value));
+        }
+    }
+    Value::Object(out)
 }
 
 /// The running server. Stops when dropped.
@@ -347,7 +385,10 @@ fn route(
                     query.get("ref").is_none_or(|r| &d.git_ref == r)
                         && query.get("environment").is_none_or(|e| &d.environment == e)
                 })
-                .map(|d| json!({"id": d.id, "ref": d.git_ref, "environment": d.environment}))
+                .map(|d| {
+                    json!({"id": d.id, "ref": d.git_ref, "environment": d.environment,
+                                "payload": {"pull_request": d.pull_request}})
+                })
                 .collect();
             paginate(addr, path, query, found)
         }
@@ -358,6 +399,7 @@ fn route(
                 id,
                 git_ref: body["ref"].as_str().unwrap_or("").to_string(),
                 environment: body["environment"].as_str().unwrap_or("").to_string(),
+                pull_request: body["payload"]["pull_request"].as_u64(),
                 statuses: vec![],
             });
             let mut created = body;

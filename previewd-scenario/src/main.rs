@@ -24,6 +24,12 @@ enum Command {
     Scale(previewd_scenario::scale::ScaleArgs),
     /// Randomized PR events with crashes and restarts, then the invariants.
     Soak(previewd_scenario::soak::SoakArgs),
+    /// The floor alone: the same objects applied and deleted with no operator.
+    Floor(previewd_scenario::floor::FloorArgs),
+    /// Beyond one cluster, in simulation: time to all Ready over K target clusters.
+    Clusters(previewd_scenario::clusters::ClustersArgs),
+    /// GitHub reporting in simulation: how long the backlog of a burst takes to drain.
+    ReportSim(previewd_scenario::report_sim::ReportSimArgs),
 }
 
 #[tokio::main]
@@ -32,6 +38,12 @@ async fn main() -> anyhow::Result<()> {
     let value = match cli.command {
         Command::Scale(args) => previewd_scenario::scale::run(args).await?,
         Command::Soak(args) => previewd_scenario::soak::run(args).await?,
+        Command::Floor(args) => previewd_scenario::floor::run(args).await?,
+        Command::Clusters(args) => previewd_scenario::clusters::run(&args),
+        // The simulation runs its own runtime on a paused clock.
+        Command::ReportSim(args) => {
+            tokio::task::spawn_blocking(move || previewd_scenario::report_sim::run(&args)).await??
+        }
     };
     println!("{}", serde_json::to_string_pretty(&value)?);
     println!("{value}");

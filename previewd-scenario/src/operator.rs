@@ -39,6 +39,8 @@ pub struct OperatorSettings {
     /// Fixed (admin, webhook) ports, so a restarted operator answers at the same URLs;
     /// `None` picks free ones at each start.
     pub ports: Option<(u16, u16)>,
+    /// More flags for `previewd run`.
+    pub extra_args: Vec<String>,
 }
 
 /// A running operator.
@@ -114,6 +116,7 @@ impl Operator {
             .args(["--concurrency", &settings.concurrency.to_string()])
             .args(["--base-domain", "preview.scenario.test"])
             .args(["--log-format", "json"])
+            .args(&settings.extra_args)
             .env("PREVIEWD_WEBHOOK_SECRET", &settings.webhook_secret)
             .env("RUST_LOG", &settings.log_filter)
             .env_remove("PREVIEWD_GITHUB_TOKEN")
@@ -194,6 +197,58 @@ impl Operator {
             .await?
             .text()
             .await?)
+    }
+}
+
+/// The operator's resident set size sampled every 250 ms, the largest per stage: what
+/// `VmHWM` (the peak of the whole run) cannot tell apart.
+#[derive(Clone, Default)]
+pub struct RssByStage {
+    inner: std::sync::Arc<std::sync::Mutex<(String, std::collections::BTreeMap<String, u64>)>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl RssByStage {
+    /// Starts sampling `pid`, counting into `stage` until [`RssByStage::enter`] names another.
+    pub fn start(pid: u32, stage: &str) -> Self {
+        let this = RssByStage::default();
+        this.enter(stage);
+        let (inner, stop) = (this.inner.clone(), this.stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let Some(usage) = usage_of(pid) else { return };
+                let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
+                let (stage, peaks) = &mut *guard;
+                let peak = peaks.entry(stage.clone()).or_default();
+                *peak = (*peak).max(usage.rss_bytes);
+            }
+        });
+        this
+    }
+
+    /// Samples from now on count into `stage`.
+    pub fn enter(&self, stage: &str) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0 = stage.to_string();
+    }
+
+    /// The largest RSS of each stage, MiB.
+    pub fn peaks_mib(&self) -> std::collections::BTreeMap<String, f64> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .1
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v as f64 / 1048576.0 * 10.0).round() / 10.0))
+            .collect()
+    }
+
+    /// Stops sampling.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 }
 

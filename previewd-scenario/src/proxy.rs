@@ -18,6 +18,10 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+/// User agent of the scenario's write probe: forwarded like the operator's requests (the
+/// same path to the API server), not counted as the operator's.
+pub const PROBE_AGENT: &str = "previewd-scenario-probe";
+
 /// What kind of request it was, as the API server's audit and metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,10 +256,18 @@ async fn forward(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         parts.uri.path(),
         parts.uri.query().unwrap_or(""),
     );
-    *lock(&shared.counts)
-        .by_kind
-        .entry(format!("{} {resource}", verb.name()))
-        .or_default() += 1;
+    // The scenario's own write probe takes the operator's path but is not the operator.
+    let probe = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.starts_with(PROBE_AGENT));
+    if !probe {
+        *lock(&shared.counts)
+            .by_kind
+            .entry(format!("{} {resource}", verb.name()))
+            .or_default() += 1;
+    }
 
     if verb == Verb::Watch {
         let pending = shared.expire_next.load(Ordering::SeqCst);

@@ -43,6 +43,8 @@ pub struct RigOptions {
     pub log_filter: String,
     /// The `previewd` binary; default: [`crate::operator::find_binary`].
     pub binary: Option<PathBuf>,
+    /// More flags for `previewd run`.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for RigOptions {
@@ -60,6 +62,7 @@ impl Default for RigOptions {
             concurrency: 8,
             log_filter: "warn".into(),
             binary: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -128,6 +131,7 @@ impl Rig {
             log_file: dir.join("operator.log"),
             log_filter: options.log_filter.clone(),
             ports: None,
+            extra_args: options.extra_args.clone(),
         };
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)

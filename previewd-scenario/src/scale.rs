@@ -67,6 +67,16 @@ pub struct ScaleArgs {
     /// The `previewd` binary (default: next to this program).
     #[arg(long, env = "PREVIEWD_BIN")]
     pub previewd_bin: Option<std::path::PathBuf>,
+    /// Floor runs in the same run (the same objects applied without previewd, by
+    /// parallel clients): 0 none, 1 before previewd, 2 before and after.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub floor_runs: u8,
+    /// Parallel clients of the floor (default: the operator's `--concurrency`).
+    #[arg(long)]
+    pub floor_clients: Option<usize>,
+    /// Extra flags for `previewd run` (repeatable), e.g. `--operator-arg=--github-writes-per-hour=500`.
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    pub operator_args: Vec<String>,
 }
 
 struct Sent {
@@ -168,6 +178,16 @@ fn per_env(counts: &Counts, n: u64) -> Value {
     })
 }
 
+/// `/proc/loadavg`'s three figures.
+fn load_average() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
 /// Runs the scenario; the result is the JSON object printed last.
 pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
     let started_all = Instant::now();
@@ -179,6 +199,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
         cleanup_interval: "1h".into(),
         concurrency: args.concurrency,
         binary: args.previewd_bin.clone(),
+        extra_args: args.operator_args.clone(),
         ..RigOptions::default()
     };
     let rig = Arc::new(Rig::new(&options).await?);
@@ -192,9 +213,96 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
     Ok(value)
 }
 
+/// One write to the API server every 100 ms (a server-side apply of a ConfigMap in the
+/// scenario's namespace) while it runs, through the counting proxy as the operator's
+/// writes go (not counted as the operator's): the latency of a single API write at the
+/// same moment and on the same path as the webhook's.
+struct WriteProbe {
+    latencies: Arc<std::sync::Mutex<Vec<Duration>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl WriteProbe {
+    fn start(client: &kube::Client, namespace: &str) -> Self {
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let (out, token) = (latencies.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for i in 0u64.. {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = token.cancelled() => return,
+                }
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "scenario-write-probe"}, "data": {"n": i.to_string()}});
+                let at = Instant::now();
+                let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
+                if api
+                    .patch(
+                        "scenario-write-probe",
+                        &params,
+                        &kube::api::Patch::Apply(&body),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    out.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(at.elapsed());
+                }
+            }
+        });
+        WriteProbe { latencies, stop }
+    }
+
+    fn finish(self) -> Vec<Duration> {
+        self.stop.cancel();
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+async fn floor_run(args: &ScaleArgs) -> anyhow::Result<crate::floor::FloorRun> {
+    let config = kube::Config::infer().await?;
+    crate::floor::measure(
+        &config,
+        args.environments,
+        args.services as usize,
+        args.rate,
+        args.floor_clients.unwrap_or(usize::from(args.concurrency)),
+        Duration::from_secs(args.stage_timeout),
+    )
+    .await
+}
+
 async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     let n = args.environments;
+    let load_at_start = load_average();
+    let mut floors = Vec::new();
+    if args.floor_runs >= 1 {
+        floors.push(floor_run(args).await?);
+    }
     let operator = rig.start_operator().await?;
+    let audit = crate::audit::AuditLog::from_env();
+    let mark = || audit.as_ref().map(crate::audit::AuditLog::mark);
+    let mark_open = mark();
+    let rss = crate::operator::RssByStage::start(operator.pid, "provisioning");
+    let probe_client = {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&rig.proxy.kubeconfig())?;
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(crate::proxy::PROBE_AGENT),
+        ));
+        kube::Client::try_from(config)?
+    };
+    let probe = WriteProbe::start(&probe_client, &rig.namespace);
     let url = operator.webhook_url.clone();
     let numbers: Vec<u64> = (1..=n).collect();
     let pull = |number: u64, open: bool, at: u64| PullState {
@@ -269,6 +377,9 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         .max()
         .map(|t| *t - first_sent)
         .unwrap_or_default();
+    let write_latency = probe.finish();
+    let mark_ready = mark();
+    rss.enter("all_ready");
     // The operator writes environment history in batches (every 5 s): the batch holding
     // the last Ready reports belongs to provisioning, not to the no-op resync after it.
     tokio::time::sleep(HISTORY_SETTLE).await;
@@ -299,6 +410,7 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     );
 
     // 4. Throughput: redeliveries of the PRs' current state (each answered `unchanged`).
+    rss.enter("burst");
     let burst = args.burst;
     let bodies: Vec<crate::webhook::Delivery> = (0..burst.min(n * 4).max(1))
         .map(|i| {
@@ -339,6 +451,7 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     let burst_latency: Vec<Duration> = burst_answers.iter().map(|a| a.latency).collect();
 
     // 5. Short TTLs: the lag from expiry to the start of deletion.
+    rss.enter("expiry");
     let mut expiry_lags = Vec::new();
     if args.ttl_environments > 0 {
         let repo = crate::cluster::repository(
@@ -385,6 +498,7 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
 
     // 6. Close every PR and wait until every namespace is gone.
     eprintln!("closing {n} pull requests");
+    rss.enter("closing");
     let namespaces: Vec<String> = numbers
         .iter()
         .map(|k| {
@@ -395,6 +509,7 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         })
         .collect();
     let counts_before_close = rig.proxy.counts();
+    let mark_close = mark();
     let closed = send_all(rig, &url, &numbers, args.rate, |k| {
         rig.event("closed", k, &pull(k, false, 20), None)
     })
@@ -463,22 +578,43 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         .map(|t| *t - close_first)
         .unwrap_or_default();
     let counts_gone = rig.proxy.counts();
+    let mark_gone = mark();
+    let audited = |from: &Option<crate::audit::AuditMark>,
+                   to: &Option<crate::audit::AuditMark>,
+                   seconds: f64| match (&audit, from, to) {
+        (Some(audit), Some(from), Some(to)) => Some(audit.writes(from, to).to_json(n, seconds)),
+        _ => None,
+    };
+    let writes_provisioning = audited(&mark_open, &mark_ready, batch_ready.as_secs_f64());
 
     // 7. GitHub: let reporting catch up (bounded), then count.
+    rss.enter("reporting_drain");
     let drain_started = Instant::now();
     let all_numbers: Vec<u64> = (1..=n + args.ttl_environments).collect();
+    // A PR is reported to the end when it has no deployment that is not inactive (one
+    // closed before anything was reported has none at all).
     let pending = |rig: &Rig| {
         rig.github.with(|s| {
             all_numbers
                 .iter()
-                .filter(|k| s.latest_deployment(**k).and_then(|(_, st)| st) != Some("inactive"))
+                .filter(|k| {
+                    s.latest_deployment(**k)
+                        .is_some_and(|(_, st)| st != Some("inactive"))
+                })
                 .count()
         })
     };
+    let backlog_now = |text: &str| {
+        crate::github::report_backlog(text)["previewd_github_report_backlog"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
     if !args.no_github {
-        while pending(rig) > 0
-            && drain_started.elapsed() < Duration::from_secs(args.github_drain_seconds)
-        {
+        while drain_started.elapsed() < Duration::from_secs(args.github_drain_seconds) {
+            let backlog = backlog_now(&operator.metrics().await.unwrap_or_default());
+            if backlog == 0.0 && pending(rig) == 0 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -487,7 +623,39 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     if let Ok(text) = operator.metrics().await {
         let _ = std::fs::write(rig.dir.join("metrics-end.txt"), text);
     }
+    let backlog = crate::github::report_backlog(&operator.metrics().await.unwrap_or_default());
+    let reporting_drained_after = (!args.no_github
+        && pending(rig) == 0
+        && backlog["previewd_github_report_backlog"].as_f64() == Some(0.0))
+    .then(|| drain_started.elapsed());
+    // The same run's phase changes replayed into the reporter on a paused clock, under
+    // the client's default budget: how long GitHub reporting takes to catch up.
+    let origin = opened.first().map(|s| s.at).unwrap_or_else(Instant::now);
+    let prs: Vec<_> = (0..n as usize)
+        .map(|i| {
+            (
+                numbers[i],
+                opened[i].at - origin,
+                ready[i].map(|r| r - origin),
+                closed[i].at.saturating_duration_since(origin),
+                gone[i].map(|g| g.saturating_duration_since(origin)),
+            )
+        })
+        .collect();
+    let simulated = tokio::task::spawn_blocking(move || {
+        crate::report_sim::simulate(
+            crate::report_sim::timeline(&prs),
+            previewd_github::client::budget::BudgetLimits::default(),
+        )
+    })
+    .await?
+    .unwrap_or_else(|e| json!({"error": e.to_string()}));
+    rss.stop();
     let usage_end = operator.stop().await?;
+    if args.floor_runs >= 2 {
+        floors.push(floor_run(args).await?);
+    }
+    let load_at_end = load_average();
     let pr_events = 2 * n + args.ttl_environments;
     // Counted before taking the server's state below (`pending` takes it too).
     let not_yet_inactive = if args.no_github { 0 } else { pending(rig) };
@@ -505,7 +673,41 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     });
     let mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
     let webhook = percentiles(&webhook_latency);
+    let write = percentiles(&write_latency);
+    let finished = |d: Duration, complete: bool| complete.then_some(d.as_secs_f64());
+    let all_ready = finished(batch_ready, to_ready.len() == n as usize);
+    let all_gone = finished(batch_gone, to_gone.len() == n as usize);
+    let floor_ready: Vec<Option<f64>> = floors
+        .iter()
+        .map(|f| f.all_available.map(|d| d.as_secs_f64()))
+        .collect();
+    let floor_gone: Vec<Option<f64>> = floors
+        .iter()
+        .map(|f| f.all_gone.map(|d| d.as_secs_f64()))
+        .collect();
+    for f in &floors {
+        errors.extend(f.errors.iter().cloned());
+    }
     Ok(json!({
+        "beside_floor": {
+            "created_to_all_ready_s": crate::floor::beside(all_ready, &floor_ready),
+            "deleted_to_all_namespaces_gone_s": crate::floor::beside(all_gone, &floor_gone),
+            "webhook_p95_ms": webhook.p95_ms,
+            "api_write_p95_ms": write.p95_ms,
+            "webhook_p95_within_write_p95_plus_20ms": webhook.p95_ms <= write.p95_ms + 20.0,
+        },
+        "floor": floors.iter().map(crate::floor::FloorRun::to_json).collect::<Vec<_>>(),
+        "api_writes_provisioning": writes_provisioning,
+        "api_writes_teardown": audited(&mark_close, &mark_gone, batch_gone.as_secs_f64()),
+        "api_write_latency_ms_provisioning": write,
+        "load_average": {"start": load_at_start, "end": load_at_end},
+        "operator_rss_mib_by_stage": rss.peaks_mib(),
+        "github_reporting": {
+            "drained_after_s": reporting_drained_after.map(|d| d.as_secs_f64()),
+            "backlog_at_end": backlog,
+            "environments_created": rig.github.with(|s| s.environments()),
+            "simulated_at_default_budget": simulated,
+        },
         "scenario": "scale",
         "environments": n,
         "services": args.services,
