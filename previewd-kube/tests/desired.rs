@@ -58,6 +58,37 @@ fn quota_uses_defaults_and_overrides() {
 }
 
 #[test]
+fn quota_caps_public_services_at_zero_and_counts_objects() {
+    use previewd_kube::children::namespace::{GuardSettings, parse_object_counts};
+    let q = desired_resource_quota(&env(), "ns", &GuardSettings::default())
+        .spec
+        .unwrap()
+        .hard
+        .unwrap();
+    assert_eq!(q["services.loadbalancers"].0, "0");
+    assert_eq!(q["services.nodeports"].0, "0");
+    assert_eq!(q["services"].0, "50");
+    assert_eq!(q["count/jobs.batch"].0, "50");
+    let guard = GuardSettings {
+        object_counts: parse_object_counts("services=8,count/jobs.batch=3").unwrap(),
+        ..GuardSettings::default()
+    };
+    let q = desired_resource_quota(&env(), "ns", &guard)
+        .spec
+        .unwrap()
+        .hard
+        .unwrap();
+    assert_eq!(
+        (q["services"].0.as_str(), q["count/jobs.batch"].0.as_str()),
+        ("8", "3")
+    );
+    assert_eq!(q["configmaps"].0, "100", "the other defaults stay");
+    assert!(parse_object_counts("services.loadbalancers=5").is_err());
+    assert!(parse_object_counts("pods=-1").is_err());
+    assert!(parse_object_counts("widgets=3").is_err());
+}
+
+#[test]
 fn network_policies_deny_by_default_and_allow_dns_and_ingress() {
     let deny = desired_default_deny(&env(), "ns").spec.unwrap();
     assert!(deny.ingress.is_none() && deny.egress.is_none());
