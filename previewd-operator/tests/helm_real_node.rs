@@ -220,10 +220,13 @@ async fn helm_installs_the_image_and_the_operator_serves_previews() {
     let (_, next_tag) = split_image(&images.operator_next);
     let chart = chart();
     let chart = chart.to_str().unwrap();
+    // The chart installs the CRDs and keeps them after an uninstall: a cluster that ran
+    // this test before has them under an earlier release, which this one takes over.
     let install = run_helm(&[
         "install",
         &release,
         chart,
+        "--take-ownership",
         "--namespace",
         &system,
         "--set",
