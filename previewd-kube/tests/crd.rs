@@ -21,6 +21,30 @@ fn committed_crds_match_the_code() {
     );
 }
 
+#[test]
+fn the_crd_reference_matches_the_schemas() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference/crds.md");
+    let generated = previewd_kube::crdgen::reference_markdown();
+    if std::env::var_os("PREVIEWD_BLESS").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/reference/crds.md is stale: run `scripts/manifests` (or PREVIEWD_BLESS=1 cargo test -p previewd-kube --test crd)"
+    );
+    // Every field the webhook renders from a repository is in it.
+    for field in [
+        "spec.repositoryRef",
+        "spec.serviceSelection",
+        "status.selectedServices",
+        "spec.strategy",
+        "spec.requiredChecks",
+    ] {
+        assert!(generated.contains(&format!("`{field}`")), "{field}");
+    }
+}
+
 fn schema_of(crd: &Value) -> &Value {
     &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 }
