@@ -33,7 +33,7 @@ pub use generate::GeneratorKind;
 pub use load::{LoadOptions, TableLoad};
 pub use plan::{Plan, build_plan};
 pub use schema::{Schema, introspect};
-pub use snapshot::SnapshotSource;
+pub use snapshot::{DownloadPolicy, SnapshotSource};
 pub use spec::{Strategy, TestDataSpec};
 
 use crate::plan::ExistingKeys;
@@ -51,6 +51,8 @@ pub struct SeedOptions {
     pub load: LoadOptions,
     /// The dump for `production-snapshot`.
     pub snapshot: Option<SnapshotSource>,
+    /// How the dump is downloaded and checked.
+    pub snapshot_policy: snapshot::DownloadPolicy,
     /// Chooses generator kinds when the spec sets `aiModel: true`.
     pub advisor: Option<Arc<dyn GeneratorAdvisor>>,
 }
@@ -90,7 +92,7 @@ pub async fn seed(
         let source = options.snapshot.as_ref().ok_or_else(|| {
             DataError::Spec("strategy production-snapshot needs a snapshot source".into())
         })?;
-        let outcome = snapshot::restore(config, source).await?;
+        let outcome = snapshot::restore(config, source, &options.snapshot_policy).await?;
         return Ok(SeedReport {
             strategy: Some(spec.strategy),
             tables: outcome.tables,
