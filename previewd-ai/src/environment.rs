@@ -326,6 +326,12 @@ impl AiEnvironmentAdvisor {
         Ok(advisor)
     }
 
+    /// The provider the advisors ask (the full stack when built from configuration), for
+    /// other features that must go through the same stack; `None` when AI is off.
+    pub fn provider(&self) -> Option<Arc<dyn AiProvider>> {
+        self.provider.clone()
+    }
+
     /// The provider stack's counters (built from configuration with AI enabled), for
     /// [`crate::provider::AiMetrics::register`].
     pub fn metrics(&self) -> Option<&Arc<crate::provider::AiMetrics>> {

@@ -144,7 +144,6 @@ pub fn render_environment(
             port: s.port,
             replicas: s.replicas,
             ingress_path: s.ingress_path.clone(),
-            auto_detected: None,
             env: BTreeMap::new(),
             resources: None,
         })
