@@ -17,6 +17,7 @@ pub mod report;
 pub mod strategy;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod usage;
 
 pub use controller::{Context, ControllerConfig, Readiness};
 pub use crd::{PreviewEnvironment, PreviewEnvironmentSpec, PreviewEnvironmentStatus};

@@ -271,9 +271,18 @@ impl OperatorBuilder {
             ctx = ctx.with_checks_source(scm.clone());
         }
         if let Some(store) = &history {
-            reporters.push(Arc::new(previewd_ai::history::HistoryRecorder::spawn(
-                store.clone(),
-            )));
+            let mut recorder = previewd_ai::history::HistoryRecorder::spawn(store.clone());
+            // Peak usage per service, from the metrics API where the cluster serves it,
+            // goes into the history when an environment sleeps or closes.
+            if !args.usage_sample_interval.is_zero() {
+                let tracker = previewd_kube::usage::UsageTracker::spawn(
+                    client.clone(),
+                    args.usage_sample_interval,
+                    shutdown.clone(),
+                );
+                recorder = recorder.with_peaks(tracker);
+            }
+            reporters.push(Arc::new(recorder));
         }
         ctx = ctx.with_reporter(Arc::new(previewd_core::environment::Reporters(reporters)));
         let mut data_provider: Option<Arc<dyn AiProvider>> = None;

@@ -241,6 +241,11 @@ pub struct RunArgs {
     /// default: none.
     #[arg(long, env = "PREVIEWD_JOB_NODE_SELECTOR", default_value = "")]
     pub job_node_selector: String,
+    /// How often the metrics API is sampled for each environment's peak CPU and memory per
+    /// service, recorded into the history when it sleeps or closes (with a history store
+    /// only); 0 turns sampling off.
+    #[arg(long, env = "PREVIEWD_USAGE_SAMPLE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub usage_sample_interval: Duration,
     /// Serve the data-proposal endpoint, through which seed Jobs ask the operator's model
     /// (so no model credential enters a preview namespace), on this address; off when
     /// unset. Needs `--data-proposals-url`.
