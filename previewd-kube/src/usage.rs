@@ -24,10 +24,14 @@ use crate::crd::{LABEL_MANAGED_BY, LABEL_PR, LABEL_REPO, LABEL_SERVICE, MANAGED_
 /// Usage of one service at one moment, or its peak.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceUsage {
-    /// CPU, in millicores.
+    /// CPU of all its pods, in millicores.
     pub cpu_millicores: u64,
-    /// Memory (working set), in bytes.
+    /// Memory (working set) of all its pods, in bytes.
     pub memory_bytes: u64,
+    /// CPU of its busiest pod, in millicores (what a pod's limit is compared with).
+    pub pod_cpu_millicores: u64,
+    /// Memory of its largest pod, in bytes.
+    pub pod_memory_bytes: u64,
 }
 
 impl ServiceUsage {
@@ -35,7 +39,17 @@ impl ServiceUsage {
         ServiceUsage {
             cpu_millicores: self.cpu_millicores.max(other.cpu_millicores),
             memory_bytes: self.memory_bytes.max(other.memory_bytes),
+            pod_cpu_millicores: self.pod_cpu_millicores.max(other.pod_cpu_millicores),
+            pod_memory_bytes: self.pod_memory_bytes.max(other.pod_memory_bytes),
         }
+    }
+
+    /// Whether a pod came within 10% of the limits `tier` gives it (CPU limit twice the
+    /// request, memory limit equal to it): the service needs a larger tier.
+    pub fn near_limits(&self, tier: previewd_core::Tier) -> bool {
+        let r = tier.requests();
+        self.pod_cpu_millicores.saturating_mul(10) >= r.cpu_millicores.saturating_mul(18)
+            || self.pod_memory_bytes.saturating_mul(10) >= r.memory_bytes.saturating_mul(9)
     }
 }
 
@@ -91,14 +105,19 @@ pub fn usage_by_service(pod_metrics: &serde_json::Value) -> BTreeMap<String, Ser
         let Some(service) = pod["metadata"]["labels"][LABEL_SERVICE].as_str() else {
             continue;
         };
-        let total = out.entry(service.to_string()).or_default();
+        let (mut cpu, mut memory) = (0, 0);
         for c in pod["containers"].as_array().into_iter().flatten() {
-            total.cpu_millicores += c["usage"]["cpu"].as_str().and_then(parse_cpu).unwrap_or(0);
-            total.memory_bytes += c["usage"]["memory"]
+            cpu += c["usage"]["cpu"].as_str().and_then(parse_cpu).unwrap_or(0);
+            memory += c["usage"]["memory"]
                 .as_str()
                 .and_then(parse_memory)
                 .unwrap_or(0);
         }
+        let total = out.entry(service.to_string()).or_default();
+        total.cpu_millicores += cpu;
+        total.memory_bytes += memory;
+        total.pod_cpu_millicores = total.pod_cpu_millicores.max(cpu);
+        total.pod_memory_bytes = total.pod_memory_bytes.max(memory);
     }
     out
 }
@@ -258,7 +277,24 @@ mod tests {
         assert_eq!(u.len(), 2);
         assert_eq!(u["api"].cpu_millicores, 405);
         assert_eq!(u["api"].memory_bytes, (200 + 64 + 16) * 1024 * 1024);
+        assert_eq!(u["api"].pod_cpu_millicores, 300);
+        assert_eq!(u["api"].pod_memory_bytes, 200 * 1024 * 1024);
         assert_eq!(u["web"].cpu_millicores, 20);
+    }
+
+    #[test]
+    fn a_pod_near_its_tier_limits_asks_for_a_larger_tier() {
+        use previewd_core::Tier;
+        let small = Tier::Small.requests();
+        let at = |cpu, mem| ServiceUsage {
+            pod_cpu_millicores: cpu,
+            pod_memory_bytes: mem,
+            ..ServiceUsage::default()
+        };
+        assert!(!at(small.cpu_millicores, small.memory_bytes / 2).near_limits(Tier::Small));
+        assert!(at(small.cpu_millicores * 2, 0).near_limits(Tier::Small));
+        assert!(at(0, small.memory_bytes * 95 / 100).near_limits(Tier::Small));
+        assert!(!at(0, small.memory_bytes * 95 / 100).near_limits(Tier::Large));
     }
 
     #[test]

@@ -41,6 +41,7 @@ impl PeakSource for previewd_kube::usage::UsageTracker {
             previewd_kube::render::repo_label_value(&view.repository),
             view.pr_number,
         );
+        let tier = view.tier.unwrap_or_default();
         previewd_kube::usage::UsageTracker::peaks(self, &key)
             .into_iter()
             .map(|(service, u)| {
@@ -49,7 +50,8 @@ impl PeakSource for previewd_kube::usage::UsageTracker {
                     PeakUsage {
                         cpu_millicores: u.cpu_millicores,
                         memory_bytes: u.memory_bytes,
-                        hit_limits: false,
+                        // A pod within 10% of its tier's limits counts as hitting them.
+                        hit_limits: u.near_limits(tier),
                     },
                 )
             })
