@@ -549,6 +549,17 @@ impl AiEnvironmentAdvisor {
         if let Some(e) = &advice.history_error {
             reason = Some(join_reason(reason, &format!("history unavailable ({e})")));
         }
+        if advice.tier.value.bumped {
+            // Recorded usage raised the tier: say why, next to the other reasons.
+            reason = Some(join_reason(
+                reason,
+                &format!(
+                    "tier {}: {}",
+                    advice.tier.value.tier.as_str(),
+                    advice.tier.value.explanation
+                ),
+            ));
+        }
         Advice {
             services: selected_services(env, catalogue, affected),
             status: AiStatus {
