@@ -44,13 +44,18 @@ use crate::load::write_copy_value;
 use crate::schema::{Column, Schema, Table, TableId, TypeKind, quote_ident};
 
 /// Version of the questions asked; part of every cache key.
-pub const PROMPT_VERSION: u32 = 1;
+pub const PROMPT_VERSION: u32 = 2;
 /// Largest answer accepted for one table (JSON text); larger answers are refused whole.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Values kept per vocabulary.
 pub const MAX_VOCABULARY_VALUES: usize = 64;
 /// Fewest distinct valid values a vocabulary needs to be used.
 pub const MIN_VOCABULARY_VALUES: usize = 3;
+/// Fewest values the answer schema asks per column.
+pub const MIN_ASKED_VALUES: usize = 8;
+/// Most values the answer schema allows per column: a model whose decoding follows the
+/// schema must close the list there, well within its output budget.
+pub const MAX_ASKED_VALUES: usize = 16;
 /// Longest vocabulary value, in characters (the column's own limit may be lower).
 pub const MAX_VALUE_CHARS: usize = 200;
 /// Most rows used for one lookup table.
@@ -108,34 +113,78 @@ pub struct TableRequest {
 
 impl TableRequest {
     /// The JSON schema of an answer (an object at the root, every property required, as
-    /// OpenAI's strict mode wants): `values` has one array of strings per column asked,
-    /// `insert` is one SQL statement or empty.
+    /// OpenAI's strict mode wants), holding only what is asked: `values` with one array of
+    /// [`MIN_ASKED_VALUES`] to [`MAX_ASKED_VALUES`] strings per column, and `insert`,
+    /// one SQL statement whose start (`INSERT INTO <table> (<columns>) VALUES (`) a
+    /// pattern fixes when the names are plain. Servers that constrain decoding with the schema (llama.cpp, Ollama,
+    /// OpenAI's strict mode) then cannot answer in another shape; the answer is validated
+    /// all the same.
     pub fn answer_schema(&self) -> serde_json::Value {
-        let mut properties = serde_json::Map::new();
-        for c in &self.vocabularies {
-            properties.insert(
-                c.name.clone(),
+        let mut top = serde_json::Map::new();
+        let mut required = Vec::new();
+        if !self.vocabularies.is_empty() {
+            let mut properties = serde_json::Map::new();
+            for c in &self.vocabularies {
+                properties.insert(
+                    c.name.clone(),
+                    serde_json::json!({
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 120},
+                        "minItems": MIN_ASKED_VALUES,
+                        "maxItems": MAX_ASKED_VALUES,
+                    }),
+                );
+            }
+            let names: Vec<&str> = self.vocabularies.iter().map(|c| c.name.as_str()).collect();
+            top.insert(
+                "values".into(),
                 serde_json::json!({
-                    "type": "array",
-                    "items": {"type": "string", "maxLength": MAX_VALUE_CHARS},
-                    "maxItems": MAX_VOCABULARY_VALUES,
-                }),
-            );
-        }
-        let names: Vec<&str> = self.vocabularies.iter().map(|c| c.name.as_str()).collect();
-        serde_json::json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["values", "insert"],
-            "properties": {
-                "values": {
                     "type": "object",
                     "additionalProperties": false,
                     "required": names,
                     "properties": properties,
-                },
-                "insert": {"type": "string"},
+                }),
+            );
+            required.push("values");
+        }
+        if !self.lookup_columns.is_empty() {
+            let mut insert = serde_json::json!({"type": "string"});
+            if let Some(pattern) = self.insert_pattern() {
+                insert["pattern"] = serde_json::Value::String(pattern);
             }
+            top.insert("insert".into(), insert);
+            required.push("insert");
+        }
+        serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": required,
+            "properties": top,
+        })
+    }
+
+    /// `^INSERT INTO <table> \\(<columns>\\) VALUES \\(.*$` when every name is plain
+    /// (`[A-Za-z0-9_]`, the table's `.` left as the regex's any-character, which matches
+    /// it): names with other characters get no pattern, because regex-to-grammar
+    /// converters differ in the escapes they accept and a grammar a model server cannot
+    /// parse may take it down.
+    pub fn insert_pattern(&self) -> Option<String> {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        };
+        let columns: Vec<&str> = self
+            .lookup_columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        (plain(&self.table) && columns.iter().all(|c| plain(c) && !c.contains('.'))).then(|| {
+            format!(
+                "^INSERT INTO {} \\({}\\) VALUES \\(.*$",
+                self.table,
+                columns.join(", ")
+            )
         })
     }
 
@@ -1754,8 +1803,33 @@ mod tests {
         let (_, r) = requests(&s).into_iter().find(|(t, _)| *t == 2).unwrap();
         let schema = r.answer_schema();
         assert_eq!(
+            schema["required"],
+            serde_json::json!(["values"]),
+            "no rows asked: no insert"
+        );
+        assert_eq!(
             schema["properties"]["values"]["required"],
             serde_json::json!(["name", "summary"])
+        );
+        assert_eq!(
+            schema["properties"]["values"]["properties"]["name"]["minItems"],
+            8
+        );
+        let (_, w) = requests(&s).into_iter().find(|(t, _)| *t == 1).unwrap();
+        let rows = w.answer_schema();
+        assert_eq!(rows["required"], serde_json::json!(["insert"]));
+        assert_eq!(
+            rows["properties"]["insert"]["pattern"],
+            r"^INSERT INTO public.warehouses \(city, country_code\) VALUES \(.*$"
+        );
+        let odd = TableRequest {
+            table: "public.\"odd name\"".into(),
+            ..w.clone()
+        };
+        assert!(
+            odd.answer_schema()["properties"]["insert"]
+                .get("pattern")
+                .is_none()
         );
         assert_eq!(
             schema["properties"]["values"]["additionalProperties"],
