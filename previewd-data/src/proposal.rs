@@ -571,7 +571,7 @@ pub fn validate(
                     out.outcome.reject(what, "no such column");
                     continue;
                 };
-                match vocabulary(&table.columns[c], items, &mut out.outcome, &what) {
+                match vocabulary(table, &table.columns[c], items, &mut out.outcome, &what) {
                     Ok(values) => {
                         out.outcome.passed += 1;
                         out.vocabularies.insert(format!("{label}.{column}"), values);
@@ -679,7 +679,58 @@ fn check_text(column: &Column, s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Words of the question itself (JSON-schema keywords and type names): a value made of
+/// them, or naming a column of the table, echoes the question instead of answering it.
+const ECHO_WORDS: &[&str] = &[
+    "additionalproperties",
+    "array",
+    "boolean",
+    "integer",
+    "insert",
+    "items",
+    "maxitems",
+    "maxlength",
+    "minitems",
+    "minlength",
+    "null",
+    "number",
+    "object",
+    "pattern",
+    "properties",
+    "required",
+    "schema",
+    "string",
+    "text",
+    "type",
+    "values",
+];
+
+/// Whether `value` echoes the question: a schema keyword or type name, or the name of a
+/// column or of the table, as one of its words, or a bare snake_case identifier.
+fn echoes_question(value: &str, table: &Table) -> bool {
+    if value.contains('_') && !value.contains(char::is_whitespace) {
+        return true;
+    }
+    let lower = value.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().any(|w| {
+        ECHO_WORDS.contains(w)
+            || *w == table.name.to_lowercase()
+            || table
+                .columns
+                .iter()
+                .any(|c| c.name.len() > 2 && c.name.to_lowercase() == *w)
+    }) || table
+        .columns
+        .iter()
+        .any(|c| c.name.contains('_') && lower.contains(&c.name.to_lowercase()))
+}
+
 fn vocabulary(
+    table: &Table,
     column: &Column,
     items: &[serde_json::Value],
     outcome: &mut ProposalOutcome,
@@ -703,6 +754,10 @@ fn vocabulary(
         }
         if let Err(reason) = check_text(column, s) {
             dropped.push(format!("{s:?}: {reason}"));
+            continue;
+        }
+        if echoes_question(s, table) {
+            dropped.push(format!("{s:?}: echoes the question"));
             continue;
         }
         if seen.insert(s.to_string()) && values.len() < MAX_VOCABULARY_VALUES {
@@ -1770,6 +1825,40 @@ mod tests {
             reasons
                 .iter()
                 .any(|r| r.contains("2 distinct valid values"))
+        );
+    }
+
+    #[test]
+    fn values_that_echo_the_question_are_dropped() {
+        let s = schema();
+        let v = validate(
+            &s,
+            &answers(
+                &s,
+                &[(
+                    "products",
+                    serde_json::json!({"values": {
+                        "name": ["Desk Lamp", "product_id", "minItems:12,", "object",
+                                 "sku", "Monitor Arm", "Type: string", "Standing Desk"],
+                    }}),
+                )],
+            ),
+        );
+        assert_eq!(
+            v.vocabularies["public.products.name"],
+            ["Desk Lamp", "Monitor Arm", "Standing Desk"]
+        );
+        let echoed: Vec<&str> = v
+            .outcome
+            .rejected
+            .iter()
+            .map(|r| r.reason.as_str())
+            .filter(|r| r.ends_with("echoes the question"))
+            .collect();
+        assert_eq!(
+            echoed.len(),
+            3,
+            "the first three dropped values are reported"
         );
     }
 
