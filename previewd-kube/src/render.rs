@@ -144,19 +144,23 @@ pub fn render_environment(
             port: s.port,
             replicas: s.replicas,
             ingress_path: s.ingress_path.clone(),
-            auto_detected: None,
             env: BTreeMap::new(),
             resources: None,
         })
         .collect();
-    let tier = spec
-        .catalogue
-        .services
-        .iter()
-        .filter_map(|s| s.tier)
-        .max()
-        .or(spec.default_tier)
-        .map(crate::crd::TierChoice::from);
+    // `defaultTier: auto` hands the choice to the tier advisor, which starts from the
+    // declared tiers itself; otherwise the largest declared tier, else the default.
+    let tier = match spec.default_tier {
+        Some(crate::crd::TierChoice::Auto) => Some(crate::crd::TierChoice::Auto),
+        default => spec
+            .catalogue
+            .services
+            .iter()
+            .filter_map(|s| s.tier)
+            .max()
+            .map(crate::crd::TierChoice::from)
+            .or(default),
+    };
 
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_PR.to_string(), pr.number.to_string());

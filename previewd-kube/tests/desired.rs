@@ -209,6 +209,32 @@ fn pr() -> PullRequestSnapshot {
 }
 
 #[test]
+fn a_repository_default_tier_of_auto_leaves_the_tier_to_the_advisor() {
+    use previewd_kube::crd::TierChoice;
+    let mut r = repo();
+    r.spec.default_tier = Some(TierChoice::Auto);
+    let env = render_environment(&r, &pr()).unwrap();
+    assert_eq!(env.spec.resources.tier, Some(TierChoice::Auto));
+    // A fixed default applies only when no service declares a tier.
+    r.spec.default_tier = Some(TierChoice::Large);
+    let env = render_environment(&r, &pr()).unwrap();
+    assert_eq!(env.spec.resources.tier, Some(TierChoice::Medium));
+    for s in &mut r.spec.catalogue.services {
+        s.tier = None;
+    }
+    let env = render_environment(&r, &pr()).unwrap();
+    assert_eq!(env.spec.resources.tier, Some(TierChoice::Large));
+    let yaml: PreviewRepository = serde_json::from_value(json!({
+        "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewRepository",
+        "metadata": {"name": "shop", "namespace": "previews"},
+        "spec": {"repository": "acme/shop", "baseDomain": "preview.example.com", "defaultTier": "auto",
+                 "catalogue": {"services": [{"name": "api", "image": "x"}]}}
+    }))
+    .unwrap();
+    assert_eq!(yaml.spec.default_tier, Some(TierChoice::Auto));
+}
+
+#[test]
 fn renders_an_environment_from_repository_settings() {
     let env = render_environment(&repo(), &pr()).unwrap();
     assert_eq!(env.metadata.namespace.as_deref(), Some("previews"));

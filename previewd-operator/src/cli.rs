@@ -51,8 +51,9 @@ pub enum Command {
     Wake(crate::ctl::NameArgs),
     /// Fill the environment's PostgreSQL database with test data (the data-seed Job).
     SeedData(crate::seed::SeedDataArgs),
-    /// Turn JUnit XML reports into the test-run summary a test Job writes to
-    /// /dev/termination-log.
+    /// Turn a test runner's reports (JUnit XML, `go test -json`, pytest or Jest JSON) into
+    /// the test-run summary a test Job writes to /dev/termination-log.
+    #[command(name = "test-summary", alias = "junit-summary")]
     JunitSummary(crate::junit::JunitSummaryArgs),
 }
 
@@ -303,6 +304,35 @@ pub struct RunArgs {
     /// default: none.
     #[arg(long, env = "PREVIEWD_JOB_NODE_SELECTOR", default_value = "")]
     pub job_node_selector: String,
+    /// How often the metrics API is sampled for each environment's peak CPU and memory per
+    /// service, recorded into the history when it sleeps or closes (with a history store
+    /// only); 0 turns sampling off.
+    #[arg(long, env = "PREVIEWD_USAGE_SAMPLE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub usage_sample_interval: Duration,
+    /// Serve the data-proposal endpoint, through which seed Jobs ask the operator's model
+    /// (so no model credential enters a preview namespace), on this address; off when
+    /// unset. Needs `--data-proposals-url`.
+    #[arg(long, env = "PREVIEWD_DATA_PROPOSALS_ADDR")]
+    pub data_proposals_addr: Option<SocketAddr>,
+    /// URL at which seed Jobs reach that endpoint (the Service in front of the operator),
+    /// e.g. http://previewd-proposals.previewd-system.svc:8082.
+    #[arg(long, env = "PREVIEWD_DATA_PROPOSALS_URL")]
+    pub data_proposals_url: Option<String>,
+    /// Key of the seed Jobs' tokens, the same on every replica; default: derived from the
+    /// webhook secret (or random per process when there is none, which suits one replica).
+    #[arg(long, env = "PREVIEWD_DATA_PROPOSALS_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub data_proposals_key: Option<SecretString>,
+    /// Namespace of the operator's pods, for the seed pods' one egress rule; default:
+    /// $POD_NAMESPACE.
+    #[arg(long, env = "PREVIEWD_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// Labels that select the operator's pods, as `key=value,...`.
+    #[arg(
+        long,
+        env = "PREVIEWD_OPERATOR_POD_LABELS",
+        default_value = "app.kubernetes.io/name=previewd"
+    )]
+    pub operator_pod_labels: String,
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

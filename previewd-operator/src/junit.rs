@@ -1,10 +1,15 @@
-//! `previewd junit-summary <file>...`: turns JUnit XML reports into the test-run summary
-//! the controller reads from a test Job's termination message (docs/TESTS.md), so that a
-//! test image only has to end with
+//! `previewd test-summary <file>...` (also `junit-summary`): turns a test runner's reports
+//! into the test-run summary the controller reads from a test Job's termination message
+//! (docs/TESTS.md), so that a test image only has to end with
 //!
 //! ```sh
-//! pytest --junitxml=/tmp/report.xml; previewd junit-summary /tmp/report.xml --output /dev/termination-log
+//! pytest --junitxml=/tmp/report.xml; previewd test-summary /tmp/report.xml --output /dev/termination-log
+//! go test -json ./... > /tmp/go.json; previewd test-summary --framework go /tmp/go.json -o /dev/termination-log
 //! ```
+//!
+//! The format comes from `--framework`, which defaults to `$PREVIEWD_TEST_FRAMEWORK`, which
+//! the test Job gets from `spec.tests.framework`: `junit` (JUnit XML), `go` (`go test
+//! -json`), `pytest` (pytest's JSON report) or `jest` (`jest --json`).
 //!
 //! The summary (at most 4 KiB) goes to standard output, and to `--output` when given. The
 //! exit code is 0 when the reports were read, whatever the tests did, unless
@@ -14,14 +19,17 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use previewd_core::testrun::{encode_summary, summary_from_junit};
+use previewd_core::testrun::{TestFramework, encode_summary, summary_from_reports};
 
 /// Flags of `previewd junit-summary`.
 #[derive(Debug, Clone, Args)]
 pub struct JunitSummaryArgs {
-    /// JUnit XML reports to combine.
+    /// Reports to combine.
     #[arg(required = true)]
     pub reports: Vec<PathBuf>,
+    /// Their format: junit, go, pytest or jest.
+    #[arg(long, env = "PREVIEWD_TEST_FRAMEWORK", default_value = "junit")]
+    pub framework: TestFramework,
     /// Also write the summary to this file (in a test Job: /dev/termination-log).
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -49,8 +57,8 @@ pub fn junit_summary(args: &JunitSummaryArgs) -> anyhow::Result<bool> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         );
     }
-    let summary =
-        summary_from_junit(&reports).with_context(|| "converting the JUnit reports".to_string())?;
+    let summary = summary_from_reports(args.framework, &reports)
+        .with_context(|| format!("converting the {} reports", args.framework.as_str()))?;
     let json = encode_summary(&summary);
     println!("{json}");
     if let Some(out) = &args.output {
@@ -78,6 +86,7 @@ mod tests {
         let out = dir.path().join("termination-log");
         let args = JunitSummaryArgs {
             reports: vec![a, b],
+            framework: TestFramework::Junit,
             output: Some(out.clone()),
             fail_on_failures: true,
         };
@@ -100,10 +109,56 @@ mod tests {
         std::fs::write(&broken, "<testsuite><testcase").unwrap();
         let err = junit_summary(&JunitSummaryArgs {
             reports: vec![broken],
+            framework: TestFramework::Junit,
             output: None,
             fail_on_failures: false,
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("invalid JUnit XML"), "{err:#}");
+    }
+
+    #[test]
+    fn the_framework_selects_the_parser() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("go.json");
+        std::fs::write(
+            &report,
+            concat!(
+                r#"{"Action":"pass","Package":"shop","Test":"TestA","Elapsed":0.1}"#,
+                "\n",
+                r#"{"Action":"output","Package":"shop","Test":"TestB","Output":"    b_test.go:9: boom\n"}"#,
+                "\n",
+                r#"{"Action":"fail","Package":"shop","Test":"TestB","Elapsed":0.1}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join("termination-log");
+        let cli = crate::cli::Cli::try_parse_from([
+            "previewd",
+            "test-summary",
+            "--framework",
+            "go",
+            report.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Some(crate::cli::Command::JunitSummary(args)) = cli.command else {
+            panic!("not test-summary")
+        };
+        assert_eq!(args.framework, TestFramework::Go);
+        assert!(!junit_summary(&args).unwrap());
+        let summary =
+            previewd_core::testrun::parse_summary(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!((summary.total, summary.failed), (2, 1));
+        assert_eq!(summary.failures[0].reason, "b_test.go:9: boom");
+        // The same report read as JUnit XML is refused, not miscounted.
+        let mut as_junit = args.clone();
+        as_junit.framework = TestFramework::Junit;
+        assert!(junit_summary(&as_junit).is_err());
+        // `junit-summary` still works.
+        assert!(crate::cli::Cli::try_parse_from(["previewd", "junit-summary", "r.xml"]).is_ok());
     }
 }

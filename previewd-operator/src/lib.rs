@@ -9,6 +9,7 @@ pub mod cli;
 pub mod ctl;
 pub mod junit;
 pub mod leader;
+pub mod proposals;
 pub mod reference;
 pub mod run;
 pub mod seed;

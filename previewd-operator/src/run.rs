@@ -198,7 +198,8 @@ fn planner_config(
                 .clone()
                 .filter(|i| !i.trim().is_empty())
                 .unwrap_or_else(default_operator_image),
-            node_selector: parse_node_selector(&args.job_node_selector)?,
+            node_selector: parse_pairs(&args.job_node_selector, "--job-node-selector")?,
+            data_proposals: None,
         },
         idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
         expiry_warning: args.expiry_warning,
@@ -251,19 +252,96 @@ pub fn argocd_platform(
     }
 }
 
-/// `key=value,key=value` (empty: none).
-fn parse_node_selector(value: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+/// Where the data-proposal endpoint listens and what seed Jobs are told about it (the
+/// `forks` policy is filled in once the AI provider is known); `None` when it is off.
+pub fn data_proposal_settings(
+    args: &RunArgs,
+) -> anyhow::Result<
+    Option<(
+        std::net::SocketAddr,
+        previewd_kube::strategy::seed::DataProposalEndpoint,
+    )>,
+> {
+    let Some(addr) = args.data_proposals_addr else {
+        return Ok(None);
+    };
+    let url = args
+        .data_proposals_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .context("--data-proposals-addr needs --data-proposals-url (where seed Jobs reach it)")?;
+    let parsed =
+        url::Url::parse(&url).with_context(|| format!("invalid --data-proposals-url {url:?}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
+        "--data-proposals-url must be an http(s) URL with a host"
+    );
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|n| !n.trim().is_empty())
+        .context("--data-proposals-addr needs --operator-namespace (or $POD_NAMESPACE)")?;
+    let operator_labels = parse_pairs(&args.operator_pod_labels, "--operator-pod-labels")?;
+    anyhow::ensure!(
+        !operator_labels.is_empty(),
+        "--operator-pod-labels must select the operator's pods"
+    );
+    let key = data_proposal_key(args);
+    Ok(Some((
+        addr,
+        previewd_kube::strategy::seed::DataProposalEndpoint {
+            url,
+            operator_namespace,
+            operator_labels,
+            port: addr.port(),
+            key: std::sync::Arc::new(key),
+            forks: false,
+        },
+    )))
+}
+
+/// The token key: `--data-proposals-key`, else an HMAC of the webhook secret (so every
+/// replica agrees without another Secret), else random for this process.
+fn data_proposal_key(args: &RunArgs) -> Vec<u8> {
+    use sha2::Digest as _;
+    if let Some(k) = args
+        .data_proposals_key
+        .as_ref()
+        .filter(|k| !k.expose_secret().is_empty())
+    {
+        return k.expose_secret().as_bytes().to_vec();
+    }
+    if let Some(secret) = args
+        .webhook_secret
+        .as_ref()
+        .filter(|k| !k.expose_secret().is_empty())
+    {
+        let mut h = sha2::Sha256::new();
+        h.update(b"previewd data-proposal key v1\0");
+        h.update(secret.expose_secret().as_bytes());
+        return h.finalize().to_vec();
+    }
+    let random: [u8; 32] = rand::random();
+    random.to_vec()
+}
+
+/// `key=value,key=value` (empty: none) of the flag `flag`.
+fn parse_pairs(
+    value: &str,
+    flag: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     value
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| {
-            let (k, v) = pair.split_once('=').with_context(|| {
-                format!("invalid --job-node-selector entry {pair:?}: expected key=value")
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("invalid {flag} entry {pair:?}: expected key=value"))?;
             anyhow::ensure!(
                 !k.trim().is_empty(),
-                "invalid --job-node-selector entry {pair:?}: empty key"
+                "invalid {flag} entry {pair:?}: empty key"
             );
             Ok((k.trim().to_string(), v.trim().to_string()))
         })
