@@ -237,10 +237,13 @@ pub struct RunArgs {
     /// GitHub token for commit statuses, deployments and the PR comment.
     #[arg(long, env = "PREVIEWD_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub github_token: Option<SecretString>,
-    /// GitHub App id (with --github-app-installation-id and --github-app-private-key-file).
+    /// GitHub App id (with --github-app-private-key-file). One operator serves every
+    /// installation of the App: each repository's installation comes from its deliveries
+    /// (`installation.id`) or from GitHub (`GET /repos/{owner}/{repo}/installation`).
     #[arg(long, env = "PREVIEWD_GITHUB_APP_ID")]
     pub github_app_id: Option<u64>,
-    /// GitHub App installation id.
+    /// Default installation of the GitHub App (optional): used for a repository GitHub
+    /// names no installation of the App for.
     #[arg(long, env = "PREVIEWD_GITHUB_APP_INSTALLATION_ID")]
     pub github_app_installation_id: Option<u64>,
     /// Path to the GitHub App's PEM private key.

@@ -319,9 +319,6 @@ pub fn github_rest_client(
     let auth = match (&args.github_token, args.github_app_id) {
         (Some(token), _) if !token.expose_secret().is_empty() => GitHubAuth::Token(token.clone()),
         (_, Some(app_id)) => {
-            let installation_id = args
-                .github_app_installation_id
-                .context("--github-app-id needs --github-app-installation-id")?;
             let key_file = args
                 .github_app_private_key_file
                 .as_deref()
@@ -330,7 +327,7 @@ pub fn github_rest_client(
                 .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;
             GitHubAuth::App(AppCredentials {
                 app_id,
-                installation_id,
+                installation_id: args.github_app_installation_id,
                 private_key_pem: pem.into(),
                 app_slug: None,
             })
@@ -379,6 +376,7 @@ pub(crate) async fn start_webhook(
     match github {
         Some(github) => {
             state = state
+                .with_installations(github.installations())
                 .with_responder(Arc::new(github.clone()))
                 .with_repository_access(Arc::new(github));
         }
