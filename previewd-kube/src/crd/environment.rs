@@ -372,11 +372,11 @@ pub struct ServiceResources {
 pub struct CpuMemory {
     /// CPU, e.g. `250m`, `1`, `1.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub cpu: Option<String>,
     /// Memory, e.g. `512Mi`, `1Gi`, `1G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub memory: Option<String>,
 }
 
@@ -410,10 +410,7 @@ pub struct IngressSpec {
     pub enabled: bool,
     /// Host; default `pr-<number>.<baseDomain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(schema_with = "crate::crd::host_schema")]
     pub host: Option<String>,
     /// Serve TLS with a certificate from cert-manager.
     #[serde(default = "default_true")]
@@ -448,15 +445,15 @@ fn default_true() -> bool {
 pub struct QuotaSpec {
     /// `requests.cpu`.
     #[serde(default = "QuotaSpec::default_cpu")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub cpu: String,
     /// `requests.memory`.
     #[serde(default = "QuotaSpec::default_memory")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub memory: String,
     /// `requests.storage`.
     #[serde(default = "QuotaSpec::default_storage")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub storage: String,
     /// `persistentvolumeclaims`.
     #[serde(default = "QuotaSpec::default_pvcs")]
