@@ -42,7 +42,10 @@ fn environment_crd_has_the_expected_shape() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Phase", "PR", "URL", "Expires", "Age"]);
+    assert_eq!(
+        columns,
+        ["Phase", "Ready", "Reason", "PR", "URL", "Expires", "Age"]
+    );
     let spec = &schema_of(&crd)["properties"]["spec"];
     assert_eq!(
         spec["properties"]["prNumber"]["minimum"].as_f64(),

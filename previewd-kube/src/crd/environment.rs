@@ -26,9 +26,27 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "A short-lived, isolated environment for one pull request.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "PR", type_ = "integer", json_path = ".spec.prNumber"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
+    // An expiry lies in the future, and kubectl prints a future `date` column as
+    // `<invalid>`: the column is the exact UTC time (`previewd list` says how long is left).
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        format = "date-time",
+        json_path = ".status.expiresAt",
+        description = "When the environment is deleted (UTC)"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters")
 )]
