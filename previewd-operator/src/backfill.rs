@@ -300,7 +300,7 @@ mod tests {
         let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(flags);
         match Cli::try_parse_from(argv).unwrap().command {
-            Some(crate::cli::Command::Run(run)) => *run,
+            crate::cli::Command::Run(run) => *run,
             other => panic!("unexpected {other:?}"),
         }
     }
