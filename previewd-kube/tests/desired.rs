@@ -272,5 +272,17 @@ fn rendering_rejects_mismatches_and_bad_shas() {
         render_environment(&repo(), &bad),
         Err(RenderError::InvalidSha(_))
     ));
-    assert_eq!(render_image("x:{{service}}", &pr(), "api"), "x:api");
+    assert_eq!(
+        render_image("x:{{service}}", &pr(), "api").as_deref(),
+        Ok("x:api")
+    );
+    // An unknown variable fails the rendering, naming the service and the variable.
+    let mut typo = repo();
+    typo.spec.catalogue.services[0].image = "ghcr.io/acme/web:pr-{{nubmer}}".into();
+    let err = render_environment(&typo, &pr()).unwrap_err();
+    assert_eq!(err.category(), "image_template");
+    assert!(
+        err.to_string().contains("unknown variable {{nubmer}}"),
+        "{err}"
+    );
 }

@@ -39,15 +39,33 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 
 /// The Kubernetes configuration from `--kubeconfig`, or the default chain.
 pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
-    Ok(match kubeconfig {
-        Some(path) => {
+    kube_config_for(kubeconfig, None).await
+}
+
+/// The Kubernetes configuration as kubectl chooses it: the kubeconfig file `kubeconfig`
+/// (else `$KUBECONFIG`, else `~/.kube/config`) and its context `context` (else its
+/// current context); with neither given, the in-cluster configuration when there is no
+/// kubeconfig.
+pub async fn kube_config_for(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    Ok(match (kubeconfig, context) {
+        (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .with_context(|| format!("loading kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer()
+        (None, Some(name)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("loading context {name:?} of the kubeconfig"))?,
+        (None, None) => kube::Config::infer()
             .await
             .context("no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster)")?,
     })
@@ -397,9 +415,6 @@ pub fn github_rest_client(
     let auth = match (&args.github_token, args.github_app_id) {
         (Some(token), _) if !token.expose_secret().is_empty() => GitHubAuth::Token(token.clone()),
         (_, Some(app_id)) => {
-            let installation_id = args
-                .github_app_installation_id
-                .context("--github-app-id needs --github-app-installation-id")?;
             let key_file = args
                 .github_app_private_key_file
                 .as_deref()
@@ -408,7 +423,7 @@ pub fn github_rest_client(
                 .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;
             GitHubAuth::App(AppCredentials {
                 app_id,
-                installation_id,
+                installation_id: args.github_app_installation_id,
                 private_key_pem: pem.into(),
                 app_slug: None,
             })
@@ -457,6 +472,7 @@ pub(crate) async fn start_webhook(
     match github {
         Some(github) => {
             state = state
+                .with_installations(github.installations())
                 .with_responder(Arc::new(github.clone()))
                 .with_repository_access(Arc::new(github));
         }
@@ -554,9 +570,12 @@ mod tests {
     use crate::cli::Cli;
 
     fn run_args(flags: &[&str]) -> RunArgs {
-        let mut argv = vec!["previewd"];
+        let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(flags);
-        *Cli::try_parse_from(argv).unwrap().run
+        match Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(args) => *args,
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
@@ -605,6 +624,9 @@ mod tests {
                 section_name: Some("https".into()),
             })
         );
-        assert!(crate::cli::Cli::try_parse_from(["previewd", "--route-kind", "gateway"]).is_err());
+        assert!(
+            crate::cli::Cli::try_parse_from(["previewd", "run", "--route-kind", "gateway"])
+                .is_err()
+        );
     }
 }

@@ -26,9 +26,27 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "A short-lived, isolated environment for one pull request.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "PR", type_ = "integer", json_path = ".spec.prNumber"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
+    // An expiry lies in the future, and kubectl prints a future `date` column as
+    // `<invalid>`: the column is the exact UTC time (`previewd list` says how long is left).
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        format = "date-time",
+        json_path = ".status.expiresAt",
+        description = "When the environment is deleted (UTC)"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters")
 )]
@@ -396,11 +414,11 @@ pub struct ServiceResources {
 pub struct CpuMemory {
     /// CPU, e.g. `250m`, `1`, `1.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub cpu: Option<String>,
     /// Memory, e.g. `512Mi`, `1Gi`, `1G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub memory: Option<String>,
 }
 
@@ -434,10 +452,7 @@ pub struct IngressSpec {
     pub enabled: bool,
     /// Host; default `pr-<number>.<baseDomain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(schema_with = "crate::crd::host_schema")]
     pub host: Option<String>,
     /// Serve TLS with a certificate from cert-manager.
     #[serde(default = "default_true")]
@@ -472,15 +487,15 @@ fn default_true() -> bool {
 pub struct QuotaSpec {
     /// `requests.cpu`.
     #[serde(default = "QuotaSpec::default_cpu")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub cpu: String,
     /// `requests.memory`.
     #[serde(default = "QuotaSpec::default_memory")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub memory: String,
     /// `requests.storage`.
     #[serde(default = "QuotaSpec::default_storage")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub storage: String,
     /// `persistentvolumeclaims`.
     #[serde(default = "QuotaSpec::default_pvcs")]

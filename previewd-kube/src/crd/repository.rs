@@ -70,10 +70,7 @@ pub struct PreviewRepositorySpec {
     )]
     pub strategy: Option<String>,
     /// Base domain; environments are served at `pr-<number>.<baseDomain>`.
-    #[schemars(
-        length(min = 1, max = 200),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(schema_with = "crate::crd::base_domain_schema")]
     pub base_domain: String,
     /// IngressClass name for environments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
