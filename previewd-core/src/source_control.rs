@@ -491,12 +491,12 @@ pub trait SourceControl: Send + Sync {
         body: &str,
     ) -> Result<CommentUpsert, SourceControlError>;
 
-    /// Waits until a mutation could be sent now without going over the provider's rate
+    /// Waits until a mutation about `repo` could be sent now without going over the provider's rate
     /// limits (a pause after a rate-limit answer, a budget of writes), so that a caller
     /// can still change its mind (a newer state to report) after the wait and before
     /// the write. Sends nothing; the write itself still keeps the limits. The default
     /// returns at once.
-    async fn write_slot(&self) {}
+    async fn write_slot(&self, _repo: &RepoRef) {}
 
     /// The deployment `request` describes, if it exists, without creating it. The
     /// default creates it (providers that cannot look one up).

@@ -7,6 +7,13 @@
 //! whose PR is no longer open is checked with GitHub one by one, and only a PR GitHub
 //! reports as closed is fed through as `closed`. A GitHub error skips the repository or
 //! the PR: nothing is ever deleted because GitHub could not be asked.
+//!
+//! With GitHub App credentials, each round first walks every installation of the App
+//! (`GET /app/installations`) and, until every configured repository is placed, each
+//! installation's repositories (`GET /installation/repositories`), so that every
+//! repository is read with the token of the installation that serves it. A repository no
+//! installation lists is still tried (GitHub is asked for its installation, then the
+//! default installation is used) and fails on its own.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,6 +24,7 @@ use http::Request;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use previewd_core::source_control::RepoRef;
+use previewd_core::tenancy::ClaimPolicy;
 use previewd_github::metrics::WebhookMetrics;
 use previewd_github::store::KubeStore;
 use previewd_github::webhook::{WebhookConfig, WebhookState, router};
@@ -34,6 +42,8 @@ pub const MAX_OPEN_PULL_REQUESTS: usize = 1000;
 /// What one round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BackfillReport {
+    /// Installations of the GitHub App walked (0 with a token).
+    pub installations: usize,
     /// Repositories whose open PRs were listed.
     pub repositories: usize,
     /// Open PRs fed through the webhook handling.
@@ -52,6 +62,7 @@ pub struct Backfill {
     webhook: axum::Router,
     secret: String,
     settings_namespace: Option<String>,
+    claim_policy: ClaimPolicy,
     interval: Duration,
 }
 
@@ -73,8 +84,19 @@ impl Backfill {
             webhook: router(state),
             secret: secret.to_string(),
             settings_namespace,
+            claim_policy: ClaimPolicy::open(),
             interval,
         }
+    }
+
+    /// Feeds deliveries through `state` (which must verify signatures with the secret this
+    /// backfill was made with) and walks only the repositories `claim_policy` lets their
+    /// settings' namespace claim: the operator's own webhook handling, so that a missed
+    /// delivery is decided exactly as the delivered one would have been.
+    pub fn with_webhook(mut self, state: WebhookState, claim_policy: ClaimPolicy) -> Self {
+        self.webhook = router(state);
+        self.claim_policy = claim_policy;
+        self
     }
 
     /// Runs a round at once, then every interval, until `shutdown`.
@@ -101,8 +123,35 @@ impl Backfill {
         let settings = repositories.list(&ListParams::default()).await?;
         let names: BTreeSet<String> = settings
             .iter()
+            .filter(|r| {
+                let namespace = r.metadata.namespace.as_deref().unwrap_or_default();
+                let allowed = self.claim_policy.allows(namespace, &r.spec.repository);
+                if !allowed {
+                    warn!(
+                        namespace,
+                        repository = %r.spec.repository,
+                        "the claim policy does not let this namespace claim the repository; not backfilled"
+                    );
+                }
+                allowed
+            })
             .map(|r| r.spec.repository.to_ascii_lowercase())
             .collect();
+        if self.github.is_app() && !names.is_empty() {
+            match self.github.discover_installations(&names).await {
+                Ok(walked) => {
+                    report.installations = walked.installations;
+                    report.errors += walked.failed.len();
+                    for name in names.iter().filter(|n| !walked.found.contains_key(*n)) {
+                        warn!(repository = %name, "no installation of the GitHub App lists this repository");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot list the installations of the GitHub App");
+                    report.errors += 1;
+                }
+            }
+        }
         for full_name in names {
             let Some((owner, name)) = full_name.split_once('/') else {
                 continue;
@@ -256,13 +305,18 @@ pub fn from_run_args(
         .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    Ok(Some(Backfill::new(
-        client,
-        github,
+    let store = Arc::new(KubeStore::new(client.clone(), args.namespace.clone()));
+    let state = crate::run::webhook_state(
+        args,
         &secret,
-        args.namespace.clone(),
-        interval,
-    )))
+        store,
+        WebhookMetrics::default(),
+        Some(github.clone()),
+    )?;
+    Ok(Some(
+        Backfill::new(client, github, &secret, args.namespace.clone(), interval)
+            .with_webhook(state, crate::run::claim_policy(args)?),
+    ))
 }
 
 #[cfg(test)]
@@ -276,7 +330,7 @@ mod tests {
         let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(flags);
         match Cli::try_parse_from(argv).unwrap().command {
-            Some(crate::cli::Command::Run(run)) => *run,
+            crate::cli::Command::Run(run) => *run,
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -39,15 +39,33 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 
 /// The Kubernetes configuration from `--kubeconfig`, or the default chain.
 pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
-    Ok(match kubeconfig {
-        Some(path) => {
+    kube_config_for(kubeconfig, None).await
+}
+
+/// The Kubernetes configuration as kubectl chooses it: the kubeconfig file `kubeconfig`
+/// (else `$KUBECONFIG`, else `~/.kube/config`) and its context `context` (else its
+/// current context); with neither given, the in-cluster configuration when there is no
+/// kubeconfig.
+pub async fn kube_config_for(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    Ok(match (kubeconfig, context) {
+        (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .with_context(|| format!("loading kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer()
+        (None, Some(name)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("loading context {name:?} of the kubeconfig"))?,
+        (None, None) => kube::Config::infer()
             .await
             .context("no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster)")?,
     })
@@ -138,11 +156,7 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             previewd_kube::children::workload::parse_tolerations(&args.spot_tolerations)
                 .map_err(|e| anyhow::anyhow!("invalid --spot-tolerations: {e}"))?;
     }
-    let claim_policy = match &args.repository_claims {
-        Some(claims) => previewd_core::tenancy::ClaimPolicy::parse(claims)
-            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?,
-        None => previewd_core::tenancy::ClaimPolicy::open(),
-    };
+    let claim_policy = claim_policy(args)?;
     let object_counts =
         previewd_kube::children::namespace::parse_object_counts(&args.quota_object_counts)
             .map_err(|e| anyhow::anyhow!("invalid --quota-object-counts: {e}"))?;
@@ -183,7 +197,7 @@ fn planner_config(
         resync_interval: args.resync_interval,
         pricing,
         guard: GuardSettings {
-            ingress_namespace: args.ingress_namespace.clone(),
+            ingress_namespace: ingress_namespace(args)?,
             object_counts,
             ..GuardSettings::default()
         },
@@ -198,13 +212,36 @@ fn planner_config(
                 .clone()
                 .filter(|i| !i.trim().is_empty())
                 .unwrap_or_else(default_operator_image),
-            node_selector: parse_node_selector(&args.job_node_selector)?,
+            node_selector: parse_pairs(&args.job_node_selector, "--job-node-selector")?,
+            data_proposals: None,
         },
         idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
         expiry_warning: args.expiry_warning,
         routing: routing(args)?,
         ..PlannerConfig::default()
     })
+}
+
+/// The namespace whose pods may reach every preview: `--ingress-namespace`, else (with
+/// HTTPRoutes) the Gateway's namespace. A replica that only serves the webhook never
+/// writes a network policy and needs neither.
+pub fn ingress_namespace(args: &RunArgs) -> anyhow::Result<String> {
+    let named = args.ingress_namespace.trim();
+    if !named.is_empty() {
+        return Ok(named.to_string());
+    }
+    if args.route_kind.trim() == "httproute" && !args.gateway_namespace.trim().is_empty() {
+        return Ok(args.gateway_namespace.trim().to_string());
+    }
+    if args.replica.webhook_only {
+        return Ok(String::new());
+    }
+    anyhow::bail!(
+        "--ingress-namespace (PREVIEWD_INGRESS_NAMESPACE) is required with --route-kind ingress: \
+         name the namespace your ingress controller runs in, whose pods each preview's network \
+         policy lets in (no controller is assumed; with --route-kind httproute it defaults to \
+         --gateway-namespace)"
+    )
 }
 
 /// How environments are reached, from `--route-kind` and the `--gateway-*` flags.
@@ -251,19 +288,96 @@ pub fn argocd_platform(
     }
 }
 
-/// `key=value,key=value` (empty: none).
-fn parse_node_selector(value: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+/// Where the data-proposal endpoint listens and what seed Jobs are told about it (the
+/// `forks` policy is filled in once the AI provider is known); `None` when it is off.
+pub fn data_proposal_settings(
+    args: &RunArgs,
+) -> anyhow::Result<
+    Option<(
+        std::net::SocketAddr,
+        previewd_kube::strategy::seed::DataProposalEndpoint,
+    )>,
+> {
+    let Some(addr) = args.data_proposals_addr else {
+        return Ok(None);
+    };
+    let url = args
+        .data_proposals_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .context("--data-proposals-addr needs --data-proposals-url (where seed Jobs reach it)")?;
+    let parsed =
+        url::Url::parse(&url).with_context(|| format!("invalid --data-proposals-url {url:?}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
+        "--data-proposals-url must be an http(s) URL with a host"
+    );
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|n| !n.trim().is_empty())
+        .context("--data-proposals-addr needs --operator-namespace (or $POD_NAMESPACE)")?;
+    let operator_labels = parse_pairs(&args.operator_pod_labels, "--operator-pod-labels")?;
+    anyhow::ensure!(
+        !operator_labels.is_empty(),
+        "--operator-pod-labels must select the operator's pods"
+    );
+    let key = data_proposal_key(args);
+    Ok(Some((
+        addr,
+        previewd_kube::strategy::seed::DataProposalEndpoint {
+            url,
+            operator_namespace,
+            operator_labels,
+            port: addr.port(),
+            key: std::sync::Arc::new(key),
+            forks: false,
+        },
+    )))
+}
+
+/// The token key: `--data-proposals-key`, else an HMAC of the webhook secret (so every
+/// replica agrees without another Secret), else random for this process.
+fn data_proposal_key(args: &RunArgs) -> Vec<u8> {
+    use sha2::Digest as _;
+    if let Some(k) = args
+        .data_proposals_key
+        .as_ref()
+        .filter(|k| !k.expose_secret().is_empty())
+    {
+        return k.expose_secret().as_bytes().to_vec();
+    }
+    if let Some(secret) = args
+        .webhook_secret
+        .as_ref()
+        .filter(|k| !k.expose_secret().is_empty())
+    {
+        let mut h = sha2::Sha256::new();
+        h.update(b"previewd data-proposal key v1\0");
+        h.update(secret.expose_secret().as_bytes());
+        return h.finalize().to_vec();
+    }
+    let random: [u8; 32] = rand::random();
+    random.to_vec()
+}
+
+/// `key=value,key=value` (empty: none) of the flag `flag`.
+fn parse_pairs(
+    value: &str,
+    flag: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     value
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| {
-            let (k, v) = pair.split_once('=').with_context(|| {
-                format!("invalid --job-node-selector entry {pair:?}: expected key=value")
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("invalid {flag} entry {pair:?}: expected key=value"))?;
             anyhow::ensure!(
                 !k.trim().is_empty(),
-                "invalid --job-node-selector entry {pair:?}: empty key"
+                "invalid {flag} entry {pair:?}: empty key"
             );
             Ok((k.trim().to_string(), v.trim().to_string()))
         })
@@ -319,9 +433,6 @@ pub fn github_rest_client(
     let auth = match (&args.github_token, args.github_app_id) {
         (Some(token), _) if !token.expose_secret().is_empty() => GitHubAuth::Token(token.clone()),
         (_, Some(app_id)) => {
-            let installation_id = args
-                .github_app_installation_id
-                .context("--github-app-id needs --github-app-installation-id")?;
             let key_file = args
                 .github_app_private_key_file
                 .as_deref()
@@ -330,7 +441,7 @@ pub fn github_rest_client(
                 .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;
             GitHubAuth::App(AppCredentials {
                 app_id,
-                installation_id,
+                installation_id: args.github_app_installation_id,
                 private_key_pem: pem.into(),
                 app_slug: None,
             })
@@ -356,17 +467,35 @@ pub(crate) async fn start_webhook(
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     use previewd_github::metrics::WebhookMetrics;
     use previewd_github::store::KubeStore;
-    use previewd_github::webhook::{WebhookConfig, WebhookState, router, serve};
+    use previewd_github::webhook::{router, serve};
 
     // Repository settings come from a watch, not a list per delivery.
     let store =
         Arc::new(KubeStore::new(client, args.namespace.clone()).with_watch_cache(shutdown.clone()));
     let metrics = WebhookMetrics::register(registry);
-    let mut config = WebhookConfig::new(secret.expose_secret());
-    if let Some(claims) = &args.repository_claims {
-        config.claim_policy = previewd_core::tenancy::ClaimPolicy::parse(claims)
-            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?;
-    }
+    let state = webhook_state(args, secret.expose_secret(), store, metrics, github)?;
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
+    info!(addr = %listener.local_addr()?, "GitHub webhook server listening");
+    Ok(tokio::spawn(serve(listener, router(state), shutdown)))
+}
+
+/// The webhook handling as `previewd run`'s flags configure it: the claim policy, who may
+/// command, the permission cache, and with GitHub credentials the installations and the
+/// permission checks. The webhook server and the backfill (which feeds missed deliveries
+/// through the same handling) both use it, so a delivery is decided the same way
+/// whichever road it came by.
+pub fn webhook_state(
+    args: &RunArgs,
+    secret: &str,
+    store: Arc<dyn previewd_github::store::EnvironmentStore>,
+    metrics: previewd_github::metrics::WebhookMetrics,
+    github: Option<previewd_github::GitHubClient>,
+) -> anyhow::Result<previewd_github::webhook::WebhookState> {
+    use previewd_github::webhook::{WebhookConfig, WebhookState};
+    let mut config = WebhookConfig::new(secret);
+    config.claim_policy = claim_policy(args)?;
     config.command_policy = previewd_github::command::CommandPolicy {
         allowed_associations: split_list(&args.command_associations),
     };
@@ -381,6 +510,7 @@ pub(crate) async fn start_webhook(
     match github {
         Some(github) => {
             state = state
+                .with_installations(github.installations())
                 .with_responder(Arc::new(github.clone()))
                 .with_repository_access(Arc::new(github));
         }
@@ -388,11 +518,16 @@ pub(crate) async fn start_webhook(
             "no GitHub credentials: PR commands and fork approvals are refused, since nobody's permission can be checked"
         ),
     }
-    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
-        .await
-        .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
-    info!(addr = %listener.local_addr()?, "GitHub webhook server listening");
-    Ok(tokio::spawn(serve(listener, router(state), shutdown)))
+    Ok(state)
+}
+
+/// `--repository-claims`, parsed (open when unset).
+pub fn claim_policy(args: &RunArgs) -> anyhow::Result<previewd_core::tenancy::ClaimPolicy> {
+    match &args.repository_claims {
+        Some(claims) => previewd_core::tenancy::ClaimPolicy::parse(claims)
+            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}")),
+        None => Ok(previewd_core::tenancy::ClaimPolicy::open()),
+    }
 }
 
 pub(crate) async fn wait_for_signal() {
@@ -478,9 +613,12 @@ mod tests {
     use crate::cli::Cli;
 
     fn run_args(flags: &[&str]) -> RunArgs {
-        let mut argv = vec!["previewd"];
+        let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(flags);
-        *Cli::try_parse_from(argv).unwrap().run
+        match Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(args) => *args,
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
@@ -529,6 +667,40 @@ mod tests {
                 section_name: Some("https".into()),
             })
         );
-        assert!(crate::cli::Cli::try_parse_from(["previewd", "--route-kind", "gateway"]).is_err());
+        assert!(
+            crate::cli::Cli::try_parse_from(["previewd", "run", "--route-kind", "gateway"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_ingress_namespace_is_named_or_the_gateways_never_guessed() {
+        let err = ingress_namespace(&run_args(&[])).unwrap_err();
+        assert!(err.to_string().contains("--ingress-namespace"), "{err}");
+        assert!(controller_config(&run_args(&[])).is_err());
+        assert_eq!(
+            ingress_namespace(&run_args(&["--ingress-namespace", " traefik "])).unwrap(),
+            "traefik"
+        );
+        let gateway = [
+            "--route-kind",
+            "httproute",
+            "--gateway-name",
+            "previews",
+            "--gateway-namespace",
+            "gateway-system",
+        ];
+        assert_eq!(
+            ingress_namespace(&run_args(&gateway)).unwrap(),
+            "gateway-system"
+        );
+        let mut named = gateway.to_vec();
+        named.extend(["--ingress-namespace", "envoy"]);
+        assert_eq!(ingress_namespace(&run_args(&named)).unwrap(), "envoy");
+        // A webhook-only replica writes no network policy.
+        assert_eq!(
+            ingress_namespace(&run_args(&["--webhook-only"])).unwrap(),
+            ""
+        );
     }
 }

@@ -174,6 +174,8 @@ impl Rig {
         let cli = Cli::try_parse_from([
             "previewd",
             "run",
+            "--ingress-namespace",
+            "ingress-system",
             "--webhook-addr",
             &format!("127.0.0.1:{webhook_port}"),
             "--admin-addr",
@@ -206,9 +208,8 @@ impl Rig {
             "text",
         ])
         .unwrap();
-        let args = match cli.command {
-            Some(Command::Run(args)) => args,
-            _ => cli.run,
+        let Command::Run(args) = cli.command else {
+            panic!("not the run subcommand");
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(

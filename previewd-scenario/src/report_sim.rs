@@ -183,7 +183,7 @@ impl SourceControl for SimGitHub {
         }))
     }
 
-    async fn write_slot(&self) {
+    async fn write_slot(&self, _repo: &RepoRef) {
         let _gate = self.gate.lock().await;
         let last = self.with(|c| c.last_mutation);
         if let Some(last) = last {

@@ -407,8 +407,8 @@ impl SourceControl for GitHubClient {
         Ok(id)
     }
 
-    async fn write_slot(&self) {
-        self.wait_for_write_slot().await;
+    async fn write_slot(&self, repo: &RepoRef) {
+        self.wait_for_write_slot(repo).await;
     }
 
     async fn find_deployment(

@@ -9,28 +9,41 @@
 //! - retries 5xx, timeouts and connection errors with exponential backoff and jitter, at
 //!   most [`ClientConfig::max_retries`] times; never retries 400, 401 (except once after
 //!   refreshing an App token), 404, 422 or other 4xx;
-//! - when it mutates (POST, PATCH, PUT, DELETE), holds the client's write gate while the
-//!   request is on the wire, so mutations are serialised per installation and spaced by
-//!   [`ClientConfig::mutation_spacing`];
-//! - stays under GitHub's secondary limits ([`budget`]): at most
-//!   [`ClientConfig::max_concurrent_requests`] requests at once, mutations per minute and
-//!   per hour and points per minute within [`ClientConfig::budget`];
+//! - when it mutates (POST, PATCH, PUT, DELETE), holds its installation's write gate while
+//!   the request is on the wire, so mutations are serialised per installation and spaced
+//!   by [`ClientConfig::mutation_spacing`];
+//! - stays under GitHub's secondary limits ([`budget`]), which GitHub counts per
+//!   installation: at most [`ClientConfig::max_concurrent_requests`] requests of one
+//!   installation at once, its mutations per minute and per hour and points per minute
+//!   within [`ClientConfig::budget`];
 //! - on a rate-limit answer (403/429 with `retry-after`, an exhausted primary limit, a
-//!   secondary limit) pauses *every* request of the client until the wait is over, not
-//!   only the one that met it: GitHub asks integrations to stop, and those that keep
-//!   sending risk being banned;
+//!   secondary limit) pauses *every* request of that installation until the wait is over,
+//!   not only the one that met it: GitHub asks integrations to stop, and those that keep
+//!   sending risk being banned; a pause longer than [`ClientConfig::max_rate_limit_wait`]
+//!   fails requests at once without sending them;
 //! - never re-sends a POST that creates something (deployment, comment) after its answer
 //!   was lost (timeout, connection error, 5xx): the caller looks for the object first and
 //!   creates it only if it is not there, so a retry cannot make a duplicate.
 //!
 //! `x-ratelimit-remaining` is exported as a gauge.
+//!
+//! With GitHub App credentials, one client serves every installation of the App. A
+//! request about a repository (its path starts `repos/{owner}/{repo}/`) uses the token of
+//! that repository's installation, found in the client's [`InstallationDirectory`]: filled
+//! from verified webhook deliveries (`installation.id`), from the installations the
+//! backfill walks, and otherwise from GitHub itself (`GET /repos/{owner}/{repo}/installation`,
+//! asked once per repository and hour). Requests that name no repository use the
+//! installation the client is bound to ([`GitHubClient::for_installation`]) or the
+//! default installation of the credentials.
 
 mod api;
 mod auth;
 pub mod budget;
 mod error;
+mod installations;
 mod pulls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,13 +53,14 @@ use jiff::Timestamp;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::{Mutex, OnceCell, OwnedMutexGuard};
 use tokio::time::Instant;
 use url::Url;
 
 pub use api::{DEFAULT_DEPLOYMENT_TASK, MAX_CHANGED_FILES};
 pub use auth::{AppCredentials, GitHubAuth, TOKEN_REFRESH_MARGIN, app_jwt};
 pub use error::GitHubError;
+pub use installations::{AppInstallation, InstallationDirectory, RepositoryInstallations};
 
 use crate::metrics::{ClientMetrics, RequestLabels};
 use auth::{AccessTokenResponse, AuthState, InstallationToken};
@@ -306,35 +320,65 @@ type BoxedTokenFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<SecretString, GitHubError>> + Send + 'a>,
 >;
 
-struct Inner {
-    http: reqwest::Client,
-    config: ClientConfig,
-    auth: AuthState,
-    metrics: ClientMetrics,
+/// What one installation (0: a token) may send, and what it sent.
+struct InstallationLimits {
     /// Last time a mutating request finished; held while one is in flight.
-    write_gate: Mutex<Option<Instant>>,
+    write_gate: Arc<Mutex<Option<Instant>>>,
     /// What was sent, against the secondary limits.
     budget: std::sync::Mutex<budget::Budget>,
     /// Requests in flight.
     in_flight: tokio::sync::Semaphore,
     /// Every request waits until then (a rate limit was met).
     paused_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl InstallationLimits {
+    fn new(limits: budget::BudgetLimits, concurrency: usize) -> Self {
+        InstallationLimits {
+            write_gate: Arc::default(),
+            budget: std::sync::Mutex::new(budget::Budget::new(limits)),
+            in_flight: tokio::sync::Semaphore::new(concurrency.max(1)),
+            paused_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The pause in effect, if any.
+    fn paused_until(&self) -> Option<Instant> {
+        let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.filter(|t| *t > Instant::now())
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: ClientConfig,
+    auth: AuthState,
+    metrics: ClientMetrics,
+    /// Per installation (0 for a token): its write gate, budget, requests in flight and
+    /// rate-limit pause. GitHub's secondary limits are per installation.
+    limits: std::sync::Mutex<HashMap<u64, Arc<InstallationLimits>>>,
+    /// Which installation of the App serves which repository.
+    installations: InstallationDirectory,
     /// Serialises find-then-create of the sticky comment.
     comment_lock: Mutex<()>,
     bot_login: OnceCell<String>,
 }
 
-/// The GitHub REST client. Cheap to clone; clones share the token cache, the write
-/// gate and the metrics.
+/// The GitHub REST client. Cheap to clone; clones share the token caches, the write
+/// gates, the installation directory and the metrics.
 #[derive(Clone)]
 pub struct GitHubClient {
     inner: Arc<Inner>,
+    /// The installation every request of this handle uses (App credentials only); `None`:
+    /// the installation of the repository each request is about.
+    installation: Option<u64>,
 }
 
 impl std::fmt::Debug for GitHubClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitHubClient")
             .field("base_url", &self.inner.config.base_url.as_str())
+            .field("installation", &self.installation)
             .finish_non_exhaustive()
     }
 }
@@ -440,20 +484,18 @@ impl GitHubClient {
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| GitHubError::Config(format!("could not build the HTTP client: {e}")))?;
-        let (limits, concurrency) = (config.budget, config.max_concurrent_requests.max(1));
         Ok(GitHubClient {
             inner: Arc::new(Inner {
                 http,
                 auth: AuthState::new(auth)?,
                 config,
                 metrics,
-                write_gate: Mutex::new(None),
-                budget: std::sync::Mutex::new(budget::Budget::new(limits)),
-                in_flight: tokio::sync::Semaphore::new(concurrency),
-                paused_until: std::sync::Mutex::new(None),
+                limits: std::sync::Mutex::new(HashMap::new()),
+                installations: InstallationDirectory::new(),
                 comment_lock: Mutex::new(()),
                 bot_login: OnceCell::new(),
             }),
+            installation: None,
         })
     }
 
@@ -483,19 +525,14 @@ impl GitHubClient {
         Ok(url)
     }
 
-    /// The installation token, from the cache or freshly issued. Returns a boxed future:
-    /// issuing a token sends a request itself.
-    fn installation_token(&self, force_refresh: bool) -> BoxedTokenFuture<'_> {
+    /// The token of `installation`, from the cache or freshly issued. Returns a boxed
+    /// future: issuing a token sends a request itself.
+    fn installation_token(&self, installation: u64, force_refresh: bool) -> BoxedTokenFuture<'_> {
         Box::pin(async move {
-            let AuthState::App {
-                credentials,
-                cached,
-                ..
-            } = &self.inner.auth
-            else {
+            let Some(slot) = self.inner.auth.token_slot(installation) else {
                 return Err(GitHubError::Config("not a GitHub App client".into()));
             };
-            let mut guard = cached.lock().await;
+            let mut guard = slot.lock().await;
             if !force_refresh && let Some(token) = guard.as_ref() {
                 let left = token.expires_at.duration_since(Timestamp::now());
                 if left.as_secs()
@@ -504,10 +541,7 @@ impl GitHubClient {
                     return Ok(token.token.clone());
                 }
             }
-            let url = self.url(&format!(
-                "app/installations/{}/access_tokens",
-                credentials.installation_id
-            ))?;
+            let url = self.url(&format!("app/installations/{installation}/access_tokens"))?;
             let answer = self
                 .execute(RequestSpec {
                     method: Method::POST,
@@ -524,7 +558,7 @@ impl GitHubClient {
                 token: token.clone(),
                 expires_at: fresh.expires_at,
             });
-            tracing::debug!(expires_at = %fresh.expires_at, "installation token refreshed");
+            tracing::debug!(installation, expires_at = %fresh.expires_at, "installation token refreshed");
             Ok(token)
         })
     }
@@ -532,6 +566,7 @@ impl GitHubClient {
     async fn authorization(
         &self,
         kind: AuthKind,
+        installation: Option<u64>,
         refresh: bool,
     ) -> Result<HeaderValue, GitHubError> {
         let value = match (&self.inner.auth, kind) {
@@ -548,9 +583,14 @@ impl GitHubClient {
                 )
             }
             (AuthState::App { .. }, AuthKind::Installation) => {
+                let installation = installation.ok_or_else(|| {
+                    GitHubError::Config("no installation chosen for the request".into())
+                })?;
                 format!(
                     "token {}",
-                    self.installation_token(refresh).await?.expose_secret()
+                    self.installation_token(installation, refresh)
+                        .await?
+                        .expose_secret()
                 )
             }
         };
@@ -571,20 +611,39 @@ impl GitHubClient {
             .inc();
     }
 
-    /// Until when every request of this client waits, if a rate limit was met.
-    pub fn paused_until(&self) -> Option<Instant> {
-        let until = *self
-            .inner
-            .paused_until
+    /// The limits of `installation` (0: a token).
+    fn limits_of(&self, installation: u64) -> Arc<InstallationLimits> {
+        self.inner
+            .limits
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        until.filter(|t| *t > Instant::now())
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(installation)
+            .or_insert_with(|| {
+                Arc::new(InstallationLimits::new(
+                    self.inner.config.budget,
+                    self.inner.config.max_concurrent_requests,
+                ))
+            })
+            .clone()
     }
 
-    /// Pauses every request until `until` (a later pause wins).
-    fn pause(&self, until: Instant) {
-        let mut paused = self
+    /// Until when requests wait because a rate limit was met: the latest pause in effect
+    /// among the installations this client has sent to (a token client has one).
+    pub fn paused_until(&self) -> Option<Instant> {
+        let all: Vec<Arc<InstallationLimits>> = self
             .inner
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.iter().filter_map(|l| l.paused_until()).max()
+    }
+
+    /// Pauses every request of `limits`' installation until `until` (a later pause wins).
+    fn pause(&self, limits: &InstallationLimits, until: Instant) {
+        let mut paused = limits
             .paused_until
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -594,10 +653,10 @@ impl GitHubClient {
         self.inner.metrics.pauses.inc();
     }
 
-    /// Waits out a pause, if one is in effect.
-    async fn wait_for_pause(&self) {
+    /// Waits out a pause of `limits`' installation, if one is in effect.
+    async fn wait_for_pause(&self, limits: &InstallationLimits) {
         let mut waited = false;
-        while let Some(until) = self.paused_until() {
+        while let Some(until) = limits.paused_until() {
             if !waited {
                 self.inner.metrics.paused_requests.inc();
                 waited = true;
@@ -606,45 +665,54 @@ impl GitHubClient {
         }
     }
 
-    /// Waits until a mutation could be sent now: no pause in effect, the spacing after
-    /// the previous mutation over, and room in the budget. Records nothing.
-    pub(crate) async fn wait_for_write_slot(&self) {
+    /// Waits until a mutation about `repo` could be sent now: no pause in effect for its
+    /// installation, the spacing after that installation's previous mutation over, and
+    /// room in its budget. Records nothing.
+    pub(crate) async fn wait_for_write_slot(&self, repo: &previewd_core::source_control::RepoRef) {
+        let installation = match (
+            &self.inner.auth,
+            self.url(&format!("repos/{}/{}", repo.owner, repo.name)),
+        ) {
+            (AuthState::App { .. }, Ok(url)) => match self.installation_for(&url).await {
+                Ok(id) => id,
+                // The write itself will say what is wrong.
+                Err(_) => return,
+            },
+            _ => 0,
+        };
+        let limits = self.limits_of(installation);
         loop {
-            self.wait_for_pause().await;
-            let last = *self.inner.write_gate.lock().await;
+            self.wait_for_pause(&limits).await;
+            let last = *limits.write_gate.lock().await;
             if let Some(last) = last {
                 tokio::time::sleep_until(last + self.inner.config.mutation_spacing).await;
             }
             let now = Instant::now();
-            let at = self
-                .inner
+            let at = limits
                 .budget
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .ready_at(now, true);
-            if at <= now && self.paused_until().is_none() {
+            if at <= now && limits.paused_until().is_none() {
                 return;
             }
             tokio::time::sleep_until(at).await;
         }
     }
 
-    /// Waits until the budget allows the request, and records it as sent.
-    async fn wait_for_budget(&self, write: bool) {
+    /// Waits until `limits`' budget allows the request, and records it as sent.
+    async fn wait_for_budget(&self, limits: &InstallationLimits, write: bool) {
         loop {
             let now = Instant::now();
-            let at = self
-                .inner
-                .budget
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .ready_at(now, write);
+            let at = {
+                let mut budget = limits.budget.lock().unwrap_or_else(|e| e.into_inner());
+                let at = budget.ready_at(now, write);
+                if at <= now {
+                    budget.record(now, write);
+                }
+                at
+            };
             if at <= now {
-                self.inner
-                    .budget
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record(now, write);
                 return;
             }
             self.inner.metrics.budget_waits.inc();
@@ -652,9 +720,10 @@ impl GitHubClient {
         }
     }
 
-    /// Waits for the write gate and the spacing after the previous mutation.
-    async fn acquire_gate(&self) -> tokio::sync::MutexGuard<'_, Option<Instant>> {
-        let guard = self.inner.write_gate.lock().await;
+    /// Waits for the write gate of `limits`' installation and the spacing after its
+    /// previous mutation.
+    async fn acquire_gate(&self, limits: &InstallationLimits) -> OwnedMutexGuard<Option<Instant>> {
+        let guard = limits.write_gate.clone().lock_owned().await;
         if let Some(last) = *guard {
             tokio::time::sleep_until(last + self.inner.config.mutation_spacing).await;
         }
@@ -670,13 +739,23 @@ impl GitHubClient {
         // App-level token requests bypass the gate: they run while a gated request waits
         // for its credentials.
         let gated = mutating && spec.auth == AuthKind::Installation;
+        // With App credentials, the installation whose token the request carries.
+        let installation = match (&self.inner.auth, spec.auth) {
+            (AuthState::App { .. }, AuthKind::Installation) => {
+                Some(self.installation_for(&spec.url).await?)
+            }
+            _ => None,
+        };
+        let limits = self.limits_of(installation.unwrap_or(0));
         let mut attempt: u32 = 0;
         let mut secondary_hits: u32 = 0;
         let mut refreshed = false;
         let mut force_refresh = false;
         loop {
             attempt += 1;
-            let authorization = self.authorization(spec.auth, force_refresh).await?;
+            let authorization = self
+                .authorization(spec.auth, installation, force_refresh)
+                .await?;
             force_refresh = false;
             let mut request = self
                 .inner
@@ -691,7 +770,7 @@ impl GitHubClient {
             }
             // A pause longer than this client waits out fails at once, as the answer
             // that caused it did.
-            if let Some(until) = self.paused_until() {
+            if let Some(until) = limits.paused_until() {
                 let left = until.saturating_duration_since(Instant::now());
                 if left > config.max_rate_limit_wait {
                     self.inner.metrics.paused_requests.inc();
@@ -700,15 +779,15 @@ impl GitHubClient {
                     });
                 }
             }
-            self.wait_for_pause().await;
-            let permit = self.inner.in_flight.acquire().await.ok();
+            self.wait_for_pause(&limits).await;
+            let permit = limits.in_flight.acquire().await.ok();
             let mut gate = if gated {
-                Some(self.acquire_gate().await)
+                Some(self.acquire_gate(&limits).await)
             } else {
                 None
             };
             if spec.auth == AuthKind::Installation {
-                self.wait_for_budget(mutating).await;
+                self.wait_for_budget(&limits, mutating).await;
             }
             let sent = async {
                 let response = request.send().await?;
@@ -775,7 +854,7 @@ impl GitHubClient {
                         retry_after: Some(wait),
                     } = &err
                     {
-                        self.pause(Instant::now() + *wait);
+                        self.pause(&limits, Instant::now() + *wait);
                     }
                     return Err(err);
                 }
@@ -786,7 +865,7 @@ impl GitHubClient {
                     tracing::warn!(url = %spec.url, ?wait, "GitHub rate limit; pausing every request");
                     self.inner.metrics.retries.inc();
                     // Every request of the client waits, this one included.
-                    self.pause(Instant::now() + wait);
+                    self.pause(&limits, Instant::now() + wait);
                 }
                 Verdict::Retry { wait, why } => {
                     tracing::warn!(url = %spec.url, attempt, ?wait, why, "GitHub request failed; retrying");
@@ -882,16 +961,19 @@ impl GitHubClient {
     }
 
     /// Every item of a paginated list, following `Link: rel="next"`, up to `max_items`.
-    /// Returns the items and whether more were left.
+    /// Returns the items and whether more were left. Every page goes to the installation
+    /// of the first (GitHub's next links name the repository by id, not by name).
     pub(crate) async fn get_all<T: DeserializeOwned>(
         &self,
         first: Url,
         max_items: usize,
     ) -> Result<(Vec<T>, bool), GitHubError> {
+        let pinned = self.pinned_for(&first).await?;
+        let this = pinned.as_ref().unwrap_or(self);
         let mut items = Vec::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
-            let answer = self.get(url, JSON_MEDIA_TYPE).await?;
+            let answer = this.get(url, JSON_MEDIA_TYPE).await?;
             let page: Vec<T> = answer.json()?;
             let page_was_empty = page.is_empty();
             items.extend(page);
