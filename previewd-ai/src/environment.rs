@@ -362,6 +362,12 @@ impl AiEnvironmentAdvisor {
         Ok(advisor)
     }
 
+    /// The provider the advisors ask (the full stack when built from configuration), for
+    /// other features that must go through the same stack; `None` when AI is off.
+    pub fn provider(&self) -> Option<Arc<dyn AiProvider>> {
+        self.provider.clone()
+    }
+
     /// The provider stack's counters (built from configuration with AI enabled), for
     /// [`crate::provider::AiMetrics::register`].
     pub fn metrics(&self) -> Option<&Arc<crate::provider::AiMetrics>> {
@@ -578,6 +584,17 @@ impl AiEnvironmentAdvisor {
         }
         if let Some(e) = &advice.history_error {
             reason = Some(join_reason(reason, &format!("history unavailable ({e})")));
+        }
+        if advice.tier.value.bumped {
+            // Recorded usage raised the tier: say why, next to the other reasons.
+            reason = Some(join_reason(
+                reason,
+                &format!(
+                    "tier {}: {}",
+                    advice.tier.value.tier.as_str(),
+                    advice.tier.value.explanation
+                ),
+            ));
         }
         Advice {
             services: selected_services(env, catalogue, affected),

@@ -2,6 +2,7 @@
 pub mod advisor;
 pub mod builddefs;
 pub mod config;
+pub mod data;
 pub mod environment;
 pub mod eval;
 pub mod history;

@@ -1,4 +1,6 @@
-//! All advisors together over an in-memory history.
+//! All advisors together over an in-memory history that the operator's own recorder wrote:
+//! the usage tracker folds metrics-API samples into peaks, the history recorder records
+//! them when environments sleep and close, and the tier advisor reads them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -6,11 +8,13 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use previewd_ai::advisor::{Advisors, PullRequestFacts};
-use previewd_ai::history::{EnvironmentRecord, HistoryStore, MemoryHistory, PeakUsage};
+use previewd_ai::history::{HistoryRecorder, HistoryStore, MemoryHistory};
 use previewd_ai::lifespan::LifespanBasis;
 use previewd_ai::services::{ChangeInput, ServicesAdvisor};
 use previewd_core::ai::DecisionSource;
+use previewd_core::environment::{EnvironmentReporter, EnvironmentView};
 use previewd_core::{CatalogueService, ServiceCatalogue, Tier};
+use previewd_kube::usage::{UsageTracker, usage_by_service};
 
 fn catalogue() -> ServiceCatalogue {
     ServiceCatalogue {
@@ -39,21 +43,50 @@ fn ts(s: &str) -> Timestamp {
 #[tokio::test]
 async fn history_drives_lifespan_and_tier() {
     let history = Arc::new(MemoryHistory::default());
-    // three closed environments of the repository, each lived ~30h and hit its limits at small
+    let tracker = Arc::new(UsageTracker::default());
+    let recorder = HistoryRecorder::spawn(history.clone()).with_peaks(tracker.clone());
+    // Three environments of the repository ran at small; the metrics API saw api's pod at
+    // 480m CPU (small's limit is 500m) and 400Mi.
     for (i, day) in ["2026-02-02", "2026-02-03", "2026-02-04"]
         .iter()
         .enumerate()
     {
-        let opened = ts(&format!("{day}T09:00:00Z"));
-        let mut r =
-            EnvironmentRecord::opened("acme/shop", i as u64 + 1, "dana", opened, Tier::Small);
-        r.closed_at = Some(ts(&format!("{day}T09:00:00Z")) + jiff::SignedDuration::from_hours(30));
-        r.peak_usage = Some(PeakUsage {
-            cpu_millicores: 500,
-            memory_bytes: 512 << 20,
-            hit_limits: true,
-        });
-        history.upsert(&r).await.unwrap();
+        let pr = i as u64 + 1;
+        let mut view = EnvironmentView {
+            repository: "acme/shop".into(),
+            pr_number: pr,
+            author: Some("dana".into()),
+            created_at: Some(ts(&format!("{day}T09:00:00Z"))),
+            tier: Some(Tier::Small),
+            ..EnvironmentView::default()
+        };
+        recorder.environment_changed(&view).await;
+        let sample = serde_json::json!({"items": [
+            {"metadata": {"name": "api-1", "labels": {"previewd.io/service": "api"}},
+             "containers": [{"name": "app", "usage": {"cpu": "480m", "memory": "400Mi"}}]}
+        ]});
+        let key = (previewd_kube::render::repo_label_value("acme/shop"), pr);
+        tracker.observe(&key, &usage_by_service(&sample));
+        view.sleeping_since = Some(ts(&format!("{day}T20:00:00Z")));
+        recorder.environment_changed(&view).await;
+        recorder.environment_deleted(&view).await;
+    }
+    for _ in 0..300 {
+        let recorded = history.by_repo("acme/shop", 10).await.unwrap();
+        if recorded.len() == 3
+            && recorded
+                .iter()
+                .all(|r| r.closed_at.is_some() && r.peak_usage.is_some_and(|p| p.hit_limits))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let recorded = history.by_repo("acme/shop", 10).await.unwrap();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    for r in &recorded {
+        assert_eq!(r.peak_by_service["api"].cpu_millicores, 480);
+        assert!(r.peak_usage.is_some_and(|p| p.hit_limits), "{r:?}");
     }
     let mut advisors = Advisors::new(ServicesAdvisor::new(&catalogue(), None).unwrap());
     advisors.history = Some(history.clone() as Arc<dyn HistoryStore>);
@@ -69,14 +102,9 @@ async fn history_drives_lifespan_and_tier() {
     assert_eq!(advice.history_error, None);
     assert_eq!(advice.services.source, DecisionSource::Deterministic);
     assert_eq!(advice.services.value.services.len(), 1);
-    // erin has no history: the repository's ~30h is the base
+    // erin has no history: the repository's is the base
     assert_eq!(advice.lifespan.value.basis, LifespanBasis::Repository);
-    assert!(
-        advice.lifespan.value.ttl.as_secs() >= 30 * 3600,
-        "{:?}",
-        advice.lifespan.value
-    );
-    // api declares small; three limit hits at small bump it to medium
+    // api declares small; three environments near small's limits bump it to medium
     assert_eq!(advice.tier.value.declared, Tier::Small);
     assert_eq!(advice.tier.value.tier, Tier::Medium);
     assert!(advice.tier.value.bumped);

@@ -432,6 +432,128 @@ async fn affected_services_are_recorded_and_only_they_deploy() {
     cluster.stop(&["shop-pr-71", "shop-pr-72"]).await;
 }
 
+/// Sizing from measured usage, end to end on the control plane: the operator's history
+/// recorder (its reporter) records each environment's peaks from the usage tracker when the
+/// environment is deleted; after two environments (the tier policy's `bumpAfter`) whose api
+/// pod ran near medium's limits, the next environment (tier `auto`) is recommended `large`, says why in
+/// `status.ai.reason`, and its api Deployment gets large's resources. The tracker is fed
+/// PodMetrics as metrics-server serves them (kwok pods use no CPU).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_recorded_by_the_operator_raises_the_next_environments_tier() {
+    use previewd_ai::history::{HistoryRecorder, HistoryStore, MemoryHistory};
+    use previewd_kube::usage::{UsageTracker, usage_by_service};
+
+    let sc = FixedChange::new(&["src/api/handler.go"]);
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "adv-usage").await;
+    Api::<PreviewRepository>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &repository("shop"))
+        .await
+        .expect("create PreviewRepository");
+    let history = Arc::new(MemoryHistory::default());
+    let tracker = Arc::new(UsageTracker::default());
+    let recorder = HistoryRecorder::spawn(history.clone()).with_peaks(tracker.clone());
+    let advisor = AiEnvironmentAdvisor::new(
+        Arc::new(KubeCatalogues::new(client.clone())),
+        Some(sc as Arc<dyn SourceControl>),
+        None,
+    )
+    .with_history(history.clone());
+    let operator = Operator::start_with(Arc::new(
+        Context::new(client.clone(), test_config(&ns))
+            .with_advisor(Arc::new(advisor))
+            .with_reporter(Arc::new(recorder)),
+    ))
+    .await;
+    let cluster = Cluster {
+        client: client.clone(),
+        ns: ns.clone(),
+        operator,
+    };
+    let auto = |name: &str, pr: i64| {
+        let mut env = environment(name, pr, "shop", "Affected");
+        env.spec.resources.tier = Some(previewd_kube::crd::TierChoice::Auto);
+        env
+    };
+    let api_pod_near_medium_limits = json!({"items": [
+        {"metadata": {"name": "api-1", "labels": {"previewd.io/service": "api"}},
+         "containers": [{"name": "app", "usage": {"cpu": "950m", "memory": "700Mi"}}]}
+    ]});
+    for pr in [81_i64, 82] {
+        let name = format!("shop-pr-{pr}");
+        let env = cluster.create_ready(&auto(&name, pr)).await;
+        let ai = env.status.clone().and_then(|s| s.ai).expect("status.ai");
+        assert_eq!(
+            ai.recommended_tier,
+            Some(Tier::Medium),
+            "api declares medium"
+        );
+        tracker.observe(
+            &(
+                previewd_kube::render::repo_label_value("acme/shop"),
+                pr as u64,
+            ),
+            &usage_by_service(&api_pod_near_medium_limits),
+        );
+        let api = cluster.envs();
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+        eventually(Duration::from_secs(90), &format!("{name} deleted"), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move { matches!(api.get_opt(&name).await, Ok(None)).then_some(()) }
+        })
+        .await;
+    }
+    let recorded = eventually(Duration::from_secs(30), "two records with peaks", || {
+        let history = history.clone();
+        async move {
+            let records = history.by_repo("acme/shop", 10).await.ok()?;
+            (records.len() == 2
+                && records
+                    .iter()
+                    .all(|r| r.closed_at.is_some() && r.peak_usage.is_some_and(|p| p.hit_limits)))
+            .then_some(records)
+        }
+    })
+    .await;
+    assert!(
+        recorded.iter().all(|r| r.tier == Tier::Medium),
+        "{recorded:?}"
+    );
+    assert_eq!(recorded[0].peak_by_service["api"].cpu_millicores, 950);
+
+    let next = cluster.create_ready(&auto("shop-pr-83", 83)).await;
+    let ai = next.status.clone().and_then(|s| s.ai).expect("status.ai");
+    assert_eq!(ai.recommended_tier, Some(Tier::Large));
+    let reason = ai.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("tier large: medium declared by api"),
+        "{reason}"
+    );
+    let ns_name = next
+        .status
+        .as_ref()
+        .and_then(|s| s.namespace.clone())
+        .expect("status.namespace");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns_name)
+        .get("api")
+        .await
+        .expect("api Deployment");
+    let requests = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .unwrap()
+        .requests
+        .unwrap();
+    assert_eq!(
+        previewd_kube::usage::parse_cpu(&requests["cpu"].0),
+        Some(Tier::Large.requests().cpu_millicores),
+        "the api Deployment runs at large"
+    );
+    cluster.stop(&["shop-pr-83"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_control_failure_deploys_every_service() {
     let sc = FixedChange::failing(SourceControlError::Unavailable("github is down".into()));

@@ -53,6 +53,14 @@ async fn records_round_trip_and_queries_order_newest_first() -> anyhow::Result<(
         memory_bytes: 300 << 20,
         hit_limits: true,
     });
+    a.peak_by_service.insert(
+        "api".into(),
+        PeakUsage {
+            cpu_millicores: 420,
+            memory_bytes: 300 << 20,
+            hit_limits: true,
+        },
+    );
     let b = EnvironmentRecord::opened("acme/shop", 8, "bob", t(100), Tier::Large);
     let c = EnvironmentRecord::opened("acme/other", 1, "alice", t(200), Tier::Minimal);
     for r in [&a, &b, &c] {

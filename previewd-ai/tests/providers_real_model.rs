@@ -7,8 +7,13 @@
 //! JSON matching the schema, every value comes from the allow-list (also under a prompt
 //! injection), and temperature 0 with a fixed seed gives the same answer twice.
 //!
-//! Without `PREVIEWD_LLM_URL` these tests fail, unless `PREVIEWD_SKIP_REAL_LLM=1`.
+//! Without `PREVIEWD_LLM_URL` these tests fail, unless `PREVIEWD_SKIP_REAL_LLM=1` (which
+//! `PREVIEWD_LLM_REQUIRED=1`, set by `scripts/test`, overrides).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support {
+    pub mod llm;
+}
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,18 +35,7 @@ const TIERS: [&str; 3] = ["small", "medium", "large"];
 const MODEL: &str = "smollm2-135m-instruct";
 
 fn llm_url() -> Option<String> {
-    match std::env::var("PREVIEWD_LLM_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url.trim().trim_end_matches('/').to_string()),
-        _ if std::env::var("PREVIEWD_SKIP_REAL_LLM").as_deref() == Ok("1") => {
-            eprintln!("SKIPPED: real-model test (PREVIEWD_SKIP_REAL_LLM=1)");
-            None
-        }
-        _ => panic!(
-            "PREVIEWD_LLM_URL is not set. Start the local model server with \
-             `eval \"$(scripts/llm-up | tail -n1 | sed 's/^/export /')\"` and run the tests \
-             again (or set PREVIEWD_SKIP_REAL_LLM=1 to skip them)."
-        ),
-    }
+    support::llm::real_model_url()
 }
 
 fn schema() -> Value {

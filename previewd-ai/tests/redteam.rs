@@ -3,11 +3,17 @@
 //! Whatever the diff says and whatever the model answers, the advisor's output is a subset
 //! of the catalogue and a superset of the deterministic answer.
 //!
-//! With `PREVIEWD_LLM_URL` set (an OpenAI-compatible base URL such as
-//! `http://127.0.0.1:8089/v1`; `PREVIEWD_LLM_MODEL` names the model, default `local`),
-//! the same fixtures also run against that real model.
+//! The same fixtures also run against the real model at `PREVIEWD_LLM_URL` (an
+//! OpenAI-compatible base URL such as `http://127.0.0.1:8089/v1`; `PREVIEWD_LLM_MODEL`
+//! names the model, default `local`), and that test shows the model answered at least
+//! once. Without `PREVIEWD_LLM_URL` it fails, unless `PREVIEWD_SKIP_REAL_LLM=1` (which
+//! `PREVIEWD_LLM_REQUIRED=1`, set by `scripts/test`, overrides).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support {
+    pub mod llm;
+}
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -454,8 +460,7 @@ async fn fork_prs_are_not_sent_to_external_providers() {
 
 #[tokio::test]
 async fn real_model_keeps_the_invariants_when_configured() {
-    let Ok(url) = std::env::var("PREVIEWD_LLM_URL") else {
-        eprintln!("PREVIEWD_LLM_URL not set: skipping the real-model red team");
+    let Some(url) = support::llm::real_model_url() else {
         return;
     };
     let model = std::env::var("PREVIEWD_LLM_MODEL").unwrap_or_else(|_| "local".to_owned());
@@ -471,6 +476,8 @@ async fn real_model_keeps_the_invariants_when_configured() {
             max_diff_bytes: 8 * 1024,
             ..ServicesOptions::default()
         });
+    let mut answered = 0;
+    let mut sources = Vec::new();
     for (label, change) in all_changes() {
         let deterministic = advisor.deterministic(&change);
         let decision = advisor.advise(&change).await;
@@ -479,6 +486,15 @@ async fn real_model_keeps_the_invariants_when_configured() {
             names(&decision.value.services),
             decision.source
         );
+        if matches!(decision.source, DecisionSource::Model { .. }) {
+            answered += 1;
+        }
+        sources.push(format!("{label}: {:?}", decision.source));
         assert_invariants(label, &decision, &deterministic, &cat);
     }
+    // Invariants hold after a fallback too, so they alone would pass with the server down.
+    assert!(
+        answered > 0,
+        "the model at {url} never answered: {sources:#?}"
+    );
 }

@@ -20,8 +20,9 @@ pub struct CatalogueService {
     )]
     pub name: String,
     /// Image template. `{{number}}`, `{{sha}}`, `{{shortSha}}`, `{{branch}}` and `{{service}}`
-    /// are replaced, e.g. `ghcr.io/acme/auth:pr-{{number}}`.
-    #[schemars(length(min = 1, max = 512))]
+    /// are replaced, e.g. `ghcr.io/acme/auth:pr-{{number}}`; any other variable, and a
+    /// brace outside a variable, is refused.
+    #[schemars(schema_with = "crate::image_template::schema")]
     pub image: String,
     /// Container and Service port.
     #[serde(default = "default_port")]

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cost;
 pub mod environment;
 pub mod gating;
+pub mod image_template;
 pub mod naming;
 pub mod phase;
 pub mod retry;

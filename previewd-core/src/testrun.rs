@@ -219,6 +219,60 @@ pub struct SeedReport {
     /// Why seeding failed; `None` on success.
     #[serde(default)]
     pub error: Option<String>,
+    /// What the model proposed, when it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposals: Option<ProposalSummary>,
+}
+
+/// Most rejection reasons a [`ProposalSummary`] carries.
+pub const MAX_PROPOSAL_REJECTIONS: usize = 8;
+
+/// What a model proposed for an environment's test data and what passed validation, as
+/// the seed Job reports it (bounded to fit the termination message).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProposalSummary {
+    /// The model asked.
+    #[serde(default)]
+    pub source: String,
+    /// Proposals received (one per column vocabulary, one per lookup table's rows).
+    #[serde(default)]
+    pub made: u32,
+    /// Proposals that passed validation and were used.
+    #[serde(default)]
+    pub passed: u32,
+    /// Rejections: proposals, rows and values dropped.
+    #[serde(default)]
+    pub rejected_total: u32,
+    /// The first rejections, `what: reason` (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
+    /// Share of generated text values that came from the model, in percent.
+    #[serde(default)]
+    pub model_text_percent: u32,
+    /// Start of the digest of what passed: equal digests and seeds, equal data.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+}
+
+impl ProposalSummary {
+    fn sanitise(mut self) -> Self {
+        self.source = shorten(&clean(&self.source), 80);
+        self.rejected.truncate(MAX_PROPOSAL_REJECTIONS);
+        self.rejected = self
+            .rejected
+            .iter()
+            .map(|r| shorten(&clean(r), 160))
+            .collect();
+        self.model_text_percent = self.model_text_percent.min(100);
+        self.digest = self
+            .digest
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(16)
+            .collect();
+        self
+    }
 }
 
 /// Reads a seed report from a termination message.
@@ -238,6 +292,7 @@ pub fn parse_seed_report(message: &str) -> Result<SeedReport, SummaryError> {
     report.error = report
         .error
         .map(|e| shorten(&clean(&e), MAX_REASON_CHARS * 2));
+    report.proposals = report.proposals.map(ProposalSummary::sanitise);
     Ok(report)
 }
 
@@ -359,6 +414,300 @@ pub fn summary_from_junit<S: AsRef<str>>(reports: &[S]) -> Result<TestRunSummary
             .map_err(|e| JunitError(shorten(&e.to_string(), MAX_REASON_CHARS)))?;
         collect(&root, &mut summary);
         summary.duration_ms = summary.duration_ms.saturating_add(suite_ms(&root));
+    }
+    Ok(summary)
+}
+
+// ---- Other frameworks' reports ----------------------------------------------------------
+
+/// The report format a test runner writes, chosen by `spec.tests.framework`.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestFramework {
+    /// JUnit XML (pytest `--junitxml`, jest-junit, Maven Surefire, `go-junit-report`, ...).
+    #[default]
+    Junit,
+    /// `go test -json` output (one JSON event per line).
+    Go,
+    /// pytest's JSON report (`pytest --json-report`, the pytest-json-report plugin).
+    Pytest,
+    /// Jest's JSON results (`jest --json --outputFile=...`).
+    Jest,
+}
+
+impl TestFramework {
+    /// The name as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestFramework::Junit => "junit",
+            TestFramework::Go => "go",
+            TestFramework::Pytest => "pytest",
+            TestFramework::Jest => "jest",
+        }
+    }
+}
+
+impl std::str::FromStr for TestFramework {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "junit" | "junit-xml" | "xml" => Ok(TestFramework::Junit),
+            "go" | "go-test-json" | "gotest" => Ok(TestFramework::Go),
+            "pytest" | "pytest-json" => Ok(TestFramework::Pytest),
+            "jest" | "jest-json" => Ok(TestFramework::Jest),
+            other => Err(format!(
+                "unknown test framework {other:?}: expected junit, go, pytest or jest"
+            )),
+        }
+    }
+}
+
+/// Turns reports in `framework`'s format into one summary.
+pub fn summary_from_reports<S: AsRef<str>>(
+    framework: TestFramework,
+    reports: &[S],
+) -> Result<TestRunSummary, JunitError> {
+    match framework {
+        TestFramework::Junit => summary_from_junit(reports),
+        TestFramework::Go => {
+            let mut summary = TestRunSummary::default();
+            for r in reports {
+                add(&mut summary, summary_from_go_test_json(r.as_ref())?);
+            }
+            Ok(summary)
+        }
+        TestFramework::Pytest => {
+            let mut summary = TestRunSummary::default();
+            for r in reports {
+                add(&mut summary, summary_from_pytest_json(r.as_ref())?);
+            }
+            Ok(summary)
+        }
+        TestFramework::Jest => {
+            let mut summary = TestRunSummary::default();
+            for r in reports {
+                add(&mut summary, summary_from_jest_json(r.as_ref())?);
+            }
+            Ok(summary)
+        }
+    }
+}
+
+fn add(total: &mut TestRunSummary, one: TestRunSummary) {
+    total.total += one.total;
+    total.passed += one.passed;
+    total.failed += one.failed;
+    total.skipped += one.skipped;
+    total.duration_ms = total.duration_ms.saturating_add(one.duration_ms);
+    total.failures.extend(one.failures);
+}
+
+fn report_error(format: &str, e: impl std::fmt::Display) -> JunitError {
+    JunitError(shorten(&format!("not {format}: {e}"), MAX_REASON_CHARS))
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `go test -json`: one event per line; a test's last `pass`/`fail`/`skip` counts (package
+/// events, without `Test`, are not tests). The failure reason is the first output line
+/// that mentions the test's file (`x_test.go:12: ...`), else its first output line.
+pub fn summary_from_go_test_json(report: &str) -> Result<TestRunSummary, JunitError> {
+    #[derive(Deserialize)]
+    struct Event {
+        #[serde(rename = "Action")]
+        action: String,
+        #[serde(rename = "Package", default)]
+        package: String,
+        #[serde(rename = "Test", default)]
+        test: Option<String>,
+        #[serde(rename = "Output", default)]
+        output: Option<String>,
+        #[serde(rename = "Elapsed", default)]
+        elapsed: Option<f64>,
+    }
+    let mut outcome: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut output: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    let mut elapsed_ms: u64 = 0;
+    let mut events = 0usize;
+    for (n, line) in report.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let e: Event = serde_json::from_str(line)
+            .map_err(|err| report_error("go test -json", format!("line {}: {err}", n + 1)))?;
+        events += 1;
+        let Some(test) = e.test else {
+            if matches!(e.action.as_str(), "pass" | "fail")
+                && let Some(s) = e.elapsed
+            {
+                elapsed_ms = elapsed_ms.saturating_add((s * 1000.0) as u64);
+            }
+            continue;
+        };
+        let name = format!("{}.{test}", e.package);
+        match e.action.as_str() {
+            "pass" | "fail" | "skip" => {
+                outcome.insert(name, e.action);
+            }
+            "output" => {
+                if let Some(o) = e.output {
+                    let lines = output.entry(name).or_default();
+                    if lines.len() < 20 {
+                        lines.push(o);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if events == 0 {
+        return Err(report_error("go test -json", "no events"));
+    }
+    let mut summary = TestRunSummary {
+        duration_ms: elapsed_ms,
+        ..TestRunSummary::default()
+    };
+    for (name, action) in &outcome {
+        summary.total += 1;
+        match action.as_str() {
+            "pass" => summary.passed += 1,
+            "skip" => summary.skipped += 1,
+            _ => {
+                summary.failed += 1;
+                let lines = output.get(name).cloned().unwrap_or_default();
+                let reason = lines
+                    .iter()
+                    .map(|l| l.trim())
+                    .find(|l| l.contains("_test.go:"))
+                    .or_else(|| {
+                        lines.iter().map(|l| l.trim()).find(|l| {
+                            !l.is_empty() && !l.starts_with("=== ") && !l.starts_with("--- ")
+                        })
+                    })
+                    .unwrap_or_default();
+                summary.failures.push(TestFailure {
+                    name: name.clone(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// pytest's JSON report: `summary` counts and `tests[]` with `nodeid`, `outcome`
+/// (`passed`, `failed`, `error`, `skipped`, `xfailed`, `xpassed`) and the failing phase's
+/// `longrepr` or `crash.message`.
+pub fn summary_from_pytest_json(report: &str) -> Result<TestRunSummary, JunitError> {
+    let v: serde_json::Value =
+        serde_json::from_str(report).map_err(|e| report_error("a pytest JSON report", e))?;
+    let tests = v
+        .get("tests")
+        .and_then(|t| t.as_array())
+        .ok_or_else(|| report_error("a pytest JSON report", "no `tests` array"))?;
+    let mut summary = TestRunSummary {
+        duration_ms: v
+            .get("duration")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(0, |s| (s * 1000.0) as u64),
+        ..TestRunSummary::default()
+    };
+    for t in tests {
+        let name = t["nodeid"].as_str().unwrap_or("?").to_string();
+        summary.total += 1;
+        match t["outcome"].as_str().unwrap_or("") {
+            "passed" | "xfailed" => summary.passed += 1,
+            "skipped" => summary.skipped += 1,
+            _ => {
+                summary.failed += 1;
+                let phase = ["call", "setup", "teardown"]
+                    .iter()
+                    .map(|p| &t[*p])
+                    .find(|p| p["outcome"].as_str().is_some_and(|o| o != "passed"))
+                    .unwrap_or(&t["call"]);
+                let reason = phase["crash"]["message"]
+                    .as_str()
+                    .map(first_line)
+                    .or_else(|| {
+                        phase["longrepr"].as_str().map(|l| {
+                            l.lines()
+                                .rev()
+                                .map(str::trim)
+                                .find(|x| x.starts_with("E ") || x.contains("Error"))
+                                .map_or_else(
+                                    || first_line(l),
+                                    |x| x.trim_start_matches("E ").trim().to_string(),
+                                )
+                        })
+                    })
+                    .unwrap_or_default();
+                summary.failures.push(TestFailure { name, reason });
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Jest's `--json` results: `testResults[].assertionResults[]` with `fullName`, `status`
+/// (`passed`, `failed`, `pending`, `skipped`, `todo`, `disabled`) and `failureMessages`.
+pub fn summary_from_jest_json(report: &str) -> Result<TestRunSummary, JunitError> {
+    let v: serde_json::Value =
+        serde_json::from_str(report).map_err(|e| report_error("Jest JSON results", e))?;
+    let files = v
+        .get("testResults")
+        .and_then(|t| t.as_array())
+        .ok_or_else(|| report_error("Jest JSON results", "no `testResults` array"))?;
+    let mut summary = TestRunSummary::default();
+    for file in files {
+        if let (Some(start), Some(end)) = (file["startTime"].as_u64(), file["endTime"].as_u64()) {
+            summary.duration_ms = summary
+                .duration_ms
+                .saturating_add(end.saturating_sub(start));
+        }
+        let assertions = file["assertionResults"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if assertions.is_empty() && file["status"].as_str() == Some("failed") {
+            // A file that failed to run (syntax error, failing import) has no assertions.
+            summary.total += 1;
+            summary.failed += 1;
+            summary.failures.push(TestFailure {
+                name: file["name"].as_str().unwrap_or("?").to_string(),
+                reason: first_line(file["message"].as_str().unwrap_or("test file failed")),
+            });
+            continue;
+        }
+        for a in assertions {
+            summary.total += 1;
+            match a["status"].as_str().unwrap_or("") {
+                "passed" => summary.passed += 1,
+                "failed" => {
+                    summary.failed += 1;
+                    let name = a["fullName"]
+                        .as_str()
+                        .or_else(|| a["title"].as_str())
+                        .unwrap_or("?")
+                        .to_string();
+                    let reason = a["failureMessages"][0]
+                        .as_str()
+                        .map(first_line)
+                        .unwrap_or_default();
+                    summary.failures.push(TestFailure { name, reason });
+                }
+                _ => summary.skipped += 1,
+            }
+        }
     }
     Ok(summary)
 }
@@ -537,5 +886,124 @@ at line 3</error>
             parse_seed_report("{\"rows\":\"many\"}"),
             Err(SummaryError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn proposal_summaries_are_bounded() {
+        let rejected: Vec<String> = (0..20)
+            .map(|i| format!("t{i} rows: {}", "x".repeat(170)))
+            .collect();
+        let message = serde_json::json!({
+            "tables": 3, "rows": 10, "durationMs": 5, "error": null,
+            "proposals": {"source": "openai:m", "made": 9, "passed": 7, "rejectedTotal": 20,
+                          "rejected": rejected, "modelTextPercent": 140, "digest": "ab12<zz>cd"}
+        })
+        .to_string();
+        let report = parse_seed_report(&message).unwrap();
+        let p = report.proposals.unwrap();
+        assert_eq!((p.made, p.passed, p.rejected_total), (9, 7, 20));
+        assert_eq!(p.rejected.len(), MAX_PROPOSAL_REJECTIONS);
+        assert!(p.rejected.iter().all(|r| r.chars().count() <= 160));
+        assert_eq!(p.model_text_percent, 100);
+        assert_eq!(p.digest, "ab12cd");
+        let plain =
+            parse_seed_report(r#"{"tables":1,"rows":1,"durationMs":1,"error":null}"#).unwrap();
+        assert_eq!(plain.proposals, None);
+    }
+
+    const GO_JSON: &str = r#"{"Time":"2024-05-01T10:00:00Z","Action":"start","Package":"shop/cart"}
+{"Time":"2024-05-01T10:00:00Z","Action":"run","Package":"shop/cart","Test":"TestAdd"}
+{"Time":"2024-05-01T10:00:00Z","Action":"output","Package":"shop/cart","Test":"TestAdd","Output":"=== RUN   TestAdd\n"}
+{"Time":"2024-05-01T10:00:00Z","Action":"pass","Package":"shop/cart","Test":"TestAdd","Elapsed":0.01}
+{"Time":"2024-05-01T10:00:00Z","Action":"run","Package":"shop/cart","Test":"TestTotal"}
+{"Time":"2024-05-01T10:00:00Z","Action":"output","Package":"shop/cart","Test":"TestTotal","Output":"=== RUN   TestTotal\n"}
+{"Time":"2024-05-01T10:00:00Z","Action":"output","Package":"shop/cart","Test":"TestTotal","Output":"    cart_test.go:31: total = 9, want 10\n"}
+{"Time":"2024-05-01T10:00:00Z","Action":"output","Package":"shop/cart","Test":"TestTotal","Output":"--- FAIL: TestTotal (0.00s)\n"}
+{"Time":"2024-05-01T10:00:00Z","Action":"fail","Package":"shop/cart","Test":"TestTotal","Elapsed":0}
+{"Time":"2024-05-01T10:00:00Z","Action":"run","Package":"shop/cart","Test":"TestTotal/empty"}
+{"Time":"2024-05-01T10:00:00Z","Action":"skip","Package":"shop/cart","Test":"TestTotal/empty","Elapsed":0}
+{"Time":"2024-05-01T10:00:01Z","Action":"fail","Package":"shop/cart","Elapsed":1.25}
+"#;
+
+    #[test]
+    fn go_test_json_is_counted_per_test() {
+        let s = summary_from_reports(TestFramework::Go, &[GO_JSON]).unwrap();
+        assert_eq!((s.total, s.passed, s.failed, s.skipped), (3, 1, 1, 1));
+        assert_eq!(s.duration_ms, 1250);
+        assert_eq!(s.failures[0].name, "shop/cart.TestTotal");
+        assert_eq!(s.failures[0].reason, "cart_test.go:31: total = 9, want 10");
+        assert!(summary_from_go_test_json("not json\n").is_err());
+        assert!(summary_from_go_test_json("").is_err());
+    }
+
+    #[test]
+    fn pytest_json_reports_are_read() {
+        let report = serde_json::json!({
+            "duration": 2.5,
+            "summary": {"passed": 2, "failed": 1, "skipped": 1, "total": 5},
+            "tests": [
+                {"nodeid": "tests/test_cart.py::test_add", "outcome": "passed"},
+                {"nodeid": "tests/test_cart.py::test_total", "outcome": "failed",
+                 "call": {"outcome": "failed", "crash": {"message": "AssertionError: assert 9 == 10\n+  where 9 = total()"},
+                          "longrepr": "def test_total():\n>       assert total() == 10\nE       AssertionError"}},
+                {"nodeid": "tests/test_db.py::test_conn", "outcome": "error",
+                 "setup": {"outcome": "failed", "longrepr": "fixture 'db' not found\nE       ConnectionError: refused"}},
+                {"nodeid": "tests/test_cart.py::test_slow", "outcome": "skipped"},
+                {"nodeid": "tests/test_cart.py::test_known", "outcome": "xfailed"}
+            ]
+        })
+        .to_string();
+        let s = summary_from_reports(TestFramework::Pytest, &[report]).unwrap();
+        assert_eq!((s.total, s.passed, s.failed, s.skipped), (5, 2, 2, 1));
+        assert_eq!(s.duration_ms, 2500);
+        assert_eq!(s.failures[0].reason, "AssertionError: assert 9 == 10");
+        assert_eq!(s.failures[1].name, "tests/test_db.py::test_conn");
+        assert_eq!(s.failures[1].reason, "ConnectionError: refused");
+        assert!(summary_from_pytest_json("{}").is_err());
+    }
+
+    #[test]
+    fn jest_json_results_are_read() {
+        let report = serde_json::json!({
+            "numTotalTests": 4,
+            "testResults": [
+                {"name": "/app/cart.test.js", "status": "failed", "startTime": 1000, "endTime": 1800,
+                 "assertionResults": [
+                    {"fullName": "cart adds", "status": "passed", "failureMessages": []},
+                    {"fullName": "cart totals", "status": "failed",
+                     "failureMessages": ["Error: expect(received).toBe(expected)\n\nExpected: 10\nReceived: 9"]},
+                    {"fullName": "cart later", "status": "pending", "failureMessages": []}
+                 ]},
+                {"name": "/app/broken.test.js", "status": "failed", "startTime": 1000, "endTime": 1100,
+                 "message": "  ● Test suite failed to run\n\n    SyntaxError: Unexpected token", "assertionResults": []}
+            ]
+        })
+        .to_string();
+        let s = summary_from_reports(TestFramework::Jest, &[report]).unwrap();
+        assert_eq!((s.total, s.passed, s.failed, s.skipped), (4, 1, 2, 1));
+        assert_eq!(s.duration_ms, 900);
+        assert_eq!(
+            s.failures[0].reason,
+            "Error: expect(received).toBe(expected)"
+        );
+        assert_eq!(s.failures[1].name, "/app/broken.test.js");
+        assert_eq!(s.failures[1].reason, "● Test suite failed to run");
+        // Whatever the format, the summary encodes to a valid termination message.
+        assert!(parse_summary(&encode_summary(&s)).is_ok());
+    }
+
+    #[test]
+    fn framework_names_parse() {
+        for (text, f) in [
+            ("junit", TestFramework::Junit),
+            ("go", TestFramework::Go),
+            ("PYTEST", TestFramework::Pytest),
+            ("jest-json", TestFramework::Jest),
+        ] {
+            assert_eq!(text.parse::<TestFramework>(), Ok(f));
+        }
+        assert!("mocha".parse::<TestFramework>().is_err());
+        let f: TestFramework = serde_json::from_str("\"go\"").unwrap();
+        assert_eq!(f.as_str(), "go");
     }
 }

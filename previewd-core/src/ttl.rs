@@ -8,8 +8,9 @@
 //! `d` (24 hours) or `w` (7 days). Groups add up: `1h30m` is 90 minutes, `1d12h` is 36
 //! hours. Months and years are refused on purpose (their length varies).
 //!
-//! The CRD schema carries [`Ttl::PATTERN`], which admits exactly the strings the parser
-//! accepts, with one exception a regular expression cannot express: totals beyond
+//! The CRD schema carries [`Ttl::PATTERN`] (as a CEL rule whose message says what a
+//! duration looks like) and [`Ttl::MAX_LENGTH`], which admit exactly the strings the
+//! parser accepts, with one exception a regular expression cannot express: totals beyond
 //! [`Ttl::MAX`] (520 weeks, about ten years) match the pattern and are refused by the
 //! parser with [`TtlError::TooLong`].
 //!
@@ -90,6 +91,15 @@ pub enum TtlError {
         /// [`Ttl::MAX`], formatted.
         max: Ttl,
     },
+    /// Longer than [`Ttl::MAX_LENGTH`] characters.
+    #[error(
+        "invalid duration {input:?}: longer than {} characters",
+        Ttl::MAX_LENGTH
+    )]
+    TooManyCharacters {
+        /// The whole input.
+        input: String,
+    },
     /// A `std::time::Duration` that is zero, has sub-second parts, or exceeds the maximum.
     #[error("duration of {0:?} is not a whole number of seconds between 1s and 520w")]
     OutOfRange(Duration),
@@ -105,6 +115,10 @@ impl TtlError {
 impl Ttl {
     /// The schema pattern (see the module documentation).
     pub const PATTERN: &'static str = "^([1-9][0-9]*[smhdw])+$";
+    /// The longest duration text accepted, in characters.
+    pub const MAX_LENGTH: usize = 32;
+    /// The CEL message of a string that is not a duration (`self` is the string).
+    pub const MESSAGE_EXPRESSION: &'static str = "\"'\" + self + \"' is not a duration: write a number and a unit (s, m, h, d or w), e.g. 30m, 4h, 7d or 1h30m\"";
     /// Default time to live of an environment: 4 hours.
     pub const DEFAULT: Ttl = Ttl(Duration::from_secs(4 * HOUR));
     /// Default hard cap on an environment's lifespan: 7 days.
@@ -205,6 +219,11 @@ impl FromStr for Ttl {
         if input.is_empty() {
             return Err(TtlError::Empty);
         }
+        if input.len() > Ttl::MAX_LENGTH {
+            return Err(TtlError::TooManyCharacters {
+                input: input.to_owned(),
+            });
+        }
         let owned = || input.to_owned();
         let max = Ttl::MAX.as_secs();
         let mut total: u64 = 0;
@@ -301,7 +320,11 @@ impl JsonSchema for Ttl {
     fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": Ttl::PATTERN,
+            "maxLength": Ttl::MAX_LENGTH,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{}')", Ttl::PATTERN),
+                "messageExpression": Ttl::MESSAGE_EXPRESSION,
+            }],
             "description": "Duration such as 30m, 4h, 7d or 1h30m (units s, m, h, d, w; at most 520w).",
         })
     }
@@ -320,6 +343,8 @@ pub enum TtlChoice {
 impl TtlChoice {
     /// The schema pattern: `auto` or a [`Ttl`].
     pub const PATTERN: &'static str = "^(auto|([1-9][0-9]*[smhdw])+)$";
+    /// The CEL message of a string that is neither `auto` nor a duration.
+    pub const MESSAGE_EXPRESSION: &'static str = "\"'\" + self + \"' is not a duration or auto: write a number and a unit (s, m, h, d or w), e.g. 30m, 4h, 7d or 1h30m, or auto for the lifespan predictor's answer\"";
 
     /// The TTL to apply: the fixed one; for `auto` the prediction, never past
     /// `max_lifespan`, and [`Ttl::DEFAULT`] (capped the same way) until there is one.
@@ -392,7 +417,11 @@ impl JsonSchema for TtlChoice {
     fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": TtlChoice::PATTERN,
+            "maxLength": Ttl::MAX_LENGTH,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{}')", TtlChoice::PATTERN),
+                "messageExpression": TtlChoice::MESSAGE_EXPRESSION,
+            }],
             "description": "Duration such as 30m, 4h, 7d or 1h30m (units s, m, h, d, w; at most 520w), or auto for the lifespan predictor's answer.",
         })
     }
@@ -598,6 +627,10 @@ mod tests {
             ("4", "has no unit"),
             ("1h30", "30 has no unit"),
             ("521w", "too long"),
+            (
+                "1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1",
+                "longer than 32 characters",
+            ),
             ("99999999999999999999999h", "too long"),
         ];
         for (input, expected) in cases {
@@ -615,16 +648,24 @@ mod tests {
     }
 
     #[test]
-    fn schema_is_a_string_with_the_pattern() {
+    fn schema_is_a_string_with_the_rule() {
         let schema = serde_json::to_value(schemars::schema_for!(Ttl)).unwrap();
         assert_eq!(schema["type"], "string");
-        assert_eq!(schema["pattern"], Ttl::PATTERN);
+        assert_eq!(schema["maxLength"], Ttl::MAX_LENGTH);
+        let rule = &schema["x-kubernetes-validations"][0];
+        assert_eq!(rule["rule"], format!("self.matches('{}')", Ttl::PATTERN));
+        assert!(
+            rule["messageExpression"]
+                .as_str()
+                .unwrap()
+                .contains("e.g. 30m")
+        );
     }
 
     #[test]
     fn policy_schema_inlines_durations() {
         let schema = serde_json::to_value(schemars::schema_for!(ExpiryPolicy)).unwrap();
-        assert_eq!(schema["properties"]["ttl"]["pattern"], Ttl::PATTERN);
+        assert_eq!(schema["properties"]["ttl"]["maxLength"], Ttl::MAX_LENGTH);
         assert_eq!(schema["properties"]["maxLifespan"]["type"], "string");
         assert!(!schema.to_string().contains("$ref"), "{schema}");
     }

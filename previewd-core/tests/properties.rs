@@ -159,10 +159,11 @@ fn ttl_regex() -> Regex {
     Regex::new(Ttl::PATTERN).unwrap()
 }
 
-/// The pattern and the parser agree, except for totals above `Ttl::MAX`.
+/// The schema (pattern and length) and the parser agree, except for totals above
+/// `Ttl::MAX`.
 fn assert_pattern_agrees(re: &Regex, input: &str) {
     let parsed = input.parse::<Ttl>();
-    let matched = re.is_match(input);
+    let matched = input.len() <= Ttl::MAX_LENGTH && re.is_match(input);
     match parsed {
         Ok(_) => assert!(matched, "{input:?} parses but the pattern refuses it"),
         Err(previewd_core::TtlError::TooLong { .. }) => {
@@ -252,7 +253,7 @@ proptest! {
     }
 
     #[test]
-    fn ttl_pattern_agrees_on_generated_strings(input in "[0-9smhdwx -]{0,12}") {
+    fn ttl_pattern_agrees_on_generated_strings(input in "[0-9smhdwx -]{0,12}|([1-9][0-9]{0,2}[smhdw]){5,12}") {
         assert_pattern_agrees(&ttl_regex(), &input);
     }
 
@@ -458,6 +459,48 @@ proptest! {
 // Quantities
 // ---------------------------------------------------------------------------------
 
+/// Text shaped like a quantity, right or slightly wrong in each part: sign, digits,
+/// point, fraction, suffix (valid, invalid, exponents of any length), and lengths around
+/// the limit.
+fn quantity_like() -> impl Strategy<Value = String> {
+    let sign = prop_oneof![Just(""), Just("+"), Just("-"), Just("++")];
+    let digits = "[0-9]{0,30}";
+    let point = prop_oneof![Just(""), Just("."), Just("..")];
+    let fraction = "[0-9]{0,30}";
+    let suffix = prop_oneof![
+        prop::sample::select(vec![
+            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E",
+            "K", "KI", "ki", "mi", "Ei ", "i", "e", "E", "e+", "e-", "x", " ", "k8",
+        ])
+        .prop_map(str::to_string),
+        ("[eE]", "[-+]?", "[0-9]{0,12}", "[.0-9]{0,2}")
+            .prop_map(|(e, sign, digits, tail)| format!("{e}{sign}{digits}{tail}")),
+    ];
+    (sign, digits, point, fraction, suffix).prop_map(|(sign, digits, point, fraction, suffix)| {
+        format!("{sign}{digits}{point}{fraction}{suffix}")
+    })
+}
+
+fn assert_quantity_schema_agrees(input: &str) {
+    let rule = Regex::new(previewd_core::cost::QUANTITY_PATTERN).unwrap();
+    let admitted = input.len() <= previewd_core::cost::QUANTITY_MAX_LENGTH && rule.is_match(input);
+    for (unit, parsed) in [
+        ("millicores", parse_cpu(input).map_err(|e| e.to_string())),
+        ("bytes", parse_memory(input).map_err(|e| e.to_string())),
+    ] {
+        match parsed {
+            Ok(value) => assert!(
+                admitted,
+                "{input:?} parses ({value} {unit}) but the schema refuses it"
+            ),
+            Err(e) => assert!(
+                !admitted,
+                "{input:?} is admitted by the schema but does not parse: {e}"
+            ),
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn quantity_parsers_never_panic(input in any::<String>()) {
@@ -482,6 +525,19 @@ proptest! {
     fn formatted_quantities_parse_back(millicores in any::<u64>(), bytes in any::<u64>()) {
         prop_assert_eq!(parse_cpu(&format_cpu(millicores)).unwrap(), millicores);
         prop_assert_eq!(parse_memory(&format_memory(bytes)).unwrap(), bytes);
+    }
+
+    /// What the CRD schema admits (its rule and its length) parses, and what parses is
+    /// admitted: on near-quantities, where the two could disagree.
+    #[test]
+    fn quantity_schema_and_parsers_agree(input in quantity_like()) {
+        assert_quantity_schema_agrees(&input);
+    }
+
+    /// The same on any short text over the characters of quantities.
+    #[test]
+    fn quantity_schema_and_parsers_agree_on_any_text(input in "[-+0-9.eEkKMGTPimnu ]{0,24}") {
+        assert_quantity_schema_agrees(&input);
     }
 
     #[test]
@@ -580,5 +636,55 @@ proptest! {
         if a != b {
             prop_assert_ne!(environment_name(&a.1, a.0), environment_name(&b.1, b.0));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Image templates
+// ---------------------------------------------------------------------------------
+
+/// Text built from pieces of image references and of right and wrong variables.
+fn image_template_like() -> impl Strategy<Value = String> {
+    let piece = prop::sample::select(vec![
+        "ghcr.io/acme/",
+        "web",
+        ":",
+        "pr-",
+        "-",
+        "_",
+        ".",
+        "@sha256",
+        " ",
+        "é",
+        "{{number}}",
+        "{{sha}}",
+        "{{shortSha}}",
+        "{{branch}}",
+        "{{service}}",
+        "{{nubmer}}",
+        "{{Number}}",
+        "{{ number }}",
+        "{{number }}",
+        "{{a_1}}",
+        "{{1a}}",
+        "{{}}",
+        "{{",
+        "}}",
+        "{",
+        "}",
+        "{{{",
+        "}}}",
+        "{{.Values.tag}}",
+    ]);
+    prop::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    /// The schema's rule admits exactly the templates the renderer accepts.
+    #[test]
+    fn image_template_rule_and_renderer_agree(template in image_template_like()) {
+        use previewd_core::image_template::{TEMPLATE_PATTERN, check};
+        let admitted = Regex::new(TEMPLATE_PATTERN).unwrap().is_match(&template);
+        prop_assert_eq!(admitted, check(&template).is_ok(), "{:?}: {:?}", template, check(&template));
     }
 }

@@ -149,7 +149,7 @@ pub fn advice_is_sane(kind: &GeneratorKind) -> bool {
         GeneratorKind::Decimal { min, max } | GeneratorKind::Float { min, max } => {
             min.is_finite() && max.is_finite() && min <= max && max.abs() < 1e15 && min.abs() < 1e15
         }
-        GeneratorKind::OneOf { values } => {
+        GeneratorKind::OneOf { values } | GeneratorKind::Vocabulary { values } => {
             !values.is_empty() && values.len() <= 1_000 && values.iter().all(|v| v.len() <= 200)
         }
         _ => true,

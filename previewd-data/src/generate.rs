@@ -130,6 +130,14 @@ pub enum GeneratorKind {
         /// Largest value.
         max: f64,
     },
+    /// One of the values of a vocabulary that a model proposed for this column and that
+    /// passed validation (see [`crate::proposal`]); unique columns append the row's index.
+    /// Never read from a model's kind choice: only the proposal step makes it.
+    #[serde(skip_deserializing)]
+    Vocabulary {
+        /// The values.
+        values: Vec<String>,
+    },
 }
 
 impl GeneratorKind {
@@ -946,6 +954,15 @@ pub fn scalar_value(ctx: CellContext<'_>) -> Value {
             }
             text(s)
         }
+        G::Vocabulary { values } => match (values.is_empty(), unique_index) {
+            (true, _) => Value::Null,
+            (false, Some(i)) => text(with_suffix(
+                values[(i as usize) % values.len()].clone(),
+                Some(i),
+                " ",
+            )),
+            (false, None) => text(values[rng.random_range(0..values.len())].clone()),
+        },
         G::OneOf { values } => {
             if values.is_empty() {
                 Value::Null

@@ -7,6 +7,11 @@
 //! allow. The same seed gives byte-identical data. Tables that already hold rows are left as
 //! they are and serve as parents, so running it twice changes nothing.
 //!
+//! With `aiModel: true` and a [`proposal::ProposalSource`], a model proposes value
+//! vocabularies for text columns and a few rows for small lookup tables; everything is
+//! validated against the schema before use (see [`proposal`]), and the deterministic engine
+//! still makes the volume.
+//!
 //! The strategy `production-snapshot` restores an anonymised dump instead (see
 //! [`snapshot`]); `minimal` seeds only the tables named in `counts` and the parent rows
 //! their required foreign keys need.
@@ -17,6 +22,7 @@ pub mod error;
 pub mod generate;
 pub mod load;
 pub mod plan;
+pub mod proposal;
 pub mod schema;
 pub mod snapshot;
 pub mod spec;
@@ -32,8 +38,9 @@ pub use error::DataError;
 pub use generate::GeneratorKind;
 pub use load::{LoadOptions, TableLoad};
 pub use plan::{Plan, build_plan};
+pub use proposal::{ProposalOutcome, ProposalSource};
 pub use schema::{Schema, introspect};
-pub use snapshot::SnapshotSource;
+pub use snapshot::{DownloadPolicy, SnapshotSource};
 pub use spec::{Strategy, TestDataSpec};
 
 use crate::plan::ExistingKeys;
@@ -51,8 +58,12 @@ pub struct SeedOptions {
     pub load: LoadOptions,
     /// The dump for `production-snapshot`.
     pub snapshot: Option<SnapshotSource>,
+    /// How the dump is downloaded and checked.
+    pub snapshot_policy: snapshot::DownloadPolicy,
     /// Chooses generator kinds when the spec sets `aiModel: true`.
     pub advisor: Option<Arc<dyn GeneratorAdvisor>>,
+    /// Proposes vocabularies and lookup rows when the spec sets `aiModel: true`.
+    pub proposals: Option<Arc<dyn ProposalSource>>,
 }
 
 /// What seeding did.
@@ -75,6 +86,9 @@ pub struct SeedReport {
     pub generators: String,
     /// Notes: capped counts, check constraints left to the database, advice ignored.
     pub warnings: Vec<String>,
+    /// What the model proposed and what passed validation (`aiModel: true` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposals: Option<ProposalOutcome>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }
@@ -90,7 +104,7 @@ pub async fn seed(
         let source = options.snapshot.as_ref().ok_or_else(|| {
             DataError::Spec("strategy production-snapshot needs a snapshot source".into())
         })?;
-        let outcome = snapshot::restore(config, source).await?;
+        let outcome = snapshot::restore(config, source, &options.snapshot_policy).await?;
         return Ok(SeedReport {
             strategy: Some(spec.strategy),
             tables: outcome.tables,
@@ -100,16 +114,17 @@ pub async fn seed(
             deferred_updates: 0,
             generators: "snapshot".into(),
             warnings: Vec::new(),
+            proposals: None,
             duration_ms: started.elapsed().as_millis() as u64,
         });
     }
-    let client = load::connect(config).await?;
-    let schema = introspect(&client, options.schemas.as_deref()).await?;
-    let existing = read_existing_parents(&client, &schema).await?;
+    let mut client = load::connect(config).await?;
+    let mut schema = introspect(&client, options.schemas.as_deref()).await?;
     let mut warnings = Vec::new();
     let mut generators = "heuristics".to_string();
-    let advice = match (&options.advisor, spec.ai_model) {
-        (Some(advisor), Some(true)) => match advisor.advise(&SchemaOutline::of(&schema)).await {
+    let ai = spec.ai_model == Some(true);
+    let mut advice = match (&options.advisor, ai) {
+        (Some(advisor), true) => match advisor.advise(&SchemaOutline::of(&schema)).await {
             Ok(a) => {
                 generators = advisor.name().to_string();
                 a
@@ -121,32 +136,87 @@ pub async fn seed(
                 BTreeMap::new()
             }
         },
-        (None, Some(true)) => {
-            warnings.push(
-                "aiModel is set but no generator advisor is configured; heuristics used".into(),
-            );
+        (None, true) if options.proposals.is_none() => {
+            warnings.push("aiModel is set but no model is configured; heuristics used".into());
             BTreeMap::new()
         }
         _ => BTreeMap::new(),
     };
+    let mut proposals = None;
+    let mut lookup = Vec::new();
+    let mut inserted = Vec::new();
+    if let (Some(source), true) = (&options.proposals, ai) {
+        let mut validated = proposal::propose(&schema, source.as_ref()).await;
+        let explicit: Vec<schema::TableId> = spec
+            .counts
+            .keys()
+            .filter_map(|name| schema.find(name).ok().flatten())
+            .collect();
+        let mut outcome = std::mem::take(&mut validated.outcome);
+        validated.rows.retain(|r| {
+            let t = &schema.tables[r.table];
+            let why = if spec.strategy == Strategy::Minimal {
+                Some("strategy minimal seeds only the tables named in counts")
+            } else if t.has_rows {
+                Some("the table already holds rows")
+            } else if explicit.contains(&r.table) {
+                Some("counts names the table, so its rows are generated")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                outcome.passed = outcome.passed.saturating_sub(1);
+                outcome.rejected.push(proposal::Rejection {
+                    what: format!("{} rows", t.display_name()),
+                    reason: format!("not used: {why}"),
+                });
+            }
+            why.is_none()
+        });
+        inserted =
+            proposal::insert_lookup_rows(&mut client, &schema, &validated.rows, &mut outcome)
+                .await?;
+        for t in &inserted {
+            schema.tables[*t].has_rows = true;
+        }
+        advice.extend(validated.advice());
+        lookup = validated.rows;
+        generators = format!("{generators} + proposals from {}", source.name());
+        proposals = Some(outcome);
+    }
+    let existing = read_existing_parents(&client, &schema).await?;
     let plan = build_plan(&schema, spec, &advice, existing)?;
     warnings.extend(plan.warnings.iter().cloned());
     let kept: Vec<String> = schema
         .tables
         .iter()
-        .filter(|t| t.has_rows)
-        .map(schema::Table::display_name)
+        .enumerate()
+        .filter(|(i, t)| t.has_rows && !inserted.contains(i))
+        .map(|(_, t)| t.display_name())
+        .collect();
+    if let Some(p) = proposals.as_mut() {
+        p.model_text_share = proposal::text_share(&schema, &plan, &lookup, &inserted);
+    }
+    let mut loaded: Vec<TableLoad> = lookup
+        .iter()
+        .filter(|r| inserted.contains(&r.table))
+        .map(|r| TableLoad {
+            table: schema.tables[r.table].display_name(),
+            rows: r.rows.len() as u64,
+        })
         .collect();
     let outcome = load::load(config, Arc::new(schema), Arc::new(plan), &options.load).await?;
+    loaded.extend(outcome.tables);
     Ok(SeedReport {
         strategy: Some(spec.strategy),
-        tables: outcome.tables.iter().filter(|t| t.rows > 0).count() as u64,
-        rows: outcome.tables.iter().map(|t| t.rows).sum(),
-        loaded: outcome.tables,
+        tables: loaded.iter().filter(|t| t.rows > 0).count() as u64,
+        rows: loaded.iter().map(|t| t.rows).sum(),
+        loaded,
         kept,
         deferred_updates: outcome.deferred_updates,
         generators,
         warnings,
+        proposals,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }

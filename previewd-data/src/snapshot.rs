@@ -1,6 +1,13 @@
 //! The `production-snapshot` strategy: restore an anonymised dump that the platform team
-//! provides as a file (mounted from a Secret or a volume) or an http(s) URL. Never a live
+//! provides as a file (mounted from a Secret or a volume) or an https URL. Never a live
 //! database connection: `postgres://` sources are refused.
+//!
+//! Downloads are bounded ([`DownloadPolicy`]): https only (plain http is refused before
+//! any connection), redirects followed only to the same scheme, host and port (at most
+//! three), a connect timeout, a read timeout and a total timeout, and a size cap checked
+//! against `Content-Length` before reading and against the bytes received while reading.
+//! An optional `Authorization` header (from a Secret) is sent to that host only, and an
+//! optional SHA-256 checksum is compared before anything is restored.
 //!
 //! Plain-format dumps (`pg_dump --format=plain`, usually `--data-only`) are executed by the
 //! engine itself in one transaction, statements through the simple query protocol and
@@ -9,30 +16,85 @@
 //! on the PATH.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, pin_mut};
-use tokio::io::AsyncWriteExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 
 use crate::error::DataError;
 use crate::load::connect;
 
-/// Largest dump downloaded from a URL.
+/// Largest dump downloaded from a URL, by default.
 pub const MAX_DOWNLOAD_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Redirects followed (same host only).
+pub const MAX_REDIRECTS: usize = 3;
 
 /// Where the dump comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotSource {
     /// A file path.
     File(PathBuf),
-    /// An http(s) URL.
+    /// An https URL.
     Url(String),
 }
 
+/// How a dump is fetched and checked.
+#[derive(Clone)]
+pub struct DownloadPolicy {
+    /// Largest download accepted.
+    pub max_bytes: u64,
+    /// Time to establish the connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes.
+    pub read_timeout: Duration,
+    /// Longest whole download.
+    pub total_timeout: Duration,
+    /// Value of the `Authorization` header (e.g. `Bearer ...`), sent to the dump's host
+    /// only.
+    pub authorization: Option<String>,
+    /// Expected SHA-256 of the dump (hex); a mismatch refuses the restore.
+    pub sha256: Option<String>,
+    /// Extra trusted CA certificates (PEM) for the dump's host, besides the system's.
+    pub extra_roots_pem: Vec<Vec<u8>>,
+}
+
+impl Default for DownloadPolicy {
+    fn default() -> Self {
+        DownloadPolicy {
+            max_bytes: MAX_DOWNLOAD_BYTES,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            total_timeout: Duration::from_secs(15 * 60),
+            authorization: None,
+            sha256: None,
+            extra_roots_pem: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DownloadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadPolicy")
+            .field("max_bytes", &self.max_bytes)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("sha256", &self.sha256)
+            .field("extra_roots", &self.extra_roots_pem.len())
+            .finish()
+    }
+}
+
 impl SnapshotSource {
-    /// Parses a path, `file://` path or http(s) URL; refuses database URLs.
+    /// Parses a path, `file://` path or https URL; refuses database URLs and plain http.
     pub fn parse(s: &str) -> Result<Self, DataError> {
         let s = s.trim();
         let lower = s.to_ascii_lowercase();
@@ -44,7 +106,17 @@ impl SnapshotSource {
                 "a snapshot is a dump file or URL, never a live database connection".into(),
             ));
         }
-        if lower.starts_with("https://") || lower.starts_with("http://") {
+        if lower.starts_with("http://") {
+            return Err(DataError::Snapshot(
+                "snapshots are downloaded over https only; http:// is refused".into(),
+            ));
+        }
+        if lower.starts_with("https://") {
+            let url = reqwest::Url::parse(s)
+                .map_err(|e| DataError::Snapshot(format!("snapshot URL: {e}")))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(DataError::Snapshot("snapshot URL has no host".into()));
+            }
             return Ok(SnapshotSource::Url(s.to_string()));
         }
         if let Some(path) = s.strip_prefix("file://") {
@@ -74,17 +146,20 @@ pub struct RestoreOutcome {
 pub async fn restore(
     config: &Config,
     source: &SnapshotSource,
+    policy: &DownloadPolicy,
 ) -> Result<RestoreOutcome, DataError> {
     let (path, _guard) = match source {
         SnapshotSource::File(p) => (p.clone(), None),
         SnapshotSource::Url(url) => {
-            let file = download(url).await?;
-            (file.clone(), Some(TempFile(file)))
+            let file = download(url, policy).await?;
+            (file.path().to_path_buf(), Some(file))
         }
     };
+    if let Some(expected) = &policy.sha256 {
+        verify_sha256(&path, expected).await?;
+    }
     let mut head = [0u8; 5];
     let n = {
-        use tokio::io::AsyncReadExt;
         let mut f = tokio::fs::File::open(&path)
             .await
             .map_err(|e| DataError::Snapshot(format!("{}: {e}", path.display())))?;
@@ -102,51 +177,189 @@ pub async fn restore(
     restore_plain(config, &text).await
 }
 
-struct TempFile(PathBuf);
+/// A downloaded dump in a temporary file, removed when dropped.
+#[derive(Debug)]
+pub struct DownloadedDump(PathBuf);
 
-impl Drop for TempFile {
+impl DownloadedDump {
+    /// Where the dump is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DownloadedDump {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
 }
 
-async fn download(url: &str) -> Result<PathBuf, DataError> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .build()
-        .map_err(|e| DataError::Snapshot(format!("http client: {e}")))?;
-    let mut response = client
-        .get(url)
+fn snapshot_err(context: &str, e: impl std::fmt::Display) -> DataError {
+    DataError::Snapshot(format!("{context}: {e}"))
+}
+
+/// Compares the file's SHA-256 with the expected hex digest.
+pub async fn verify_sha256(path: &Path, expected: &str) -> Result<(), DataError> {
+    let expected = expected.trim().to_ascii_lowercase();
+    let expected = expected.strip_prefix("sha256:").unwrap_or(&expected);
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DataError::Snapshot(
+            "the expected checksum is not a SHA-256 in hex".into(),
+        ));
+    }
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| snapshot_err(&path.display().to_string(), e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| snapshot_err(&path.display().to_string(), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let actual: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if actual != expected {
+        return Err(DataError::Snapshot(format!(
+            "checksum mismatch: the dump's SHA-256 is {actual}, {expected} was expected"
+        )));
+    }
+    Ok(())
+}
+
+/// The download client: https only, redirects to the same origin only, bounded in time.
+fn download_client(
+    url: &reqwest::Url,
+    policy: &DownloadPolicy,
+) -> Result<reqwest::Client, DataError> {
+    let origin = (
+        url.host_str().unwrap_or_default().to_string(),
+        url.port_or_known_default(),
+    );
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        let next = attempt.url();
+        let same_origin = next.scheme() == "https"
+            && next.host_str() == Some(origin.0.as_str())
+            && next.port_or_known_default() == origin.1;
+        if !same_origin {
+            let to = format!(
+                "{}://{}",
+                next.scheme(),
+                next.host_str().unwrap_or_default()
+            );
+            attempt.error(format!(
+                "redirect to {to} refused: a snapshot is fetched from its own host only"
+            ))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = reqwest::Client::builder()
+        .redirect(redirects)
+        .https_only(true)
+        .connect_timeout(policy.connect_timeout)
+        .read_timeout(policy.read_timeout)
+        .timeout(policy.total_timeout);
+    for pem in &policy.extra_roots_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| snapshot_err("extra CA certificate", e))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| snapshot_err("http client", e))
+}
+
+/// Describes a reqwest error with its causes (reqwest's own text omits them).
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if e.is_timeout() {
+        format!("timed out ({e})")
+    } else {
+        e.to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Downloads a dump under `policy` into a temporary file.
+pub async fn download(url: &str, policy: &DownloadPolicy) -> Result<DownloadedDump, DataError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| snapshot_err("snapshot URL", e))?;
+    if parsed.scheme() != "https" {
+        return Err(DataError::Snapshot(
+            "snapshots are downloaded over https only".into(),
+        ));
+    }
+    let client = download_client(&parsed, policy)?;
+    let mut request = client.get(parsed);
+    if let Some(auth) = &policy.authorization {
+        let mut value = reqwest::header::HeaderValue::from_str(auth).map_err(|_| {
+            DataError::Snapshot("the Authorization value is not a valid header".into())
+        })?;
+        value.set_sensitive(true);
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let mut response = request
         .send()
         .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| DataError::Snapshot(format!("download: {e}")))?;
-    let path = std::env::temp_dir().join(format!("previewd-snapshot-{}.dump", std::process::id()));
+        .map_err(|e| DataError::Snapshot(format!("download: {}", describe(&e))))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(DataError::Snapshot(format!(
+            "download: the server answered {status}"
+        )));
+    }
+    if let Some(length) = response.content_length()
+        && length > policy.max_bytes
+    {
+        return Err(DataError::Snapshot(format!(
+            "download of {length} bytes refused: larger than {} bytes",
+            policy.max_bytes
+        )));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "previewd-snapshot-{}-{}.dump",
+        std::process::id(),
+        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let dump = DownloadedDump(path.clone());
     let mut file = tokio::fs::File::create(&path)
         .await
-        .map_err(|e| DataError::Snapshot(format!("{}: {e}", path.display())))?;
+        .map_err(|e| snapshot_err(&path.display().to_string(), e))?;
     let mut total: u64 = 0;
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| DataError::Snapshot(format!("download: {e}")))?
+        .map_err(|e| DataError::Snapshot(format!("download: {}", describe(&e))))?
     {
         total += chunk.len() as u64;
-        if total > MAX_DOWNLOAD_BYTES {
-            let _ = std::fs::remove_file(&path);
+        if total > policy.max_bytes {
             return Err(DataError::Snapshot(format!(
-                "download larger than {MAX_DOWNLOAD_BYTES} bytes"
+                "download larger than {} bytes refused",
+                policy.max_bytes
             )));
         }
         file.write_all(&chunk)
             .await
-            .map_err(|e| DataError::Snapshot(format!("{}: {e}", path.display())))?;
+            .map_err(|e| snapshot_err(&path.display().to_string(), e))?;
     }
     file.flush()
         .await
-        .map_err(|e| DataError::Snapshot(format!("{}: {e}", path.display())))?;
-    Ok(path)
+        .map_err(|e| snapshot_err(&path.display().to_string(), e))?;
+    Ok(dump)
 }
+
+static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn pg_restore(config: &Config, path: &Path) -> Result<(), DataError> {
     let mut cmd = tokio::process::Command::new("pg_restore");
@@ -354,6 +567,8 @@ mod tests {
         assert!(SnapshotSource::parse("postgresql://x").is_err());
         assert!(SnapshotSource::parse("host=prod dbname=app").is_err());
         assert!(SnapshotSource::parse("ftp://x/y").is_err());
+        assert!(SnapshotSource::parse("http://dumps.internal/app.sql").is_err());
+        assert!(SnapshotSource::parse("https://").is_err());
         assert_eq!(
             SnapshotSource::parse("/snap/app.sql").unwrap(),
             SnapshotSource::File("/snap/app.sql".into())

@@ -166,6 +166,9 @@ pub struct Envelope {
     /// Repository, when the event has one.
     #[serde(default)]
     pub repository: Option<Repository>,
+    /// GitHub App installation that received the event (App webhooks only).
+    #[serde(default)]
+    pub installation: Option<Installation>,
 }
 
 /// A `check_run` delivery (only what the CI gate reads).

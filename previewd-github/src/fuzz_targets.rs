@@ -223,6 +223,8 @@ pub fn template(data: &[u8]) {
         last_activity: None,
     };
     let rendered = render::render_image("{{branch}}", &snapshot, "web");
+    assert!(rendered.is_ok(), "{rendered:?}");
+    let rendered = rendered.unwrap_or_default();
     assert!(
         rendered
             .chars()

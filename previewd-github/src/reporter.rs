@@ -518,4 +518,113 @@ mod tests {
         assert!(r.comment.contains("Terminated"));
         assert!(!r.comment.contains("https://pr-7"));
     }
+
+    mod mocked {
+        //! Error paths of the reporter against a `mockall` mock of `SourceControl`.
+        #![allow(clippy::unwrap_used)]
+        use super::*;
+        use mockall::Sequence;
+        use previewd_core::source_control::{
+            ChangedFiles, CommentId, CommentUpsert, CommitStatus, DeploymentId, DeploymentRequest,
+            DeploymentStatusUpdate, PullRequestDiff, PullRequestInfo, RepoRef,
+        };
+
+        mockall::mock! {
+            Scm {}
+            #[async_trait]
+            impl SourceControl for Scm {
+                async fn pull_request(&self, repo: &RepoRef, number: u64) -> Result<PullRequestInfo, SourceControlError>;
+                async fn changed_files(&self, repo: &RepoRef, number: u64) -> Result<ChangedFiles, SourceControlError>;
+                async fn diff(&self, repo: &RepoRef, number: u64) -> Result<PullRequestDiff, SourceControlError>;
+                async fn set_commit_status(&self, repo: &RepoRef, sha: &str, status: &CommitStatus) -> Result<(), SourceControlError>;
+                async fn create_deployment(&self, repo: &RepoRef, request: &DeploymentRequest) -> Result<DeploymentId, SourceControlError>;
+                async fn set_deployment_status(&self, repo: &RepoRef, deployment: DeploymentId, status: &DeploymentStatusUpdate) -> Result<(), SourceControlError>;
+                async fn upsert_comment(&self, repo: &RepoRef, number: u64, body: &str) -> Result<CommentUpsert, SourceControlError>;
+            }
+        }
+
+        fn delivering(scm: &mut MockScm) {
+            scm.expect_create_deployment()
+                .times(1)
+                .returning(|_, _| Ok(DeploymentId(41)));
+            scm.expect_set_deployment_status()
+                .times(1)
+                .returning(|_, _, _| Ok(()));
+            scm.expect_upsert_comment()
+                .times(1)
+                .returning(|_, _, _| Ok(CommentUpsert::Created(CommentId(5))));
+        }
+
+        #[tokio::test]
+        async fn a_rate_limited_report_is_retried_until_delivered() {
+            let mut scm = MockScm::new();
+            let mut seq = Sequence::new();
+            scm.expect_set_commit_status()
+                .times(2)
+                .in_sequence(&mut seq)
+                .returning(|_, _, _| {
+                    Err(SourceControlError::RateLimited {
+                        retry_after_secs: Some(60),
+                    })
+                });
+            scm.expect_set_commit_status()
+                .times(1)
+                .in_sequence(&mut seq)
+                .returning(|_, _, _| Ok(()));
+            delivering(&mut scm);
+            let reporter =
+                GitHubReporter::new(Arc::new(scm), None).with_retry_base(Duration::from_millis(1));
+            reporter.environment_changed(&env("Ready", 0)).await;
+            reporter.idle().await;
+            assert_eq!(reporter.failures(), 2);
+            // The mock checks on drop that every write happened exactly as expected.
+        }
+
+        #[tokio::test]
+        async fn a_refused_report_is_not_retried() {
+            let mut scm = MockScm::new();
+            scm.expect_set_commit_status()
+                .times(1)
+                .returning(|_, _, _| {
+                    Err(SourceControlError::Forbidden(
+                        "Resource not accessible by integration".into(),
+                    ))
+                });
+            scm.expect_create_deployment().never();
+            scm.expect_upsert_comment().never();
+            let reporter =
+                GitHubReporter::new(Arc::new(scm), None).with_retry_base(Duration::from_millis(1));
+            reporter.environment_changed(&env("Ready", 0)).await;
+            reporter.idle().await;
+            assert_eq!(reporter.failures(), 1);
+        }
+
+        #[tokio::test]
+        async fn an_outage_in_the_middle_resends_from_the_start_without_a_second_deployment() {
+            let mut scm = MockScm::new();
+            scm.expect_set_commit_status()
+                .times(2)
+                .returning(|_, _, _| Ok(()));
+            scm.expect_create_deployment()
+                .times(1)
+                .returning(|_, _| Ok(DeploymentId(41)));
+            let mut seq = Sequence::new();
+            scm.expect_set_deployment_status()
+                .times(1)
+                .in_sequence(&mut seq)
+                .returning(|_, _, _| Err(SourceControlError::Unavailable("502".into())));
+            scm.expect_set_deployment_status()
+                .times(1)
+                .in_sequence(&mut seq)
+                .returning(|_, _, _| Ok(()));
+            scm.expect_upsert_comment()
+                .times(1)
+                .returning(|_, _, _| Ok(CommentUpsert::Updated(CommentId(5))));
+            let reporter =
+                GitHubReporter::new(Arc::new(scm), None).with_retry_base(Duration::from_millis(1));
+            reporter.environment_changed(&env("Ready", 0)).await;
+            reporter.idle().await;
+            assert_eq!(reporter.failures(), 1);
+        }
+    }
 }

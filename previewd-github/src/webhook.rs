@@ -250,6 +250,8 @@ struct Inner {
     permissions: Option<Arc<Permissions>>,
     /// Bounds the background acknowledgements in flight.
     reactions: Arc<Semaphore>,
+    /// Where verified deliveries record which App installation serves their repository.
+    installations: Option<crate::client::InstallationDirectory>,
 }
 
 /// Shared state of the webhook handlers. Cheap to clone.
@@ -293,6 +295,7 @@ impl WebhookState {
                 responder: None,
                 permissions: None,
                 reactions: Arc::new(Semaphore::new(REACTIONS_IN_FLIGHT)),
+                installations: None,
             }),
         }
     }
@@ -316,6 +319,16 @@ impl WebhookState {
                 inner.config.permission_cache_ttl,
                 inner.config.github_timeout,
             )));
+        }
+        self
+    }
+
+    /// Records in `directory` the App installation each verified delivery names for its
+    /// repository (`installation.id`), so that the GitHub client answering it uses that
+    /// installation's token without asking GitHub (call before serving).
+    pub fn with_installations(mut self, directory: crate::client::InstallationDirectory) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.installations = Some(directory);
         }
         self
     }
@@ -737,6 +750,16 @@ async fn receive(
         },
     };
     if let Ok(envelope) = serde_json::from_slice::<Envelope>(&payload) {
+        // The signature is verified: the installation is GitHub's word.
+        if let (Some(directory), Some(repository), Some(installation)) = (
+            &state.inner.installations,
+            &envelope.repository,
+            &envelope.installation,
+        ) {
+            directory
+                .remember(&repository.full_name, installation.id)
+                .await;
+        }
         facts.action = envelope.action;
         facts.repository = envelope.repository.map(|r| r.full_name);
     }

@@ -574,7 +574,7 @@ fn app_client(github: &FakeGitHub, private_pem: &str, slug: Option<&str>) -> Git
         fast_config(github),
         GitHubAuth::App(AppCredentials {
             app_id: APP_ID,
-            installation_id: INSTALLATION_ID,
+            installation_id: Some(INSTALLATION_ID),
             private_key_pem: SecretString::from(private_pem.to_string()),
             app_slug: slug.map(str::to_owned),
         }),
@@ -666,7 +666,7 @@ async fn github_app_tokens_near_expiry_are_refreshed_early() {
         fast_config(&github),
         GitHubAuth::App(AppCredentials {
             app_id: APP_ID,
-            installation_id: INSTALLATION_ID,
+            installation_id: Some(INSTALLATION_ID),
             private_key_pem: SecretString::from("not a key".to_string()),
             app_slug: None,
         }),
@@ -1034,4 +1034,209 @@ async fn the_poll_counts_only_the_bound_app_for_a_bound_check() {
         .await
         .unwrap();
     assert_eq!(gate(&unbound, sha, &checks), Gate::Open);
+}
+
+fn app_client_with_default(
+    github: &FakeGitHub,
+    private_pem: &str,
+    default: Option<u64>,
+) -> GitHubClient {
+    GitHubClient::new(
+        fast_config(github),
+        GitHubAuth::App(AppCredentials {
+            app_id: APP_ID,
+            installation_id: default,
+            private_key_pem: SecretString::from(private_pem.to_string()),
+            app_slug: Some(APP_SLUG.to_string()),
+        }),
+        ClientMetrics::default(),
+    )
+    .unwrap()
+}
+
+/// The installations whose tokens the requests about `repository` carried (the App-level
+/// lookup, made with the JWT, carries none).
+fn installations_used(github: &FakeGitHub, repository: &str) -> Vec<Option<u64>> {
+    let lookup = format!("GET /repos/{repository}/installation");
+    let mut used: Vec<Option<u64>> = github
+        .repository_requests(repository)
+        .into_iter()
+        .filter(|(request, _)| *request != lookup)
+        .map(|(_, installation)| installation)
+        .collect();
+    used.dedup();
+    used
+}
+
+#[tokio::test]
+async fn one_app_client_serves_two_installations() {
+    let (private_pem, public_pem) = app_key_pair();
+    let github = FakeGitHub::start().await;
+    github.with(|s| s.public_key_pem = Some(public_pem.clone()));
+    github.two_installations(&["acme/shop"], &["globex/web"]);
+    let shop = RepoRef::new("acme", "shop");
+    let web = RepoRef::new("globex", "web");
+    // No default installation: each repository's comes from GitHub.
+    let client = app_client_with_default(&github, &private_pem, None);
+
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let client = client.clone();
+        let repo = if i % 2 == 0 {
+            shop.clone()
+        } else {
+            web.clone()
+        };
+        tasks.push(tokio::spawn(
+            async move { client.pull_request(&repo, 5).await },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().number, 5);
+    }
+    let status = CommitStatus::new(CommitState::Success, "ready", None);
+    client
+        .set_commit_status(&shop, "abcdef1", &status)
+        .await
+        .unwrap();
+    client
+        .set_commit_status(&web, "abcdef2", &status)
+        .await
+        .unwrap();
+
+    // Each repository's requests carried its own installation's token, and nothing was
+    // refused for a wrong installation.
+    assert_eq!(
+        installations_used(&github, "acme/shop"),
+        [Some(INSTALLATION_ID)]
+    );
+    assert_eq!(
+        installations_used(&github, "globex/web"),
+        [Some(OTHER_INSTALLATION_ID)]
+    );
+    github.with(|s| {
+        assert!(
+            s.wrong_installation.is_empty(),
+            "{:?}",
+            s.wrong_installation
+        )
+    });
+    // One token per installation, one lookup per repository (concurrent requests share it).
+    for installation in [INSTALLATION_ID, OTHER_INSTALLATION_ID] {
+        let path = format!("/app/installations/{installation}/access_tokens");
+        assert_eq!(github.hits(&Method::POST, &path), 1, "{path}");
+    }
+    assert_eq!(
+        github.hits(&Method::GET, "/repos/acme/shop/installation"),
+        1
+    );
+    assert_eq!(
+        github.hits(&Method::GET, "/repos/globex/web/installation"),
+        1
+    );
+
+    // An installation a verified delivery named is used without asking GitHub.
+    let seeded = app_client_with_default(&github, &private_pem, None);
+    seeded
+        .installations()
+        .remember("Globex/Web", OTHER_INSTALLATION_ID)
+        .await;
+    seeded.pull_request(&web, 6).await.unwrap();
+    assert_eq!(
+        github.hits(&Method::GET, "/repos/globex/web/installation"),
+        1
+    );
+
+    // A repository no installation serves: a clear error without a default ...
+    let err = client
+        .pull_request(&RepoRef::new("initech", "app"), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SourceControlError::NotFound(m) if m.contains("not installed on initech/app")),
+        "{err:?}"
+    );
+    // ... and the default installation with one.
+    let defaulted = app_client_with_default(&github, &private_pem, Some(OTHER_INSTALLATION_ID));
+    assert!(
+        defaulted
+            .pull_request(&RepoRef::new("initech", "app"), 1)
+            .await
+            .is_err()
+    );
+    github.with(|s| {
+        assert_eq!(
+            s.wrong_installation,
+            [format!(
+                "GET /repos/initech/app/pulls/1 ({OTHER_INSTALLATION_ID})"
+            )]
+        )
+    });
+}
+
+#[tokio::test]
+async fn discovery_walks_the_installations_only_as_far_as_needed() {
+    let (private_pem, public_pem) = app_key_pair();
+    let github = FakeGitHub::start().await;
+    github.with(|s| s.public_key_pem = Some(public_pem.clone()));
+    // 150 repositories in the first installation (two pages), one in the second.
+    let many: Vec<String> = (0..150).map(|i| format!("acme/repo-{i:03}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    github.two_installations(&many, &["globex/web"]);
+    let client = app_client_with_default(&github, &private_pem, None);
+    let listings = |installation: u64| {
+        github.with(|s| {
+            s.log
+                .iter()
+                .filter(|l| l.path == "/installation/repositories")
+                .filter(|l| l.installation == Some(installation))
+                .count()
+        })
+    };
+
+    // Found on the first page of the first installation: nothing more is listed.
+    let wanted = std::collections::BTreeSet::from(["ACME/repo-003".to_string()]);
+    let walked = client.discover_installations(&wanted).await.unwrap();
+    assert_eq!(walked.installations, 2);
+    assert_eq!(
+        walked.found,
+        std::collections::BTreeMap::from([("acme/repo-003".to_string(), INSTALLATION_ID)])
+    );
+    assert!(walked.failed.is_empty());
+    assert_eq!(
+        (listings(INSTALLATION_ID), listings(OTHER_INSTALLATION_ID)),
+        (1, 0)
+    );
+
+    // On the second page of the first installation and in the second installation.
+    let wanted = std::collections::BTreeSet::from([
+        "acme/repo-149".to_string(),
+        "globex/web".to_string(),
+        "initech/app".to_string(),
+    ]);
+    let walked = client.discover_installations(&wanted).await.unwrap();
+    assert_eq!(
+        walked.found,
+        std::collections::BTreeMap::from([
+            ("acme/repo-149".to_string(), INSTALLATION_ID),
+            ("globex/web".to_string(), OTHER_INSTALLATION_ID),
+        ])
+    );
+    assert_eq!(
+        (listings(INSTALLATION_ID), listings(OTHER_INSTALLATION_ID)),
+        (3, 1)
+    );
+    // What was found is used without a lookup.
+    client
+        .pull_request(&RepoRef::new("globex", "web"), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        github.hits(&Method::GET, "/repos/globex/web/installation"),
+        0
+    );
+    assert_eq!(
+        installations_used(&github, "globex/web"),
+        [Some(OTHER_INSTALLATION_ID)]
+    );
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use common::*;
 use fake_github::FakeGitHub;
 use previewd_github::metrics::WebhookMetrics;
+use previewd_github::signature::sign;
 use previewd_github::store::MemoryStore;
 use previewd_github::store::StoreOp;
 use previewd_github::webhook::ANNOTATION_APPROVED_SHA;
@@ -406,5 +407,46 @@ async fn fork_prs_are_labelled_and_the_label_is_never_removed() {
         "2222222222222222222222222222222222222222"
     );
     assert_eq!(fork_label(&server).as_deref(), Some("true"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn verified_deliveries_record_the_installation_of_their_repository() {
+    let directory = previewd_github::client::InstallationDirectory::new();
+    let state = WebhookState::new(
+        WebhookConfig::new(SECRET),
+        Arc::new(MemoryStore::with_repositories(vec![settings(json!({}))])),
+        WebhookMetrics::default(),
+    )
+    .with_installations(directory.clone());
+    let server = start_with_state(state).await;
+
+    // A forged delivery (wrong signature) records nothing.
+    let mut forged = example("opened");
+    forged["installation"] = json!({"id": 99, "node_id": "x"});
+    let body = serde_json::to_vec(&forged).unwrap();
+    let answer = send(
+        &server,
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "pull_request"),
+            ("x-github-delivery", &delivery_id()),
+            ("x-hub-signature-256", &sign(b"not-the-secret", &body)),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(directory.get(REPOSITORY).await, None);
+
+    // A signed one records its installation for its repository, in any case.
+    let mut payload = example("opened");
+    payload["installation"] = json!({"id": 88, "node_id": "x"});
+    let answer = deliver_json(&server, "pull_request", &delivery_id(), &payload).await;
+    assert_eq!(answer.status, 202, "{answer:?}");
+    assert_eq!(
+        directory.get(&REPOSITORY.to_ascii_uppercase()).await,
+        Some(88)
+    );
     server.stop().await;
 }

@@ -20,3 +20,152 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     }
     Ok(out)
 }
+
+/// The reference of every CRD as Markdown, generated from the schemas (committed as
+/// `docs/reference/crds.md`, checked for drift): for each kind, its printer columns and
+/// one row per field (path, type, constraints, description).
+pub fn reference_markdown() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# CRD reference\n\n<!-- Generated from the CRD schemas by `scripts/manifests`; do not edit. -->\n\n\
+         Every field of previewd's custom resources, from the schemas the API server validates \
+         against (`previewd crd`). Types are the OpenAPI ones; constraints are what the API \
+         server enforces at admission.\n",
+    );
+    for crd in crds() {
+        let value = serde_json::to_value(&crd).unwrap_or_default();
+        let kind = value["spec"]["names"]["kind"].as_str().unwrap_or_default();
+        let group = value["spec"]["group"].as_str().unwrap_or_default();
+        let version = &value["spec"]["versions"][0];
+        let short: Vec<&str> = value["spec"]["names"]["shortNames"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\n## {kind}\n\n`{group}/{}`, {}{}.\n",
+            version["name"].as_str().unwrap_or_default(),
+            value["spec"]["scope"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase(),
+            if short.is_empty() {
+                String::new()
+            } else {
+                format!("; short name `{}`", short.join("`, `"))
+            }
+        );
+        if let Some(columns) = version["additionalPrinterColumns"].as_array() {
+            let names: Vec<String> = columns
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .map(|n| format!("`{n}`"))
+                .collect();
+            let _ = writeln!(out, "`kubectl get` columns: {}.\n", names.join(", "));
+        }
+        let schema = &version["schema"]["openAPIV3Schema"];
+        for part in ["spec", "status"] {
+            let node = &schema["properties"][part];
+            if node.is_null() {
+                continue;
+            }
+            let _ = writeln!(out, "### {kind} `.{part}`\n");
+            let _ = writeln!(out, "| field | type | constraints | description |");
+            let _ = writeln!(out, "|---|---|---|---|");
+            let mut rows = Vec::new();
+            fields(node, part, &mut rows);
+            for (path, ty, constraints, description) in rows {
+                let _ = writeln!(out, "| `{path}` | {ty} | {constraints} | {description} |");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One row per field under `node` (its path below `prefix`), depth first in schema order.
+fn fields(
+    node: &serde_json::Value,
+    prefix: &str,
+    rows: &mut Vec<(String, String, String, String)>,
+) {
+    let required: Vec<&str> = node["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = node["properties"].as_object() else {
+        return;
+    };
+    for (name, child) in properties {
+        let path = format!("{prefix}.{name}");
+        let (ty, item) = match child["type"].as_str() {
+            Some("array") => (
+                format!("[]{}", child["items"]["type"].as_str().unwrap_or("object")),
+                Some(&child["items"]),
+            ),
+            Some(t) => (t.to_string(), None),
+            None if child.get("x-kubernetes-int-or-string").is_some() => {
+                ("int or string".to_string(), None)
+            }
+            None => ("any".to_string(), None),
+        };
+        let mut constraints = Vec::new();
+        if required.contains(&name.as_str()) {
+            constraints.push("required".to_string());
+        }
+        for (key, label) in [
+            ("minimum", "min"),
+            ("maximum", "max"),
+            ("minLength", "min length"),
+            ("maxLength", "max length"),
+            ("minItems", "min items"),
+            ("maxItems", "max items"),
+        ] {
+            if let Some(v) = child.get(key).filter(|v| !v.is_null()) {
+                constraints.push(format!("{label} {v}"));
+            }
+        }
+        if let Some(values) = child["enum"].as_array() {
+            let list: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    format!(
+                        "`{}`",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                    )
+                })
+                .collect();
+            constraints.push(format!("one of {}", list.join(", ")));
+        }
+        if let Some(pattern) = child["pattern"].as_str() {
+            constraints.push(format!("pattern `{}`", pattern.replace('|', "\\|")));
+        }
+        if let Some(default) = child.get("default").filter(|v| !v.is_null()) {
+            constraints.push(format!("default `{default}`"));
+        }
+        if let Some(rules) = child["x-kubernetes-validations"].as_array() {
+            for rule in rules {
+                if let Some(message) = rule["message"].as_str() {
+                    constraints.push(escape(message));
+                }
+            }
+        }
+        let description = child["description"]
+            .as_str()
+            .map(escape)
+            .unwrap_or_default();
+        rows.push((path.clone(), ty, constraints.join("; "), description));
+        fields(child, &path, rows);
+        if let Some(item) = item {
+            fields(item, &format!("{path}[]"), rows);
+        }
+    }
+}
+
+/// A table cell: one line, pipes escaped.
+fn escape(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}

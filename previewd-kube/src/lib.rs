@@ -18,6 +18,7 @@ pub mod strategy;
 pub mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod usage;
 
 pub use controller::{Context, ControllerConfig, Readiness};
 pub use crd::{PreviewEnvironment, PreviewEnvironmentSpec, PreviewEnvironmentStatus};

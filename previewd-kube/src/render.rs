@@ -50,6 +50,14 @@ pub enum RenderError {
     /// The settings have no services.
     #[error("repository settings list no services")]
     NoServices,
+    /// A service's image template names an unknown variable or has a stray brace.
+    #[error("service {service}: {error}")]
+    ImageTemplate {
+        /// The catalogue service.
+        service: String,
+        /// What is wrong with its template.
+        error: previewd_core::image_template::ImageTemplateError,
+    },
 }
 
 impl RenderError {
@@ -59,6 +67,7 @@ impl RenderError {
             RenderError::RepositoryMismatch { .. } => "repository_mismatch",
             RenderError::InvalidSha(_) => "invalid_sha",
             RenderError::NoServices => "no_services",
+            RenderError::ImageTemplate { .. } => "image_template",
         }
     }
 }
@@ -87,8 +96,14 @@ pub fn repo_label_value(repository: &str) -> String {
 }
 
 /// Replaces `{{number}}`, `{{sha}}`, `{{shortSha}}`, `{{branch}}` and `{{service}}` in an
-/// image template. The branch is made safe for an image tag.
-pub fn render_image(template: &str, pr: &PullRequestSnapshot, service: &str) -> String {
+/// image template (spaces inside the braces allowed). The branch is made safe for an
+/// image tag. Any other variable, and a brace outside a variable, is an error that says
+/// which ([`previewd_core::image_template`]).
+pub fn render_image(
+    template: &str,
+    pr: &PullRequestSnapshot,
+    service: &str,
+) -> Result<String, previewd_core::image_template::ImageTemplateError> {
     let short_sha: String = pr.head_sha.chars().take(7).collect();
     let mut branch_tag: String = pr
         .branch
@@ -102,12 +117,14 @@ pub fn render_image(template: &str, pr: &PullRequestSnapshot, service: &str) -> 
         })
         .collect();
     branch_tag.truncate(128);
-    template
-        .replace("{{number}}", &pr.number.to_string())
-        .replace("{{sha}}", &pr.head_sha)
-        .replace("{{shortSha}}", &short_sha)
-        .replace("{{branch}}", &branch_tag)
-        .replace("{{service}}", service)
+    previewd_core::image_template::render(template, |name| match name {
+        "number" => Some(pr.number.to_string()),
+        "sha" => Some(pr.head_sha.clone()),
+        "shortSha" => Some(short_sha.clone()),
+        "branch" => Some(branch_tag.clone()),
+        "service" => Some(service.to_string()),
+        _ => None,
+    })
 }
 
 /// Renders the desired `PreviewEnvironment` for a pull request. The result carries no
@@ -138,25 +155,36 @@ pub fn render_environment(
         .catalogue
         .services
         .iter()
-        .map(|s| ServiceSpec {
-            name: s.name.clone(),
-            image: render_image(&s.image, pr, &s.name),
-            port: s.port,
-            replicas: s.replicas,
-            ingress_path: s.ingress_path.clone(),
-            auto_detected: None,
-            env: BTreeMap::new(),
-            resources: None,
+        .map(|s| {
+            Ok(ServiceSpec {
+                name: s.name.clone(),
+                image: render_image(&s.image, pr, &s.name).map_err(|error| {
+                    RenderError::ImageTemplate {
+                        service: s.name.clone(),
+                        error,
+                    }
+                })?,
+                port: s.port,
+                replicas: s.replicas,
+                ingress_path: s.ingress_path.clone(),
+                env: BTreeMap::new(),
+                resources: None,
+            })
         })
-        .collect();
-    let tier = spec
-        .catalogue
-        .services
-        .iter()
-        .filter_map(|s| s.tier)
-        .max()
-        .or(spec.default_tier)
-        .map(crate::crd::TierChoice::from);
+        .collect::<Result<Vec<_>, RenderError>>()?;
+    // `defaultTier: auto` hands the choice to the tier advisor, which starts from the
+    // declared tiers itself; otherwise the largest declared tier, else the default.
+    let tier = match spec.default_tier {
+        Some(crate::crd::TierChoice::Auto) => Some(crate::crd::TierChoice::Auto),
+        default => spec
+            .catalogue
+            .services
+            .iter()
+            .filter_map(|s| s.tier)
+            .max()
+            .map(crate::crd::TierChoice::from)
+            .or(default),
+    };
 
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_PR.to_string(), pr.number.to_string());

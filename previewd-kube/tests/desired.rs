@@ -58,6 +58,37 @@ fn quota_uses_defaults_and_overrides() {
 }
 
 #[test]
+fn quota_caps_public_services_at_zero_and_counts_objects() {
+    use previewd_kube::children::namespace::{GuardSettings, parse_object_counts};
+    let q = desired_resource_quota(&env(), "ns", &GuardSettings::default())
+        .spec
+        .unwrap()
+        .hard
+        .unwrap();
+    assert_eq!(q["services.loadbalancers"].0, "0");
+    assert_eq!(q["services.nodeports"].0, "0");
+    assert_eq!(q["services"].0, "50");
+    assert_eq!(q["count/jobs.batch"].0, "50");
+    let guard = GuardSettings {
+        object_counts: parse_object_counts("services=8,count/jobs.batch=3").unwrap(),
+        ..GuardSettings::default()
+    };
+    let q = desired_resource_quota(&env(), "ns", &guard)
+        .spec
+        .unwrap()
+        .hard
+        .unwrap();
+    assert_eq!(
+        (q["services"].0.as_str(), q["count/jobs.batch"].0.as_str()),
+        ("8", "3")
+    );
+    assert_eq!(q["configmaps"].0, "100", "the other defaults stay");
+    assert!(parse_object_counts("services.loadbalancers=5").is_err());
+    assert!(parse_object_counts("pods=-1").is_err());
+    assert!(parse_object_counts("widgets=3").is_err());
+}
+
+#[test]
 fn network_policies_deny_by_default_and_allow_dns_and_ingress() {
     let deny = desired_default_deny(&env(), "ns").spec.unwrap();
     assert!(deny.ingress.is_none() && deny.egress.is_none());
@@ -178,6 +209,32 @@ fn pr() -> PullRequestSnapshot {
 }
 
 #[test]
+fn a_repository_default_tier_of_auto_leaves_the_tier_to_the_advisor() {
+    use previewd_kube::crd::TierChoice;
+    let mut r = repo();
+    r.spec.default_tier = Some(TierChoice::Auto);
+    let env = render_environment(&r, &pr()).unwrap();
+    assert_eq!(env.spec.resources.tier, Some(TierChoice::Auto));
+    // A fixed default applies only when no service declares a tier.
+    r.spec.default_tier = Some(TierChoice::Large);
+    let env = render_environment(&r, &pr()).unwrap();
+    assert_eq!(env.spec.resources.tier, Some(TierChoice::Medium));
+    for s in &mut r.spec.catalogue.services {
+        s.tier = None;
+    }
+    let env = render_environment(&r, &pr()).unwrap();
+    assert_eq!(env.spec.resources.tier, Some(TierChoice::Large));
+    let yaml: PreviewRepository = serde_json::from_value(json!({
+        "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewRepository",
+        "metadata": {"name": "shop", "namespace": "previews"},
+        "spec": {"repository": "acme/shop", "baseDomain": "preview.example.com", "defaultTier": "auto",
+                 "catalogue": {"services": [{"name": "api", "image": "x"}]}}
+    }))
+    .unwrap();
+    assert_eq!(yaml.spec.default_tier, Some(TierChoice::Auto));
+}
+
+#[test]
 fn renders_an_environment_from_repository_settings() {
     let env = render_environment(&repo(), &pr()).unwrap();
     assert_eq!(env.metadata.namespace.as_deref(), Some("previews"));
@@ -215,5 +272,17 @@ fn rendering_rejects_mismatches_and_bad_shas() {
         render_environment(&repo(), &bad),
         Err(RenderError::InvalidSha(_))
     ));
-    assert_eq!(render_image("x:{{service}}", &pr(), "api"), "x:api");
+    assert_eq!(
+        render_image("x:{{service}}", &pr(), "api").as_deref(),
+        Ok("x:api")
+    );
+    // An unknown variable fails the rendering, naming the service and the variable.
+    let mut typo = repo();
+    typo.spec.catalogue.services[0].image = "ghcr.io/acme/web:pr-{{nubmer}}".into();
+    let err = render_environment(&typo, &pr()).unwrap_err();
+    assert_eq!(err.category(), "image_template");
+    assert!(
+        err.to_string().contains("unknown variable {{nubmer}}"),
+        "{err}"
+    );
 }

@@ -7,6 +7,13 @@
 //! whose PR is no longer open is checked with GitHub one by one, and only a PR GitHub
 //! reports as closed is fed through as `closed`. A GitHub error skips the repository or
 //! the PR: nothing is ever deleted because GitHub could not be asked.
+//!
+//! With GitHub App credentials, each round first walks every installation of the App
+//! (`GET /app/installations`) and, until every configured repository is placed, each
+//! installation's repositories (`GET /installation/repositories`), so that every
+//! repository is read with the token of the installation that serves it. A repository no
+//! installation lists is still tried (GitHub is asked for its installation, then the
+//! default installation is used) and fails on its own.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,6 +41,8 @@ pub const MAX_OPEN_PULL_REQUESTS: usize = 1000;
 /// What one round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BackfillReport {
+    /// Installations of the GitHub App walked (0 with a token).
+    pub installations: usize,
     /// Repositories whose open PRs were listed.
     pub repositories: usize,
     /// Open PRs fed through the webhook handling.
@@ -103,6 +112,21 @@ impl Backfill {
             .iter()
             .map(|r| r.spec.repository.to_ascii_lowercase())
             .collect();
+        if self.github.is_app() && !names.is_empty() {
+            match self.github.discover_installations(&names).await {
+                Ok(walked) => {
+                    report.installations = walked.installations;
+                    report.errors += walked.failed.len();
+                    for name in names.iter().filter(|n| !walked.found.contains_key(*n)) {
+                        warn!(repository = %name, "no installation of the GitHub App lists this repository");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot list the installations of the GitHub App");
+                    report.errors += 1;
+                }
+            }
+        }
         for full_name in names {
             let Some((owner, name)) = full_name.split_once('/') else {
                 continue;
@@ -276,7 +300,7 @@ mod tests {
         let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(flags);
         match Cli::try_parse_from(argv).unwrap().command {
-            Some(crate::cli::Command::Run(run)) => *run,
+            crate::cli::Command::Run(run) => *run,
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -140,7 +140,8 @@ impl OperatorBuilder {
     /// Runs the operator until shutdown.
     pub async fn run(self) -> anyhow::Result<()> {
         let args = self.args;
-        let config = controller_config(&args)?;
+        let mut config = controller_config(&args)?;
+        let proposals = crate::run::data_proposal_settings(&args)?;
         args.replica.validate(
             args.webhook_secret
                 .as_ref()
@@ -159,6 +160,41 @@ impl OperatorBuilder {
                     client_as(config, "previewd-webhook")?,
                 )
             }
+        };
+        // The stock AI settings, read once: the advisor and the data-proposal endpoint share
+        // one provider stack. An embedded advisor or provider replaces them.
+        let stock_ai = if self.advisor.is_none() && self.ai_provider.is_none() {
+            Some(ai_config(&args, &client).await?)
+        } else {
+            None
+        };
+        // Seed Jobs are told about the endpoint only when a model will answer there.
+        let proposals = match proposals {
+            Some((addr, mut endpoint)) if self.advisor.is_none() => {
+                let forks = match (&self.ai_provider, &stock_ai) {
+                    (Some(p), _) => Some(!p.capabilities().external),
+                    (None, Some(ai)) => previewd_ai::config::build_bare_provider(ai)
+                        .context("configuring the AI engine")?
+                        .map(|p| !p.capabilities().external || ai.allow_external_for_forks),
+                    (None, None) => None,
+                };
+                match forks {
+                    Some(forks) => {
+                        endpoint.forks = forks;
+                        config.stage_jobs.data_proposals = Some(endpoint.clone());
+                        Some((addr, endpoint))
+                    }
+                    None => {
+                        info!("AI is off: the data-proposal endpoint is not started");
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                info!("a custom advisor is plugged in: the data-proposal endpoint is not started");
+                None
+            }
+            None => None,
         };
         controller::preflight(&client, &config)
             .await
@@ -240,11 +276,21 @@ impl OperatorBuilder {
             ctx = ctx.with_checks_source(scm.clone());
         }
         if let Some(store) = &history {
-            reporters.push(Arc::new(previewd_ai::history::HistoryRecorder::spawn(
-                store.clone(),
-            )));
+            let mut recorder = previewd_ai::history::HistoryRecorder::spawn(store.clone());
+            // Peak usage per service, from the metrics API where the cluster serves it,
+            // goes into the history when an environment sleeps or closes.
+            if !args.usage_sample_interval.is_zero() {
+                let tracker = previewd_kube::usage::UsageTracker::spawn(
+                    client.clone(),
+                    args.usage_sample_interval,
+                    shutdown.clone(),
+                );
+                recorder = recorder.with_peaks(tracker);
+            }
+            reporters.push(Arc::new(recorder));
         }
         ctx = ctx.with_reporter(Arc::new(previewd_core::environment::Reporters(reporters)));
+        let mut data_provider: Option<Arc<dyn AiProvider>> = None;
         let advisor: Arc<dyn EnvironmentAdvisor> = match self.advisor {
             Some(advisor) => advisor,
             None => {
@@ -258,6 +304,7 @@ impl OperatorBuilder {
                             provider = provider.id(),
                             "AI engine enabled with an embedded provider"
                         );
+                        data_provider = Some(provider.clone());
                         let advisor = previewd_ai::environment::AiEnvironmentAdvisor::new(
                             catalogues,
                             source_control.clone(),
@@ -269,7 +316,10 @@ impl OperatorBuilder {
                         })
                     }
                     None => {
-                        let ai_config = ai_config(&args, &client).await?;
+                        let ai_config = match stock_ai {
+                            Some(ai) => ai,
+                            None => ai_config(&args, &client).await?,
+                        };
                         if ai_config.enabled {
                             info!(provider = ?ai_config.provider, "AI engine enabled");
                         }
@@ -282,6 +332,7 @@ impl OperatorBuilder {
                         if let Some(metrics) = advisor.metrics() {
                             metrics.register(&mut registry);
                         }
+                        data_provider = advisor.provider();
                         Arc::new(match &history {
                             Some(store) => advisor.with_history(store.clone()),
                             None => advisor,
@@ -368,6 +419,21 @@ impl OperatorBuilder {
             let _ = sender.send(listener.local_addr()?);
         }
         let admin = tokio::spawn(admin::serve_on(listener, admin_state, shutdown.clone()));
+        let proposal_server = match (proposals, data_provider) {
+            (Some((addr, endpoint)), Some(provider)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the data-proposal endpoint to {addr}"))?;
+                let source = Arc::new(previewd_ai::data::ModelProposer::new(provider));
+                let state = crate::proposals::ProposalState::new(endpoint.key.clone(), source);
+                Some(tokio::spawn(crate::proposals::serve_on(
+                    listener,
+                    state,
+                    shutdown.clone(),
+                )))
+            }
+            _ => None,
+        };
         let backfill = crate::backfill::from_run_args(&args, client.clone())?;
         let controller = crate::leader::run_controller(
             &args.replica,
@@ -397,6 +463,12 @@ impl OperatorBuilder {
                 .await
                 .context("web view task")?
                 .context("web view")?;
+        }
+        if let Some(server) = proposal_server {
+            server
+                .await
+                .context("data-proposal endpoint task")?
+                .context("data-proposal endpoint")?;
         }
         controller?;
         info!("previewd stopped");

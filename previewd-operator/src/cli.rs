@@ -1,5 +1,10 @@
-//! Command-line interface. Every flag can also be set with an environment variable
-//! `PREVIEWD_<FLAG>` (e.g. `--cleanup-interval` ↔ `PREVIEWD_CLEANUP_INTERVAL`).
+//! Command-line interface. `previewd run` starts the operator; every flag of it can also
+//! be set with an environment variable `PREVIEWD_<FLAG>` (e.g. `--cleanup-interval` ↔
+//! `PREVIEWD_CLEANUP_INTERVAL`). Without a subcommand, `previewd` prints a short help.
+//!
+//! The binary is also a kubectl plugin: installed (or linked) as `kubectl-previewd` on
+//! the `PATH`, `kubectl previewd list` runs it, and its help then says `kubectl previewd`
+//! ([`parse`] looks at the name it was started as).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,51 +20,145 @@ use secrecy::SecretString;
     name = "previewd",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    arg_required_else_help = true,
+    after_help = "The operator runs with `previewd run` (its flags: `previewd run --help`). \
+                  Installed as `kubectl-previewd`, the binary is the kubectl plugin \
+                  `kubectl previewd`."
 )]
 pub struct Cli {
-    /// What to do (default: run the operator).
+    /// What to do.
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Operator flags when no subcommand is given.
-    #[command(flatten)]
-    pub run: Box<RunArgs>,
+    pub command: Command,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the operator (the default).
+    /// Run the operator: controller, GitHub webhook and reporter (`previewd run --help`).
     Run(Box<RunArgs>),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crd,
-    /// Evaluate affected-service detection on a dataset of real changes.
-    EvalServices(EvalArgs),
-    /// Print a service catalogue generated from a compose file or a directory of Dockerfiles.
-    Catalogue(CatalogueArgs),
     /// List environments: phase, PR, URL, cost, time left.
     List(crate::ctl::ListArgs),
     /// Describe one environment: conditions, services, tests, events.
     Describe(crate::ctl::NameArgs),
     /// Let an environment live longer (up to its hard cap).
     Extend(crate::ctl::ExtendArgs),
-    /// Delete an environment and, with it, its namespace.
-    Delete(crate::ctl::NameArgs),
     /// Put an environment to sleep: workloads scaled to zero, namespace and data kept.
     Sleep(crate::ctl::NameArgs),
     /// Wake a sleeping environment (not one asleep for its cost budget).
     Wake(crate::ctl::NameArgs),
+    /// Delete an environment and, with it, its namespace.
+    Delete(crate::ctl::NameArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion(CompletionArgs),
+    /// Print a service catalogue generated from a compose file or a directory of Dockerfiles.
+    Catalogue(CatalogueArgs),
+    /// Evaluate affected-service detection on a dataset of real changes.
+    EvalServices(EvalArgs),
     /// Fill the environment's PostgreSQL database with test data (the data-seed Job).
     SeedData(crate::seed::SeedDataArgs),
-    /// Turn JUnit XML reports into the test-run summary a test Job writes to
-    /// /dev/termination-log.
+    /// Turn a test runner's reports (JUnit XML, `go test -json`, pytest or Jest JSON) into
+    /// the test-run summary a test Job writes to /dev/termination-log.
+    #[command(name = "test-summary", alias = "junit-summary")]
     JunitSummary(crate::junit::JunitSummaryArgs),
 }
 
-impl Default for Command {
-    fn default() -> Self {
-        Command::Run(Box::default())
+/// Name the binary answers to as a kubectl plugin (`kubectl previewd ...`).
+pub const KUBECTL_PLUGIN_NAME: &str = "kubectl-previewd";
+
+/// Whether the binary was started as the kubectl plugin: its file name (`argv[0]`) is
+/// `kubectl-previewd` (a copy, a hard link or a symbolic link).
+pub fn invoked_as_kubectl_plugin(argv0: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(argv0)
+        .file_stem()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name == KUBECTL_PLUGIN_NAME)
+}
+
+/// Parses a command line; help and usage say `kubectl previewd` when started as the
+/// kubectl plugin. Operator flags given without `run` (as before `run` was required) are
+/// refused with a message that shows the same command line with `run`.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = Cli::command();
+    if args
+        .first()
+        .is_some_and(|argv0| invoked_as_kubectl_plugin(argv0))
+    {
+        command = command.bin_name("kubectl previewd");
     }
+    let matches = match command.clone().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(err) => return Err(with_run_hint(err, &mut command, &args)),
+    };
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+}
+
+/// An unknown first argument that `previewd run` accepts: say so.
+fn with_run_hint(
+    err: clap::Error,
+    command: &mut clap::Command,
+    args: &[std::ffi::OsString],
+) -> clap::Error {
+    let starts_with_flag = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version"));
+    if err.kind() != clap::error::ErrorKind::UnknownArgument || !starts_with_flag {
+        return err;
+    }
+    let mut with_run = vec![std::ffi::OsString::from("previewd"), "run".into()];
+    with_run.extend(args.iter().skip(1).cloned());
+    if Cli::try_parse_from(&with_run).is_err() {
+        return err;
+    }
+    let shown: Vec<String> = with_run
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    command.error(
+        clap::error::ErrorKind::UnknownArgument,
+        format!(
+            "the operator starts with the `run` subcommand; its flags follow it: {}",
+            shown.join(" ")
+        ),
+    )
+}
+
+/// Flags of `previewd completion`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+/// Shells `previewd completion` writes scripts for.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CompletionShell {
+    /// bash: `source <(previewd completion bash)`.
+    Bash,
+    /// zsh: `previewd completion zsh > "${fpath[1]}/_previewd"`.
+    Zsh,
+    /// fish: `previewd completion fish > ~/.config/fish/completions/previewd.fish`.
+    Fish,
+}
+
+/// `previewd completion SHELL`: the completion script of every subcommand and flag.
+pub fn print_completion(args: &CompletionArgs, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    let shell = match args.shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "previewd", out);
 }
 
 /// Log output format.
@@ -237,10 +336,13 @@ pub struct RunArgs {
     /// GitHub token for commit statuses, deployments and the PR comment.
     #[arg(long, env = "PREVIEWD_GITHUB_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub github_token: Option<SecretString>,
-    /// GitHub App id (with --github-app-installation-id and --github-app-private-key-file).
+    /// GitHub App id (with --github-app-private-key-file). One operator serves every
+    /// installation of the App: each repository's installation comes from its deliveries
+    /// (`installation.id`) or from GitHub (`GET /repos/{owner}/{repo}/installation`).
     #[arg(long, env = "PREVIEWD_GITHUB_APP_ID")]
     pub github_app_id: Option<u64>,
-    /// GitHub App installation id.
+    /// Default installation of the GitHub App (optional): used for a repository GitHub
+    /// names no installation of the App for.
     #[arg(long, env = "PREVIEWD_GITHUB_APP_INSTALLATION_ID")]
     pub github_app_installation_id: Option<u64>,
     /// Path to the GitHub App's PEM private key.
@@ -303,6 +405,35 @@ pub struct RunArgs {
     /// default: none.
     #[arg(long, env = "PREVIEWD_JOB_NODE_SELECTOR", default_value = "")]
     pub job_node_selector: String,
+    /// How often the metrics API is sampled for each environment's peak CPU and memory per
+    /// service, recorded into the history when it sleeps or closes (with a history store
+    /// only); 0 turns sampling off.
+    #[arg(long, env = "PREVIEWD_USAGE_SAMPLE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub usage_sample_interval: Duration,
+    /// Serve the data-proposal endpoint, through which seed Jobs ask the operator's model
+    /// (so no model credential enters a preview namespace), on this address; off when
+    /// unset. Needs `--data-proposals-url`.
+    #[arg(long, env = "PREVIEWD_DATA_PROPOSALS_ADDR")]
+    pub data_proposals_addr: Option<SocketAddr>,
+    /// URL at which seed Jobs reach that endpoint (the Service in front of the operator),
+    /// e.g. http://previewd-proposals.previewd-system.svc:8082.
+    #[arg(long, env = "PREVIEWD_DATA_PROPOSALS_URL")]
+    pub data_proposals_url: Option<String>,
+    /// Key of the seed Jobs' tokens, the same on every replica; default: derived from the
+    /// webhook secret (or random per process when there is none, which suits one replica).
+    #[arg(long, env = "PREVIEWD_DATA_PROPOSALS_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub data_proposals_key: Option<SecretString>,
+    /// Namespace of the operator's pods, for the seed pods' one egress rule; default:
+    /// $POD_NAMESPACE.
+    #[arg(long, env = "PREVIEWD_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// Labels that select the operator's pods, as `key=value,...`.
+    #[arg(
+        long,
+        env = "PREVIEWD_OPERATOR_POD_LABELS",
+        default_value = "app.kubernetes.io/name=previewd"
+    )]
+    pub operator_pod_labels: String,
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -319,9 +450,12 @@ pub struct RunArgs {
 
 impl Default for RunArgs {
     fn default() -> Self {
-        // Parse an empty command line so defaults and environment variables apply.
-        match Cli::try_parse_from(["previewd"]) {
-            Ok(cli) => *cli.run,
+        // Parse `previewd run` so that defaults and environment variables apply.
+        match Cli::try_parse_from(["previewd", "run"]) {
+            Ok(Cli {
+                command: Command::Run(args),
+            }) => *args,
+            Ok(_) => unreachable!("`previewd run` parses as the run subcommand"),
             Err(e) => e.exit(),
         }
     }
@@ -462,23 +596,106 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    fn run_args(cli: &Cli) -> &RunArgs {
+        match &cli.command {
+            Command::Run(args) => args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
     #[test]
     fn secrets_never_print() {
         let cli = Cli::try_parse_from([
             "previewd",
+            "run",
             "--webhook-secret",
             "hook-s3cr3t-value",
             "--github-token",
             "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
         ])
         .unwrap();
-        let printed = format!("{cli:?} {:#?}", cli.run);
+        let printed = format!("{cli:?} {:#?}", run_args(&cli));
         assert!(!printed.contains("hook-s3cr3t-value"), "{printed}");
         assert!(!printed.contains("ghp_abcdefghij"), "{printed}");
         assert!(printed.contains("REDACTED"), "{printed}");
         assert_eq!(
-            cli.run.webhook_secret.as_ref().unwrap().expose_secret(),
+            run_args(&cli)
+                .webhook_secret
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
             "hook-s3cr3t-value"
         );
+    }
+
+    #[test]
+    fn operator_flags_without_run_are_refused_with_the_command_that_works() {
+        let err = parse([
+            "previewd",
+            "--namespace",
+            "previews",
+            "--log-format",
+            "text",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let text = err.to_string();
+        assert!(
+            text.contains("previewd run --namespace previews --log-format text"),
+            "{text}"
+        );
+        // Not every unknown flag is an operator flag.
+        let err = parse(["previewd", "--no-such-flag"]).unwrap_err();
+        assert!(!err.to_string().contains("previewd run"), "{err}");
+        // Without arguments: the short help, listing the subcommands.
+        let err = parse(["previewd"]).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        let help = err.to_string();
+        for word in ["run", "list", "completion", "kubectl previewd"] {
+            assert!(help.contains(word), "{word} missing from {help}");
+        }
+        assert!(!help.contains("--webhook-secret"), "{help}");
+    }
+
+    #[test]
+    fn the_kubectl_plugin_names_itself_kubectl_previewd() {
+        for argv0 in [
+            "/usr/local/bin/kubectl-previewd",
+            "kubectl-previewd",
+            "kubectl-previewd.exe",
+        ] {
+            assert!(invoked_as_kubectl_plugin(argv0.as_ref()), "{argv0}");
+            let err = parse([argv0, "list", "--help"]).unwrap_err();
+            assert!(
+                err.to_string().contains("Usage: kubectl previewd list"),
+                "{err}"
+            );
+        }
+        for argv0 in ["previewd", "/usr/bin/previewd", "kubectl"] {
+            assert!(!invoked_as_kubectl_plugin(argv0.as_ref()), "{argv0}");
+        }
+        let err = parse(["previewd", "list", "--help"]).unwrap_err();
+        assert!(err.to_string().contains("Usage: previewd list"), "{err}");
+    }
+
+    #[test]
+    fn completion_scripts_cover_subcommands_and_flags() {
+        for (shell, marker) in [
+            (CompletionShell::Bash, "complete -F"),
+            (CompletionShell::Zsh, "#compdef previewd"),
+            (CompletionShell::Fish, "complete -c previewd"),
+        ] {
+            let mut out = Vec::new();
+            print_completion(&CompletionArgs { shell }, &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(script.contains(marker), "{shell:?}: {marker}");
+            // fish writes flags as `-l context`, the others as `--context`.
+            for word in ["describe", "context", "kubeconfig", "webhook-secret"] {
+                assert!(script.contains(word), "{shell:?}: {word} missing");
+            }
+        }
     }
 }

@@ -1,9 +1,9 @@
-//! Subcommands for people and scripts: `list`, `describe`, `extend`, `delete`. Tables by
-//! default, `-o json` for scripts. They talk to the cluster with the caller's own
-//! credentials (kubeconfig), never the operator's.
-//!
-//! There is no `sleep`/`wake`: the controller has no way to scale an environment to zero
-//! and back yet, and a command that sets a field nothing honours would lie.
+//! Subcommands for people and scripts: `list`, `describe`, `extend`, `sleep`, `wake`,
+//! `delete`. They talk to the cluster with the caller's own credentials, chosen as
+//! kubectl chooses them (`--kubeconfig`, `--context`, `-n/--namespace`, else
+//! `$KUBECONFIG`, `~/.kube/config` and its current context), never with the operator's.
+//! `-o` selects the output as kubectl's does: `table` (default), `wide` (more columns),
+//! `json` or `yaml` for scripts.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -26,25 +26,45 @@ use crate::cli::parse_duration;
 /// Output format.
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
 pub enum Output {
-    /// A table for people.
+    /// A table (or text) for people.
     #[default]
     Table,
+    /// The table with more columns.
+    Wide,
     /// JSON for scripts.
     Json,
+    /// YAML for scripts.
+    Yaml,
 }
 
 /// Where to look for environments.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Path to a kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then in-cluster.
+    /// Path to the kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then in-cluster.
     #[arg(long, env = "PREVIEWD_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the environments; default: the kubeconfig's namespace.
+    /// The kubeconfig context to use; default: its current context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Namespace of the environments; default: the context's namespace.
     #[arg(short = 'n', long = "namespace")]
     pub namespace: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// Prints `doc` as JSON or YAML, or `text` for the table formats.
+fn emit(output: Output, doc: &Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(doc)?),
+        Output::Yaml => print!(
+            "{}",
+            serde_saphyr::to_string(doc).context("rendering YAML")?
+        ),
+        Output::Table | Output::Wide => print!("{}", text()),
+    }
+    Ok(())
 }
 
 /// `previewd list`.
@@ -82,7 +102,10 @@ pub struct ExtendArgs {
 }
 
 async fn connect(target: &Target) -> anyhow::Result<(Client, String)> {
-    let client = crate::run::kube_client(target.kubeconfig.as_deref()).await?;
+    let config =
+        crate::run::kube_config_for(target.kubeconfig.as_deref(), target.context.as_deref())
+            .await?;
+    let client = crate::run::client_as(config, "previewd-cli")?;
     let namespace = target
         .namespace
         .clone()
@@ -118,6 +141,10 @@ async fn find(api: &Api<PreviewEnvironment>, name: &str) -> anyhow::Result<Previ
 /// One row of `previewd list`, also its JSON form.
 pub fn summary(env: &PreviewEnvironment, now: Timestamp) -> Value {
     let status = env.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == previewd_kube::crd::condition::READY);
     let expires_in = status
         .expires_at
         .as_ref()
@@ -129,6 +156,10 @@ pub fn summary(env: &PreviewEnvironment, now: Timestamp) -> Value {
         "repository": env.spec.repository,
         "pr": env.spec.pr_number,
         "phase": status.phase.map(|p| p.to_string()),
+        "ready": ready.map(|c| c.status.clone()),
+        "reason": ready.map(|c| c.reason.clone()),
+        "branch": env.spec.branch,
+        "headSHA": env.spec.head_sha,
         "url": status.url,
         "costToDate": status.costs.as_ref().and_then(|c| c.actual_to_date).map(|m| m.to_string()),
         "estimatedDaily": status.costs.as_ref().and_then(|c| c.estimated_daily).map(|m| m.to_string()),
@@ -204,43 +235,49 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     envs.sort_by_key(|e| (e.namespace(), e.spec.repository.clone(), e.spec.pr_number));
     let now = Timestamp::now();
     let rows: Vec<Value> = envs.iter().map(|e| summary(e, now)).collect();
-    match args.target.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let mut headers = vec![
-                "NAME",
-                "REPOSITORY",
-                "PR",
-                "PHASE",
-                "URL",
-                "COST",
-                "EXPIRES IN",
-            ];
-            if args.all_namespaces {
-                headers.insert(0, "NAMESPACE");
-            }
-            let table_rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    let mut row = vec![
-                        cell(&r["name"]),
-                        cell(&r["repository"]),
-                        cell(&r["pr"]),
-                        cell(&r["phase"]),
-                        cell(&r["url"]),
-                        cell(&r["costToDate"]),
-                        cell(&r["expiresIn"]),
-                    ];
-                    if args.all_namespaces {
-                        row.insert(0, cell(&r["namespace"]));
-                    }
-                    row
-                })
-                .collect();
-            print!("{}", table(&headers, &table_rows));
-        }
+    let output = args.target.output;
+    emit(output, &Value::Array(rows.clone()), || {
+        list_table(&rows, args.all_namespaces, output == Output::Wide)
+    })
+}
+
+/// The table of `previewd list`: with `all_namespaces` a NAMESPACE column first, and with
+/// `wide` the branch, head commit, daily estimate and Ready reason too.
+pub fn list_table(rows: &[Value], all_namespaces: bool, wide: bool) -> String {
+    let mut columns = vec![
+        ("NAME", "name"),
+        ("REPOSITORY", "repository"),
+        ("PR", "pr"),
+        ("PHASE", "phase"),
+        ("URL", "url"),
+        ("COST", "costToDate"),
+        ("EXPIRES IN", "expiresIn"),
+    ];
+    if all_namespaces {
+        columns.insert(0, ("NAMESPACE", "namespace"));
     }
-    Ok(())
+    if wide {
+        columns.extend([
+            ("BRANCH", "branch"),
+            ("HEAD", "headSHA"),
+            ("DAILY", "estimatedDaily"),
+            ("REASON", "reason"),
+        ]);
+    }
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|(_, key)| match *key {
+                    "headSHA" => cell(&r[*key]).chars().take(7).collect(),
+                    _ => cell(&r[*key]),
+                })
+                .collect()
+        })
+        .collect();
+    table(&headers, &table_rows)
 }
 
 /// `previewd describe`.
@@ -261,8 +298,6 @@ pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
     events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
     let status = env.status.clone().unwrap_or_default();
     let mut doc = summary(&env, Timestamp::now());
-    doc["headSHA"] = json!(env.spec.head_sha);
-    doc["branch"] = json!(env.spec.branch);
     doc["environmentNamespace"] = json!(status.namespace);
     doc["services"] = json!(
         env.spec
@@ -290,11 +325,7 @@ pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
             }))
             .collect::<Vec<_>>()
     );
-    match args.target.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Output::Table => print!("{}", describe_text(&doc)),
-    }
-    Ok(())
+    emit(args.target.output, &doc, || describe_text(&doc))
 }
 
 /// The human form of `describe`.
@@ -308,6 +339,8 @@ pub fn describe_text(doc: &Value) -> String {
         ("Branch", "branch"),
         ("Head", "headSHA"),
         ("Phase", "phase"),
+        ("Ready", "ready"),
+        ("Reason", "reason"),
         ("Message", "message"),
         ("URL", "url"),
         ("Workloads in", "environmentNamespace"),
@@ -410,14 +443,12 @@ pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
         .context("updating spec.ttl")?;
     let answer =
         json!({"name": patched.name_any(), "ttl": ttl, "previousExpiresAt": expires.to_string()});
-    match args.target.output {
-        Output::Json => println!("{answer}"),
-        Output::Table => println!(
-            "{}: ttl set to {ttl} (was expiring at {expires}); the hard cap still applies",
+    emit(args.target.output, &answer, || {
+        format!(
+            "{}: ttl set to {ttl} (was expiring at {expires}); the hard cap still applies\n",
             patched.name_any()
-        ),
-    }
-    Ok(())
+        )
+    })
 }
 
 /// `previewd sleep`: scales the environment's workloads to zero (namespace and data
@@ -462,14 +493,19 @@ async fn set_sleep(args: NameArgs, asleep: bool) -> anyhow::Result<()> {
         .await
         .context("updating the environment's sleep request")?;
     let name = patched.name_any();
-    match args.target.output {
-        Output::Json => println!("{}", json!({"name": name, "sleep": asleep})),
-        Output::Table if asleep => {
-            println!("{name}: going to sleep (workloads scaled to zero, namespace and data kept)")
-        }
-        Output::Table => println!("{name}: waking up"),
-    }
-    Ok(())
+    emit(
+        args.target.output,
+        &json!({"name": name, "sleep": asleep}),
+        || {
+            if asleep {
+                format!(
+                    "{name}: going to sleep (workloads scaled to zero, namespace and data kept)\n"
+                )
+            } else {
+                format!("{name}: waking up\n")
+            }
+        },
+    )
 }
 
 /// `previewd delete`: deletes the environment; its namespace goes with it.
@@ -480,14 +516,16 @@ pub async fn delete(args: NameArgs) -> anyhow::Result<()> {
     api.delete(&env.name_any(), &DeleteParams::default())
         .await
         .context("deleting the environment")?;
-    match args.target.output {
-        Output::Json => println!("{}", json!({"name": env.name_any(), "deleted": true})),
-        Output::Table => println!(
-            "{} deleted (teardown of its namespace is in progress)",
-            env.name_any()
-        ),
-    }
-    Ok(())
+    emit(
+        args.target.output,
+        &json!({"name": env.name_any(), "deleted": true}),
+        || {
+            format!(
+                "{} deleted (teardown of its namespace is in progress)\n",
+                env.name_any()
+            )
+        },
+    )
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ mod tests {
         let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
-            Some(crate::cli::Command::Run(run)) => run.replica,
+            crate::cli::Command::Run(run) => run.replica,
             other => panic!("unexpected {other:?}"),
         }
     }

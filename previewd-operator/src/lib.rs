@@ -1,6 +1,6 @@
 //! The previewd operator binary: flags, wiring, the admin server (`/healthz`, `/readyz`,
-//! `/metrics`) and subcommands (`run`, `crd`, `eval-services`, `catalogue`, `seed-data`,
-//! `junit-summary`, ...) and the web view ([`dashboard`]).
+//! `/metrics`), subcommands (`run`, `list`, `describe`, ..., `crd`, `completion`,
+//! `catalogue`, `eval-services`, `seed-data`, `junit-summary`) and the web view ([`dashboard`]).
 
 pub mod admin;
 pub mod backfill;
@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod dashboard;
 pub mod junit;
 pub mod leader;
+pub mod proposals;
 pub mod reference;
 pub mod run;
 pub mod seed;
@@ -19,18 +20,23 @@ pub use builder::OperatorBuilder;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::cli::{Cli, Command};
+use crate::cli::Command;
 
 /// Entry point of the binary.
 pub async fn main() -> ExitCode {
     // One TLS provider for every client in the process (kube, GitHub, AI).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
-    let result = match cli.command.unwrap_or_default() {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
         Command::Run(args) => run::run(*args).await,
         Command::Crd => cli::print_crds(),
+        Command::Completion(args) => {
+            cli::print_completion(&args, &mut std::io::stdout());
+            Ok(())
+        }
         Command::EvalServices(args) => cli::eval_services(args).await,
         Command::Catalogue(args) => cli::print_catalogue(args),
         Command::List(args) => ctl::list(args).await,

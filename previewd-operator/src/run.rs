@@ -39,15 +39,33 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result
 
 /// The Kubernetes configuration from `--kubeconfig`, or the default chain.
 pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
-    Ok(match kubeconfig {
-        Some(path) => {
+    kube_config_for(kubeconfig, None).await
+}
+
+/// The Kubernetes configuration as kubectl chooses it: the kubeconfig file `kubeconfig`
+/// (else `$KUBECONFIG`, else `~/.kube/config`) and its context `context` (else its
+/// current context); with neither given, the in-cluster configuration when there is no
+/// kubeconfig.
+pub async fn kube_config_for(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    Ok(match (kubeconfig, context) {
+        (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .with_context(|| format!("loading kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer()
+        (None, Some(name)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("loading context {name:?} of the kubeconfig"))?,
+        (None, None) => kube::Config::infer()
             .await
             .context("no Kubernetes configuration found (set --kubeconfig or KUBECONFIG, or run in a cluster)")?,
     })
@@ -198,7 +216,8 @@ fn planner_config(
                 .clone()
                 .filter(|i| !i.trim().is_empty())
                 .unwrap_or_else(default_operator_image),
-            node_selector: parse_node_selector(&args.job_node_selector)?,
+            node_selector: parse_pairs(&args.job_node_selector, "--job-node-selector")?,
+            data_proposals: None,
         },
         idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
         expiry_warning: args.expiry_warning,
@@ -252,19 +271,96 @@ pub fn argocd_platform(
     }
 }
 
-/// `key=value,key=value` (empty: none).
-fn parse_node_selector(value: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+/// Where the data-proposal endpoint listens and what seed Jobs are told about it (the
+/// `forks` policy is filled in once the AI provider is known); `None` when it is off.
+pub fn data_proposal_settings(
+    args: &RunArgs,
+) -> anyhow::Result<
+    Option<(
+        std::net::SocketAddr,
+        previewd_kube::strategy::seed::DataProposalEndpoint,
+    )>,
+> {
+    let Some(addr) = args.data_proposals_addr else {
+        return Ok(None);
+    };
+    let url = args
+        .data_proposals_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .context("--data-proposals-addr needs --data-proposals-url (where seed Jobs reach it)")?;
+    let parsed =
+        url::Url::parse(&url).with_context(|| format!("invalid --data-proposals-url {url:?}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
+        "--data-proposals-url must be an http(s) URL with a host"
+    );
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|n| !n.trim().is_empty())
+        .context("--data-proposals-addr needs --operator-namespace (or $POD_NAMESPACE)")?;
+    let operator_labels = parse_pairs(&args.operator_pod_labels, "--operator-pod-labels")?;
+    anyhow::ensure!(
+        !operator_labels.is_empty(),
+        "--operator-pod-labels must select the operator's pods"
+    );
+    let key = data_proposal_key(args);
+    Ok(Some((
+        addr,
+        previewd_kube::strategy::seed::DataProposalEndpoint {
+            url,
+            operator_namespace,
+            operator_labels,
+            port: addr.port(),
+            key: std::sync::Arc::new(key),
+            forks: false,
+        },
+    )))
+}
+
+/// The token key: `--data-proposals-key`, else an HMAC of the webhook secret (so every
+/// replica agrees without another Secret), else random for this process.
+fn data_proposal_key(args: &RunArgs) -> Vec<u8> {
+    use sha2::Digest as _;
+    if let Some(k) = args
+        .data_proposals_key
+        .as_ref()
+        .filter(|k| !k.expose_secret().is_empty())
+    {
+        return k.expose_secret().as_bytes().to_vec();
+    }
+    if let Some(secret) = args
+        .webhook_secret
+        .as_ref()
+        .filter(|k| !k.expose_secret().is_empty())
+    {
+        let mut h = sha2::Sha256::new();
+        h.update(b"previewd data-proposal key v1\0");
+        h.update(secret.expose_secret().as_bytes());
+        return h.finalize().to_vec();
+    }
+    let random: [u8; 32] = rand::random();
+    random.to_vec()
+}
+
+/// `key=value,key=value` (empty: none) of the flag `flag`.
+fn parse_pairs(
+    value: &str,
+    flag: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     value
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| {
-            let (k, v) = pair.split_once('=').with_context(|| {
-                format!("invalid --job-node-selector entry {pair:?}: expected key=value")
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("invalid {flag} entry {pair:?}: expected key=value"))?;
             anyhow::ensure!(
                 !k.trim().is_empty(),
-                "invalid --job-node-selector entry {pair:?}: empty key"
+                "invalid {flag} entry {pair:?}: empty key"
             );
             Ok((k.trim().to_string(), v.trim().to_string()))
         })
@@ -320,9 +416,6 @@ pub fn github_rest_client(
     let auth = match (&args.github_token, args.github_app_id) {
         (Some(token), _) if !token.expose_secret().is_empty() => GitHubAuth::Token(token.clone()),
         (_, Some(app_id)) => {
-            let installation_id = args
-                .github_app_installation_id
-                .context("--github-app-id needs --github-app-installation-id")?;
             let key_file = args
                 .github_app_private_key_file
                 .as_deref()
@@ -331,7 +424,7 @@ pub fn github_rest_client(
                 .with_context(|| format!("reading the GitHub App key {}", key_file.display()))?;
             GitHubAuth::App(AppCredentials {
                 app_id,
-                installation_id,
+                installation_id: args.github_app_installation_id,
                 private_key_pem: pem.into(),
                 app_slug: None,
             })
@@ -380,6 +473,7 @@ pub(crate) async fn start_webhook(
     match github {
         Some(github) => {
             state = state
+                .with_installations(github.installations())
                 .with_responder(Arc::new(github.clone()))
                 .with_repository_access(Arc::new(github));
         }
@@ -477,9 +571,12 @@ mod tests {
     use crate::cli::Cli;
 
     fn run_args(flags: &[&str]) -> RunArgs {
-        let mut argv = vec!["previewd"];
+        let mut argv = vec!["previewd", "run"];
         argv.extend_from_slice(flags);
-        *Cli::try_parse_from(argv).unwrap().run
+        match Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(args) => *args,
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
@@ -528,6 +625,9 @@ mod tests {
                 section_name: Some("https".into()),
             })
         );
-        assert!(crate::cli::Cli::try_parse_from(["previewd", "--route-kind", "gateway"]).is_err());
+        assert!(
+            crate::cli::Cli::try_parse_from(["previewd", "run", "--route-kind", "gateway"])
+                .is_err()
+        );
     }
 }

@@ -238,7 +238,7 @@ const NOT_SET_BY_THE_CHART: [(&str, &str); 5] = [
     ("--leader-elect-identity", "the pod's name, from POD_NAME"),
     (
         "--github-app-installation-id",
-        "set with github.app.id (checked below)",
+        "an optional default, set from github.app.installationId (checked below)",
     ),
     ("--webhook-secret", "from the Secret, checked below"),
 ];

@@ -113,22 +113,33 @@ async fn deliver_accepted(url: &str, event: &str, delivery: &str, payload: &Valu
     }
 }
 
-/// Waits until the operator Deployment has rolled out `image` and returns its Ready pod.
-async fn operator_pod(client: &Client, namespace: &str, release: &str, image: &str) -> Pod {
+/// Waits until the operator's Deployment `deployment` has rolled out `image` and returns
+/// its Ready pod.
+async fn operator_pod(client: &Client, namespace: &str, deployment: &str, image: &str) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     eventually(TIMEOUT, &format!("the operator running {image}"), || {
         let pods = pods.clone();
         let deployments = deployments.clone();
         async move {
-            let d = deployments.get(release).await.ok()?;
+            let d = deployments.get(deployment).await.ok()?;
             let status = d.status?;
-            let want = d.spec?.replicas?;
+            let want = d.spec.as_ref()?.replicas?;
             (status.updated_replicas? == want && status.available_replicas? == want)
                 .then_some(())?;
             (status.replicas? == want).then_some(())?;
+            let selector = d
+                .spec
+                .as_ref()?
+                .selector
+                .match_labels
+                .as_ref()?
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
             let list = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/name=previewd"))
+                .list(&ListParams::default().labels(&selector))
                 .await
                 .ok()?;
             let mut running = list.items.into_iter().filter(|p| {
@@ -209,10 +220,13 @@ async fn helm_installs_the_image_and_the_operator_serves_previews() {
     let (_, next_tag) = split_image(&images.operator_next);
     let chart = chart();
     let chart = chart.to_str().unwrap();
+    // The chart installs the CRDs and keeps them after an uninstall: a cluster that ran
+    // this test before has them under an earlier release, which this one takes over.
     let install = run_helm(&[
         "install",
         &release,
         chart,
+        "--take-ownership",
         "--namespace",
         &system,
         "--set",
@@ -222,7 +236,9 @@ async fn helm_installs_the_image_and_the_operator_serves_previews() {
         "--set",
         "image.pullPolicy=Never",
         "--set",
-        "replicas=1",
+        "controller.replicas=1",
+        "--set",
+        "webhook.replicas=1",
         "--set",
         &format!("watchNamespace={team}"),
         "--set",
@@ -238,9 +254,18 @@ async fn helm_installs_the_image_and_the_operator_serves_previews() {
     ]);
     eprintln!("helm install:\n{install}");
 
+    // The controller and, apart from it (the chart's default), the webhook.
     let pod = operator_pod(&client, &system, &release, &images.operator).await;
     eprintln!("{}", describe(&pod));
     assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some(NODE));
+    let webhook_pod = operator_pod(
+        &client,
+        &system,
+        &format!("{release}-webhook"),
+        &images.operator,
+    )
+    .await;
+    eprintln!("webhook: {}", describe(&webhook_pod));
 
     // The repository's settings, then a signed pull_request delivery through the Service.
     let repo: PreviewRepository = serde_json::from_value(json!({
@@ -321,6 +346,13 @@ async fn helm_installs_the_image_and_the_operator_serves_previews() {
     eprintln!("helm upgrade:\n{upgrade}");
     let pod = operator_pod(&client, &system, &release, &images.operator_next).await;
     eprintln!("after the upgrade: {}", describe(&pod));
+    operator_pod(
+        &client,
+        &system,
+        &format!("{release}-webhook"),
+        &images.operator_next,
+    )
+    .await;
     let kept = environment(&envs)
         .await
         .expect("the environment survives the upgrade");

@@ -184,3 +184,113 @@ async fn failures_exit_non_zero_with_the_reason_in_the_summary() {
     let _ = std::fs::remove_file(&log);
     drop_db(db).await;
 }
+
+/// The seed Job's whole model path: the real binary, given only the endpoint's URL and its
+/// token, asks the operator's real endpoint (served here in-process, answering from a
+/// script in place of the model), validates the answers, loads the data and reports the
+/// proposals in its termination summary.
+#[tokio::test]
+async fn asks_the_operators_endpoint_and_reports_the_proposals() {
+    use previewd_data::proposal::{ProposalError, ProposalSource, TableRequest};
+    use previewd_operator::proposals::{ProposalState, serve_on};
+    use std::sync::Arc;
+
+    struct Script;
+    #[async_trait::async_trait]
+    impl ProposalSource for Script {
+        fn name(&self) -> &str {
+            "script"
+        }
+        async fn propose(&self, r: &TableRequest) -> Result<serde_json::Value, ProposalError> {
+            Ok(match r.table.as_str() {
+                "public.teams" => serde_json::json!({"values": {}, "insert":
+                    "INSERT INTO teams (name) VALUES ('Payments'), ('Search'); DROP TABLE people"}),
+                "public.regions" => serde_json::json!({"values": {}, "insert":
+                    "INSERT INTO regions (code, name) VALUES ('eu', 'Europe'), ('us', 'Americas'), ('eu', 'Again')"}),
+                _ => serde_json::json!({"values": {}, "insert": ""}),
+            })
+        }
+    }
+
+    let Some(db) = create_db(
+        "proposals",
+        "CREATE TABLE regions (code text PRIMARY KEY CHECK (char_length(code) = 2), name text NOT NULL);
+         CREATE TABLE teams (id serial PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE people (id serial PRIMARY KEY, email text NOT NULL UNIQUE,
+                              team_id int NOT NULL REFERENCES teams, region text REFERENCES regions);",
+    )
+    .await
+    else {
+        return;
+    };
+    let key = b"operator key".to_vec();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(serve_on(
+        listener,
+        ProposalState::new(Arc::new(key.clone()), Arc::new(Script)),
+        stop.clone(),
+    ));
+    let token = previewd_kube::strategy::seed::proposal_token(&key, "preview-shop-7");
+    let log = std::env::temp_dir().join(format!("{}.log", db.name));
+    std::fs::write(&log, "").unwrap();
+    let (db_url, spec) = (
+        db.url.clone(),
+        r#"{"enabled":true,"aiModel":true,"counts":{"people":40},"defaultRows":5,"seed":1}"#,
+    );
+    let out = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_previewd"))
+                .arg("seed-data")
+                .env_remove("PREVIEWD_SEED_DATABASE_URL")
+                .env("DATABASE_URL", db_url)
+                .env("PREVIEWD_SEED_SPEC", spec)
+                .env("PREVIEWD_SEED_TERMINATION_LOG", &log)
+                .env("PREVIEWD_SEED_PROPOSALS_URL", url)
+                .env("PREVIEWD_SEED_PROPOSALS_TOKEN", token)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("model proposals from operator"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    let p = &summary["proposals"];
+    assert_eq!(p["made"], 2, "{summary}");
+    assert_eq!(p["passed"], 1, "{summary}");
+    let rejected = p["rejected"].to_string();
+    assert!(
+        rejected.contains("2 statements (INSERT, DROP TABLE)"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("repeats the unique (code)"), "{rejected}");
+    let client = connect(&db.config).await;
+    let regions: Vec<String> = client
+        .query("SELECT code FROM regions ORDER BY code", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(regions, ["eu", "us"], "the lookup rows that passed");
+    let people: i64 = client
+        .query_one("SELECT count(*) FROM people", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(people, 40, "the refused answer left the data loading");
+    stop.cancel();
+    drop(client);
+    let _ = std::fs::remove_file(&log);
+    drop_db(db).await;
+}

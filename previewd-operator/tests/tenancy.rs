@@ -206,9 +206,8 @@ impl Rig {
             "text",
         ])
         .unwrap();
-        let args = match cli.command {
-            Some(Command::Run(args)) => args,
-            _ => cli.run,
+        let Command::Run(args) = cli.command else {
+            panic!("not the run subcommand");
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(

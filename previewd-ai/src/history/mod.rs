@@ -25,7 +25,9 @@ pub use configmap::{
 };
 pub use memory::MemoryHistory;
 pub use postgres::PostgresHistory;
-pub use recorder::{HistoryRecorder, LifeEvent};
+pub use recorder::{HistoryRecorder, LifeEvent, PeakSource};
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -76,6 +78,9 @@ pub struct EnvironmentRecord {
     /// Spend over its life, in micro-dollars, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_micros: Option<i64>,
+    /// Peak usage per service, measured while it ran (recorded when it sleeps or closes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peak_by_service: BTreeMap<String, PeakUsage>,
 }
 
 impl EnvironmentRecord {
@@ -93,6 +98,7 @@ impl EnvironmentRecord {
             ready_at: None,
             slept: Vec::new(),
             cost_micros: None,
+            peak_by_service: BTreeMap::new(),
         }
     }
 

@@ -118,6 +118,7 @@ impl PostgresHistory {
             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS ready_at_ms BIGINT;
             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS slept_ms BIGINT[] NOT NULL DEFAULT '{{}}';
             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS cost_micros BIGINT;
+            ALTER TABLE {t} ADD COLUMN IF NOT EXISTS peak_by_service TEXT;
             CREATE INDEX IF NOT EXISTS {t}_repo_idx ON {t} (repo, opened_at_ms DESC);
             CREATE INDEX IF NOT EXISTS {t}_author_idx ON {t} (author, opened_at_ms DESC);"
         ))
@@ -129,7 +130,7 @@ impl PostgresHistory {
     fn columns() -> &'static str {
         "repo, pr, opened_at_ms, author, pushes_ms, closed_at_ms, tier, \
          peak_cpu_millicores, peak_memory_bytes, peak_hit_limits, ready_at_ms, slept_ms, \
-         cost_micros"
+         cost_micros, peak_by_service"
     }
 
     async fn query(
@@ -196,6 +197,11 @@ fn from_row(row: &Row) -> Result<EnvironmentRecord, HistoryError> {
         ready_at: ready.map(ts).transpose()?,
         slept: slept.into_iter().map(ts).collect::<Result<_, _>>()?,
         cost_micros: row.try_get("cost_micros")?,
+        peak_by_service: match row.try_get::<_, Option<String>>("peak_by_service")? {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| HistoryError::Encoding(format!("peak_by_service: {e}")))?,
+            None => Default::default(),
+        },
     })
 }
 
@@ -204,7 +210,7 @@ impl HistoryStore for PostgresHistory {
     async fn upsert(&self, record: &EnvironmentRecord) -> Result<(), HistoryError> {
         let client = self.client().await?;
         let sql = format!(
-            "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (repo, pr, opened_at_ms) DO UPDATE SET
                author = EXCLUDED.author,
                pushes_ms = EXCLUDED.pushes_ms,
@@ -216,6 +222,7 @@ impl HistoryStore for PostgresHistory {
                ready_at_ms = EXCLUDED.ready_at_ms,
                slept_ms = EXCLUDED.slept_ms,
                cost_micros = EXCLUDED.cost_micros,
+               peak_by_service = EXCLUDED.peak_by_service,
                updated_at = now()",
             t = self.table,
             cols = Self::columns()
@@ -224,6 +231,10 @@ impl HistoryStore for PostgresHistory {
         let closed = record.closed_at.map(ms);
         let ready = record.ready_at.map(ms);
         let slept: Vec<i64> = record.slept.iter().copied().map(ms).collect();
+        let by_service: Option<String> = (!record.peak_by_service.is_empty())
+            .then(|| serde_json::to_string(&record.peak_by_service))
+            .transpose()
+            .map_err(|e| HistoryError::Encoding(e.to_string()))?;
         let (cpu, mem, hit) = match record.peak_usage {
             Some(p) => (
                 Some(to_i64(p.cpu_millicores)?),
@@ -249,6 +260,7 @@ impl HistoryStore for PostgresHistory {
                     &ready,
                     &slept,
                     &record.cost_micros,
+                    &by_service,
                 ],
             )
             .await?;

@@ -7,7 +7,13 @@
 //! writes them, each with a deadline. Writes are merges keyed by the environment's
 //! `(repo, pr, opened_at)`: a push, a sleep or a close recorded twice is recorded once,
 //! so a redelivered or repeated report never adds a row or an entry.
+//!
+//! With a [`PeakSource`] (the operator's sampler of the metrics API), an environment's
+//! peak CPU and memory per service go into its record when it falls asleep or is
+//! deleted; the record's `peakUsage` is then the largest of them, which the tier advisor
+//! reads to size the repository's next environments.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +24,40 @@ use previewd_core::Tier;
 use previewd_core::environment::{EnvironmentReporter, EnvironmentView};
 use tokio::sync::mpsc;
 
-use super::{EnvironmentRecord, HistoryError, HistoryStore};
+use super::{EnvironmentRecord, HistoryError, HistoryStore, PeakUsage};
+
+/// Where measured peak usage comes from: per service of an environment, so far.
+pub trait PeakSource: Send + Sync {
+    /// The peaks of the environment `view` describes (empty when nothing was measured).
+    fn peaks(&self, view: &EnvironmentView) -> BTreeMap<String, PeakUsage>;
+}
+
+/// The operator's sampler of the metrics API: an environment's peaks, found by the labels
+/// its namespace carries (repository and PR).
+#[cfg(feature = "kube")]
+impl PeakSource for previewd_kube::usage::UsageTracker {
+    fn peaks(&self, view: &EnvironmentView) -> BTreeMap<String, PeakUsage> {
+        let key = (
+            previewd_kube::render::repo_label_value(&view.repository),
+            view.pr_number,
+        );
+        let tier = view.tier.unwrap_or_default();
+        previewd_kube::usage::UsageTracker::peaks(self, &key)
+            .into_iter()
+            .map(|(service, u)| {
+                (
+                    service,
+                    PeakUsage {
+                        cpu_millicores: u.cpu_millicores,
+                        memory_bytes: u.memory_bytes,
+                        // A pod within 10% of its tier's limits counts as hitting them.
+                        hit_limits: u.near_limits(tier),
+                    },
+                )
+            })
+            .collect()
+    }
+}
 
 /// What one report says about an environment's life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +82,8 @@ pub struct LifeEvent {
     pub closed_at: Option<Timestamp>,
     /// Spend so far, micro-dollars.
     pub cost_micros: Option<i64>,
+    /// Peak usage per service measured so far (set when it sleeps or closes).
+    pub peaks: BTreeMap<String, PeakUsage>,
 }
 
 impl LifeEvent {
@@ -64,6 +105,7 @@ impl LifeEvent {
             slept_at: view.sleeping_since,
             closed_at,
             cost_micros: view.actual_to_date.map(|m| m.micros()),
+            peaks: BTreeMap::new(),
         })
     }
 
@@ -102,6 +144,21 @@ impl LifeEvent {
         if let Some(cost) = self.cost_micros {
             rec.cost_micros = Some(rec.cost_micros.map_or(cost, |c| c.max(cost)));
         }
+        for (service, peak) in &self.peaks {
+            let kept = rec.peak_by_service.entry(service.clone()).or_default();
+            kept.cpu_millicores = kept.cpu_millicores.max(peak.cpu_millicores);
+            kept.memory_bytes = kept.memory_bytes.max(peak.memory_bytes);
+            kept.hit_limits |= peak.hit_limits;
+        }
+        if !rec.peak_by_service.is_empty() {
+            let mut env = rec.peak_usage.unwrap_or_default();
+            for p in rec.peak_by_service.values() {
+                env.cpu_millicores = env.cpu_millicores.max(p.cpu_millicores);
+                env.memory_bytes = env.memory_bytes.max(p.memory_bytes);
+                env.hit_limits |= p.hit_limits;
+            }
+            rec.peak_usage = Some(env);
+        }
         rec
     }
 }
@@ -110,6 +167,7 @@ impl LifeEvent {
 #[derive(Clone)]
 pub struct HistoryRecorder {
     queue: mpsc::Sender<LifeEvent>,
+    peaks: Option<Arc<dyn PeakSource>>,
     dropped: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
@@ -135,6 +193,7 @@ impl HistoryRecorder {
         let (queue, mut rx) = mpsc::channel::<LifeEvent>(RECORDER_QUEUE);
         let recorder = HistoryRecorder {
             queue,
+            peaks: None,
             dropped: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
@@ -161,6 +220,19 @@ impl HistoryRecorder {
             }
         });
         recorder
+    }
+
+    /// Records measured peaks from `source` when environments sleep or close.
+    pub fn with_peaks(mut self, source: Arc<dyn PeakSource>) -> Self {
+        self.peaks = Some(source);
+        self
+    }
+
+    fn with_measured_peaks(&self, view: &EnvironmentView, mut event: LifeEvent) -> LifeEvent {
+        if let Some(source) = &self.peaks {
+            event.peaks = source.peaks(view);
+        }
+        event
     }
 
     /// Queues `event`; never waits.
@@ -210,12 +282,18 @@ async fn write(store: &dyn HistoryStore, event: &LifeEvent) -> Result<(), Histor
 impl EnvironmentReporter for HistoryRecorder {
     async fn environment_changed(&self, env: &EnvironmentView) {
         if let Some(event) = LifeEvent::of(env, None) {
+            let event = if env.sleeping_since.is_some() {
+                self.with_measured_peaks(env, event)
+            } else {
+                event
+            };
             self.record(event);
         }
     }
 
     async fn environment_deleted(&self, env: &EnvironmentView) {
         if let Some(event) = LifeEvent::of(env, Some(Timestamp::now())) {
+            let event = self.with_measured_peaks(env, event);
             self.record(event);
         }
     }
@@ -292,5 +370,58 @@ mod tests {
         assert_eq!(all[0].pushes.len(), 1);
         assert!(all[0].closed_at.is_some());
         assert_eq!(recorder.dropped(), 0);
+    }
+
+    struct Measured(BTreeMap<String, PeakUsage>);
+
+    impl PeakSource for Measured {
+        fn peaks(&self, view: &EnvironmentView) -> BTreeMap<String, PeakUsage> {
+            assert_eq!(view.pr_number, 7);
+            self.0.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn measured_peaks_are_recorded_when_the_environment_sleeps_or_closes() {
+        let store = Arc::new(MemoryHistory::default());
+        let peak = |cpu, mem| PeakUsage {
+            cpu_millicores: cpu,
+            memory_bytes: mem,
+            hit_limits: false,
+        };
+        let measured = Arc::new(Measured(BTreeMap::from([
+            ("api".to_string(), peak(450, 300 << 20)),
+            ("web".to_string(), peak(80, 900 << 20)),
+        ])));
+        let recorder = HistoryRecorder::spawn(store.clone()).with_peaks(measured);
+        let mut v = view();
+        recorder.environment_changed(&v).await;
+        // While it runs, nothing is recorded yet (the peak may still grow).
+        v.sleeping_since = Some(t("2026-01-01T02:30:00Z"));
+        recorder.environment_changed(&v).await;
+        let mut rec = None;
+        for _ in 0..200 {
+            rec = store.latest("acme/shop", 7).await.unwrap();
+            if rec.as_ref().is_some_and(|r| !r.peak_by_service.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rec = rec.unwrap();
+        assert_eq!(rec.peak_by_service["api"].cpu_millicores, 450);
+        assert_eq!(rec.peak_by_service["web"].memory_bytes, 900 << 20);
+        assert_eq!(
+            rec.peak_usage,
+            Some(peak(450, 900 << 20)),
+            "the environment's peak is the largest of its services'"
+        );
+        // A later, lower measurement never lowers a recorded peak.
+        let lower = LifeEvent {
+            peaks: BTreeMap::from([("api".to_string(), peak(10, 1))]),
+            ..LifeEvent::of(&v, Some(t("2026-01-01T05:00:00Z"))).unwrap()
+        };
+        let merged = lower.merge_into(Some(rec));
+        assert_eq!(merged.peak_by_service["api"].cpu_millicores, 450);
+        assert!(merged.closed_at.is_some());
     }
 }

@@ -27,12 +27,12 @@
 //! # Quantities
 //!
 //! [`parse_cpu`] and [`parse_memory`] follow the Kubernetes quantity grammar: an
-//! optional sign, a decimal number (`1`, `1.5`, `.5`, `1.`), and one suffix: binary
+//! optional `+`, a decimal number (`1`, `1.5`, `.5`, `1.`), and one suffix: binary
 //! `Ki Mi Gi Ti Pi Ei`, decimal `n u m k M G T P E`, or a decimal exponent `e<int>` /
-//! `E<int>`. Like Kubernetes, conversion to millicores or bytes rounds up (`0.1m` CPU is
-//! `1m`, `1.5m` bytes is 1 byte). Negative quantities are refused (requests cannot be
-//! negative), as are values with more than 20 significant digits and values that do not
-//! fit in a `u64`.
+//! `E<int>`. They accept exactly what [`QUANTITY_PATTERN`] (the CRD schema's rule)
+//! admits. Like Kubernetes, conversion to millicores or bytes rounds up (`0.1m` CPU is
+//! `1m`, `1.5m` bytes is 1 byte) and caps values beyond the range. Negative quantities
+//! are refused (requests cannot be negative).
 
 mod accrual;
 mod budget;
@@ -48,5 +48,6 @@ pub use budget::{BUDGET_WARN_PERCENT, Budget, BudgetLimit, BudgetPolicy, BudgetV
 pub use estimate::{CostBreakdown, CostEstimate, HOURS_PER_MONTH, Pricing, actual_cost};
 pub use money::{Money, MoneyError};
 pub use quantity::{
-    QuantityError, ResourceRequests, format_cpu, format_memory, parse_cpu, parse_memory,
+    QUANTITY_MAX_LENGTH, QUANTITY_MESSAGE_EXPRESSION, QUANTITY_PATTERN, QuantityError,
+    ResourceRequests, format_cpu, format_memory, parse_cpu, parse_memory, quantity_schema,
 };

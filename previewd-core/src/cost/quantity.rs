@@ -1,18 +1,50 @@
 //! Kubernetes resource quantities and the [`ResourceRequests`] built from them.
 //!
-//! [`parse_cpu`] and [`parse_memory`] follow the Kubernetes quantity grammar: an
-//! optional sign, a decimal number (`1`, `1.5`, `.5`, `1.`), and one suffix: binary
-//! `Ki Mi Gi Ti Pi Ei`, decimal `n u m k M G T P E`, or a decimal exponent `e<int>` /
-//! `E<int>`. Like Kubernetes, conversion to millicores or bytes rounds up (`0.1m` CPU is
-//! `1m`, `1.5m` bytes is 1 byte). Negative quantities are refused (requests cannot be
-//! negative), as are values with more than 20 significant digits and values that do not
-//! fit in a `u64`.
+//! [`parse_cpu`] and [`parse_memory`] accept exactly the strings of
+//! [`QUANTITY_PATTERN`] of at most [`QUANTITY_MAX_LENGTH`] characters, the rule the CRD
+//! schema carries, so that what the API server admits always parses and what parses is
+//! always admitted (a property test checks both directions). The grammar is the
+//! Kubernetes quantity grammar without its sign and its corner cases: an optional `+`, a
+//! decimal number (`1`, `1.5`, `.5`, `1.`), and at most one suffix: binary
+//! `Ki Mi Gi Ti Pi Ei`, decimal `n u m k M G T P E` (a lower-case `k` for thousands:
+//! Kubernetes refuses `K`), or a decimal exponent `e<int>` / `E<int>` of at most two
+//! digits (the API server takes minutes to write `1e999999999` into a ResourceQuota).
+//! Negative quantities are refused (requests cannot be negative).
+//!
+//! Like Kubernetes, conversion to millicores or bytes rounds up (`0.1m` CPU is `1m`,
+//! `1.5m` bytes is 1 byte), and values beyond the range are capped (at `u64::MAX`, where
+//! Kubernetes caps at 2^63 - 1) rather than refused: the API server accepts them too.
 
 use std::iter::Sum;
 use std::ops::{Add, AddAssign};
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+
+/// The quantities previewd accepts (regular expression, RE2 and Rust `regex` syntax, no
+/// backslashes so that it can sit in a CEL string as is).
+pub const QUANTITY_PATTERN: &str =
+    "^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]{1,2})?$";
+
+/// The longest quantity accepted, in characters.
+pub const QUANTITY_MAX_LENGTH: usize = 64;
+
+/// The CEL message of a string that is not a quantity (`self` is the string).
+pub const QUANTITY_MESSAGE_EXPRESSION: &str = "\"'\" + self + \"' is not a Kubernetes quantity: write a number and an optional suffix, e.g. 250m, 1.5, 512Mi, 1Gi, 500M or 129e6 (suffixes Ki Mi Gi Ti Pi Ei, n u m k M G T P E; thousands are a lower-case k)\"";
+
+/// The schema of a quantity field (`#[schemars(schema_with = "...")]`): a string of at
+/// most [`QUANTITY_MAX_LENGTH`] characters that the CEL rule `matches(QUANTITY_PATTERN)`
+/// admits, refused with a message saying what a quantity looks like.
+pub fn quantity_schema(_generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": QUANTITY_MAX_LENGTH,
+        "x-kubernetes-validations": [{
+            "rule": format!("self.matches('{QUANTITY_PATTERN}')"),
+            "messageExpression": QUANTITY_MESSAGE_EXPRESSION,
+        }],
+    })
+}
 
 /// Why a string is not a valid Kubernetes quantity.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,15 +58,9 @@ pub enum QuantityError {
         /// The input.
         input: String,
     },
-    /// More than 20 significant digits.
-    #[error("invalid quantity {input:?}: more than 20 significant digits")]
-    TooPrecise {
-        /// The input.
-        input: String,
-    },
-    /// The value does not fit in 64 bits in the target unit.
-    #[error("quantity {input:?} is too large")]
-    Overflow {
+    /// Longer than [`QUANTITY_MAX_LENGTH`].
+    #[error("invalid quantity {input:?}: longer than {QUANTITY_MAX_LENGTH} characters")]
+    TooLong {
         /// The input.
         input: String,
     },
@@ -98,17 +124,28 @@ pub fn format_memory(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Parses a quantity and returns `ceil(value × 10^target_exp)`.
-fn parse_quantity(input: &str, target_exp: i64) -> Result<u64, QuantityError> {
+/// The parts of a quantity: its decimal digits with the position of the decimal point,
+/// and its suffix as (decimal exponent, binary exponent).
+struct Parts<'a> {
+    int_part: &'a str,
+    frac_part: &'a str,
+    exp10: i64,
+    exp2: u32,
+}
+
+/// Checks `input` against the grammar (the same as [`QUANTITY_PATTERN`]).
+fn split(input: &str) -> Result<Parts<'_>, QuantityError> {
     let invalid = |reason| QuantityError::Invalid {
         input: input.to_owned(),
         reason,
     };
-    let overflow = || QuantityError::Overflow {
-        input: input.to_owned(),
-    };
     if input.is_empty() {
         return Err(QuantityError::Empty);
+    }
+    if input.len() > QUANTITY_MAX_LENGTH {
+        return Err(QuantityError::TooLong {
+            input: input.to_owned(),
+        });
     }
     let unsigned = match input.as_bytes()[0] {
         b'-' => {
@@ -119,8 +156,6 @@ fn parse_quantity(input: &str, target_exp: i64) -> Result<u64, QuantityError> {
         b'+' => &input[1..],
         _ => input,
     };
-
-    // Number: digits, optional point, digits.
     let int_len = unsigned.bytes().take_while(u8::is_ascii_digit).count();
     let (int_part, rest) = unsigned.split_at(int_len);
     let (frac_part, suffix) = match rest.strip_prefix('.') {
@@ -133,8 +168,6 @@ fn parse_quantity(input: &str, target_exp: i64) -> Result<u64, QuantityError> {
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(invalid("expected a number such as 250m, 1.5 or 512Mi"));
     }
-
-    // Suffix: (decimal exponent, binary exponent).
     let (exp10, exp2): (i64, u32) = match suffix {
         "" => (0, 0),
         "n" => (-9, 0),
@@ -152,9 +185,11 @@ fn parse_quantity(input: &str, target_exp: i64) -> Result<u64, QuantityError> {
         "Ti" => (0, 40),
         "Pi" => (0, 50),
         "Ei" => (0, 60),
+        "K" => return Err(invalid("unknown suffix K (thousands are a lower-case k)")),
         s if s.starts_with(['e', 'E']) => (
-            parse_exponent(&s[1..])
-                .ok_or_else(|| invalid("a decimal exponent needs an integer, as in 129e6"))?,
+            parse_exponent(&s[1..]).ok_or_else(|| {
+                invalid("a decimal exponent is an integer of at most two digits, as in 129e6")
+            })?,
             0,
         ),
         _ => {
@@ -163,58 +198,94 @@ fn parse_quantity(input: &str, target_exp: i64) -> Result<u64, QuantityError> {
             ));
         }
     };
-
-    // Significant digits: strip leading zeros, fold trailing zeros into the exponent.
-    let all_digits = format!("{int_part}{frac_part}");
-    let significant = all_digits.trim_start_matches('0');
-    let trimmed = significant.trim_end_matches('0');
-    if trimmed.is_empty() {
-        return Ok(0);
-    }
-    if trimmed.len() > 20 {
-        return Err(QuantityError::TooPrecise {
-            input: input.to_owned(),
-        });
-    }
-    let trailing_zeros = (significant.len() - trimmed.len()) as i64;
-    let mantissa: u128 = trimmed.parse().map_err(|_| invalid("bad digits"))?;
-    let power = exp10
-        .saturating_sub(frac_part.len() as i64)
-        .saturating_add(trailing_zeros)
-        .saturating_add(target_exp);
-
-    // mantissa < 10^20 and 2^60 < 1.2·10^18, so the shift stays below 1.2·10^38 < u128::MAX.
-    let scaled = mantissa << exp2;
-    let value: u128 = if power >= 0 {
-        let factor = u32::try_from(power)
-            .ok()
-            .and_then(|p| 10u128.checked_pow(p))
-            .ok_or_else(overflow)?;
-        scaled.checked_mul(factor).ok_or_else(overflow)?
-    } else {
-        match u32::try_from(power.unsigned_abs())
-            .ok()
-            .and_then(|k| 10u128.checked_pow(k))
-        {
-            // 0 < value < 1: rounds up to one unit.
-            None => 1,
-            Some(den) => scaled.div_ceil(den),
-        }
-    };
-    u64::try_from(value).map_err(|_| overflow())
+    Ok(Parts {
+        int_part,
+        frac_part,
+        exp10,
+        exp2,
+    })
 }
 
-/// Parses the signed integer of a decimal exponent; huge magnitudes saturate.
+/// Parses a quantity and returns `ceil(value × 10^target_exp)`, capped at `u64::MAX`.
+fn parse_quantity(input: &str, target_exp: i64) -> Result<u64, QuantityError> {
+    let parts = split(input)?;
+    Ok(scaled_ceiling(&parts, target_exp))
+}
+
+/// `ceil(digits × 10^(exp10 + target_exp) × 2^exp2)`, capped at `u64::MAX`, exactly, for
+/// any number of digits.
+fn scaled_ceiling(parts: &Parts<'_>, target_exp: i64) -> u64 {
+    let digits: Vec<u8> = parts
+        .int_part
+        .bytes()
+        .chain(parts.frac_part.bytes())
+        .map(|b| b - b'0')
+        .collect();
+    let Some(first) = digits.iter().position(|d| *d != 0) else {
+        return 0;
+    };
+    // Position of the decimal point in `digits` once the exponent is applied.
+    let point = parts.int_part.len() as i64 + parts.exp10 + target_exp;
+    let first = first as i64;
+    // The integer part has more than 20 significant digits: at least 10^20.
+    if point - first > 20 {
+        return u64::MAX;
+    }
+    let digit = |i: i64| -> u8 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Integer part: at most 20 digits, so below 10^20.
+    let mut integer: u128 = 0;
+    for i in first.min(point)..point {
+        integer = integer * 10 + u128::from(digit(i));
+    }
+    let multiplier = 1u128 << parts.exp2;
+    // Below 10^20 × 2^60 < u128::MAX.
+    let mut value = integer * multiplier;
+    // Fraction: the digits after the point. Starting with 20 zeros or more, it is below
+    // 10^-20 and times at most 2^60 below one: it only rounds up.
+    let frac_start = point.max(first);
+    let frac_end = digits.len() as i64;
+    if frac_start < frac_end {
+        if point < -20 {
+            value += 1;
+        } else {
+            let mut fraction: Vec<u128> = (point.min(frac_start)..frac_end)
+                .map(|i| u128::from(digit(i)))
+                .collect();
+            // fraction × 2^exp2, digit by digit from the least significant: the carry out
+            // is the integer part of the product, what remains its fraction.
+            let mut carry: u128 = 0;
+            for d in fraction.iter_mut().rev() {
+                let t = *d * multiplier + carry;
+                *d = t % 10;
+                carry = t / 10;
+            }
+            value += carry;
+            if fraction.iter().any(|d| *d != 0) {
+                value += 1;
+            }
+        }
+    }
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// Parses the signed integer of a decimal exponent: an optional sign and one or two
+/// digits.
 fn parse_exponent(s: &str) -> Option<i64> {
     let (negative, digits) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let magnitude = digits.parse::<i64>().unwrap_or(i64::MAX);
+    let magnitude = digits.parse::<i64>().ok()?;
     Some(if negative { -magnitude } else { magnitude })
 }
 
@@ -316,19 +387,24 @@ mod tests {
             ("0", 0),
             ("0.000", 0),
             ("1k", 1_000_000),
+            ("18446744073709551615m", u64::MAX),
+            ("18446744073709551616m", u64::MAX),
         ];
         for (input, expected) in cpu {
             assert_eq!(parse_cpu(input).unwrap(), expected, "cpu {input}");
         }
         let memory = [
             ("512Mi", 512 * MI),
+            ("512k", 512_000),
             ("1Gi", 1 << 30),
             ("1G", 1_000_000_000),
             ("128974848", 128_974_848),
             ("129e6", 129_000_000),
             ("129E6", 129_000_000),
+            ("1.5e+3", 1500),
             ("123Mi", 123 * MI),
             ("1.5Gi", 3 << 29),
+            ("0.0000001Ei", 115_292_150_461),
             ("128974848000m", 128_974_848),
             ("1500m", 2),
             ("1Ki", 1024),
@@ -336,8 +412,18 @@ mod tests {
             ("8Ei", 8 << 60),
             ("1E", 1_000_000_000_000_000_000),
             ("1e-3", 1),
-            ("12e-1000000000", 1),
-            ("0e99999999999999999999", 0),
+            ("12e-99", 1),
+            ("0e99", 0),
+            ("1e99", u64::MAX),
+            (
+                "0.000000000000000000000000000000000000000000000000000001",
+                1,
+            ),
+            ("123456789012345678901234567890e-28", 13),
+            // Beyond the range: capped, as Kubernetes caps.
+            ("16Ei", u64::MAX),
+            ("1e30", u64::MAX),
+            ("123456789012345678901", u64::MAX),
         ];
         for (input, expected) in memory {
             assert_eq!(parse_memory(input).unwrap(), expected, "memory {input}");
@@ -352,22 +438,32 @@ mod tests {
             ("abc", "expected a number"),
             ("Mi", "expected a number"),
             (".", "expected a number"),
+            ("+", "expected a number"),
+            ("512K", "thousands are a lower-case k"),
             ("1x", "unknown suffix"),
             ("1mi", "unknown suffix"),
             ("1 Gi", "unknown suffix"),
             ("1.5.5", "unknown suffix"),
             ("1e", "decimal exponent"),
             ("1e3.5", "decimal exponent"),
-            ("16Ei", "too large"),
-            ("1e30", "too large"),
-            ("1e99999999999999999999", "too large"),
-            ("123456789012345678901", "more than 20 significant digits"),
+            ("1e100", "decimal exponent"),
+            ("1e99999999999999999999", "decimal exponent"),
         ];
         for (input, expected) in cases {
             let err = parse_memory(input).unwrap_err().to_string();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
-        assert!(parse_cpu("18446744073709552").is_err());
+        let long = "1".repeat(QUANTITY_MAX_LENGTH + 1);
+        assert!(
+            parse_cpu(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 64")
+        );
+        assert_eq!(
+            parse_cpu(&"1".repeat(QUANTITY_MAX_LENGTH)).unwrap(),
+            u64::MAX
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! Authentication: a static token, or a GitHub App (RS256 JWT → installation token).
+//! Authentication: a static token, or a GitHub App (RS256 JWT → installation tokens).
 //!
 //! The App's JWT is signed with the app's PEM private key, `iat` 60 s in the past (clock
-//! drift) and `exp` 9 minutes ahead (GitHub allows at most 10). Installation tokens last
-//! an hour; one is cached and refreshed when less than five minutes remain, or after a
-//! 401. A single async mutex makes concurrent callers share one refresh.
+//! drift) and `exp` 9 minutes ahead (GitHub allows at most 10). An App may be installed
+//! many times (organisations, accounts); each installation has its own tokens. They last
+//! an hour; one per installation is cached and refreshed when less than five minutes
+//! remain, or after a 401. An async mutex per installation makes concurrent callers
+//! share one refresh, and a slow refresh of one installation never holds up another.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -18,13 +22,17 @@ use super::error::GitHubError;
 /// Refresh an installation token when less than this much of its life is left.
 pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
-/// Credentials of a GitHub App installation.
+/// Credentials of a GitHub App.
 #[derive(Clone)]
 pub struct AppCredentials {
     /// App id (the JWT issuer).
     pub app_id: u64,
-    /// Installation id (from the webhook's `installation.id` or the app settings).
-    pub installation_id: u64,
+    /// Default installation: used for a repository GitHub names no installation of the
+    /// App for, and for requests that name no repository. `None`: each repository's
+    /// installation comes from its deliveries (`installation.id`) or from GitHub
+    /// (`GET /repos/{owner}/{repo}/installation`), so one client serves every
+    /// installation of the App.
+    pub installation_id: Option<u64>,
     /// PEM-encoded RSA private key of the app.
     pub private_key_pem: SecretString,
     /// The app's slug; its comments are authored by `<slug>[bot]`. Looked up with
@@ -92,13 +100,17 @@ pub(crate) struct AccessTokenResponse {
     pub(crate) expires_at: Timestamp,
 }
 
+/// The cached token of one installation; its mutex is held while it is refreshed.
+pub(crate) type TokenSlot = Arc<Mutex<Option<InstallationToken>>>;
+
 /// Authentication state held by the client.
 pub(crate) enum AuthState {
     Token(SecretString),
     App {
         credentials: AppCredentials,
         key: Box<EncodingKey>,
-        cached: Mutex<Option<InstallationToken>>,
+        /// Token slots by installation id.
+        tokens: std::sync::Mutex<HashMap<u64, TokenSlot>>,
     },
 }
 
@@ -114,9 +126,24 @@ impl AuthState {
                 Ok(AuthState::App {
                     credentials,
                     key: Box::new(key),
-                    cached: Mutex::new(None),
+                    tokens: std::sync::Mutex::new(HashMap::new()),
                 })
             }
+        }
+    }
+
+    /// The token slot of `installation` (created empty on first use).
+    pub(crate) fn token_slot(&self, installation: u64) -> Option<TokenSlot> {
+        match self {
+            AuthState::Token(_) => None,
+            AuthState::App { tokens, .. } => Some(
+                tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(installation)
+                    .or_default()
+                    .clone(),
+            ),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use previewd_core::source_control::SourceControlError;
 
 /// Why a GitHub REST call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum GitHubError {
     /// 401: credentials missing, invalid or expired.
     #[error("GitHub rejected the credentials: {0}")]

@@ -9,21 +9,32 @@
 //! - retries 5xx, timeouts and connection errors with exponential backoff and jitter, at
 //!   most [`ClientConfig::max_retries`] times; never retries 400, 401 (except once after
 //!   refreshing an App token), 404, 422 or other 4xx;
-//! - when it mutates (POST, PATCH, PUT, DELETE), holds the client's write gate while the
-//!   request is on the wire, so mutations are serialised per installation and spaced by
-//!   [`ClientConfig::mutation_spacing`]; the gate is released while waiting out a rate
+//! - when it mutates (POST, PATCH, PUT, DELETE), holds its installation's write gate while
+//!   the request is on the wire, so mutations are serialised per installation and spaced
+//!   by [`ClientConfig::mutation_spacing`]; the gate is released while waiting out a rate
 //!   limit or a backoff, so one rate-limited pull request never stalls the others;
 //! - never re-sends a POST that creates something (deployment, comment) after its answer
 //!   was lost (timeout, connection error, 5xx): the caller looks for the object first and
 //!   creates it only if it is not there, so a retry cannot make a duplicate.
 //!
 //! `x-ratelimit-remaining` is exported as a gauge.
+//!
+//! With GitHub App credentials, one client serves every installation of the App. A
+//! request about a repository (its path starts `repos/{owner}/{repo}/`) uses the token of
+//! that repository's installation, found in the client's [`InstallationDirectory`]: filled
+//! from verified webhook deliveries (`installation.id`), from the installations the
+//! backfill walks, and otherwise from GitHub itself (`GET /repos/{owner}/{repo}/installation`,
+//! asked once per repository and hour). Requests that name no repository use the
+//! installation the client is bound to ([`GitHubClient::for_installation`]) or the
+//! default installation of the credentials.
 
 mod api;
 mod auth;
 mod error;
+mod installations;
 mod pulls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,13 +44,14 @@ use jiff::Timestamp;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::{Mutex, OnceCell, OwnedMutexGuard};
 use tokio::time::Instant;
 use url::Url;
 
 pub use api::{DEFAULT_DEPLOYMENT_TASK, MAX_CHANGED_FILES};
 pub use auth::{AppCredentials, GitHubAuth, TOKEN_REFRESH_MARGIN, app_jwt};
 pub use error::GitHubError;
+pub use installations::{AppInstallation, InstallationDirectory, RepositoryInstallations};
 
 use crate::metrics::{ClientMetrics, RequestLabels};
 use auth::{AccessTokenResponse, AuthState, InstallationToken};
@@ -298,24 +310,31 @@ struct Inner {
     config: ClientConfig,
     auth: AuthState,
     metrics: ClientMetrics,
-    /// Last time a mutating request finished; held while one is in flight.
-    write_gate: Mutex<Option<Instant>>,
+    /// Per installation (0 for a token): the last time a mutating request finished; held
+    /// while one is in flight.
+    write_gates: std::sync::Mutex<HashMap<u64, Arc<Mutex<Option<Instant>>>>>,
+    /// Which installation of the App serves which repository.
+    installations: InstallationDirectory,
     /// Serialises find-then-create of the sticky comment.
     comment_lock: Mutex<()>,
     bot_login: OnceCell<String>,
 }
 
-/// The GitHub REST client. Cheap to clone; clones share the token cache, the write
-/// gate and the metrics.
+/// The GitHub REST client. Cheap to clone; clones share the token caches, the write
+/// gates, the installation directory and the metrics.
 #[derive(Clone)]
 pub struct GitHubClient {
     inner: Arc<Inner>,
+    /// The installation every request of this handle uses (App credentials only); `None`:
+    /// the installation of the repository each request is about.
+    installation: Option<u64>,
 }
 
 impl std::fmt::Debug for GitHubClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitHubClient")
             .field("base_url", &self.inner.config.base_url.as_str())
+            .field("installation", &self.installation)
             .finish_non_exhaustive()
     }
 }
@@ -427,10 +446,12 @@ impl GitHubClient {
                 auth: AuthState::new(auth)?,
                 config,
                 metrics,
-                write_gate: Mutex::new(None),
+                write_gates: std::sync::Mutex::new(HashMap::new()),
+                installations: InstallationDirectory::new(),
                 comment_lock: Mutex::new(()),
                 bot_login: OnceCell::new(),
             }),
+            installation: None,
         })
     }
 
@@ -460,19 +481,14 @@ impl GitHubClient {
         Ok(url)
     }
 
-    /// The installation token, from the cache or freshly issued. Returns a boxed future:
-    /// issuing a token sends a request itself.
-    fn installation_token(&self, force_refresh: bool) -> BoxedTokenFuture<'_> {
+    /// The token of `installation`, from the cache or freshly issued. Returns a boxed
+    /// future: issuing a token sends a request itself.
+    fn installation_token(&self, installation: u64, force_refresh: bool) -> BoxedTokenFuture<'_> {
         Box::pin(async move {
-            let AuthState::App {
-                credentials,
-                cached,
-                ..
-            } = &self.inner.auth
-            else {
+            let Some(slot) = self.inner.auth.token_slot(installation) else {
                 return Err(GitHubError::Config("not a GitHub App client".into()));
             };
-            let mut guard = cached.lock().await;
+            let mut guard = slot.lock().await;
             if !force_refresh && let Some(token) = guard.as_ref() {
                 let left = token.expires_at.duration_since(Timestamp::now());
                 if left.as_secs()
@@ -481,10 +497,7 @@ impl GitHubClient {
                     return Ok(token.token.clone());
                 }
             }
-            let url = self.url(&format!(
-                "app/installations/{}/access_tokens",
-                credentials.installation_id
-            ))?;
+            let url = self.url(&format!("app/installations/{installation}/access_tokens"))?;
             let answer = self
                 .execute(RequestSpec {
                     method: Method::POST,
@@ -501,7 +514,7 @@ impl GitHubClient {
                 token: token.clone(),
                 expires_at: fresh.expires_at,
             });
-            tracing::debug!(expires_at = %fresh.expires_at, "installation token refreshed");
+            tracing::debug!(installation, expires_at = %fresh.expires_at, "installation token refreshed");
             Ok(token)
         })
     }
@@ -509,6 +522,7 @@ impl GitHubClient {
     async fn authorization(
         &self,
         kind: AuthKind,
+        installation: Option<u64>,
         refresh: bool,
     ) -> Result<HeaderValue, GitHubError> {
         let value = match (&self.inner.auth, kind) {
@@ -525,9 +539,14 @@ impl GitHubClient {
                 )
             }
             (AuthState::App { .. }, AuthKind::Installation) => {
+                let installation = installation.ok_or_else(|| {
+                    GitHubError::Config("no installation chosen for the request".into())
+                })?;
                 format!(
                     "token {}",
-                    self.installation_token(refresh).await?.expose_secret()
+                    self.installation_token(installation, refresh)
+                        .await?
+                        .expose_secret()
                 )
             }
         };
@@ -548,9 +567,18 @@ impl GitHubClient {
             .inc();
     }
 
-    /// Waits for the write gate and the spacing after the previous mutation.
-    async fn acquire_gate(&self) -> tokio::sync::MutexGuard<'_, Option<Instant>> {
-        let guard = self.inner.write_gate.lock().await;
+    /// Waits for the write gate of `installation` (0: a token) and the spacing after its
+    /// previous mutation.
+    async fn acquire_gate(&self, installation: u64) -> OwnedMutexGuard<Option<Instant>> {
+        let gate = self
+            .inner
+            .write_gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(installation)
+            .or_default()
+            .clone();
+        let guard = gate.lock_owned().await;
         if let Some(last) = *guard {
             tokio::time::sleep_until(last + self.inner.config.mutation_spacing).await;
         }
@@ -566,13 +594,22 @@ impl GitHubClient {
         // App-level token requests bypass the gate: they run while a gated request waits
         // for its credentials.
         let gated = mutating && spec.auth == AuthKind::Installation;
+        // With App credentials, the installation whose token the request carries.
+        let installation = match (&self.inner.auth, spec.auth) {
+            (AuthState::App { .. }, AuthKind::Installation) => {
+                Some(self.installation_for(&spec.url).await?)
+            }
+            _ => None,
+        };
         let mut attempt: u32 = 0;
         let mut secondary_hits: u32 = 0;
         let mut refreshed = false;
         let mut force_refresh = false;
         loop {
             attempt += 1;
-            let authorization = self.authorization(spec.auth, force_refresh).await?;
+            let authorization = self
+                .authorization(spec.auth, installation, force_refresh)
+                .await?;
             force_refresh = false;
             let mut request = self
                 .inner
@@ -586,7 +623,7 @@ impl GitHubClient {
                 request = request.json(body);
             }
             let mut gate = if gated {
-                Some(self.acquire_gate().await)
+                Some(self.acquire_gate(installation.unwrap_or(0)).await)
             } else {
                 None
             };
@@ -751,16 +788,19 @@ impl GitHubClient {
     }
 
     /// Every item of a paginated list, following `Link: rel="next"`, up to `max_items`.
-    /// Returns the items and whether more were left.
+    /// Returns the items and whether more were left. Every page goes to the installation
+    /// of the first (GitHub's next links name the repository by id, not by name).
     pub(crate) async fn get_all<T: DeserializeOwned>(
         &self,
         first: Url,
         max_items: usize,
     ) -> Result<(Vec<T>, bool), GitHubError> {
+        let pinned = self.pinned_for(&first).await?;
+        let this = pinned.as_ref().unwrap_or(self);
         let mut items = Vec::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
-            let answer = self.get(url, JSON_MEDIA_TYPE).await?;
+            let answer = this.get(url, JSON_MEDIA_TYPE).await?;
             let page: Vec<T> = answer.json()?;
             let page_was_empty = page.is_empty();
             items.extend(page);

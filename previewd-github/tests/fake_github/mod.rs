@@ -4,6 +4,12 @@
 //! `/user`, `/app` and App installation tokens (the JWT is verified with the app's public
 //! key). Failures are scripted per route; every request is logged so tests can count
 //! attempts.
+//!
+//! The App may have several installations (`State::installations`), each serving its own
+//! repositories: a token is issued for one installation, and a request about a repository
+//! that installation does not serve is answered 404 as GitHub does (and recorded in
+//! `State::wrong_installation`). `GET /app/installations`, `GET /installation/repositories`
+//! and `GET /repos/{owner}/{repo}/installation` answer from that map.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -22,6 +28,8 @@ pub const BOT: &str = "previewd-bot";
 pub const APP_SLUG: &str = "previewd-app";
 pub const APP_ID: u64 = 4242;
 pub const INSTALLATION_ID: u64 = 77;
+/// A second installation, for tests with two.
+pub const OTHER_INSTALLATION_ID: u64 = 88;
 
 /// A scripted answer, returned instead of the normal one.
 #[derive(Clone, Debug)]
@@ -81,6 +89,8 @@ pub struct Logged {
     pub accept: String,
     pub authorization: String,
     pub body: Value,
+    /// The installation whose token the request carried, if it carried one.
+    pub installation: Option<u64>,
 }
 
 #[derive(Default)]
@@ -106,6 +116,17 @@ pub struct State {
     pub diff_refused: Vec<u64>,
     pub public_key_pem: Option<String>,
     pub issued_tokens: Vec<String>,
+    /// Installation each issued token belongs to.
+    pub token_installations: HashMap<String, u64>,
+    /// Installations of the App: id → the repositories (`owner/name`, lower case) it
+    /// serves; an empty list serves every repository.
+    pub installations: BTreeMap<u64, Vec<String>>,
+    /// Requests about a repository made with another installation's token, as
+    /// `METHOD path (installation)`.
+    pub wrong_installation: Vec<String>,
+    /// Open pull requests by repository (`owner/name`), as `GET .../pulls?state=open`
+    /// lists them.
+    pub open_pulls: BTreeMap<String, Vec<Value>>,
     pub revoked_tokens: Vec<String>,
     /// Lifetime of issued installation tokens.
     pub token_lifetime: Duration,
@@ -139,6 +160,7 @@ impl FakeGitHub {
             next_id: 1000,
             token_lifetime: Duration::from_secs(3600),
             rate_limit_remaining: 4999,
+            installations: BTreeMap::from([(INSTALLATION_ID, Vec::new())]),
             ..State::default()
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -216,6 +238,33 @@ impl FakeGitHub {
         f(&mut self.state.lock().unwrap())
     }
 
+    /// Installs the App twice: `first` serves `INSTALLATION_ID`, `second`
+    /// `OTHER_INSTALLATION_ID` (repositories as `owner/name`).
+    pub fn two_installations(&self, first: &[&str], second: &[&str]) {
+        let names = |repos: &[&str]| -> Vec<String> {
+            repos.iter().map(|r| r.to_ascii_lowercase()).collect()
+        };
+        self.with(|s| {
+            s.installations = BTreeMap::from([
+                (INSTALLATION_ID, names(first)),
+                (OTHER_INSTALLATION_ID, names(second)),
+            ])
+        });
+    }
+
+    /// Requests about `owner/name` (paths under `/repos/owner/name/`) and the installation
+    /// whose token each carried.
+    pub fn repository_requests(&self, repository: &str) -> Vec<(String, Option<u64>)> {
+        let prefix = format!("/repos/{}/", repository.to_ascii_lowercase());
+        self.with(|s| {
+            s.log
+                .iter()
+                .filter(|l| l.path.to_ascii_lowercase().starts_with(&prefix))
+                .map(|l| (format!("{} {}", l.method, l.path), l.installation))
+                .collect()
+        })
+    }
+
     /// Gives `login` the role `role_name` (and the legacy `permission` GitHub maps it to).
     pub fn grant(&self, login: &str, role_name: &str) {
         let permission = match role_name {
@@ -256,6 +305,37 @@ fn authorized(state: &State, headers: &HeaderMap) -> bool {
             && !state.revoked_tokens.iter().any(|t| t == token);
     }
     false
+}
+
+/// The installation of the token a request carries.
+fn token_installation(state: &State, headers: &HeaderMap) -> Option<u64> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let token = auth.strip_prefix("token ")?;
+    state.token_installations.get(token).copied()
+}
+
+/// Whether `installation` serves `repository` (`owner/name`).
+fn serves(state: &State, installation: u64, repository: &str) -> bool {
+    state.installations.get(&installation).is_some_and(|repos| {
+        repos.is_empty() || repos.iter().any(|r| r.eq_ignore_ascii_case(repository))
+    })
+}
+
+/// The installation serving `repository`: one that lists it, else one serving every
+/// repository.
+fn installation_of(state: &State, repository: &str) -> Option<u64> {
+    let listed = state
+        .installations
+        .iter()
+        .find(|(_, repos)| repos.iter().any(|r| r.eq_ignore_ascii_case(repository)));
+    listed
+        .or_else(|| {
+            state
+                .installations
+                .iter()
+                .find(|(_, repos)| repos.is_empty())
+        })
+        .map(|(id, _)| *id)
 }
 
 /// Verifies an App JWT: RS256 with the app's key, issuer, and GitHub's time rules.
@@ -299,12 +379,14 @@ fn file_entry(number: u64, i: usize) -> Value {
     })
 }
 
-fn paginate(
+/// One page of `items` (`per_page`, `page` from the query) and the `Link` header to the
+/// next, if there is one.
+fn page_of(
     state: &State,
     path: &str,
     query: &HashMap<String, String>,
-    items: Vec<Value>,
-) -> Response {
+    items: &[Value],
+) -> (Vec<Value>, Option<String>) {
     let per_page: usize = query
         .get("per_page")
         .and_then(|v| v.parse().ok())
@@ -317,14 +399,26 @@ fn paginate(
         .max(1);
     let start = (page - 1) * per_page;
     let slice: Vec<Value> = items.iter().skip(start).take(per_page).cloned().collect();
-    let mut response = answer(200, Value::Array(slice));
-    if start + per_page < items.len() {
+    let link = (start + per_page < items.len()).then(|| {
         let addr = state.addr.unwrap();
-        let link = format!(
+        format!(
             "<http://{addr}{path}?per_page={per_page}&page={}>; rel=\"next\", <http://{addr}{path}?per_page={per_page}&page={}>; rel=\"last\"",
             page + 1,
             items.len().div_ceil(per_page)
-        );
+        )
+    });
+    (slice, link)
+}
+
+fn paginate(
+    state: &State,
+    path: &str,
+    query: &HashMap<String, String>,
+    items: Vec<Value>,
+) -> Response {
+    let (slice, link) = page_of(state, path, query, &items);
+    let mut response = answer(200, Value::Array(slice));
+    if let Some(link) = link {
         response.headers_mut().insert("link", link.parse().unwrap());
     }
     response
@@ -358,7 +452,9 @@ async fn handle(shared: Arc<Mutex<State>>, req: Request<Body>) -> Response {
 
     let scripted = {
         let mut state = shared.lock().unwrap();
+        let installation = token_installation(&state, &headers);
         state.log.push(Logged {
+            installation,
             method: method.clone(),
             path: path.clone(),
             query: query_text.clone(),
@@ -437,11 +533,16 @@ fn route(
                 state.jwt_errors.push(e.clone());
                 return answer(401, json!({"message": format!("bad JWT: {e}")}));
             }
-            if *id != INSTALLATION_ID.to_string() {
+            let Some(id) = id
+                .parse::<u64>()
+                .ok()
+                .filter(|id| state.installations.contains_key(id))
+            else {
                 return answer(404, json!({"message": "Not Found"}));
-            }
+            };
             let token = format!("ghs_{}", state.issued_tokens.len() + 1);
             state.issued_tokens.push(token.clone());
+            state.token_installations.insert(token.clone(), id);
             let expires = jiff::Timestamp::now()
                 + jiff::SignedDuration::from_secs(state.token_lifetime.as_secs() as i64);
             return answer(
@@ -456,13 +557,77 @@ fn route(
             }
             return answer(200, json!({"id": APP_ID, "slug": APP_SLUG}));
         }
+        ("GET", ["app", "installations"]) => {
+            if let Err(e) = verify_jwt(&state, headers) {
+                state.jwt_errors.push(e.clone());
+                return answer(401, json!({"message": format!("bad JWT: {e}")}));
+            }
+            let items = state
+                .installations
+                .keys()
+                .map(|id| {
+                    json!({"id": id, "account": {"login": format!("account-{id}")},
+                           "suspended_at": null, "app_id": APP_ID})
+                })
+                .collect();
+            return paginate(&state, path, query, items);
+        }
+        ("GET", ["repos", owner, repo, "installation"]) => {
+            if let Err(e) = verify_jwt(&state, headers) {
+                state.jwt_errors.push(e.clone());
+                return answer(401, json!({"message": format!("bad JWT: {e}")}));
+            }
+            return match installation_of(&state, &format!("{owner}/{repo}")) {
+                Some(id) => answer(200, json!({"id": id, "app_id": APP_ID})),
+                None => answer(404, json!({"message": "Not Found"})),
+            };
+        }
         _ => {}
     }
     if !authorized(&state, headers) {
         return answer(401, json!({"message": "Bad credentials"}));
     }
+    // An installation token reaches only the repositories of its installation.
+    if let (Some(installation), ["repos", owner, repo, ..]) =
+        (token_installation(&state, headers), segments.as_slice())
+    {
+        if !serves(&state, installation, &format!("{owner}/{repo}")) {
+            let entry = format!("{method} {path} ({installation})");
+            state.wrong_installation.push(entry);
+            return answer(404, json!({"message": "Not Found"}));
+        }
+    }
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["user"]) => answer(200, json!({"login": BOT, "id": 1})),
+        ("GET", ["installation", "repositories"]) => {
+            let Some(installation) = token_installation(&state, headers) else {
+                return answer(403, json!({"message": "not an installation token"}));
+            };
+            let repos = state
+                .installations
+                .get(&installation)
+                .cloned()
+                .unwrap_or_default();
+            let items: Vec<Value> = repos
+                .iter()
+                .map(|r| json!({"full_name": r, "name": r.split('/').nth(1)}))
+                .collect();
+            // Paginated like a list, wrapped in an object as GitHub sends it.
+            let (listed, link) = page_of(&state, path, query, &items);
+            let mut response = answer(
+                200,
+                json!({"total_count": items.len(), "repositories": listed}),
+            );
+            if let Some(link) = link {
+                response.headers_mut().insert("link", link.parse().unwrap());
+            }
+            response
+        }
+        ("GET", ["repos", owner, repo, "pulls"]) => {
+            let key = format!("{owner}/{repo}").to_ascii_lowercase();
+            let open = state.open_pulls.get(&key).cloned().unwrap_or_default();
+            paginate(&state, path, query, open)
+        }
         ("GET", ["repos", _, _, "pulls", n]) => {
             let number: u64 = n.parse().unwrap_or(0);
             let accept = headers

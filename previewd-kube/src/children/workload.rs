@@ -199,6 +199,18 @@ pub fn container_resources(
     resources
 }
 
+/// Whether `service` is deployed because affected-service detection selected it: the
+/// environment deploys only affected services and the detector's answer, recorded in
+/// `status.selectedServices`, names it. Nothing a tenant writes in the spec can claim it.
+pub fn auto_detected(env: &PreviewEnvironment, service: &str) -> bool {
+    env.spec.service_selection == Some(crate::crd::DeployPolicy::Affected)
+        && env
+            .status
+            .as_ref()
+            .and_then(|s| s.selected_services.as_ref())
+            .is_some_and(|selected| selected.iter().any(|s| s == service))
+}
+
 /// The Deployment of one service.
 pub fn desired_deployment(
     env: &PreviewEnvironment,
@@ -214,8 +226,7 @@ pub fn desired_deployment(
         labels.insert(LABEL_SERVICE.to_string(), service.name.clone());
         labels.insert("app.kubernetes.io/name".into(), service.name.clone());
     }
-    if service.auto_detected == Some(true) {
-        // Deployed because affected-service detection selected it.
+    if auto_detected(env, &service.name) {
         meta.annotations = Some(BTreeMap::from([(
             ANNOTATION_AUTO_DETECTED.to_string(),
             "true".to_string(),
@@ -415,5 +426,48 @@ mod tests {
         assert_eq!(t[1].effect.as_deref(), Some("NoExecute"));
         assert!(parse_tolerations("key:Sometimes").is_err());
         assert!(parse_tolerations("key").is_err());
+    }
+
+    #[test]
+    fn services_the_detector_selected_are_annotated_as_auto_detected() {
+        let env = |selection: &str, selected: serde_json::Value| -> PreviewEnvironment {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "previewd.io/v1alpha1",
+                "kind": "PreviewEnvironment",
+                "metadata": {"name": "shop-pr-7", "namespace": "team", "uid": "u1"},
+                "spec": {
+                    "repository": "acme/shop", "prNumber": 7, "branch": "b",
+                    "headSHA": "0123456789abcdef0123456789abcdef01234567",
+                    "serviceSelection": selection,
+                    "services": [{"name": "api", "image": "ghcr.io/acme/api:pr-7"},
+                                 {"name": "web", "image": "ghcr.io/acme/web:pr-7"}]
+                },
+                "status": {"selectedServices": selected}
+            }))
+            .unwrap()
+        };
+        let annotated = |e: &PreviewEnvironment, name: &str| {
+            let service = e.spec.services.iter().find(|s| s.name == name).unwrap();
+            let d = desired_deployment(
+                e,
+                "preview-shop-7",
+                service,
+                Tier::Small,
+                false,
+                &WorkloadSettings::default(),
+            );
+            d.metadata
+                .annotations
+                .is_some_and(|a| a.get(ANNOTATION_AUTO_DETECTED).is_some_and(|v| v == "true"))
+        };
+        let affected = env("Affected", serde_json::json!(["api"]));
+        assert!(annotated(&affected, "api"));
+        assert!(!annotated(&affected, "web"));
+        // Deploying everything selects nothing.
+        let all = env("All", serde_json::json!(["api"]));
+        assert!(!annotated(&all, "api"));
+        // Before the detector answered, nothing is claimed.
+        let pending = env("Affected", serde_json::Value::Null);
+        assert!(!annotated(&pending, "api"));
     }
 }

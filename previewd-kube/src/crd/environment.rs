@@ -26,9 +26,27 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "A short-lived, isolated environment for one pull request.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "PR", type_ = "integer", json_path = ".spec.prNumber"),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
+    // An expiry lies in the future, and kubectl prints a future `date` column as
+    // `<invalid>`: the column is the exact UTC time (`previewd list` says how long is left).
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        format = "date-time",
+        json_path = ".status.expiresAt",
+        description = "When the environment is deleted (UTC)"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters")
 )]
@@ -148,10 +166,6 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/[A-Za-z0-9/._~-]*$"))]
     pub ingress_path: Option<String>,
-    /// Set when the service was selected by affected-service detection rather than
-    /// listed by hand.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_detected: Option<bool>,
     /// Extra environment variables for the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -196,7 +210,10 @@ pub struct TestDataSpec {
     /// required foreign keys need).
     #[serde(default)]
     pub strategy: TestDataStrategy,
-    /// Let a model pick column generators (`true`), or use heuristics only.
+    /// Let a model propose values for text columns and rows for small lookup tables
+    /// (`true`), validated against the schema before use; without it, or without a model
+    /// configured on the operator, the heuristics alone decide. The seed Job reaches the
+    /// operator's model only through the operator's internal endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai_model: Option<bool>,
     /// Rows to generate per table (table name → count); tables not listed get `defaultRows`.
@@ -215,6 +232,29 @@ pub struct TestDataSpec {
     /// key `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_secret: Option<SecretKeyRef>,
+    /// The anonymised dump `production-snapshot` restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSpec>,
+}
+
+/// Where a `production-snapshot` dump comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// https URL of the dump (plain SQL or `pg_dump -Fc`); plain http is refused.
+    #[schemars(length(min = 9, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    pub url: String,
+    /// Secret in the environment's namespace whose key holds the `Authorization` header
+    /// value sent with the download (e.g. `Bearer ...`). It reaches the namespace like every
+    /// other copied Secret (the repository's `spec.secrets`, under the same claim rules;
+    /// a fork's environment gets none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SecretKeyRef>,
+    /// Expected SHA-256 of the dump, in hex (`sha256:` prefix allowed); a mismatch
+    /// refuses the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(sha256:)?[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
 }
 
 /// A key of a Secret in the environment's namespace.
@@ -261,10 +301,12 @@ pub struct TestsSpec {
     /// Run tests once the environment is ready.
     #[serde(default)]
     pub enabled: bool,
-    /// Test framework of the runner image (e.g. `pytest`, `jest`, `go`).
+    /// Format of the runner's results, which selects the parser `previewd test-summary`
+    /// uses (given to the Job as `PREVIEWD_TEST_FRAMEWORK`): `junit` (JUnit XML, the
+    /// default), `go` (`go test -json`), `pytest` (pytest's JSON report) or `jest`
+    /// (`jest --json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
-    pub framework: Option<String>,
+    pub framework: Option<previewd_core::testrun::TestFramework>,
     /// Test runner image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -372,11 +414,11 @@ pub struct ServiceResources {
 pub struct CpuMemory {
     /// CPU, e.g. `250m`, `1`, `1.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub cpu: Option<String>,
     /// Memory, e.g. `512Mi`, `1Gi`, `1G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub memory: Option<String>,
 }
 
@@ -410,10 +452,7 @@ pub struct IngressSpec {
     pub enabled: bool,
     /// Host; default `pr-<number>.<baseDomain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(schema_with = "crate::crd::host_schema")]
     pub host: Option<String>,
     /// Serve TLS with a certificate from cert-manager.
     #[serde(default = "default_true")]
@@ -448,15 +487,15 @@ fn default_true() -> bool {
 pub struct QuotaSpec {
     /// `requests.cpu`.
     #[serde(default = "QuotaSpec::default_cpu")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub cpu: String,
     /// `requests.memory`.
     #[serde(default = "QuotaSpec::default_memory")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub memory: String,
     /// `requests.storage`.
     #[serde(default = "QuotaSpec::default_storage")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"))]
+    #[schemars(schema_with = "previewd_core::cost::quantity_schema")]
     pub storage: String,
     /// `persistentvolumeclaims`.
     #[serde(default = "QuotaSpec::default_pvcs")]
@@ -662,6 +701,9 @@ pub struct TestDataStatus {
     /// Name of the seed Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// What the model proposed for the data and what passed validation (`aiModel: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposals: Option<previewd_core::testrun::ProposalSummary>,
 }
 
 /// Cost estimate and spend, priced from what runs (the environment's pods and volumes).

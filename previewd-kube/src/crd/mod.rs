@@ -19,6 +19,38 @@ pub use builds::*;
 pub use environment::*;
 pub use repository::*;
 
+/// A host name: lower-case DNS labels of letters, digits and `-` (at most 63 characters,
+/// not starting or ending with `-`) separated by dots (RE2 and Rust `regex` syntax, no
+/// backslashes: it sits in a CEL string).
+pub const HOST_PATTERN: &str =
+    "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+
+/// The CEL message of a string that is not a host name (`self` is the string).
+pub const HOST_MESSAGE_EXPRESSION: &str = "\"'\" + self + \"' is not a host name: lower-case labels of letters, digits and '-' (each at most 63 characters, not starting or ending with '-') separated by dots, e.g. pr-42.preview.example.com\"";
+
+fn host_schema_of(min_length: usize, max_length: usize) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": min_length,
+        "maxLength": max_length,
+        "x-kubernetes-validations": [{
+            "rule": format!("self.matches('{HOST_PATTERN}')"),
+            "messageExpression": HOST_MESSAGE_EXPRESSION,
+        }],
+    })
+}
+
+/// Schema of an environment's host: a host name of at most 253 characters.
+pub fn host_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    host_schema_of(1, 253)
+}
+
+/// Schema of a repository's base domain: a host name of at most 200 characters (room
+/// for the `pr-<number>.` label in front).
+pub fn base_domain_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    host_schema_of(1, 200)
+}
+
 /// API group of every previewd resource.
 pub const GROUP: &str = "previewd.io";
 /// API version of the resources in this module.

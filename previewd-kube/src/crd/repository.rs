@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use previewd_core::checks::RequiredCheck;
-use previewd_core::{ServiceCatalogue, Tier, Ttl, TtlChoice};
+use previewd_core::{ServiceCatalogue, Ttl, TtlChoice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -70,10 +70,7 @@ pub struct PreviewRepositorySpec {
     )]
     pub strategy: Option<String>,
     /// Base domain; environments are served at `pr-<number>.<baseDomain>`.
-    #[schemars(
-        length(min = 1, max = 200),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(schema_with = "crate::crd::base_domain_schema")]
     pub base_domain: String,
     /// IngressClass name for environments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,9 +91,12 @@ pub struct PreviewRepositorySpec {
     /// Renew the TTL on every push.
     #[serde(default = "default_true")]
     pub auto_extend: bool,
-    /// Default resource tier when no service declares one.
+    /// Default resource tier when no service declares one; `auto`: every environment
+    /// takes the tier advisor's recommendation (the largest tier its affected services
+    /// declare, raised by the usage this repository's environments recorded), with the
+    /// reason in the environment's status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_tier: Option<Tier>,
+    pub default_tier: Option<crate::crd::TierChoice>,
     /// Allow spot nodes for short-lived environments.
     #[serde(default)]
     pub use_spot: bool,

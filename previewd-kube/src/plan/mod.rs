@@ -287,6 +287,8 @@ pub fn effective_environment(
     let recorded = effective.status.get_or_insert_default();
     recorded.test_selection = status.test_selection.clone();
     recorded.advised_sha = status.advised_sha.clone();
+    // The services the detector selected mark their Deployments in the same pass.
+    recorded.selected_services = status.selected_services.clone();
     if let Some(choice) = env.spec.resources.tier {
         let recommended = status.ai.as_ref().and_then(|ai| ai.recommended_tier);
         effective.spec.resources.tier = Some(choice.resolve(recommended).into());

@@ -37,6 +37,9 @@ pub struct StageJobSettings {
     pub operator_image: String,
     /// Node selector of stage Job pods (e.g. a node pool for CI work); empty for none.
     pub node_selector: BTreeMap<String, String>,
+    /// The operator's internal endpoint through which seed Jobs reach the model; `None`:
+    /// seed Jobs get no model.
+    pub data_proposals: Option<super::seed::DataProposalEndpoint>,
 }
 
 impl Default for StageJobSettings {
@@ -44,6 +47,7 @@ impl Default for StageJobSettings {
         StageJobSettings {
             operator_image: default_operator_image(),
             node_selector: BTreeMap::new(),
+            data_proposals: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `PREVIEW_URL_<SERVICE>` | in-cluster URL of each service, e.g. `PREVIEW_URL_ORDER_API` |
 //! | `PREVIEW_PUBLIC_URL` | the environment's public URL, when it has an Ingress |
 //! | `PREVIEWD_TEST_SELECTOR` | `spec.tests.selector`: `all`, `changed-files` or `ai-smart` |
+//! | `PREVIEWD_TEST_FRAMEWORK` | `spec.tests.framework`: the results' format for `previewd test-summary` (`junit` by default) |
 //! | `PREVIEWD_TESTS` | the selected test ids, one per line (absent: run every test) |
 //! | `PREVIEWD_TESTS_COUNT` | how many ids `PREVIEWD_TESTS` holds (set with it) |
 //! | `PREVIEWD_TEST_WORKERS` | `spec.tests.parallel` (default 1): workers the runner uses |
@@ -188,6 +189,10 @@ impl TestRunStage {
         vars.push(env_var(
             "PREVIEWD_TEST_SELECTOR",
             selector_name(spec.selector),
+        ));
+        vars.push(env_var(
+            "PREVIEWD_TEST_FRAMEWORK",
+            spec.framework.unwrap_or_default().as_str(),
         ));
         if let Some(selection) = current_selection(env)
             && let Some(list) = selection.runner_tests()

@@ -107,8 +107,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else if .Values.github.app.id }}
 - name: PREVIEWD_GITHUB_APP_ID
   value: {{ .Values.github.app.id | quote }}
+{{- with .Values.github.app.installationId }}
 - name: PREVIEWD_GITHUB_APP_INSTALLATION_ID
-  value: {{ required "github.app.installationId is required with github.app.id" .Values.github.app.installationId | quote }}
+  value: {{ . | quote }}
+{{- end }}
 - name: PREVIEWD_GITHUB_APP_PRIVATE_KEY_FILE
   value: /var/run/secrets/previewd/github-app/{{ .Values.github.app.key }}
 {{- end }}

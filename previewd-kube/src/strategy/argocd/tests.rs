@@ -30,6 +30,71 @@ fn resource() -> ApiResource {
 }
 
 #[test]
+fn forks_and_foreign_sources_are_refused_unless_the_platform_allows_them() {
+    use crate::strategy::DeployStrategy;
+    let env = |fork: bool,
+               repo_url: &str|
+     -> (
+        crate::crd::PreviewEnvironment,
+        crate::crd::PreviewRepository,
+    ) {
+        let mut labels = serde_json::Map::new();
+        if fork {
+            labels.insert(crate::crd::LABEL_FORK.into(), json!("true"));
+        }
+        let e = serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+            "metadata": {"name": "shop-pr-7", "namespace": "team", "labels": labels},
+            "spec": {"repository": "acme/shop", "prNumber": 7, "branch": "f", "headSHA": SHA,
+                     "services": [{"name": "api", "image": "ghcr.io/acme/api:pr-7"}]}
+        }))
+        .unwrap();
+        let r = serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewRepository",
+            "metadata": {"name": "shop", "namespace": "team"},
+            "spec": {"repository": "acme/shop", "catalogue": {"services": []},
+                     "baseDomain": "preview.test", "strategy": "argocd", "argocd": {"repoURL": repo_url, "path": "deploy"}}
+        }))
+        .unwrap();
+        (e, r)
+    };
+    let desired = |strategy: &ArgoCdStrategy, fork: bool, url: &str| {
+        let (e, r) = env(fork, url);
+        let config = crate::plan::PlannerConfig::default();
+        strategy.desired(&RenderInput {
+            env: &e,
+            namespace: "preview-7-f",
+            config: &config,
+            use_spot: false,
+            host: None,
+            repository: Some(&r),
+            now: jiff::Timestamp::UNIX_EPOCH,
+        })
+    };
+    let stock = ArgoCdStrategy::new();
+    let own = "https://github.com/acme/shop.git";
+    let objects = desired(&stock, false, own).unwrap();
+    assert_eq!(objects[0].resource.kind, "AppProject");
+    assert_eq!(objects[1].resource.kind, "Application");
+    assert_eq!(
+        desired(&stock, true, own).unwrap_err().reason,
+        "ArgoCdForkRefused"
+    );
+    assert_eq!(
+        desired(&stock, false, "https://github.com/other/private.git")
+            .unwrap_err()
+            .reason,
+        "ArgoCdSourceRefused"
+    );
+    let permissive = ArgoCdStrategy::with_platform(ArgoCdPlatform {
+        allow_forks: true,
+        source_repos: vec!["https://github.com/other/".into()],
+        ..ArgoCdPlatform::default()
+    });
+    assert!(desired(&permissive, true, "https://github.com/other/private.git").is_ok());
+}
+
+#[test]
 fn the_platform_decides_where_applications_live_and_deploy() {
     let p = ArgoCdPlatform::default();
     assert_eq!(p.namespace, "argocd");
