@@ -147,7 +147,6 @@ mod tests {
 
     #[test]
     fn the_framework_selects_the_parser() {
-        use clap::Parser as _;
         let dir = tempfile::tempdir().unwrap();
         let report = dir.path().join("go.json");
         std::fs::write(

@@ -590,12 +590,11 @@ fn route(
     // An installation token reaches only the repositories of its installation.
     if let (Some(installation), ["repos", owner, repo, ..]) =
         (token_installation(&state, headers), segments.as_slice())
+        && !serves(&state, installation, &format!("{owner}/{repo}"))
     {
-        if !serves(&state, installation, &format!("{owner}/{repo}")) {
-            let entry = format!("{method} {path} ({installation})");
-            state.wrong_installation.push(entry);
-            return answer(404, json!({"message": "Not Found"}));
-        }
+        let entry = format!("{method} {path} ({installation})");
+        state.wrong_installation.push(entry);
+        return answer(404, json!({"message": "Not Found"}));
     }
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["user"]) => answer(200, json!({"login": BOT, "id": 1})),
