@@ -812,7 +812,11 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
     })
     .await;
     let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &preview_ns);
-    let slice = slices.get("previewd-waker").await.unwrap();
+    let slice = eventually(TIMEOUT, "the waker's EndpointSlice", || {
+        let slices = slices.clone();
+        async move { slices.get_opt("previewd-waker").await.ok().flatten() }
+    })
+    .await;
     assert_eq!(
         slice.endpoints[0].addresses,
         vec![waker_addr.ip().to_string()]
