@@ -56,6 +56,7 @@ async fn a_platform_operator_adds_its_own_child_to_every_environment() {
         github_token: None,
         github_app_id: None,
         base_domain: "preview.test".into(),
+        ingress_namespace: "ingress-system".into(),
         ..RunArgs::default()
     };
     let shutdown = CancellationToken::new();

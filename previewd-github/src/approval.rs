@@ -81,7 +81,7 @@ fn precheck<'a>(event: &'a PullRequestEvent, sha: &str) -> Result<&'a str, Strin
     if !is_full_sha(sha) {
         return Err(format!(
             "the head {:?} is not a full commit SHA",
-            crate::decision::shorten(sha)
+            crate::shorten(sha)
         ));
     }
     approver(event).ok_or_else(|| "the event names no one who added the label".to_string())
@@ -134,7 +134,7 @@ pub fn judge(
     if !pr.labels.iter().any(|l| l == label) {
         return ApprovalCheck::Refused(format!(
             "the label {:?} is no longer on the pull request",
-            crate::decision::shorten(label)
+            crate::shorten(label)
         ));
     }
     ApprovalCheck::Approved(ApprovalRecord {

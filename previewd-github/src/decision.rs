@@ -158,7 +158,7 @@ pub fn plan(
     let Ok(updated_at) = event.pull_request.updated_at.trim().parse::<Timestamp>() else {
         return Plan::Invalid(format!(
             "pull_request.updated_at {:?} is not an RFC 3339 time",
-            crate::decision::shorten(&event.pull_request.updated_at)
+            crate::shorten(&event.pull_request.updated_at)
         ));
     };
     let incoming = OrderKey {
@@ -253,11 +253,6 @@ pub fn expired_tombstones<'a>(
         expired.extend(kept.into_iter().take(excess).map(|(_, name)| name.clone()));
     }
     expired
-}
-
-/// At most 64 characters of untrusted text for a message.
-pub(crate) fn shorten(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 #[cfg(test)]

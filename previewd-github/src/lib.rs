@@ -44,3 +44,8 @@ pub use reporter::GitHubReporter;
 pub use store::{EnvironmentStore, KubeStore, MemoryStore, Precondition, StoreError};
 #[cfg(feature = "kube")]
 pub use webhook::{ServeLimits, WebhookConfig, WebhookState, router, serve, serve_with_limits};
+
+/// At most 64 characters of untrusted text for a message.
+pub(crate) fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
+}

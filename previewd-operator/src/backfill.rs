@@ -24,6 +24,7 @@ use http::Request;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use previewd_core::source_control::RepoRef;
+use previewd_core::tenancy::ClaimPolicy;
 use previewd_github::metrics::WebhookMetrics;
 use previewd_github::store::KubeStore;
 use previewd_github::webhook::{WebhookConfig, WebhookState, router};
@@ -61,6 +62,7 @@ pub struct Backfill {
     webhook: axum::Router,
     secret: String,
     settings_namespace: Option<String>,
+    claim_policy: ClaimPolicy,
     interval: Duration,
 }
 
@@ -82,8 +84,19 @@ impl Backfill {
             webhook: router(state),
             secret: secret.to_string(),
             settings_namespace,
+            claim_policy: ClaimPolicy::open(),
             interval,
         }
+    }
+
+    /// Feeds deliveries through `state` (which must verify signatures with the secret this
+    /// backfill was made with) and walks only the repositories `claim_policy` lets their
+    /// settings' namespace claim: the operator's own webhook handling, so that a missed
+    /// delivery is decided exactly as the delivered one would have been.
+    pub fn with_webhook(mut self, state: WebhookState, claim_policy: ClaimPolicy) -> Self {
+        self.webhook = router(state);
+        self.claim_policy = claim_policy;
+        self
     }
 
     /// Runs a round at once, then every interval, until `shutdown`.
@@ -110,6 +123,18 @@ impl Backfill {
         let settings = repositories.list(&ListParams::default()).await?;
         let names: BTreeSet<String> = settings
             .iter()
+            .filter(|r| {
+                let namespace = r.metadata.namespace.as_deref().unwrap_or_default();
+                let allowed = self.claim_policy.allows(namespace, &r.spec.repository);
+                if !allowed {
+                    warn!(
+                        namespace,
+                        repository = %r.spec.repository,
+                        "the claim policy does not let this namespace claim the repository; not backfilled"
+                    );
+                }
+                allowed
+            })
             .map(|r| r.spec.repository.to_ascii_lowercase())
             .collect();
         if self.github.is_app() && !names.is_empty() {
@@ -280,13 +305,18 @@ pub fn from_run_args(
         .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    Ok(Some(Backfill::new(
-        client,
-        github,
+    let store = Arc::new(KubeStore::new(client.clone(), args.namespace.clone()));
+    let state = crate::run::webhook_state(
+        args,
         &secret,
-        args.namespace.clone(),
-        interval,
-    )))
+        store,
+        WebhookMetrics::default(),
+        Some(github.clone()),
+    )?;
+    Ok(Some(
+        Backfill::new(client, github, &secret, args.namespace.clone(), interval)
+            .with_webhook(state, crate::run::claim_policy(args)?),
+    ))
 }
 
 #[cfg(test)]

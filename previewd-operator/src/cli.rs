@@ -284,12 +284,11 @@ pub struct RunArgs {
     /// --cert-issuer alone.
     #[arg(long, env = "PREVIEWD_ALLOWED_CLUSTER_ISSUERS", default_value = "")]
     pub allowed_cluster_issuers: String,
-    /// Namespace of the ingress controller (allowed through each environment's network policy).
-    #[arg(
-        long,
-        env = "PREVIEWD_INGRESS_NAMESPACE",
-        default_value = "ingress-nginx"
-    )]
+    /// Namespace of the ingress controller or Gateway data plane, whose pods each
+    /// environment's network policy lets in. Required with `--route-kind ingress` (no
+    /// controller is assumed: a wrong guess would cut every preview off); with
+    /// `--route-kind httproute` it defaults to --gateway-namespace.
+    #[arg(long, env = "PREVIEWD_INGRESS_NAMESPACE", default_value = "")]
     pub ingress_namespace: String,
     /// How environments are reached from outside the cluster: `ingress` (an Ingress
     /// each, TLS from cert-manager) or `httproute` (a Gateway API HTTPRoute each, attached

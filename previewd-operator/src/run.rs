@@ -156,11 +156,7 @@ pub fn controller_config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
             previewd_kube::children::workload::parse_tolerations(&args.spot_tolerations)
                 .map_err(|e| anyhow::anyhow!("invalid --spot-tolerations: {e}"))?;
     }
-    let claim_policy = match &args.repository_claims {
-        Some(claims) => previewd_core::tenancy::ClaimPolicy::parse(claims)
-            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?,
-        None => previewd_core::tenancy::ClaimPolicy::open(),
-    };
+    let claim_policy = claim_policy(args)?;
     let object_counts =
         previewd_kube::children::namespace::parse_object_counts(&args.quota_object_counts)
             .map_err(|e| anyhow::anyhow!("invalid --quota-object-counts: {e}"))?;
@@ -201,7 +197,7 @@ fn planner_config(
         resync_interval: args.resync_interval,
         pricing,
         guard: GuardSettings {
-            ingress_namespace: args.ingress_namespace.clone(),
+            ingress_namespace: ingress_namespace(args)?,
             object_counts,
             ..GuardSettings::default()
         },
@@ -225,6 +221,28 @@ fn planner_config(
         waker: args.waker.endpoint()?,
         ..PlannerConfig::default()
     })
+}
+
+/// The namespace whose pods may reach every preview: `--ingress-namespace`, else (with
+/// HTTPRoutes) the Gateway's namespace. A replica that only serves the webhook never
+/// writes a network policy and needs neither.
+pub fn ingress_namespace(args: &RunArgs) -> anyhow::Result<String> {
+    let named = args.ingress_namespace.trim();
+    if !named.is_empty() {
+        return Ok(named.to_string());
+    }
+    if args.route_kind.trim() == "httproute" && !args.gateway_namespace.trim().is_empty() {
+        return Ok(args.gateway_namespace.trim().to_string());
+    }
+    if args.replica.webhook_only {
+        return Ok(String::new());
+    }
+    anyhow::bail!(
+        "--ingress-namespace (PREVIEWD_INGRESS_NAMESPACE) is required with --route-kind ingress: \
+         name the namespace your ingress controller runs in, whose pods each preview's network \
+         policy lets in (no controller is assumed; with --route-kind httproute it defaults to \
+         --gateway-namespace)"
+    )
 }
 
 /// How environments are reached, from `--route-kind` and the `--gateway-*` flags.
@@ -450,15 +468,33 @@ pub(crate) async fn start_webhook(
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     use previewd_github::metrics::WebhookMetrics;
     use previewd_github::store::KubeStore;
-    use previewd_github::webhook::{WebhookConfig, WebhookState, router, serve};
+    use previewd_github::webhook::{router, serve};
 
     let store = Arc::new(KubeStore::new(client, args.namespace.clone()));
     let metrics = WebhookMetrics::register(registry);
-    let mut config = WebhookConfig::new(secret.expose_secret());
-    if let Some(claims) = &args.repository_claims {
-        config.claim_policy = previewd_core::tenancy::ClaimPolicy::parse(claims)
-            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}"))?;
-    }
+    let state = webhook_state(args, secret.expose_secret(), store, metrics, github)?;
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
+    info!(addr = %listener.local_addr()?, "GitHub webhook server listening");
+    Ok(tokio::spawn(serve(listener, router(state), shutdown)))
+}
+
+/// The webhook handling as `previewd run`'s flags configure it: the claim policy, who may
+/// command, the permission cache, and with GitHub credentials the installations and the
+/// permission checks. The webhook server and the backfill (which feeds missed deliveries
+/// through the same handling) both use it, so a delivery is decided the same way
+/// whichever road it came by.
+pub fn webhook_state(
+    args: &RunArgs,
+    secret: &str,
+    store: Arc<dyn previewd_github::store::EnvironmentStore>,
+    metrics: previewd_github::metrics::WebhookMetrics,
+    github: Option<previewd_github::GitHubClient>,
+) -> anyhow::Result<previewd_github::webhook::WebhookState> {
+    use previewd_github::webhook::{WebhookConfig, WebhookState};
+    let mut config = WebhookConfig::new(secret);
+    config.claim_policy = claim_policy(args)?;
     config.command_policy = previewd_github::command::CommandPolicy {
         allowed_associations: split_list(&args.command_associations),
     };
@@ -481,11 +517,16 @@ pub(crate) async fn start_webhook(
             "no GitHub credentials: PR commands and fork approvals are refused, since nobody's permission can be checked"
         ),
     }
-    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
-        .await
-        .with_context(|| format!("binding the webhook server to {}", args.webhook_addr))?;
-    info!(addr = %listener.local_addr()?, "GitHub webhook server listening");
-    Ok(tokio::spawn(serve(listener, router(state), shutdown)))
+    Ok(state)
+}
+
+/// `--repository-claims`, parsed (open when unset).
+pub fn claim_policy(args: &RunArgs) -> anyhow::Result<previewd_core::tenancy::ClaimPolicy> {
+    match &args.repository_claims {
+        Some(claims) => previewd_core::tenancy::ClaimPolicy::parse(claims)
+            .map_err(|e| anyhow::anyhow!("invalid --repository-claims: {e}")),
+        None => Ok(previewd_core::tenancy::ClaimPolicy::open()),
+    }
 }
 
 pub(crate) async fn wait_for_signal() {
@@ -628,6 +669,37 @@ mod tests {
         assert!(
             crate::cli::Cli::try_parse_from(["previewd", "run", "--route-kind", "gateway"])
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn the_ingress_namespace_is_named_or_the_gateways_never_guessed() {
+        let err = ingress_namespace(&run_args(&[])).unwrap_err();
+        assert!(err.to_string().contains("--ingress-namespace"), "{err}");
+        assert!(controller_config(&run_args(&[])).is_err());
+        assert_eq!(
+            ingress_namespace(&run_args(&["--ingress-namespace", " traefik "])).unwrap(),
+            "traefik"
+        );
+        let gateway = [
+            "--route-kind",
+            "httproute",
+            "--gateway-name",
+            "previews",
+            "--gateway-namespace",
+            "gateway-system",
+        ];
+        assert_eq!(
+            ingress_namespace(&run_args(&gateway)).unwrap(),
+            "gateway-system"
+        );
+        let mut named = gateway.to_vec();
+        named.extend(["--ingress-namespace", "envoy"]);
+        assert_eq!(ingress_namespace(&run_args(&named)).unwrap(), "envoy");
+        // A webhook-only replica writes no network policy.
+        assert_eq!(
+            ingress_namespace(&run_args(&["--webhook-only"])).unwrap(),
+            ""
         );
     }
 }

@@ -14,10 +14,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use previewd_github::metrics::ClientMetrics;
+use previewd_github::metrics::WebhookMetrics;
+use previewd_github::store::KubeStore;
 use previewd_github::{ClientConfig, GitHubAuth, GitHubClient};
 use previewd_kube::crd::PreviewEnvironment;
 use previewd_kube::testing::{client, delete_namespace, install_crds, temp_namespace};
 use previewd_operator::backfill::Backfill;
+use previewd_operator::cli::RunArgs;
+use previewd_operator::run::{claim_policy, webhook_state};
 use serde_json::{Value, json};
 
 const SECRET: &str = "backfill-secret";
@@ -156,7 +160,7 @@ async fn missed_deliveries_converge_and_github_errors_never_delete() {
     .unwrap();
     let backfill = Backfill::new(
         admin.clone(),
-        github,
+        github.clone(),
         SECRET,
         Some(ns.clone()),
         Duration::from_secs(3600),
@@ -241,5 +245,46 @@ async fn missed_deliveries_converge_and_github_errors_never_delete() {
     let report = backfill.run_once().await.unwrap();
     assert_eq!(report.closed, 1, "{report:?}");
     assert_eq!(heads(&envs).await, BTreeMap::from([(11, SHA_B.into())]));
+    // The operator's own claim policy: when --repository-claims does not let this
+    // namespace claim the repository, the backfill neither walks it nor writes anything;
+    // once it does, the missed PR arrives.
+    state
+        .lock()
+        .unwrap()
+        .prs
+        .insert(14, pull(14, SHA_A, "2026-11-25T13:00:00Z", "open"));
+    let with_claims = |claims: String| {
+        let args = RunArgs {
+            repository_claims: Some(claims),
+            ..RunArgs::default()
+        };
+        let store = Arc::new(KubeStore::new(admin.clone(), Some(ns.clone())));
+        Backfill::new(
+            admin.clone(),
+            github.clone(),
+            SECRET,
+            Some(ns.clone()),
+            Duration::from_secs(3600),
+        )
+        .with_webhook(
+            webhook_state(&args, SECRET, store, WebhookMetrics::default(), None).unwrap(),
+            claim_policy(&args).unwrap(),
+        )
+    };
+    let report = with_claims("team-elsewhere=acme/*".into())
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((report.repositories, report.open), (0, 0), "{report:?}");
+    assert_eq!(heads(&envs).await, BTreeMap::from([(11, SHA_B.into())]));
+    let report = with_claims(format!("{ns}=acme/*"))
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((report.repositories, report.open), (1, 2), "{report:?}");
+    assert_eq!(
+        heads(&envs).await,
+        BTreeMap::from([(11, SHA_B.into()), (14, SHA_A.into())])
+    );
     delete_namespace(&admin, &ns).await;
 }

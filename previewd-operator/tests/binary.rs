@@ -47,7 +47,12 @@ async fn refuses_to_start_without_the_crd_with_a_clear_message() {
     .unwrap();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_previewd"))
-            .args(["run", "--kubeconfig"])
+            .args([
+                "run",
+                "--ingress-namespace",
+                "ingress-system",
+                "--kubeconfig",
+            ])
             .arg(&kubeconfig)
             .args([
                 "--admin-addr",
@@ -99,6 +104,8 @@ async fn serves_health_and_readiness_and_drains_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_previewd"))
         .args([
             "run",
+            "--ingress-namespace",
+            "ingress-system",
             "--kubeconfig",
             &kubeconfig,
             "--namespace",

@@ -39,7 +39,13 @@ struct Previewd(Child);
 impl Previewd {
     fn start(namespace: &str, github: &FakeGitHub) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_previewd"))
-            .args(["run", "--namespace", namespace])
+            .args([
+                "run",
+                "--ingress-namespace",
+                "ingress-system",
+                "--namespace",
+                namespace,
+            ])
             .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--github-token", TOKEN])

@@ -44,7 +44,14 @@ impl Replica {
         let admin_port = free_port();
         let webhook_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_previewd"))
-            .args(["run", "--namespace", team, "--leader-elect"])
+            .args([
+                "run",
+                "--ingress-namespace",
+                "ingress-system",
+                "--namespace",
+                team,
+                "--leader-elect",
+            ])
             .args(["--leader-elect-lease-name", lease])
             .args(["--leader-elect-namespace", home])
             .args(["--leader-elect-identity", identity])

@@ -77,7 +77,13 @@ impl Previewd {
     fn start(namespace: &str, github: &FakeGitHub, key: &std::path::Path) -> Self {
         let webhook = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_previewd"))
-            .args(["run", "--namespace", namespace])
+            .args([
+                "run",
+                "--ingress-namespace",
+                "ingress-system",
+                "--namespace",
+                namespace,
+            ])
             .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-secret", SECRET])

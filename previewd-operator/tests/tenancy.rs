@@ -174,6 +174,8 @@ impl Rig {
         let cli = Cli::try_parse_from([
             "previewd",
             "run",
+            "--ingress-namespace",
+            "ingress-system",
             "--webhook-addr",
             &format!("127.0.0.1:{webhook_port}"),
             "--admin-addr",

@@ -81,6 +81,8 @@ fn a_required_webhook_without_a_secret_refuses_to_start() {
     let output = Command::new(env!("CARGO_BIN_EXE_previewd"))
         .args([
             "run",
+            "--ingress-namespace",
+            "ingress-system",
             "--webhook-required",
             "--admin-addr",
             &format!("127.0.0.1:{}", free_port()),

@@ -103,6 +103,7 @@ impl Operator {
             .with_context(|| format!("opening {}", settings.log_file.display()))?;
         let mut cmd = Command::new(&settings.binary);
         cmd.arg("run")
+            .args(["--ingress-namespace", "ingress-system"])
             .arg("--kubeconfig")
             .arg(&settings.kubeconfig)
             .args(["--namespace", &settings.namespace])
