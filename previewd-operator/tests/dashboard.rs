@@ -605,6 +605,8 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
         &waker_addr.to_string(),
         "--base-domain",
         "preview.test",
+        "--ingress-namespace",
+        "ingress-controller",
         "--job-node-selector",
         "previewd.io/test-kubelet=manual",
         "--cleanup-interval",
