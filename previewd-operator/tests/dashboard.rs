@@ -635,7 +635,7 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
     .await;
     let base = format!("http://127.0.0.1:{dashboard_port}/");
 
-    // Two pull requests, by two authors, one with a hostile title.
+    // Two pull requests by two authors (a third, with a hostile title, follows).
     deliver_opened(
         &webhook,
         &shop,
@@ -650,8 +650,8 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
         &web,
         5102,
         "5102510251025102510251025102510251025102",
-        HOSTILE_TITLE,
-        "mallory",
+        "Apple Pay on the payment page",
+        "bob",
     )
     .await;
     let envs: Api<PreviewEnvironment> = Api::namespaced(admin.clone(), &ns);
@@ -703,11 +703,37 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
     let text = body_text(&b).await;
     assert!(text.contains(&format!("{shop} #5101")), "{text}");
     assert!(text.contains("Checkout shows the total"), "{text}");
+    assert!(text.contains("Apple Pay on the payment page"), "{text}");
+    screenshot(&b, "dashboard-list.png").await;
 
-    // The hostile title is text: shown verbatim, no element made, no script run.
+    // A pull request whose title is markup: it is text, shown verbatim, no element
+    // made, no script run.
+    deliver_opened(
+        &webhook,
+        &web,
+        5103,
+        "5103510351035103510351035103510351035103",
+        HOSTILE_TITLE,
+        "mallory",
+    )
+    .await;
+    let all = vec![
+        format!("{ns}/shop-pr-5101"),
+        format!("{ns}/web-pr-5102"),
+        format!("{ns}/web-pr-5103"),
+    ];
+    eventually(Duration::from_secs(60), "the list shows all three", || {
+        let b = &b;
+        let (all, base) = (all.clone(), base.clone());
+        async move {
+            b.goto(&base).await.ok()?;
+            (rows(b).await == all).then_some(())
+        }
+    })
+    .await;
     let title = b
         .find(Locator::Css(&format!(
-            "tr[data-environment='{ns}/web-pr-5102'] .prtitle"
+            "tr[data-environment='{ns}/web-pr-5103'] .prtitle"
         )))
         .await
         .unwrap();
@@ -725,12 +751,11 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
             .unwrap(),
         json!(true)
     );
-    screenshot(&b, "dashboard-list.png").await;
 
     // Filters.
     assert_eq!(
         filter(&b, &base, "repo", &web).await,
-        vec![format!("{ns}/web-pr-5102")]
+        vec![format!("{ns}/web-pr-5102"), format!("{ns}/web-pr-5103")]
     );
     assert_eq!(
         filter(&b, &base, "phase", "Failed").await,
@@ -738,7 +763,7 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
     );
     assert_eq!(
         filter(&b, &base, "author", "mallory").await,
-        vec![format!("{ns}/web-pr-5102")]
+        vec![format!("{ns}/web-pr-5103")]
     );
 
     // The detail page names the failed test.
@@ -828,7 +853,10 @@ async fn the_web_view_and_the_waker_in_a_real_browser() {
     b.goto(&format!("http://{host}/")).await.unwrap();
     let first = body_text(&b).await;
     assert!(first.contains("Waking up this preview"), "{first}");
-    assert!(!first.contains(HOSTILE_TITLE) && !first.contains("mallory"));
+    assert!(
+        !first.contains("Apple Pay") && !first.contains("bob"),
+        "{first}"
+    );
     let woken = envs.get("web-pr-5102").await.unwrap();
     assert!(
         woken
