@@ -61,8 +61,9 @@ use axum::routing::{get, post};
 use jiff::Timestamp;
 use previewd_core::checks::RecordedChecks;
 use previewd_kube::crd::{
-    ANNOTATION_CHECKS, ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, CONDITION_CLAIMED,
-    LABEL_FORK, PreviewEnvironment, PreviewRepository,
+    ANNOTATION_CHECKS, ANNOTATION_DELIVERY, ANNOTATION_LAST_ACTIVITY, ANNOTATION_PR_TITLE,
+    ANNOTATION_PR_URL, CONDITION_CLAIMED, LABEL_FORK, PR_TITLE_MAX_CHARS, PreviewEnvironment,
+    PreviewRepository,
 };
 use previewd_kube::render::{self, PullRequestSnapshot};
 use secrecy::SecretString;
@@ -1581,6 +1582,20 @@ pub fn desired_environment(
         event.pull_request.head.sha.clone(),
     );
     annotations.insert(ANNOTATION_DELIVERY.to_string(), delivery.to_string());
+    // For people reading the environment; untrusted text, escaped where it is shown.
+    let title: String = event
+        .pull_request
+        .title
+        .chars()
+        .take(PR_TITLE_MAX_CHARS)
+        .collect();
+    if !title.is_empty() {
+        annotations.insert(ANNOTATION_PR_TITLE.to_string(), title);
+    }
+    let url = event.pull_request.html_url.as_str();
+    if (url.starts_with("https://") || url.starts_with("http://")) && url.len() <= 2048 {
+        annotations.insert(ANNOTATION_PR_URL.to_string(), url.to_string());
+    }
     if let Some(approval) = approval {
         annotations.insert(ANNOTATION_APPROVED_SHA.to_string(), approval.sha.clone());
         for (key, value) in [
@@ -1723,6 +1738,36 @@ mod tests {
             body["metadata"]["finalizers"],
             json!([previewd_kube::crd::FINALIZER]),
             "created with the cleanup finalizer: no separate write to add it"
+        );
+        // No title or page in the event: none recorded.
+        assert!(annotations.get(ANNOTATION_PR_TITLE).is_none());
+        assert!(annotations.get(ANNOTATION_PR_URL).is_none());
+    }
+
+    #[test]
+    fn the_title_and_page_are_recorded_as_given_and_a_page_that_is_no_web_address_is_not() {
+        let mut e = event("opened", "abcdef1", "2024-01-01T00:00:00Z");
+        e.pull_request.title = format!("<script>alert(1)</script> {}", "x".repeat(400));
+        e.pull_request.html_url = "https://github.com/acme/shop/pull/12".into();
+        let env = desired_environment(&e, &settings(), None, "d-1", None).unwrap();
+        let annotations = env.metadata.annotations.unwrap();
+        let title = &annotations[ANNOTATION_PR_TITLE];
+        assert!(
+            title.starts_with("<script>alert(1)</script> x"),
+            "kept as text"
+        );
+        assert_eq!(title.chars().count(), PR_TITLE_MAX_CHARS);
+        assert_eq!(
+            annotations[ANNOTATION_PR_URL],
+            "https://github.com/acme/shop/pull/12"
+        );
+        e.pull_request.html_url = "javascript:alert(1)".into();
+        let env = desired_environment(&e, &settings(), None, "d-1", None).unwrap();
+        assert!(
+            !env.metadata
+                .annotations
+                .unwrap()
+                .contains_key(ANNOTATION_PR_URL)
         );
     }
 

@@ -1,5 +1,5 @@
 //! [`OperatorBuilder`]: the whole operator (controller, cleanup sweep, GitHub webhook
-//! server, reporter, AI advisor, admin server) wired from [`RunArgs`], with every
+//! server, reporter, AI advisor, admin server, web view) wired from [`RunArgs`], with every
 //! plug-in replaceable. The stock binary is `OperatorBuilder::new(args).run()`; a
 //! platform team's own operator adds its deploy strategy, stages, reporter, advisor or
 //! AI provider first.
@@ -343,6 +343,54 @@ impl OperatorBuilder {
         };
         let ctx = Arc::new(ctx.with_advisor(advisor));
 
+        // The web view reads the controller's caches (filled on the replica that runs
+        // the controller).
+        let dashboard = match args.dashboard.dashboard_addr {
+            Some(addr) => {
+                let source = crate::dashboard::model::Source {
+                    environments: ctx.environments.clone(),
+                    deployments: ctx.caches.deployments.clone(),
+                    pods: ctx.caches.pods.clone(),
+                    events: kube::runtime::reflector::store().0,
+                    standby: Arc::default(),
+                    idle_sleep_after: ctx.config.idle_sleep_after,
+                };
+                let task = crate::dashboard::start(
+                    &args.dashboard,
+                    addr,
+                    client.clone(),
+                    source,
+                    crate::dashboard::Scope {
+                        namespace: args.namespace.clone(),
+                        environment_selector: args.environment_selector.clone(),
+                    },
+                    shutdown.clone(),
+                )
+                .await?;
+                Some(task)
+            }
+            None => None,
+        };
+
+        // The waker answers for sleeping previews from the same cache; the routes of
+        // sleeping previews point at this replica's address (written by its controller).
+        let waker = match args.waker.waker_addr {
+            Some(addr) => {
+                let state = crate::waker::WakerState::new(
+                    ctx.environments.clone(),
+                    client.clone(),
+                    crate::waker::WakePolicy {
+                        limit: args.waker.waker_limit,
+                        window: args.waker.waker_window,
+                        idle_sleep_after: ctx.config.idle_sleep_after,
+                    },
+                );
+                state.register(&mut registry);
+                Some(crate::waker::start(addr, state, shutdown.clone()).await?)
+            }
+            None => None,
+        };
+
         let webhook = match &args.webhook_secret {
             Some(secret) if !secret.expose_secret().is_empty() => Some(
                 start_webhook(
@@ -406,6 +454,15 @@ impl OperatorBuilder {
                 .await
                 .context("webhook server task")?
                 .context("webhook server")?;
+        }
+        if let Some(waker) = waker {
+            waker.await.context("waker task")?.context("waker")?;
+        }
+        if let Some(dashboard) = dashboard {
+            dashboard
+                .await
+                .context("web view task")?
+                .context("web view")?;
         }
         if let Some(server) = proposal_server {
             server

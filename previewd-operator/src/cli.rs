@@ -436,6 +436,12 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// The web view.
+    #[command(flatten)]
+    pub dashboard: crate::dashboard::DashboardArgs,
+    /// Wake on visit.
+    #[command(flatten)]
+    pub waker: crate::waker::WakerArgs,
     /// Leader election and the webhook-only mode.
     #[command(flatten)]
     pub replica: crate::leader::ReplicaArgs,

@@ -1,18 +1,20 @@
 //! The previewd operator binary: flags, wiring, the admin server (`/healthz`, `/readyz`,
-//! `/metrics`) and subcommands (`run`, `list`, `describe`, ..., `crd`, `completion`,
-//! `catalogue`, `eval-services`, `seed-data`, `junit-summary`).
+//! `/metrics`), subcommands (`run`, `list`, `describe`, ..., `crd`, `completion`,
+//! `catalogue`, `eval-services`, `seed-data`, `junit-summary`) and the web view ([`dashboard`]).
 
 pub mod admin;
 pub mod backfill;
 pub mod builder;
 pub mod cli;
 pub mod ctl;
+pub mod dashboard;
 pub mod junit;
 pub mod leader;
 pub mod proposals;
 pub mod reference;
 pub mod run;
 pub mod seed;
+pub mod waker;
 
 pub use builder::OperatorBuilder;
 

@@ -218,6 +218,7 @@ fn planner_config(
         idle_sleep_after: Some(args.idle_sleep_after).filter(|d| !d.is_zero()),
         expiry_warning: args.expiry_warning,
         routing: routing(args)?,
+        waker: args.waker.endpoint()?,
         ..PlannerConfig::default()
     })
 }

@@ -6,6 +6,7 @@ pub mod httproute;
 pub mod ingress;
 pub mod namespace;
 pub mod secrets;
+pub mod waker;
 pub mod workload;
 
 use std::collections::BTreeMap;

@@ -84,7 +84,8 @@ pub struct Context {
 }
 
 /// Every kind the caches watch in preview namespaces: what the plug-ins create
-/// ([`crate::plan::watched_kinds`]) and the environments' routes.
+/// ([`crate::plan::watched_kinds`]), the environments' routes and, with a waker, the
+/// objects that point a sleeping route at it.
 fn cached_kinds(
     strategies: &Strategies,
     stages: &[Arc<dyn Stage>],
@@ -92,6 +93,14 @@ fn cached_kinds(
 ) -> Vec<crate::strategy::WatchedKind> {
     let mut kinds = crate::plan::watched_kinds(strategies, stages);
     kinds.extend(crate::children::httproute::watched_kinds(&config.routing));
+    for kind in crate::children::waker::watched_kinds(config.waker.as_ref()) {
+        if !kinds.iter().any(|k| {
+            k.resource.api_version == kind.resource.api_version
+                && k.resource.kind == kind.resource.kind
+        }) {
+            kinds.push(kind);
+        }
+    }
     kinds
 }
 

@@ -16,6 +16,7 @@ use previewd_core::checks::RecordedChecks;
 use previewd_core::source_control::RepoRef;
 
 use crate::advice::Advice;
+use crate::children::waker::{ENDPOINT_SLICE_MANAGER, LABEL_ENDPOINT_SLICE_MANAGED_BY};
 use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE};
 use crate::crd::{AiStatus, LABEL_ENV, PreviewEnvironment, PreviewRepository};
 use crate::plan::host::{HostClaim, requested_host};
@@ -220,11 +221,17 @@ fn namespace_meta(ns: &PartialObjectMeta<Namespace>) -> NamespaceMeta {
     }
 }
 
+/// Whether `obj` is one of `env`'s children in `namespace`. The EndpointSlices Kubernetes
+/// makes for previewd's Services carry their Service's labels; another controller
+/// manages them, so they are not children (previewd's own slice names previewd).
 fn belongs<K: Resource>(obj: &K, env: &PreviewEnvironment, namespace: &str) -> bool {
     let labels = obj.labels();
     obj.meta().namespace.as_deref() == Some(namespace)
         && labels.get(LABEL_ENV).map(String::as_str) == Some(env.name_any().as_str())
         && labels.get(LABEL_ENV_NAMESPACE) == env.namespace().as_ref()
+        && labels
+            .get(LABEL_ENDPOINT_SLICE_MANAGED_BY)
+            .is_none_or(|m| m == ENDPOINT_SLICE_MANAGER)
 }
 
 fn child<K: Resource>(obj: &K, fingerprint: Option<String>) -> ObservedChild {
@@ -431,4 +438,42 @@ pub(crate) fn namespace_view(
         }
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+
+    #[test]
+    fn slices_kubernetes_manages_for_previewd_services_are_not_children() {
+        let env: PreviewEnvironment = serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+            "metadata": {"name": "shop-pr-7", "namespace": "team"},
+            "spec": {"repository": "acme/shop", "prNumber": 7, "branch": "b",
+                     "headSHA": "0123456789abcdef0123456789abcdef01234567"}
+        }))
+        .unwrap();
+        let slice = |managed_by: &str| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": "api-x7k2p", "namespace": "preview-7-shop", "labels": {
+                    "app.kubernetes.io/managed-by": "previewd",
+                    "previewd.io/env": "shop-pr-7", "previewd.io/env-namespace": "team",
+                    "endpointslice.kubernetes.io/managed-by": managed_by}},
+                "addressType": "IPv4", "endpoints": []
+            }))
+            .unwrap()
+        };
+        // The copy of the Service's labels the EndpointSlice controller makes.
+        assert!(!belongs(
+            &slice("endpointslice-controller.k8s.io"),
+            &env,
+            "preview-7-shop"
+        ));
+        // The waker's own slice.
+        assert!(belongs(&slice("previewd.io"), &env, "preview-7-shop"));
+        assert!(!belongs(&slice("previewd.io"), &env, "elsewhere"));
+    }
 }

@@ -84,6 +84,19 @@ pub const ANNOTATION_DELIVERY: &str = "previewd.io/delivery";
 /// Annotation on a `PreviewEnvironment`: last activity (push) time, RFC 3339; renews the TTL
 /// when `autoExtend` is on.
 pub const ANNOTATION_LAST_ACTIVITY: &str = "previewd.io/last-activity";
+/// Annotation on a `PreviewEnvironment`: the pull request's title as the newest event
+/// applied carried it (untrusted text, at most [`PR_TITLE_MAX_CHARS`] characters), for
+/// people reading the environment (the web view).
+pub const ANNOTATION_PR_TITLE: &str = "previewd.io/pr-title";
+/// Longest PR title kept in [`ANNOTATION_PR_TITLE`] (GitHub allows 256 characters).
+pub const PR_TITLE_MAX_CHARS: usize = 256;
+/// Annotation on a `PreviewEnvironment`: the pull request's web page (`https://...`), as
+/// the newest event applied carried it.
+pub const ANNOTATION_PR_URL: &str = "previewd.io/pr-url";
+/// Annotation on a `PreviewEnvironment`: when visitors of its sleeping preview woke it
+/// (RFC 3339, comma-separated, oldest first), written by the waker; it limits how often
+/// visits may wake an environment.
+pub const ANNOTATION_VISIT_WAKES: &str = "previewd.io/visit-wakes";
 /// Annotation on a `PreviewEnvironment`: what is known about the required checks of the
 /// head commit (JSON, `previewd_core::checks::RecordedChecks`), written by the webhook
 /// from `check_run`, `check_suite` and `status` events.

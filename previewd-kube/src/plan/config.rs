@@ -10,6 +10,7 @@ use previewd_core::tenancy::ClaimPolicy;
 
 use crate::children::httproute::Routing;
 use crate::children::namespace::GuardSettings;
+use crate::children::waker::WakerEndpoint;
 use crate::children::workload::WorkloadSettings;
 use crate::strategy::StageJobSettings;
 use crate::strategy::rules::TemplateRules;
@@ -62,6 +63,10 @@ pub struct PlannerConfig {
     pub template_rules: TemplateRules,
     /// How environments are reached: an Ingress or a Gateway API HTTPRoute each.
     pub routing: Routing,
+    /// The operator's waker: while an environment sleeps (and until it is Ready again
+    /// after a wake) its route points there ([`crate::children::waker`]). `None`: the
+    /// route is left as it is while asleep.
+    pub waker: Option<WakerEndpoint>,
 }
 
 impl Default for PlannerConfig {
@@ -85,6 +90,7 @@ impl Default for PlannerConfig {
             claim_policy: ClaimPolicy::open(),
             template_rules: TemplateRules::default(),
             routing: Routing::Ingress,
+            waker: None,
         }
     }
 }

@@ -478,6 +478,9 @@ fn resource_of(key: &ChildKey, input: &PlanInput<'_>) -> Option<ApiResource> {
         .chain(crate::children::httproute::watched_kinds(
             &input.config.routing,
         ))
+        .chain(crate::children::waker::watched_kinds(
+            input.config.waker.as_ref(),
+        ))
         .map(|k| k.resource)
         .find(|r| r.kind == key.kind && r.api_version == key.api_version)
 }

@@ -25,6 +25,9 @@ use crate::children::namespace::{
     add_egress, desired_allow_policy, desired_default_deny, desired_limit_range, desired_namespace,
     desired_resource_quota,
 };
+use crate::children::waker::{
+    WakerEndpoint, desired_waker_endpoints, desired_waker_service, ingress_to_waker, waker_backends,
+};
 use crate::crd::{IngressSpec, PreviewEnvironment, PreviewRepository};
 use crate::strategy::rules::{self, RuleContext};
 use crate::strategy::{DeployStrategy, RenderInput, StrategyError};
@@ -195,7 +198,8 @@ pub(super) fn render(
             "the operator routes with Gateway API HTTPRoutes (--route-kind httproute), which this cluster does not serve; install the Gateway API CRDs (the operator notices within 30 s)",
         ));
     }
-    let base = base_objects(&render, &target.ingress).map_err(stall)?;
+    let waker = sleep::route_to_waker(input.config, lifecycle.sleeping.is_some(), &pass.old);
+    let base = base_objects(&render, &target.ingress, waker).map_err(stall)?;
     let copies = secret_copies(&render, &input.observed.source_secrets).map_err(stall)?;
     let labels = crate::children::common_labels(env);
     let external_namespace = strategy.external_namespace(&render);
@@ -408,7 +412,8 @@ pub fn desired_objects(
         now,
     };
     let ingress = env.spec.ingress.clone().unwrap_or_default();
-    let mut objects = base_objects(&render, &ingress)?;
+    // Awake: the route goes to the application, not the waker.
+    let mut objects = base_objects(&render, &ingress, None)?;
     let labels = crate::children::common_labels(env);
     let external_namespace = strategy.external_namespace(&render);
     let mut app = strategy.desired(&render)?;
@@ -423,10 +428,13 @@ pub fn desired_objects(
     Ok(objects)
 }
 
-/// The namespace, its guard rails and the Ingress (or the HTTPRoutes).
+/// The namespace, its guard rails and the Ingress (or the HTTPRoutes); with `waker`, the
+/// route sends every path to the waker's Service, which comes with them
+/// ([`crate::children::waker`]).
 fn base_objects(
     render: &RenderInput<'_>,
     ingress: &IngressSpec,
+    waker: Option<&WakerEndpoint>,
 ) -> Result<Vec<DesiredObject>, StrategyError> {
     let env = render.env;
     let ns = render.namespace;
@@ -461,7 +469,10 @@ fn base_objects(
         && let Some(host) = render.host
         && let Routing::HttpRoute(gateway) = &cfg.routing
     {
-        let backends = service_backends(env);
+        let backends = match waker {
+            Some(_) => waker_backends(env),
+            None => service_backends(env),
+        };
         for route in desired_httproutes(env, ns, host, gateway, &backends) {
             objects.push(DesiredObject::from_value(http_route_resource(), route));
         }
@@ -480,7 +491,17 @@ fn base_objects(
             ingress.class_name.as_deref(),
             &issuer,
         );
+        let ing = match waker {
+            Some(_) => ingress_to_waker(ing),
+            None => ing,
+        };
         objects.push(DesiredObject::from_typed(&ing).map_err(err)?);
+    }
+    if let (Some(waker), Some(_), true) = (waker, render.host, ingress.enabled) {
+        objects.push(DesiredObject::from_typed(&desired_waker_service(env, ns)).map_err(err)?);
+        objects.push(
+            DesiredObject::from_typed(&desired_waker_endpoints(env, ns, waker)).map_err(err)?,
+        );
     }
     Ok(objects)
 }

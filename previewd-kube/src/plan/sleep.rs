@@ -6,10 +6,12 @@
 //! An environment is idle when nobody has *acted on it* for the idle time
 //! (`--idle-sleep-after`): no push to the PR (`previewd.io/last-activity`), no accepted PR
 //! command (`previewd.io/last-command-at`, which `/preview wake` also sets), counted from
-//! the latest of those and the creation time. HTTP traffic to the preview is not
-//! observed: the operator sees no request logs, and a reviewer who only browses wakes it
-//! with `/preview wake`. Idle is measured from what the `PreviewEnvironment` records, so
-//! it is exact across operator restarts.
+//! the latest of those and the creation time. HTTP traffic to an awake preview is not
+//! observed: the operator sees no request logs. Opening a sleeping preview wakes it when
+//! the operator runs a waker (the waker records the visit as a command would, so it
+//! counts as activity); without one, a reviewer who only browses wakes it with `/preview
+//! wake`. Idle is measured from what the `PreviewEnvironment` records, so it is exact
+//! across operator restarts.
 //!
 //! # Reasons and who decides
 //!
@@ -31,6 +33,14 @@
 //! the `Sleeping` condition is `True` with the reason and since when; `Ready` is `False`
 //! with reason `Sleeping`. On waking the environment is rolled out again like a new push
 //! (phase `Provisioning` until the restored replicas are available).
+//!
+//! # The route while asleep
+//!
+//! With a waker configured ([`PlannerConfig::waker`]), the environment's route points at
+//! the waker from the pass it falls asleep until it is Ready again after a wake
+//! ([`route_to_waker`]): whoever opens the preview meanwhile gets a page that says so
+//! (and wakes it) instead of an error from the ingress controller. The route goes back
+//! to the services only once they answer, the order Knative's activator keeps.
 
 use std::time::Duration;
 
@@ -43,9 +53,12 @@ use super::{Plan, PlannedEvent, Report, is_true, resource_of, until};
 use crate::crd::condition;
 use crate::strategy::NamespaceView;
 
+use crate::children::waker::WakerEndpoint;
+use crate::crd::PreviewEnvironmentStatus;
 use crate::crd::{
     ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT, PreviewEnvironment,
 };
+use crate::plan::PlannerConfig;
 use crate::plan::expiry;
 use crate::plan::object::DesiredObject;
 
@@ -160,6 +173,31 @@ pub fn idle_sleep_at(
 ) -> Option<jiff::Timestamp> {
     let idle = jiff::SignedDuration::try_from(idle_after?).ok()?;
     last_active(env, now).checked_add(idle).ok()
+}
+
+/// The waker the environment's route points at in this pass, if any: while it sleeps
+/// (`sleeping`, this pass's decision), and, judged from the status as read (`old`), while
+/// it was asleep or has been woken and not been Ready since. A woken environment whose
+/// rollout fails stays on the waker, which then says why.
+pub fn route_to_waker<'c>(
+    config: &'c PlannerConfig,
+    sleeping: bool,
+    old: &PreviewEnvironmentStatus,
+) -> Option<&'c WakerEndpoint> {
+    let waker = config.waker.as_ref()?;
+    let sleep = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::SLEEPING);
+    let asleep_or_waking = sleep.is_some_and(|c| {
+        c.status == "True"
+            || (c.reason == "Awake"
+                && old
+                    .ready_at
+                    .as_ref()
+                    .is_none_or(|ready| ready.0 < c.last_transition_time.0))
+    });
+    (sleeping || asleep_or_waking).then_some(waker)
 }
 
 /// Kinds suspended while asleep (`spec.suspend: true`): a suspended Job's pods are
@@ -470,6 +508,59 @@ mod tests {
                 "metadata": {"name": "web"}, "spec": {"ports": []}}),
         );
         assert_eq!(asleep(service.clone()), service);
+    }
+
+    #[test]
+    fn the_route_points_at_the_waker_from_sleep_until_ready_again() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let waker = WakerEndpoint {
+            address: "10.0.0.9".parse().unwrap(),
+            port: 8090,
+        };
+        let config = PlannerConfig {
+            waker: Some(waker.clone()),
+            ..PlannerConfig::default()
+        };
+        let status = |sleeping: Option<(&str, &str, &str)>, ready_at: Option<&str>| {
+            let mut s = PreviewEnvironmentStatus {
+                ready_at: ready_at.map(|r| Time(t(r))),
+                ..PreviewEnvironmentStatus::default()
+            };
+            if let Some((value, reason, at)) = sleeping {
+                crate::plan::conditions::set_condition(
+                    &mut s.conditions,
+                    condition::SLEEPING,
+                    value == "True",
+                    reason,
+                    "",
+                    None,
+                    t(at),
+                );
+            }
+            s
+        };
+        let never_slept = status(None, Some("2026-01-01T00:05:00Z"));
+        assert_eq!(route_to_waker(&config, false, &never_slept), None);
+        // Falling asleep in this pass, and asleep as read.
+        assert_eq!(route_to_waker(&config, true, &never_slept), Some(&waker));
+        let asleep = status(Some(("True", "Idle", "2026-01-01T02:00:00Z")), None);
+        assert_eq!(route_to_waker(&config, false, &asleep), Some(&waker));
+        // Woken, rolling out: still the waker; Ready since the wake: the services.
+        let woken = status(
+            Some(("False", "Awake", "2026-01-01T03:00:00Z")),
+            Some("2026-01-01T00:05:00Z"),
+        );
+        assert_eq!(route_to_waker(&config, false, &woken), Some(&waker));
+        let rolling = status(Some(("False", "Awake", "2026-01-01T03:00:00Z")), None);
+        assert_eq!(route_to_waker(&config, false, &rolling), Some(&waker));
+        let ready = status(
+            Some(("False", "Awake", "2026-01-01T03:00:00Z")),
+            Some("2026-01-01T03:00:40Z"),
+        );
+        assert_eq!(route_to_waker(&config, false, &ready), None);
+        // Without a waker the route never changes.
+        let off = PlannerConfig::default();
+        assert_eq!(route_to_waker(&off, true, &asleep), None);
     }
 
     #[test]

@@ -1571,6 +1571,144 @@ fn an_idle_environment_sleeps_at_zero_replicas_and_a_push_wakes_it() {
     assert_eq!(phase(&run_lifecycle(&e, &world, at(3802))), Phase::Ready);
 }
 
+fn waker_config(routing: crate::children::httproute::Routing) -> PlannerConfig {
+    PlannerConfig {
+        waker: Some(crate::children::waker::WakerEndpoint {
+            address: "10.0.0.9".parse().unwrap(),
+            port: 8090,
+        }),
+        routing,
+        ..lifecycle_config()
+    }
+}
+
+/// Where each path of the planned Ingress (or HTTPRoute) goes, if the plan applies one.
+fn route_targets(plan: &Plan) -> Option<Vec<String>> {
+    let route = plan
+        .apply
+        .iter()
+        .find(|d| d.resource.kind == "Ingress" || d.resource.kind == "HTTPRoute")?;
+    let targets = if route.resource.kind == "Ingress" {
+        route.object["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p["backend"]["service"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    } else {
+        route.object["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["backendRefs"][0]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    Some(targets)
+}
+
+#[test]
+fn a_sleeping_environment_routes_to_the_waker_until_it_is_ready_again() {
+    use crate::children::httproute::{GatewayRef, Routing};
+    use crate::children::waker::WAKER_SERVICE;
+    let gateway = Routing::HttpRoute(GatewayRef {
+        namespace: "gateway".into(),
+        name: "previews".into(),
+        section_name: None,
+    });
+    for routing in [Routing::Ingress, gateway] {
+        let cfg = waker_config(routing.clone());
+        let run = |e: &PreviewEnvironment, world: &World, now| {
+            run_configured(e, world, now, &cfg, Arc::new(CatalogueStrategy), &[])
+        };
+        let mut world = World::empty();
+        // Awake, the route goes to the services.
+        let e = env();
+        let first = run(&e, &world, at(1));
+        world.apply(&e, &first, true);
+        let e = written(&e, &first);
+        assert_eq!(
+            route_targets(&first).unwrap(),
+            ["api", "web"],
+            "{routing:?}"
+        );
+        let second = run(&e, &world, at(2));
+        world.apply(&e, &second, true);
+        let e = written(&e, &second);
+        assert_eq!(phase(&second), Phase::Ready);
+
+        // Asleep: every path to the waker's Service, which comes with its endpoints.
+        let asleep = run(&e, &world, at(3600));
+        assert_eq!(
+            route_targets(&asleep).unwrap(),
+            [WAKER_SERVICE, WAKER_SERVICE],
+            "{routing:?}"
+        );
+        let applied = kinds(&asleep.apply);
+        assert!(
+            applied.contains(&format!("Service/{WAKER_SERVICE}")),
+            "{applied:?}"
+        );
+        let slice = asleep
+            .apply
+            .iter()
+            .find(|d| d.resource.kind == "EndpointSlice")
+            .expect("the waker's EndpointSlice");
+        assert_eq!(slice.object["endpoints"][0]["addresses"][0], "10.0.0.9");
+        assert_eq!(slice.object["ports"][0]["port"], 8090);
+        world.apply(&e, &asleep, true);
+        let e = written(&e, &asleep);
+        assert!(
+            run(&e, &world, at(3700)).apply.is_empty(),
+            "converged asleep"
+        );
+
+        // Woken by a push: the route stays on the waker while the services roll out...
+        let pushed = annotate(
+            &e,
+            &[(crate::crd::ANNOTATION_LAST_ACTIVITY, &at(3800).to_string())],
+        );
+        let woken = run(&pushed, &world, at(3801));
+        assert_eq!(phase(&woken), Phase::Provisioning);
+        assert_eq!(route_targets(&woken), None, "the route is not touched");
+        assert!(woken.delete.is_empty(), "{:?}", woken.delete);
+        world.apply(&pushed, &woken, true);
+        let e = written(&pushed, &woken);
+        // The pass that finds the services available is Ready, still on the waker.
+        let ready = run(&e, &world, at(3803));
+        assert_eq!(phase(&ready), Phase::Ready);
+        assert_eq!(route_targets(&ready), None);
+        assert!(ready.delete.is_empty());
+        world.apply(&e, &ready, true);
+        let e = written(&e, &ready);
+
+        // ...and goes back to them once they are Ready; the waker's objects go.
+        let back = run(&e, &world, at(3804));
+        assert_eq!(route_targets(&back).unwrap(), ["api", "web"], "{routing:?}");
+        let mut pruned: Vec<String> = back
+            .delete
+            .iter()
+            .map(|c| format!("{}/{}", c.resource.kind, c.name))
+            .collect();
+        pruned.sort();
+        assert_eq!(
+            pruned,
+            [
+                format!("EndpointSlice/{WAKER_SERVICE}"),
+                format!("Service/{WAKER_SERVICE}")
+            ]
+        );
+        world.apply(&e, &back, true);
+        let e = written(&e, &back);
+        let settled = run(&e, &world, at(3805));
+        assert!(settled.apply.is_empty() && settled.delete.is_empty());
+    }
+}
+
 #[test]
 fn a_sleep_command_holds_until_a_later_wake_command() {
     use crate::crd::{ANNOTATION_LAST_COMMAND, ANNOTATION_SLEEP, ANNOTATION_SLEEP_REQUESTED_AT};
