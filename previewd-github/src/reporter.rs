@@ -628,16 +628,21 @@ async fn confirmed(inner: &Inner, key: &Key, confirm: Option<Confirm>) {
     acknowledger.delivered(&confirm.env, &confirm.token).await;
 }
 
-/// Writes what changed since the last delivered report of the pull request, stopping
-/// before the next write when a newer state arrives.
+/// Writes what changed since the last delivered report of the pull request; nothing when
+/// a newer state arrived before the first write.
 async fn send(inner: &Inner, key: &Key, report: &Report, deleted: bool) -> Result<(), Stopped> {
     let scm = &inner.scm;
-    // Before each write: wait for the budget to allow one, then look whether a newer
-    // state replaced this one meanwhile (the wait may be long: an hour's budget spent).
+    // Before each write: wait for the budget to allow one. Before the first, also look
+    // whether a newer state replaced this one meanwhile (the wait may be long: an hour's
+    // budget spent): then nothing of it is sent. A report that has started is finished
+    // (at most four writes): stopping between its writes whenever a newer state arrives
+    // starves its last writes (the sticky comment) while the environment keeps changing.
     let repo = &report.repository;
+    let started = std::sync::atomic::AtomicBool::new(false);
     let ready = || async {
         scm.write_slot(repo).await;
-        if lock(&inner.queue).pending.contains_key(key) {
+        let first = !started.swap(true, std::sync::atomic::Ordering::Relaxed);
+        if first && lock(&inner.queue).pending.contains_key(key) {
             Err(Stopped::Superseded)
         } else {
             Ok(())
@@ -673,6 +678,9 @@ async fn send(inner: &Inner, key: &Key, report: &Report, deleted: bool) -> Resul
             Some(scm.create_deployment(repo, &request).await?)
         }
     };
+    // Something was said about this PR already (a report delivered, or a deployment of
+    // an earlier report that was superseded before its comment went out).
+    let announced = previous.is_some() || deployment.is_some();
     if let Some(id) = deployment {
         inner.deployments.insert(deployment_key, id);
         let deployment_unchanged = same_commit
@@ -689,9 +697,9 @@ async fn send(inner: &Inner, key: &Key, report: &Report, deleted: bool) -> Resul
         .as_ref()
         .is_some_and(|p| p.comment == report.comment);
     if !comment_unchanged {
-        if deleted {
-            // Edits the comment only if there is one: no wait for a write that may not
-            // happen.
+        if deleted && !announced {
+            // Edits the comment only if there is one: nothing is created only to say
+            // that a preview nobody heard of is gone.
             scm.update_comment(repo, report.number, &report.comment)
                 .await?;
         } else {

@@ -1608,10 +1608,9 @@ pub fn desired_environment(
         }
     }
     mark_fork(&mut env, event, existing);
-    // The controller's cleanup finalizer, in every apply: the controller need not add it
-    // with a write of its own before its first reconcile can create anything, and an
-    // apply that left it out would remove it (the webhook's field manager owns it).
-    env.metadata.finalizers = Some(vec![previewd_kube::crd::FINALIZER.to_string()]);
+    // No finalizer: the controller adds its own before its first reconcile creates
+    // anything, so an environment deleted before the controller ever saw it is gone at
+    // once, and no apply of the webhook's can take the finalizer away from a running one.
     Ok(env)
 }
 
@@ -1734,10 +1733,11 @@ mod tests {
             "2024-01-01T00:00:00Z"
         );
         assert!(body.get("status").is_none_or(serde_json::Value::is_null));
-        assert_eq!(
-            body["metadata"]["finalizers"],
-            json!([previewd_kube::crd::FINALIZER]),
-            "created with the cleanup finalizer: no separate write to add it"
+        assert!(
+            body["metadata"]
+                .get("finalizers")
+                .is_none_or(serde_json::Value::is_null),
+            "the webhook never owns the controller's finalizer"
         );
         // No title or page in the event: none recorded.
         assert!(annotations.get(ANNOTATION_PR_TITLE).is_none());

@@ -104,21 +104,6 @@ async fn kube_store_applies_with_preconditions_and_the_webhook_never_rolls_back(
     close["pull_request"]["updated_at"] = json!("2019-05-15T15:50:00Z");
     let a = common::deliver_json_to(&server, "pull_request", &common::delivery_id(), &close).await;
     assert_eq!((a.status, a.outcome()), (202, "deleted"), "{a:?}");
-    // The webhook applies the controller's cleanup finalizer with the environment, so
-    // the deletion waits for the controller's teardown (none runs here: released by hand).
-    let deleting = envs.get(&name).await.unwrap();
-    assert!(deleting.metadata.deletion_timestamp.is_some());
-    assert_eq!(
-        deleting.metadata.finalizers,
-        Some(vec![previewd_kube::crd::FINALIZER.to_string()])
-    );
-    envs.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
     assert!(envs.get_opt(&name).await.unwrap().is_none());
     assert!(!store.delete_environment(&ns, &name, "1").await.unwrap());
     server.stop().await;

@@ -314,17 +314,16 @@ async fn argocd_applications_drive_readiness_updates_failure_retry_and_teardown(
         }
     })
     .await;
-    let rolling = wait_env(&envs, "shop-pr-7", "Provisioning at SHA2", |e| {
+    // Provisioning, and (once the pass that applied the new revision has seen it on the
+    // Applications) saying what it waits for.
+    let rolling = wait_env(&envs, "shop-pr-7", "Provisioning, waiting for SHA2", |e| {
         phase(e) == Some(Phase::Provisioning)
+            && ready_condition(e)
+                .2
+                .contains("waiting for revision 89abcde")
     })
     .await;
-    assert!(
-        ready_condition(&rolling)
-            .2
-            .contains("waiting for revision 89abcde"),
-        "{:?}",
-        ready_condition(&rolling)
-    );
+    assert_eq!(ready_condition(&rolling).1, "Provisioning");
     for name in &names {
         argo_writes_status(&apps, name, synced_healthy(SHA2)).await;
     }

@@ -136,7 +136,13 @@ async fn github_down_during_provisioning_and_teardown_reports_catch_up() {
     )
     .await;
     rig.github.with(|s| {
-        assert_eq!(s.bot_comments(1), 1, "one sticky comment");
+        assert_eq!(
+            s.bot_comments(1),
+            1,
+            "one sticky comment: {:?} {:?}",
+            s.requests,
+            s.comments
+        );
         assert!(s.duplicate_deployments().is_empty());
     });
     op.stop().await.unwrap();

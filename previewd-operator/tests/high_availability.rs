@@ -304,11 +304,11 @@ async fn one_leader_reconciles_and_sigkill_hands_over() {
     )
     .await;
     github.with(|s| {
+        // Every PR's deployment lives in the one shared environment: one per PR.
         let mut per_environment: BTreeMap<String, usize> = BTreeMap::new();
         for d in &s.deployments {
-            *per_environment
-                .entry(d["environment"].to_string())
-                .or_default() += 1;
+            let key = format!("{} {}", d["environment"], d["payload"]["pull_request"]);
+            *per_environment.entry(key).or_default() += 1;
         }
         assert!(
             per_environment.values().all(|n| *n == 1),

@@ -414,7 +414,7 @@ pub(crate) async fn write_status(
     old: &PreviewEnvironmentStatus,
     new: &PreviewEnvironmentStatus,
 ) -> Result<Option<String>, Error> {
-    if old == new || !crate::plan::status_worth_writing(old, new) {
+    if old == new {
         return Ok(None);
     }
     let api = ctx.env_api(env)?;

@@ -417,36 +417,6 @@ fn until(now: jiff::Timestamp, at: jiff::Timestamp) -> Duration {
     at.duration_since(now).try_into().unwrap_or(Duration::ZERO) + Duration::from_millis(5)
 }
 
-/// Whether `new` is worth a status write over `old`. Everything is, except a changed
-/// progress message while an environment stays Provisioning ("3 of 5 services
-/// available", a Pod still pending): during a rollout it changes with every Pod, and
-/// writing each would add a status write per Pod update to the API server's work for no
-/// decision. Phases, condition states and reasons, the pending report and every other
-/// field are written at once; the message catches up with the next of them (the Ready
-/// one at the latest). A Pending environment's message says what it waits for (the
-/// checks still running, an approval): written whenever it changes.
-pub fn status_worth_writing(
-    old: &PreviewEnvironmentStatus,
-    new: &PreviewEnvironmentStatus,
-) -> bool {
-    let progressing = |s: &PreviewEnvironmentStatus| s.phase == Some(Phase::Provisioning);
-    if old == new {
-        return false;
-    }
-    if !(progressing(old) && progressing(new) && old.phase == new.phase) {
-        return true;
-    }
-    let without_messages = |s: &PreviewEnvironmentStatus| {
-        let mut s = s.clone();
-        s.message = None;
-        for c in &mut s.conditions {
-            c.message = String::new();
-        }
-        s
-    };
-    without_messages(old) != without_messages(new)
-}
-
 fn is_true(status: &PreviewEnvironmentStatus, type_: &str) -> bool {
     conditions::condition_is_true(&status.conditions, type_)
 }
