@@ -6,8 +6,8 @@
 //! namespace its policy admits as the ingress controller's), an upgrade to a new image keeps
 //! the environment and what its deliveries recorded, and closing the pull request removes it.
 //!
-//! Ignored by a plain `cargo test`: `scripts/test` starts the real node and runs it with
-//! `--ignored`, and then it fails (never skips) when the node is not there.
+//! Built only with the `real-node` feature: `scripts/test` starts the real node and runs it
+//! with `--features real-node`, and then it fails (never skips) when the node is not there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod realnode;
@@ -202,7 +202,6 @@ async fn wait_ready_at(envs: &Api<PreviewEnvironment>, sha: &str) -> PreviewEnvi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs testenv's real node: scripts/test runs it"]
 async fn helm_installs_the_image_and_the_operator_serves_previews() {
     let client = client().await;
     require_node(&client).await;

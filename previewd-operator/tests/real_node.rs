@@ -6,9 +6,9 @@
 //! The operator runs in the test process (its controller, as `previewd run` does); the
 //! cluster is `PREVIEWD_TESTENV_NODES=0 PREVIEWD_TESTENV_REAL_NODE=1 testenv/up`. HTTP goes
 //! through each preview's Service from a pod in the namespace the previews' policies admit as
-//! their ingress controller's (no ingress controller runs on the node). Ignored by a
-//! plain `cargo test`: `scripts/test` starts the node and runs them with `--ignored`, and
-//! then they fail (never skip) when the node is not there.
+//! their ingress controller's (no ingress controller runs on the node). Built only with the
+//! `real-node` feature: `scripts/test` starts the node and runs them with
+//! `--features real-node`, and then they fail (never skip) when the node is not there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod realnode;
@@ -206,7 +206,6 @@ fn condition_message(env: &PreviewEnvironment, kind: &str) -> String {
 /// Item 1: the preview answers through its Service with the PR's head commit, and after a
 /// push the new commit answers and the old pods are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs testenv's real node: scripts/test runs it"]
 async fn a_preview_answers_over_http_with_its_head_commit() {
     let s = Setup::new("rn-http").await;
     let repo = s.repository("http", json!({})).await;
@@ -272,7 +271,6 @@ async fn a_preview_answers_over_http_with_its_head_commit() {
 
 /// Item 2: what reaches what, measured with probe pods (`app fetch URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs testenv's real node: scripts/test runs it"]
 async fn network_policy_isolates_previews() {
     let s = Setup::new("rn-isolation").await;
     let app = s.images.app.clone();
@@ -379,7 +377,6 @@ async fn network_policy_isolates_previews() {
 /// Item 3: restricted pod security lets the non-root app run, and refuses a template that
 /// asks for root, with the reason in the environment's condition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs testenv's real node: scripts/test runs it"]
 async fn restricted_pod_security_runs_non_root_and_refuses_root() {
     let s = Setup::new("rn-pss").await;
     let app = s.images.app.clone();
@@ -528,7 +525,6 @@ impl Database {
 /// PostgreSQL reached through the egress allow-list, the test Job runs the test-runner
 /// image, and their termination messages drive Testing → Complete, or Failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs testenv's real node: scripts/test runs it"]
 async fn seed_and_test_jobs_run_their_images() {
     let s = Setup::new("rn-stages").await;
     let db = Database::create(
@@ -598,7 +594,6 @@ async fn seed_and_test_jobs_run_their_images() {
 
 /// Item 5: sleep stops the containers on the node; wake brings them back answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs testenv's real node: scripts/test runs it"]
 async fn sleep_stops_the_containers_and_wake_brings_them_back() {
     let s = Setup::new("rn-sleep").await;
     let repo = s.repository("sleep", json!({})).await;
