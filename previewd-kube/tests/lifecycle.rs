@@ -697,6 +697,56 @@ async fn a_no_op_reconcile_performs_no_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_environment_reaches_ready_without_a_refused_write() {
+    // The first reconcile adds the finalizer and then writes the status: the status
+    // write must be conditional on the version the finalizer patch produced, not on the
+    // one before it (refused with 409, which cost every new environment a second
+    // reconcile, the slowest part of provisioning at scale).
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-conflict").await;
+    let (counting, conflicts) = conflict_counting_client().await;
+    let ctx = Arc::new(Context::new(counting, test_config(&ns)));
+    let op = Operator::start_with(ctx.clone()).await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-4", 4, "conflict", three_services(), json!({})),
+    )
+    .await;
+    let ready = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-4",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    op.stop().await;
+    assert!(
+        ready
+            .finalizers()
+            .iter()
+            .any(|f| f == previewd_kube::crd::FINALIZER),
+        "the finalizer is in place"
+    );
+    assert!(
+        ready
+            .status
+            .as_ref()
+            .and_then(|s| s.provisioning_since.as_ref())
+            .is_some(),
+        "the first status write landed"
+    );
+    assert_eq!(
+        conflicts.get(),
+        0,
+        "no write of the controller was refused with a conflict"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_head_commit_rolls_services_in_place() {
     let client = client().await;
     install_crds(&client).await;

@@ -22,11 +22,20 @@ pub(crate) async fn execute(
     plan: Plan,
     ctx: &Context,
 ) -> Result<Action, Error> {
+    // The resourceVersion the status write is conditional on: the one the plan was
+    // computed from, or the one our own finalizer patch produced from it (that patch
+    // was conditional on the same version, so nothing else changed in between). Without
+    // this, every new environment's first status write failed with a conflict and cost
+    // a second reconcile.
+    let mut status_precondition = env.resource_version();
     if plan.finalizer == FinalizerAction::Add {
-        add_finalizer(env, ctx).await?;
+        status_precondition = add_finalizer(env, ctx).await?;
     }
     if !plan.annotate.is_empty() {
         annotate(env, ctx, &plan.annotate).await?;
+        // Not conditional: another writer may have changed the object meanwhile, so the
+        // status stays conditional on the version it was computed from.
+        status_precondition = env.resource_version();
     }
     if plan.delete_environment {
         match plan.deletion_reason {
@@ -43,7 +52,9 @@ pub(crate) async fn execute(
         // What the pass recorded before deciding (a budget's condition) is written
         // first, so that the teardown's report carries it.
         let old = env.status.clone().unwrap_or_default();
-        if let Err(e) = write_status(env, ctx, &old, &plan.status).await {
+        if let Err(e) =
+            write_status(env, ctx, status_precondition.clone(), &old, &plan.status).await
+        {
             tracing::debug!(env = %env.name_any(), error = %e, "status before deletion not written");
         }
         publish_all(env, &plan, ctx).await;
@@ -65,8 +76,8 @@ pub(crate) async fn execute(
         delete(ctx, child).await?;
     }
     let old = env.status.clone().unwrap_or_default();
-    let mut resource_version = env.resource_version();
-    match write_status(env, ctx, &old, &plan.status).await {
+    let mut resource_version = status_precondition.clone();
+    match write_status(env, ctx, status_precondition, &old, &plan.status).await {
         Ok(Some(rv)) => resource_version = Some(rv),
         Ok(None) => {}
         // The status was computed from an older object than the API server holds (a
@@ -160,16 +171,18 @@ fn requeue(plan: &Plan) -> Action {
     }
 }
 
+/// Publishes the plan's events, all at once: they are independent writes, and a
+/// reconcile that waited for each in turn held its slot for a round trip per event.
 async fn publish_all(env: &PreviewEnvironment, plan: &Plan, ctx: &Context) {
-    for event in &plan.events {
+    futures::future::join_all(plan.events.iter().map(|event| {
         let type_ = if event.warning {
             EventType::Warning
         } else {
             EventType::Normal
         };
         ctx.publish(env, type_, &event.reason, event.note.clone())
-            .await;
-    }
+    }))
+    .await;
 }
 
 fn api_for(
@@ -332,7 +345,9 @@ pub(crate) async fn delete(ctx: &Context, child: &ChildRef) -> Result<(), Error>
     }
 }
 
-async fn add_finalizer(env: &PreviewEnvironment, ctx: &Context) -> Result<(), Error> {
+/// Adds our finalizer with a patch conditional on the environment's resourceVersion;
+/// returns the resourceVersion the patch produced.
+async fn add_finalizer(env: &PreviewEnvironment, ctx: &Context) -> Result<Option<String>, Error> {
     let api = ctx.env_api(env)?;
     let mut finalizers = env.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
@@ -341,14 +356,15 @@ async fn add_finalizer(env: &PreviewEnvironment, ctx: &Context) -> Result<(), Er
     let patch = json!({
         "metadata": {"finalizers": finalizers, "resourceVersion": env.resource_version()}
     });
-    api.patch(
-        &env.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .context(|| format!("add finalizer to {}", env.name_any()))?;
-    Ok(())
+    let patched = api
+        .patch(
+            &env.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .context(|| format!("add finalizer to {}", env.name_any()))?;
+    Ok(patched.resource_version())
 }
 
 /// Removes our finalizer. The merge patch carries the resourceVersion last seen, so a
@@ -406,11 +422,13 @@ async fn annotate(
     Ok(())
 }
 
-/// Writes the status with server-side apply, only when it differs from the live one.
+/// Writes the status with server-side apply, only when it differs from the live one,
+/// conditional on `resource_version` (the version it was computed from).
 /// Returns the new resourceVersion when it wrote.
 pub(crate) async fn write_status(
     env: &PreviewEnvironment,
     ctx: &Context,
+    resource_version: Option<String>,
     old: &PreviewEnvironmentStatus,
     new: &PreviewEnvironmentStatus,
 ) -> Result<Option<String>, Error> {
@@ -423,7 +441,7 @@ pub(crate) async fn write_status(
     let patch = json!({
         "apiVersion": "previewd.io/v1alpha1",
         "kind": "PreviewEnvironment",
-        "metadata": {"resourceVersion": env.resource_version()},
+        "metadata": {"resourceVersion": resource_version},
         "status": new,
     });
     let written = api

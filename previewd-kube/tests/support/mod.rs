@@ -38,3 +38,22 @@ pub async fn counting_client() -> (Client, WriteCounter) {
         .build();
     (client, counter)
 }
+
+/// A client that counts the API server's `409 Conflict` answers to it.
+pub async fn conflict_counting_client() -> (Client, WriteCounter) {
+    let counter = WriteCounter::default();
+    let c2 = counter.clone();
+    let layer = tower::util::MapResponseLayer::new(
+        move |res: http::Response<Box<kube::client::DynBody>>| {
+            if res.status() == http::StatusCode::CONFLICT {
+                c2.0.fetch_add(1, Ordering::SeqCst);
+            }
+            res
+        },
+    );
+    let client = ClientBuilder::try_from(config().await)
+        .expect("client builder")
+        .with_layer(&layer)
+        .build();
+    (client, counter)
+}
