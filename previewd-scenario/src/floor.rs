@@ -53,8 +53,9 @@ pub struct FloorArgs {
     /// Environments started per second (the scale run's delivery rate).
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
-    /// Parallel clients, each with its own connections (the operator's `--concurrency`).
-    #[arg(long, default_value_t = 8)]
+    /// Parallel clients, each with its own connections (the operator's default
+    /// `--concurrency`).
+    #[arg(long, default_value_t = 32)]
     pub clients: usize,
     /// Longest wait for each stage, seconds.
     #[arg(long, default_value_t = 1200)]

@@ -35,8 +35,8 @@ pub struct ScaleArgs {
     /// Operator's `--resync-interval`, seconds; the no-op window lasts this plus 10 s.
     #[arg(long, default_value_t = 30)]
     pub resync_seconds: u64,
-    /// Operator's `--concurrency`.
-    #[arg(long, default_value_t = 8)]
+    /// Operator's `--concurrency` (its default).
+    #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
     /// Environments with a short TTL, for the expiry lag.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=200))]
