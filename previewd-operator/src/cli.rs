@@ -309,7 +309,7 @@ pub struct RunArgs {
     #[arg(long, env = "PREVIEWD_GATEWAY_SECTION", default_value = "")]
     pub gateway_section: String,
     /// Environments reconciled concurrently.
-    #[arg(long, env = "PREVIEWD_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "PREVIEWD_CONCURRENCY", default_value_t = previewd_kube::controller::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "PREVIEWD_ADMIN_ADDR", default_value = "0.0.0.0:8080")]

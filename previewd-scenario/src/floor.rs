@@ -55,7 +55,7 @@ pub struct FloorArgs {
     pub rate: f64,
     /// Parallel clients, each with its own connections (the operator's default
     /// `--concurrency`).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = usize::from(previewd_kube::controller::DEFAULT_CONCURRENCY))]
     pub clients: usize,
     /// Longest wait for each stage, seconds.
     #[arg(long, default_value_t = 1200)]

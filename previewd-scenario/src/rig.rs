@@ -59,7 +59,7 @@ impl Default for RigOptions {
             resync_interval: "5m".into(),
             cleanup_interval: "1h".into(),
             readiness_timeout: "10m".into(),
-            concurrency: 32,
+            concurrency: previewd_kube::controller::DEFAULT_CONCURRENCY,
             log_filter: "warn".into(),
             binary: None,
             extra_args: Vec::new(),

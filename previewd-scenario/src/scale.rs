@@ -36,7 +36,7 @@ pub struct ScaleArgs {
     #[arg(long, default_value_t = 30)]
     pub resync_seconds: u64,
     /// Operator's `--concurrency` (its default).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = previewd_kube::controller::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
     /// Environments with a short TTL, for the expiry lag.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=200))]

@@ -35,12 +35,17 @@ pub struct ControllerConfig {
     pub planner: PlannerConfig,
 }
 
+/// Environments reconciled at the same time unless configured: see
+/// [`ControllerConfig::concurrency`]. The binary's `--concurrency` and the scale
+/// scenario's defaults are this value.
+pub const DEFAULT_CONCURRENCY: u16 = 32;
+
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             watch_namespace: None,
             environment_selector: None,
-            concurrency: 32,
+            concurrency: DEFAULT_CONCURRENCY,
             debounce: Duration::from_millis(500),
             cleanup_interval: Duration::from_secs(300),
             backoff_base: Duration::from_millis(500),

@@ -36,7 +36,7 @@ use previewd_core::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use config::ControllerConfig;
+pub use config::{ControllerConfig, DEFAULT_CONCURRENCY};
 pub use sweep::{SweepReport, sweep_once};
 
 use crate::advice::{EnvironmentAdvisor, NoAdvice};
