@@ -747,6 +747,102 @@ async fn a_new_environment_reaches_ready_without_a_refused_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_repositories_with_the_same_pull_request_number_get_different_hosts() {
+    // Each reconcile gathers the other environments' claims on the hosts it may use
+    // (its own and its fallback) from the environment cache.
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = temp_namespace(&client, "lc-hosts").await;
+    let op = Operator::start(client.clone(), test_config(&ns)).await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-7", 7, "hosts", three_services(), json!({})),
+    )
+    .await;
+    let host = |env: &PreviewEnvironment| env.status.as_ref().and_then(|s| s.host.clone());
+    let first = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-7",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(host(&first).as_deref(), Some("pr-7.preview.test"));
+    create(
+        &client,
+        &ns,
+        &env_manifest(
+            "web-pr-7",
+            7,
+            "hosts",
+            three_services(),
+            json!({"repository": "acme/web"}),
+        ),
+    )
+    .await;
+    create(
+        &client,
+        &ns,
+        &env_manifest("shop-pr-8", 8, "hosts", three_services(), json!({})),
+    )
+    .await;
+    let second = wait_phase(
+        &client,
+        &ns,
+        "web-pr-7",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let third = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-8",
+        Phase::Ready,
+        Duration::from_secs(90),
+    )
+    .await;
+    let second_host = host(&second).unwrap();
+    assert!(
+        second_host.starts_with("pr-7-") && second_host.ends_with(".preview.test"),
+        "the later repository's pull request 7 gets the fallback host, not {second_host}"
+    );
+    assert_eq!(host(&third).as_deref(), Some("pr-8.preview.test"));
+    // The older environment keeps its host, and each Ingress serves its own.
+    let first = wait_phase(
+        &client,
+        &ns,
+        "shop-pr-7",
+        Phase::Ready,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(host(&first).as_deref(), Some("pr-7.preview.test"));
+    for env in [&first, &second, &third] {
+        let preview_ns = env
+            .status
+            .as_ref()
+            .and_then(|s| s.namespace.clone())
+            .unwrap();
+        let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &preview_ns);
+        let hosts: Vec<String> = ingresses
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .flat_map(|i| i.spec.iter().flat_map(|s| s.rules.iter().flatten()))
+            .filter_map(|r| r.host.clone())
+            .collect();
+        assert_eq!(hosts, [host(env).unwrap()], "{}", env.name_any());
+    }
+    op.stop().await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_head_commit_rolls_services_in_place() {
     let client = client().await;
     install_crds(&client).await;

@@ -19,7 +19,7 @@ use crate::advice::Advice;
 use crate::children::waker::{ENDPOINT_SLICE_MANAGER, LABEL_ENDPOINT_SLICE_MANAGED_BY};
 use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE};
 use crate::crd::{AiStatus, LABEL_ENV, PreviewEnvironment, PreviewRepository};
-use crate::plan::host::{HostClaim, requested_host};
+use crate::plan::host::{HostClaim, candidate_hosts, requested_host};
 use crate::plan::namespace::{self, ANNOTATION_OWNER_UID, NamespaceMeta};
 use crate::plan::object::{ChildKey, ObservedChild, fingerprint};
 use crate::plan::{ExternalChild, Observed};
@@ -97,7 +97,7 @@ pub(crate) async fn observe(env: &PreviewEnvironment, ctx: &Context) -> Observed
     if ingress_enabled(env)
         && let Some(envs) = ctx.environments.get()
     {
-        observed.host_claims = host_claims(&envs.state(), ctx);
+        observed.host_claims = host_claims(env, &envs.state(), ctx);
     }
     observed
 }
@@ -174,18 +174,28 @@ async fn poll_checks(env: &PreviewEnvironment, ctx: &Context) -> Option<Recorded
     }
 }
 
-/// Hosts claimed by every environment in the cache (the planner skips its own).
+/// Other environments' claims on the hosts `env` may use ([`candidate_hosts`]); the
+/// planner skips `env`'s own. Only those hosts are kept: a map of every environment's
+/// host, rebuilt on each reconcile, was the largest allocation of a reconcile at 1000
+/// environments.
 fn host_claims(
+    env: &PreviewEnvironment,
     envs: &[std::sync::Arc<PreviewEnvironment>],
     ctx: &Context,
 ) -> BTreeMap<String, Vec<HostClaim>> {
-    let mut claims: BTreeMap<String, Vec<HostClaim>> = BTreeMap::new();
+    let mut claims: BTreeMap<String, Vec<HostClaim>> = candidate_hosts(env, &ctx.config)
+        .into_iter()
+        .map(|host| (host, Vec::new()))
+        .collect();
     for other in envs {
         if other.meta().deletion_timestamp.is_some() || !ingress_enabled(other) {
             continue;
         }
         let host = requested_host(other, &ctx.config);
-        claims.entry(host).or_default().push(HostClaim {
+        let Some(holders) = claims.get_mut(&host) else {
+            continue;
+        };
+        holders.push(HostClaim {
             environment: format!(
                 "{}/{}",
                 other.namespace().unwrap_or_default(),

@@ -99,6 +99,18 @@ fn beats(claim: &HostClaim, env: &PreviewEnvironment, recorded: bool) -> bool {
     (claim.created, &claim.environment) < (created, &me)
 }
 
+/// The hosts [`choose`] may look up for `env`: the host it asks for and, when that is
+/// of the default form under an allowed domain, its fallback. The observer gathers other
+/// environments' claims on these hosts only, so a reconcile holds a handful of claims
+/// whatever the number of environments.
+pub fn candidate_hosts(env: &PreviewEnvironment, config: &PlannerConfig) -> Vec<String> {
+    let host = requested_host(env, config);
+    let fallback = allowed_domain(&host, config)
+        .filter(|domain| host == naming::ingress_host(pr(env), domain))
+        .map(|domain| fallback_host(env, domain));
+    std::iter::once(host).chain(fallback).collect()
+}
+
 /// Chooses the host.
 pub fn choose(
     env: &PreviewEnvironment,

@@ -764,6 +764,17 @@ fn hosts_stay_under_allowed_domains_and_unique() {
             "{host}"
         );
     }
+    // The hosts the observer gathers claims on: the default host and its fallback, or
+    // only the host named in the spec.
+    let candidates = crate::plan::host::candidate_hosts(&env(), &config());
+    assert_eq!(candidates.len(), 2, "{candidates:?}");
+    assert_eq!(candidates[0], "pr-7.preview.test");
+    assert!(candidates[1].starts_with("pr-7-"), "{candidates:?}");
+    let named = env_with(json!({"ingress": {"enabled": true, "host": "shop.preview.test"}}));
+    assert_eq!(
+        crate::plan::host::candidate_hosts(&named, &config()),
+        ["shop.preview.test"]
+    );
     // Default host taken by an older environment of another repository: fallback.
     let e = env();
     let mut world = World::empty();
