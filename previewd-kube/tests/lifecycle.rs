@@ -669,7 +669,8 @@ async fn a_no_op_reconcile_performs_no_writes() {
     let reconciles = ctx.metrics.reconciles.get();
     // The caches keep only what the planner reads (and the reconciles above found
     // nothing to write with them): environments without managed fields, Deployments
-    // without their pod template's probes, resources and metadata.
+    // without their pod template's environment, probes, resources and metadata, their
+    // drift fingerprint computed when they arrived.
     let cached = ctx.environments.get().expect("controller store").state();
     assert_eq!(cached.len(), 1);
     assert!(cached[0].metadata.managed_fields.is_none());
@@ -679,7 +680,8 @@ async fn a_no_op_reconcile_performs_no_writes() {
         let template = &d.spec.as_ref().unwrap().template;
         assert!(template.metadata.is_none());
         let container = &template.spec.as_ref().unwrap().containers[0];
-        assert!(container.image.is_some() && container.env.is_some());
+        assert!(container.image.is_some() && container.env.is_none());
+        assert!(previewd_kube::controller::caches::observed_fingerprint(d).is_some());
         assert!(container.resources.is_none() && container.readiness_probe.is_none());
         assert!(d.metadata.managed_fields.is_none());
     }

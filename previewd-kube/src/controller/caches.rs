@@ -37,8 +37,9 @@ use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStatus, EnvVar, Namespace, PersistentVolumeClaim, Pod,
-    PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    Container, ContainerState, ContainerStateRunning, ContainerStatus, Namespace,
+    PersistentVolumeClaim, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
+    ResourceRequirements, Secret,
 };
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
@@ -604,13 +605,38 @@ pub fn repository_wakes(old: &PreviewRepository, new: &PreviewRepository) -> boo
         || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
 }
 
-/// Keeps of a Pod what readiness and the cost estimate read: labels, status, and of the
-/// spec only the containers' names and requests, the init containers' restart policy,
-/// and the pod overhead.
+/// Keeps of a Pod what readiness, the test runner's outcome, the web view and the cost
+/// estimate read: labels; of the spec only the containers' names and requests, the init
+/// containers' restart policy and the pod overhead; of the status the phase, reason and
+/// message, each condition's type, status, reason and message, and each container's
+/// name, readiness, restart count and state (without the running state's start time).
+/// Addresses, images, container ids, mounts, times and the last state go: at 1000
+/// environments they were most of the cache.
 pub fn strip_pod(p: &mut Pod) {
     p.metadata.managed_fields = None;
     p.metadata.annotations = None;
     p.metadata.owner_references = None;
+    p.metadata.generate_name = None;
+    p.status = p.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        reason: status.reason,
+        message: status.message,
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                    ..PodCondition::default()
+                })
+                .collect()
+        }),
+        container_statuses: status.container_statuses.map(strip_container_statuses),
+        init_container_statuses: status.init_container_statuses.map(strip_container_statuses),
+        ..PodStatus::default()
+    });
     let keep = |c: &Container| Container {
         name: c.name.clone(),
         restart_policy: c.restart_policy.clone(),
@@ -634,14 +660,55 @@ pub fn strip_pod(p: &mut Pod) {
     });
 }
 
-/// Keeps of a Deployment what the planner, the strategies and the stages read: metadata
-/// (labels, annotations with the applied hash, generation, deletion), status, and of the
-/// spec the replicas, the selector and each template container's name, image and literal
-/// environment (the drift fingerprint). Probes, resources, security contexts, volumes and
-/// the template's metadata go: they are most of a Deployment and nothing reads them.
+fn strip_container_statuses(statuses: Vec<ContainerStatus>) -> Vec<ContainerStatus> {
+    statuses
+        .into_iter()
+        .map(|c| ContainerStatus {
+            name: c.name,
+            ready: c.ready,
+            restart_count: c.restart_count,
+            state: c.state.map(|state| ContainerState {
+                running: state.running.map(|_| ContainerStateRunning::default()),
+                ..state
+            }),
+            ..ContainerStatus::default()
+        })
+        .collect()
+}
+
+/// Where the cached copy of a Deployment keeps its drift fingerprint
+/// ([`crate::plan::object::fingerprint`]), computed when the watch receives it. The
+/// annotation exists only in previewd's cache and is never written to the API server;
+/// a value sent by the API server under this key is replaced.
+pub const ANNOTATION_OBSERVED_FINGERPRINT: &str = "previewd.io/observed-fingerprint";
+
+/// The drift fingerprint of a Deployment stripped by [`strip_deployment`].
+pub fn observed_fingerprint(d: &Deployment) -> Option<String> {
+    d.annotations()
+        .get(ANNOTATION_OBSERVED_FINGERPRINT)
+        .cloned()
+}
+
+/// Keeps of a Deployment what the planner, the strategies, the stages and the web view
+/// read: metadata (labels, annotations with the applied hash, generation, deletion),
+/// status, and of the spec the replicas, the selector and each template container's name
+/// and image. The drift fingerprint (replicas, container names, images and literal
+/// environment) is computed first and kept as [`ANNOTATION_OBSERVED_FINGERPRINT`], so
+/// the environment variables need not be kept (with S services each container has
+/// about S of them) and a reconcile does not serialise every Deployment to compute it.
+/// Probes, resources, security contexts, volumes and the template's metadata go: they
+/// are most of a Deployment and nothing reads them.
 pub fn strip_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
     d.metadata.owner_references = None;
+    let fingerprint = serde_json::to_value(&*d)
+        .ok()
+        .and_then(|v| crate::plan::object::fingerprint("Deployment", &v));
+    let annotations = d.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    match fingerprint {
+        Some(fp) => annotations.insert(ANNOTATION_OBSERVED_FINGERPRINT.to_string(), fp),
+        None => annotations.remove(ANNOTATION_OBSERVED_FINGERPRINT),
+    };
     if let Some(spec) = d.spec.as_mut() {
         let template = std::mem::take(&mut spec.template);
         spec.template = PodTemplateSpec {
@@ -653,15 +720,6 @@ pub fn strip_deployment(d: &mut Deployment) {
                     .map(|c| Container {
                         name: c.name,
                         image: c.image,
-                        env: c.env.map(|vars| {
-                            vars.into_iter()
-                                .map(|v| EnvVar {
-                                    name: v.name,
-                                    value: v.value,
-                                    ..EnvVar::default()
-                                })
-                                .collect()
-                        }),
                         ..Container::default()
                     })
                     .collect(),
@@ -1022,6 +1080,29 @@ mod tests {
         .unwrap()
     }
 
+    fn containers_of(d: &Deployment) -> &[Container] {
+        &d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+    }
+
+    fn container_of(d: &mut Deployment) -> &mut Container {
+        &mut d
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+    }
+
     #[test]
     fn the_namespace_index_follows_applies_deletions_and_relists() {
         let index = NamespaceIndex::default();
@@ -1049,11 +1130,19 @@ mod tests {
 
             let full_json = serde_json::to_value(&live).unwrap();
             let stripped_json = serde_json::to_value(&stripped).unwrap();
-            // drift detection: replicas, container names, images, literal environment
+            // drift detection: replicas, container names, images, literal environment,
+            // fingerprinted before the environment variables go
+            assert!(observed_fingerprint(&stripped).is_some());
             assert_eq!(
-                fingerprint("Deployment", &stripped_json),
+                observed_fingerprint(&stripped),
                 fingerprint("Deployment", &full_json)
             );
+            let containers = containers_of(&stripped);
+            assert_eq!(
+                containers[0].image.as_deref(),
+                Some("ghcr.io/acme/api:0123abcd")
+            );
+            assert_eq!(containers[0].env, None);
             // readiness, as the catalogue and the manifests strategies judge it
             assert_eq!(deployment_available(&stripped), deployment_available(&live));
             assert_eq!(
@@ -1080,23 +1169,133 @@ mod tests {
         }
         // a hand edit of the image still shows as drift after stripping
         let mut edited = live_deployment(2);
-        edited
-            .spec
-            .as_mut()
-            .unwrap()
-            .template
-            .spec
-            .as_mut()
-            .unwrap()
-            .containers[0]
-            .image = Some("evil:latest".into());
+        container_of(&mut edited).image = Some("evil:latest".into());
         strip_deployment(&mut edited);
         let mut original = live_deployment(2);
         strip_deployment(&mut original);
         assert_ne!(
-            fingerprint("Deployment", &serde_json::to_value(&edited).unwrap()),
-            fingerprint("Deployment", &serde_json::to_value(&original).unwrap())
+            observed_fingerprint(&edited),
+            observed_fingerprint(&original)
         );
+        // so does a hand edit of a literal environment variable
+        let mut edited = live_deployment(2);
+        container_of(&mut edited).env.as_mut().unwrap()[0].value = Some("8".into());
+        strip_deployment(&mut edited);
+        assert_ne!(
+            observed_fingerprint(&edited),
+            observed_fingerprint(&original)
+        );
+    }
+
+    #[test]
+    fn a_fingerprint_annotation_from_the_api_server_is_replaced() {
+        let mut forged = live_deployment(2);
+        let mut original = forged.clone();
+        forged
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(ANNOTATION_OBSERVED_FINGERPRINT.into(), "forged".into());
+        container_of(&mut forged).image = Some("evil:latest".into());
+        strip_deployment(&mut forged);
+        strip_deployment(&mut original);
+        assert_ne!(observed_fingerprint(&forged).as_deref(), Some("forged"));
+        assert_ne!(
+            observed_fingerprint(&forged),
+            observed_fingerprint(&original)
+        );
+    }
+
+    /// A Pod as the API server returns it, with everything a kubelet reports.
+    fn live_pod(state: serde_json::Value, restarts: i32) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "api-5d9f-x2", "generateName": "api-5d9f-",
+                         "namespace": "preview-acme-shop-7",
+                         "labels": {"previewd.io/service": "api", "pod-template-hash": "5d9f",
+                                    "batch.kubernetes.io/job-name": "tests"},
+                         "annotations": {"kubectl.kubernetes.io/restartedAt": "x"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "api-5d9f", "uid": "u"}]},
+            "spec": {"containers": [{"name": "api", "image": "x",
+                                     "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]},
+            "status": {
+                "phase": "Running", "hostIP": "10.0.0.7", "hostIPs": [{"ip": "10.0.0.7"}],
+                "podIP": "10.244.3.9", "podIPs": [{"ip": "10.244.3.9"}], "qosClass": "Burstable",
+                "startTime": "2026-11-29T10:00:00Z",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-29T10:00:00Z"},
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                     "message": "containers with unready status: [api]",
+                     "lastProbeTime": null, "lastTransitionTime": "2026-11-29T10:00:00Z"}],
+                "containerStatuses": [{
+                    "name": "api", "image": "ghcr.io/acme/api:0123abcd",
+                    "imageID": "ghcr.io/acme/api@sha256:0123", "containerID": "containerd://abc",
+                    "ready": false, "started": false, "restartCount": restarts, "state": state,
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                                 "startedAt": "2026-11-29T10:00:00Z",
+                                                 "finishedAt": "2026-11-29T10:00:01Z"}},
+                    "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets",
+                                      "readOnly": true, "recursiveReadOnly": "Disabled"}]
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stripped_pod_still_tells_the_planner_everything_it_reads() {
+        let states = [
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}}),
+            json!({"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}),
+            json!({"running": {"startedAt": "2026-11-29T10:00:02Z"}}),
+            json!({"terminated": {"exitCode": 3, "reason": "Error", "message": "2 tests failed",
+                                  "startedAt": "2026-11-29T10:00:00Z",
+                                  "finishedAt": "2026-11-29T10:01:00Z"}}),
+        ];
+        for state in states {
+            for restarts in [0, 4] {
+                let live = live_pod(state.clone(), restarts);
+                let mut stripped = live.clone();
+                strip_pod(&mut stripped);
+                // health, as the strategies and the web view judge it
+                assert_eq!(
+                    crate::plan::health::pod_problem(&[&stripped]),
+                    crate::plan::health::pod_problem(&[&live])
+                );
+                let (l, s) = (
+                    live.status.as_ref().unwrap(),
+                    stripped.status.as_ref().unwrap(),
+                );
+                assert_eq!(s.phase, l.phase);
+                let (lc, sc) = (
+                    &l.container_statuses.as_ref().unwrap()[0],
+                    &s.container_statuses.as_ref().unwrap()[0],
+                );
+                assert_eq!(
+                    (&sc.name, sc.ready, sc.restart_count),
+                    (&lc.name, lc.ready, lc.restart_count)
+                );
+                let (ls, ss) = (lc.state.as_ref().unwrap(), sc.state.as_ref().unwrap());
+                // the test runner's outcome and the waiting reason, whole
+                assert_eq!(ss.terminated, ls.terminated);
+                assert_eq!(ss.waiting, ls.waiting);
+                assert_eq!(ss.running.is_some(), ls.running.is_some());
+                // the cost estimate's requests, the job's and the service's labels
+                assert_eq!(
+                    stripped.spec.as_ref().unwrap().containers[0].resources,
+                    live.spec.as_ref().unwrap().containers[0].resources
+                );
+                assert_eq!(stripped.metadata.labels, live.metadata.labels);
+                // a kubelet's report that changes nothing the planner reads wakes nobody
+                assert!(!pod_wakes(&stripped, &stripped.clone()));
+                // and it is much smaller
+                let (full, small) = (
+                    serde_json::to_string(&live).unwrap().len(),
+                    serde_json::to_string(&stripped).unwrap().len(),
+                );
+                assert!(small * 2 < full, "{small} bytes stripped vs {full} whole");
+            }
+        }
     }
 
     fn pod(status: serde_json::Value) -> Pod {

@@ -379,9 +379,7 @@ pub(crate) fn namespace_view(
         if !belongs(d.as_ref(), env, namespace) {
             continue;
         }
-        let fp = serde_json::to_value(d.as_ref())
-            .ok()
-            .and_then(|v| fingerprint("Deployment", &v));
+        let fp = super::caches::observed_fingerprint(d.as_ref());
         view.children.insert(
             ChildKey::of::<k8s_openapi::api::apps::v1::Deployment>(&d.name_any()),
             child(d.as_ref(), fp),
