@@ -68,6 +68,7 @@ fn reflect<K>(
     mut writer: kube::runtime::reflector::store::Writer<K>,
     synced: Arc<AtomicBool>,
     strip: fn(&mut K),
+    seen: impl Fn(&watcher::Event<K>) + Send + 'static,
     shutdown: tokio_util::sync::CancellationToken,
 ) where
     K: kube::Resource
@@ -92,6 +93,7 @@ fn reflect<K>(
                 Some(Ok(event)) => {
                     let event = event.modify(strip);
                     writer.apply_watcher_event(&event);
+                    seen(&event);
                     if matches!(event, watcher::Event::InitDone) {
                         synced.store(true, Ordering::SeqCst);
                     }
@@ -104,6 +106,38 @@ fn reflect<K>(
             }
         }
     });
+}
+
+/// Drops the store's record of its own write to an environment once the watch shows
+/// that write or a later version (applied, or deleted), so that the record lives for the
+/// moment the watch lags and not until the next delivery for the same pull request
+/// (objects a re-list shows count too).
+fn forget_what_the_watch_shows(
+    written: &std::sync::Mutex<HashMap<ObjectKey, Written>>,
+    event: &watcher::Event<PreviewEnvironment>,
+) {
+    let key = |env: &PreviewEnvironment| {
+        (
+            env.metadata.namespace.clone().unwrap_or_default(),
+            env.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let mut written = written.lock().unwrap_or_else(|e| e.into_inner());
+    if written.is_empty() {
+        return;
+    }
+    match event {
+        watcher::Event::Apply(env)
+        | watcher::Event::InitApply(env)
+        | watcher::Event::Delete(env) => {
+            let shown = version(env.metadata.resource_version.as_deref());
+            let key = key(env);
+            if written.get(&key).is_some_and(|(at, _)| shown >= *at) {
+                written.remove(&key);
+            }
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -148,6 +182,7 @@ impl KubeStore {
             writer,
             synced.clone(),
             |repo| repo.metadata.managed_fields = None,
+            |_| {},
             shutdown.clone(),
         );
         let (environments, writer) = kube::runtime::reflector::store::<PreviewEnvironment>();
@@ -156,6 +191,8 @@ impl KubeStore {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
+        let written: Arc<std::sync::Mutex<HashMap<ObjectKey, Written>>> = Arc::default();
+        let shown = written.clone();
         reflect(
             api,
             writer,
@@ -164,6 +201,7 @@ impl KubeStore {
                 env.metadata.managed_fields = None;
                 env.status = None;
             },
+            move |event| forget_what_the_watch_shows(&shown, event),
             shutdown,
         );
         self.cache = Some(RepositoryCache {
@@ -171,7 +209,7 @@ impl KubeStore {
             synced,
             environments,
             environments_synced,
-            written: Arc::default(),
+            written,
             tombstones: Arc::default(),
         });
         self
@@ -540,5 +578,61 @@ impl EnvironmentStore for KubeStore {
             .await
             .map(|_| ())
             .map_err(map_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(name: &str, rv: u64) -> PreviewEnvironment {
+        let mut env: PreviewEnvironment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+            "metadata": {"name": name, "namespace": "previews"},
+            "spec": {"repository": "acme/shop", "prNumber": 7, "branch": "feature",
+                     "headSHA": "0123456789abcdef0123456789abcdef01234567"}
+        }))
+        .unwrap();
+        env.metadata.resource_version = Some(rv.to_string());
+        env
+    }
+
+    fn record(
+        map: &std::sync::Mutex<HashMap<ObjectKey, Written>>,
+        name: &str,
+        at: u64,
+        gone: bool,
+    ) {
+        let object = (!gone).then(|| env(name, at));
+        map.lock()
+            .unwrap()
+            .insert(("previews".into(), name.into()), (at, object));
+    }
+
+    fn held(map: &std::sync::Mutex<HashMap<ObjectKey, Written>>) -> Vec<String> {
+        let mut names: Vec<String> = map.lock().unwrap().keys().map(|(_, n)| n.clone()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_record_of_a_write_goes_once_the_watch_shows_that_write() {
+        let written = std::sync::Mutex::new(HashMap::new());
+        record(&written, "shop-7", 10, false);
+        record(&written, "shop-8", 20, false);
+        record(&written, "shop-9", 30, true);
+        // an older version of shop-7 (the watch lags): kept
+        forget_what_the_watch_shows(&written, &watcher::Event::Apply(env("shop-7", 9)));
+        assert_eq!(held(&written), ["shop-7", "shop-8", "shop-9"]);
+        // the write itself: gone
+        forget_what_the_watch_shows(&written, &watcher::Event::Apply(env("shop-7", 10)));
+        assert_eq!(held(&written), ["shop-8", "shop-9"]);
+        // a later version seen in a re-list
+        forget_what_the_watch_shows(&written, &watcher::Event::InitApply(env("shop-8", 25)));
+        assert_eq!(held(&written), ["shop-9"]);
+        // a deletion shown by the watch
+        forget_what_the_watch_shows(&written, &watcher::Event::Delete(env("shop-9", 31)));
+        assert!(held(&written).is_empty());
     }
 }
