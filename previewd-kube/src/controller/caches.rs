@@ -701,14 +701,6 @@ pub fn observed_fingerprint(d: &Deployment) -> Option<String> {
 pub fn strip_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
     d.metadata.owner_references = None;
-    let fingerprint = serde_json::to_value(&*d)
-        .ok()
-        .and_then(|v| crate::plan::object::fingerprint("Deployment", &v));
-    let annotations = d.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    match fingerprint {
-        Some(fp) => annotations.insert(ANNOTATION_OBSERVED_FINGERPRINT.to_string(), fp),
-        None => annotations.remove(ANNOTATION_OBSERVED_FINGERPRINT),
-    };
     if let Some(spec) = d.spec.as_mut() {
         let template = std::mem::take(&mut spec.template);
         spec.template = PodTemplateSpec {
@@ -720,6 +712,7 @@ pub fn strip_deployment(d: &mut Deployment) {
                     .map(|c| Container {
                         name: c.name,
                         image: c.image,
+                        env: c.env,
                         ..Container::default()
                     })
                     .collect(),
@@ -727,6 +720,24 @@ pub fn strip_deployment(d: &mut Deployment) {
             }),
         };
         spec.strategy = None;
+    }
+    // Fingerprinted once the template is down to what the fingerprint reads, then the
+    // environment goes too.
+    let fingerprint = serde_json::to_value(&*d)
+        .ok()
+        .and_then(|v| crate::plan::object::fingerprint("Deployment", &v));
+    let annotations = d.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    match fingerprint {
+        Some(fp) => annotations.insert(ANNOTATION_OBSERVED_FINGERPRINT.to_string(), fp),
+        None => annotations.remove(ANNOTATION_OBSERVED_FINGERPRINT),
+    };
+    let containers = d
+        .spec
+        .iter_mut()
+        .filter_map(|spec| spec.template.spec.as_mut())
+        .flat_map(|pod| pod.containers.iter_mut());
+    for container in containers {
+        container.env = None;
     }
 }
 
