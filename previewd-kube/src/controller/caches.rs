@@ -41,7 +41,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
     ResourceRequirements, Secret,
 };
-use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::api::{Api, DynamicObject, ObjectMeta, PartialObjectMeta};
 use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
@@ -51,8 +51,10 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::children::LABEL_ENV_NAMESPACE;
+use crate::children::waker::LABEL_ENDPOINT_SLICE_MANAGED_BY;
+use crate::children::{ANNOTATION_APPLIED_HASH, LABEL_ENV_NAMESPACE};
 use crate::crd::{LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY, PreviewEnvironment, PreviewRepository};
+use crate::plan::namespace::ANNOTATION_OWNER_UID;
 use crate::strategy::WatchedKind;
 
 /// Caches of one dynamic kind.
@@ -427,7 +429,7 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: strip_meta,
+                strip: strip_namespace,
                 wakes: always,
                 dyntype: (),
             },
@@ -535,7 +537,7 @@ impl CacheWriters {
                     triggers.clone(),
                     Hooks {
                         route: Triggers::send_for_child,
-                        strip: strip_meta,
+                        strip: strip_child_meta,
                         wakes: always,
                         dyntype: resource.clone(),
                     },
@@ -943,6 +945,55 @@ where
 
 fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
+}
+
+/// The labels of a child known by its metadata that observation and routing read.
+const CHILD_LABELS: [&str; 3] = [
+    LABEL_ENV,
+    LABEL_ENV_NAMESPACE,
+    LABEL_ENDPOINT_SLICE_MANAGED_BY,
+];
+
+/// The annotations of a namespace or a child known by its metadata that observation reads.
+const CHILD_ANNOTATIONS: [&str; 2] = [ANNOTATION_APPLIED_HASH, ANNOTATION_OWNER_UID];
+
+fn only(map: Option<BTreeMap<String, String>>, keys: &[&str]) -> Option<BTreeMap<String, String>> {
+    let kept: BTreeMap<String, String> = map?
+        .into_iter()
+        .filter(|(k, _)| keys.contains(&k.as_str()))
+        .collect();
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Keeps of an object watched for its metadata only (Services, Ingresses, network
+/// policies, quotas, a strategy's kinds) what observation and routing read: name,
+/// namespace, deletion, the environment's two labels and the EndpointSlice manager's,
+/// the applied hash and the owner's UID. The other labels, UIDs, versions, times and
+/// owner references were most of each entry, and there are S + 5 of them per
+/// environment.
+pub fn strip_child_meta<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        labels: only(meta.labels.take(), &CHILD_LABELS),
+        annotations: only(meta.annotations.take(), &CHILD_ANNOTATIONS),
+        ..ObjectMeta::default()
+    };
+}
+
+/// Keeps of a namespace what observation reads: its name, labels, deletion, applied hash
+/// and owner's UID (every namespace of the cluster is cached).
+pub fn strip_namespace(ns: &mut PartialObjectMeta<Namespace>) {
+    let meta = ns.meta_mut();
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        labels: meta.labels.take(),
+        annotations: only(meta.annotations.take(), &CHILD_ANNOTATIONS),
+        ..ObjectMeta::default()
+    };
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -484,4 +484,100 @@ mod tests {
         assert!(belongs(&slice("previewd.io"), &env, "preview-7-shop"));
         assert!(!belongs(&slice("previewd.io"), &env, "elsewhere"));
     }
+
+    /// Every question observation asks of a child known by its metadata, and of a
+    /// namespace, has the same answer on the cached (stripped) form as on the object the
+    /// API server sends.
+    #[test]
+    fn stripped_metadata_answers_what_observation_asks() {
+        use crate::controller::caches::{strip_child_meta, strip_namespace};
+        use k8s_openapi::api::core::v1::Namespace;
+        let env: PreviewEnvironment = serde_json::from_value(json!({
+            "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+            "metadata": {"name": "shop-pr-7", "namespace": "team", "uid": "u-1"},
+            "spec": {"repository": "acme/shop", "prNumber": 7, "branch": "b",
+                     "headSHA": "0123456789abcdef0123456789abcdef01234567"}
+        }))
+        .unwrap();
+        let whole = |namespace: &str, env_name: &str, deleting: bool| {
+            let mut meta = json!({
+                "name": "api", "namespace": namespace, "uid": "0f0e",
+                "resourceVersion": "981", "generation": 3,
+                "creationTimestamp": "2026-12-01T00:00:00Z",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "previewd",
+                    "previewd.io/env": env_name, "previewd.io/env-namespace": "team",
+                    "previewd.io/pr": "7", "previewd.io/repo": "acme.shop",
+                    "previewd.io/service": "api",
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                "annotations": {"previewd.io/applied-hash": "h-1",
+                                "previewd.io/owner-uid": "u-1",
+                                "kubectl.kubernetes.io/restartedAt": "now"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "api",
+                                     "uid": "0f0e"}],
+                "managedFields": [{"manager": "previewd", "operation": "Apply"}]
+            });
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-12-01T00:01:00Z");
+            }
+            let object: PartialObjectMeta<DynamicObject> =
+                serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+                                              "metadata": meta}))
+                .unwrap();
+            object
+        };
+        for (namespace, env_name, deleting) in [
+            ("preview-7-shop", "shop-pr-7", false),
+            ("preview-7-shop", "shop-pr-7", true),
+            ("preview-7-shop", "other", false),
+            ("argocd", "shop-pr-7", false),
+        ] {
+            let whole = whole(namespace, env_name, deleting);
+            let mut stripped = whole.clone();
+            strip_child_meta(&mut stripped);
+            for ns in ["preview-7-shop", "argocd"] {
+                assert_eq!(belongs(&stripped, &env, ns), belongs(&whole, &env, ns));
+            }
+            let (a, b) = (child(&stripped, None), child(&whole, None));
+            assert_eq!((a.applied_hash, a.deleting), (b.applied_hash, b.deleting));
+            assert_eq!(
+                stripped.labels().get(LABEL_ENV),
+                whole.labels().get(LABEL_ENV)
+            );
+            assert_eq!(
+                stripped.annotations().get(ANNOTATION_OWNER_UID),
+                whole.annotations().get(ANNOTATION_OWNER_UID)
+            );
+            assert_eq!(stripped.name_any(), whole.name_any());
+            assert_eq!(stripped.namespace(), whole.namespace());
+            // What nothing reads is gone.
+            assert_eq!(stripped.labels().len(), 3);
+            assert_eq!(stripped.annotations().len(), 2);
+            assert!(stripped.uid().is_none() && stripped.metadata.owner_references.is_none());
+            assert!(stripped.metadata.managed_fields.is_none());
+        }
+
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "preview-7-shop", "uid": "n-1", "resourceVersion": "4",
+                "deletionTimestamp": "2026-12-01T00:01:00Z",
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                           "previewd.io/env": "shop-pr-7"},
+                "annotations": {"previewd.io/applied-hash": "h-2",
+                                "previewd.io/owner-uid": "u-1",
+                                "scheduler.alpha.kubernetes.io/node-selector": "x"},
+                "managedFields": [{"manager": "previewd", "operation": "Apply"}]}
+        }))
+        .unwrap();
+        let mut stripped = ns.clone();
+        strip_namespace(&mut stripped);
+        let (a, b) = (namespace_meta(&stripped), namespace_meta(&ns));
+        assert_eq!(
+            (a.labels, a.owner_uid, a.deleting, a.applied_hash),
+            (b.labels, b.owner_uid, b.deleting, b.applied_hash)
+        );
+        assert_eq!(stripped.name_any(), "preview-7-shop");
+        assert_eq!(stripped.annotations().len(), 2);
+        assert!(stripped.metadata.managed_fields.is_none() && stripped.uid().is_none());
+    }
 }
