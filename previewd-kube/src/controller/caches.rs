@@ -41,6 +41,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
     ResourceRequirements, Secret,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DynamicObject, ObjectMeta, PartialObjectMeta};
 use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
@@ -608,17 +609,21 @@ pub fn repository_wakes(old: &PreviewRepository, new: &PreviewRepository) -> boo
 }
 
 /// Keeps of a Pod what readiness, the test runner's outcome, the web view and the cost
-/// estimate read: labels; of the spec only the containers' names and requests, the init
-/// containers' restart policy and the pod overhead; of the status the phase, reason and
-/// message, each condition's type, status, reason and message, and each container's
-/// name, readiness, restart count and state (without the running state's start time).
-/// Addresses, images, container ids, mounts, times and the last state go: at 1000
-/// environments they were most of the cache.
+/// estimate read: labels and the resource version; of the spec only the containers'
+/// names and requests, the init containers' restart policy and the pod overhead; of the
+/// status the phase, reason and message, the `PodScheduled` condition's status, reason
+/// and message (the only condition anything reads: a Pod's readiness is read from its
+/// containers), and each container's name, readiness, restart count and state (without
+/// the running state's start time). Addresses, images, container ids, mounts, times,
+/// the other conditions, the UID and the last state go: at 1000 environments they were
+/// most of the cache.
 pub fn strip_pod(p: &mut Pod) {
     p.metadata.managed_fields = None;
     p.metadata.annotations = None;
     p.metadata.owner_references = None;
     p.metadata.generate_name = None;
+    p.metadata.uid = None;
+    p.metadata.creation_timestamp = None;
     p.status = p.status.take().map(|status| PodStatus {
         phase: status.phase,
         reason: status.reason,
@@ -626,6 +631,7 @@ pub fn strip_pod(p: &mut Pod) {
         conditions: status.conditions.map(|conditions| {
             conditions
                 .into_iter()
+                .filter(|c| c.type_ == "PodScheduled")
                 .map(|c| PodCondition {
                     type_: c.type_,
                     status: c.status,
@@ -693,13 +699,13 @@ pub fn observed_fingerprint(d: &Deployment) -> Option<String> {
 
 /// Keeps of a Deployment what the planner, the strategies, the stages and the web view
 /// read: metadata (labels, annotations with the applied hash, generation, deletion),
-/// status, and of the spec the replicas, the selector and each template container's name
-/// and image. The drift fingerprint (replicas, container names, images and literal
-/// environment) is computed first and kept as [`ANNOTATION_OBSERVED_FINGERPRINT`], so
-/// the environment variables need not be kept (with S services each container has
-/// about S of them) and a reconcile does not serialise every Deployment to compute it.
-/// Probes, resources, security contexts, volumes and the template's metadata go: they
-/// are most of a Deployment and nothing reads them.
+/// status and the desired replicas. The drift fingerprint (replicas, container names,
+/// images and literal environment) is computed first, from the template cut down to what
+/// it reads, and kept as [`ANNOTATION_OBSERVED_FINGERPRINT`]; then the template and the
+/// selector go, which nothing else reads. A reconcile thus never serialises a
+/// Deployment to compute its fingerprint, and the cache holds no pod template (with S
+/// services each container has about S environment variables, and a container is over
+/// 2 KB in memory however empty).
 pub fn strip_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
     d.metadata.owner_references = None;
@@ -733,13 +739,11 @@ pub fn strip_deployment(d: &mut Deployment) {
         Some(fp) => annotations.insert(ANNOTATION_OBSERVED_FINGERPRINT.to_string(), fp),
         None => annotations.remove(ANNOTATION_OBSERVED_FINGERPRINT),
     };
-    let containers = d
-        .spec
-        .iter_mut()
-        .filter_map(|spec| spec.template.spec.as_mut())
-        .flat_map(|pod| pod.containers.iter_mut());
-    for container in containers {
-        container.env = None;
+    // Nothing reads the cached template or selector once the fingerprint is taken (a
+    // container alone is over 2 KB in memory, however empty).
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = PodTemplateSpec::default();
+        spec.selector = LabelSelector::default();
     }
 }
 
@@ -1199,12 +1203,15 @@ mod tests {
                 observed_fingerprint(&stripped),
                 fingerprint("Deployment", &full_json)
             );
-            let containers = containers_of(&stripped);
+            // the template and selector, which nothing reads once fingerprinted, go
             assert_eq!(
-                containers[0].image.as_deref(),
-                Some("ghcr.io/acme/api:0123abcd")
+                stripped.spec.as_ref().unwrap().template,
+                PodTemplateSpec::default()
             );
-            assert_eq!(containers[0].env, None);
+            assert_eq!(
+                stripped.spec.as_ref().unwrap().replicas,
+                live.spec.as_ref().unwrap().replicas
+            );
             // readiness, as the catalogue and the manifests strategies judge it
             assert_eq!(deployment_available(&stripped), deployment_available(&live));
             assert_eq!(
@@ -1329,6 +1336,14 @@ mod tests {
                     stripped.status.as_ref().unwrap(),
                 );
                 assert_eq!(s.phase, l.phase);
+                // of the conditions only the one health reads
+                let kept: Vec<&str> = s
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .map(|c| c.type_.as_str())
+                    .collect();
+                assert_eq!(kept, ["PodScheduled"]);
                 let (lc, sc) = (
                     &l.container_statuses.as_ref().unwrap()[0],
                     &s.container_statuses.as_ref().unwrap()[0],
