@@ -669,21 +669,28 @@ async fn a_no_op_reconcile_performs_no_writes() {
     let reconciles = ctx.metrics.reconciles.get();
     // The caches keep only what the planner reads (and the reconciles above found
     // nothing to write with them): environments without managed fields, Deployments
-    // without their pod template's environment, probes, resources and metadata, their
-    // drift fingerprint computed when they arrived.
+    // without their pod template (their drift fingerprint computed when they arrived),
+    // the Services by the few fields observation reads.
     let cached = ctx.environments.get().expect("controller store").state();
     assert_eq!(cached.len(), 1);
     assert!(cached[0].metadata.managed_fields.is_none());
     let deployments = ctx.caches.deployments.state();
     assert_eq!(deployments.len(), 3);
     for d in &deployments {
-        let template = &d.spec.as_ref().unwrap().template;
-        assert!(template.metadata.is_none());
-        let container = &template.spec.as_ref().unwrap().containers[0];
-        assert!(container.image.is_some() && container.env.is_none());
+        let spec = d.spec.as_ref().unwrap();
+        assert!(spec.template.metadata.is_none() && spec.template.spec.is_none());
+        assert!(spec.replicas.is_some());
         assert!(previewd_kube::controller::caches::observed_fingerprint(d).is_some());
-        assert!(container.resources.is_none() && container.readiness_probe.is_none());
         assert!(d.metadata.managed_fields.is_none());
+    }
+    let (_, services) = &ctx.caches.kinds["v1/Service"];
+    let previewd_kube::controller::caches::KindCache::Metadata(services) = services else {
+        panic!("Services are cached by their metadata");
+    };
+    let services = services.state();
+    assert_eq!(services.len(), 3);
+    for s in &services {
+        assert!(s.applied_hash.is_some() && s.env.as_deref() == Some("shop-pr-3"));
     }
     op.stop().await;
     assert!(

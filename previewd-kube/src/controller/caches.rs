@@ -29,6 +29,7 @@
 //! were in the cache before or after is reconciled, since deletions during the gap are
 //! not reported one by one.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -44,7 +45,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DynamicObject, ObjectMeta, PartialObjectMeta};
 use kube::core::ApiResource;
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::{Lookup, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -61,8 +62,8 @@ use crate::strategy::WatchedKind;
 /// Caches of one dynamic kind.
 #[derive(Clone)]
 pub enum KindCache {
-    /// Metadata only.
-    Metadata(Store<PartialObjectMeta<DynamicObject>>),
+    /// What observation reads of each object's metadata ([`ChildMeta`]).
+    Metadata(Store<ChildMeta>),
     /// Whole objects.
     Full(Store<DynamicObject>),
 }
@@ -114,10 +115,10 @@ impl NamespaceIndex {
     }
 }
 
-fn index_key<K: Resource>(obj: &K) -> (String, String) {
+fn index_key<K: Lookup>(obj: &K) -> (String, String) {
     (
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default(),
+        obj.namespace().map(Cow::into_owned).unwrap_or_default(),
+        obj.name().map(Cow::into_owned).unwrap_or_default(),
     )
 }
 
@@ -156,7 +157,7 @@ pub struct Caches {
 pub const OPTIONAL_KIND_RECHECK: Duration = Duration::from_secs(30);
 
 enum KindWriter {
-    Metadata(Writer<PartialObjectMeta<DynamicObject>>),
+    Metadata(Writer<ChildMeta>),
     Full(Writer<DynamicObject>),
 }
 
@@ -200,7 +201,7 @@ impl Caches {
                 readers.insert(key, (k.resource.clone(), KindCache::Full(w.as_reader())));
                 writers.push((k.resource.clone(), k.optional, KindWriter::Full(w), index));
             } else {
-                let w: Writer<PartialObjectMeta<DynamicObject>> = Writer::new(k.resource.clone());
+                let w: Writer<ChildMeta> = Writer::default();
                 readers.insert(
                     key,
                     (k.resource.clone(), KindCache::Metadata(w.as_reader())),
@@ -366,8 +367,24 @@ impl Triggers {
 
     fn send_for_child<K: Resource>(&self, obj: &K) {
         let labels = obj.labels();
-        let (Some(env), Some(env_ns)) = (labels.get(LABEL_ENV), labels.get(LABEL_ENV_NAMESPACE))
-        else {
+        self.send_for(
+            labels.get(LABEL_ENV).map(String::as_str),
+            labels.get(LABEL_ENV_NAMESPACE).map(String::as_str),
+            obj.meta().namespace.as_deref(),
+        );
+    }
+
+    fn send_for_child_meta(&self, obj: &ChildMeta) {
+        self.send_for(
+            obj.env.as_deref(),
+            obj.env_namespace.as_deref(),
+            obj.namespace.as_deref(),
+        );
+    }
+
+    /// Wakes the environment `env` in `env_ns` that a child in `obj_ns` is labelled with.
+    fn send_for(&self, env: Option<&str>, env_ns: Option<&str>, obj_ns: Option<&str>) {
+        let (Some(env), Some(env_ns)) = (env, env_ns) else {
             return;
         };
         if let Some(watched) = &self.watch_namespace
@@ -376,24 +393,23 @@ impl Triggers {
             return;
         }
         let target = ObjectRef::<PreviewEnvironment>::new(env).within(env_ns);
-        if self.inside_a_namespace_being_torn_down(&target, obj) {
+        if self.inside_a_namespace_being_torn_down(&target, obj_ns) {
             return;
         }
         let _ = self.sender.unbounded_send(target);
     }
 
-    /// Whether `obj` lives in the preview namespace of an environment that is being
+    /// Whether `obj_ns` is the preview namespace of an environment that is being
     /// deleted. Its teardown waits for the namespace (and for objects outside it) only,
     /// so the deletions of the namespace's contents, dozens per environment, need not
     /// wake it: closing 1000 pull requests would otherwise cost tens of thousands of
     /// reconciles.
-    fn inside_a_namespace_being_torn_down<K: Resource>(
+    fn inside_a_namespace_being_torn_down(
         &self,
         target: &ObjectRef<PreviewEnvironment>,
-        obj: &K,
+        obj_ns: Option<&str>,
     ) -> bool {
-        let (Some(envs), Some(obj_ns)) = (self.environments.get(), obj.meta().namespace.as_deref())
-        else {
+        let (Some(envs), Some(obj_ns)) = (self.environments.get(), obj_ns) else {
             return false;
         };
         envs.get(target).is_some_and(|env| {
@@ -430,7 +446,10 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: strip_namespace,
+                convert: |mut ns| {
+                    strip_namespace(&mut ns);
+                    ns
+                },
                 wakes: always,
                 dyntype: (),
             },
@@ -445,7 +464,10 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: strip_deployment,
+                convert: |mut d| {
+                    strip_deployment(&mut d);
+                    d
+                },
                 wakes: always,
                 dyntype: (),
             },
@@ -460,7 +482,10 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: strip_pod,
+                convert: |mut p| {
+                    strip_pod(&mut p);
+                    p
+                },
                 wakes: pod_wakes,
                 dyntype: (),
             },
@@ -477,7 +502,10 @@ impl CacheWriters {
                 triggers.clone(),
                 Hooks {
                     route: Triggers::send_for_source_secret,
-                    strip: strip_meta,
+                    convert: |mut secret| {
+                        strip_meta(&mut secret);
+                        secret
+                    },
                     wakes: always,
                     dyntype: (),
                 },
@@ -497,7 +525,10 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_repository,
-                strip: strip_repository,
+                convert: |mut r| {
+                    strip_repository(&mut r);
+                    r
+                },
                 wakes: repository_wakes,
                 dyntype: (),
             },
@@ -512,9 +543,10 @@ impl CacheWriters {
             triggers.clone(),
             Hooks {
                 route: Triggers::send_for_child,
-                strip: |c: &mut PersistentVolumeClaim| {
+                convert: |mut c: PersistentVolumeClaim| {
                     c.metadata.managed_fields = None;
                     c.metadata.annotations = None;
+                    c
                 },
                 wakes: always,
                 dyntype: (),
@@ -537,10 +569,10 @@ impl CacheWriters {
                     w,
                     triggers.clone(),
                     Hooks {
-                        route: Triggers::send_for_child,
-                        strip: strip_child_meta,
+                        route: Triggers::send_for_child_meta,
+                        convert: |o: PartialObjectMeta<DynamicObject>| ChildMeta::of(&o.metadata),
                         wakes: always,
-                        dyntype: resource.clone(),
+                        dyntype: (),
                     },
                     index.clone(),
                     shutdown.clone(),
@@ -554,7 +586,10 @@ impl CacheWriters {
                     triggers.clone(),
                     Hooks {
                         route: Triggers::send_for_child,
-                        strip: |o: &mut DynamicObject| o.metadata.managed_fields = None,
+                        convert: |mut o: DynamicObject| {
+                            o.metadata.managed_fields = None;
+                            o
+                        },
                         wakes: always,
                         dyntype: resource.clone(),
                     },
@@ -824,11 +859,14 @@ fn pod_signature(p: &Pod) -> PodSignature<'_> {
 
 /// What a watch does with each object: whom it wakes, what it strips before caching,
 /// and whether an update (cached object, new object, both stripped) is worth waking for.
-struct Hooks<K: Resource> {
-    route: fn(&Triggers, &K),
-    strip: fn(&mut K),
-    wakes: fn(&K, &K) -> bool,
-    dyntype: K::DynamicType,
+/// What a watch does with each object it receives (a `K`) before caching it (as a `C`):
+/// `convert` strips or projects it; `wakes` says whether an update of a cached object
+/// concerns the planner; `route` wakes the environment it belongs to.
+struct Hooks<K, C: Lookup = K> {
+    route: fn(&Triggers, &C),
+    convert: fn(K) -> C,
+    wakes: fn(&C, &C) -> bool,
+    dyntype: C::DynamicType,
 }
 
 fn always<K>(_: &K, _: &K) -> bool {
@@ -898,20 +936,21 @@ impl Served {
 /// the cache is empty and ready (so it never holds up the controller's start) and the
 /// kind is listed in [`Caches::missing`].
 #[allow(clippy::too_many_arguments)]
-fn spawn_watch_when<K>(
+fn spawn_watch_when<K, C>(
     served: Option<Served>,
     kind: String,
     api: Api<K>,
     config: watcher::Config,
-    mut writer: Writer<K>,
+    mut writer: Writer<C>,
     triggers: Triggers,
-    hooks: Hooks<K>,
+    hooks: Hooks<K, C>,
     index: NamespaceIndex,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+    C: Lookup + Clone + Send + Sync + 'static,
+    C::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
     let Some(served) = served else {
         return spawn_watch(kind, api, config, writer, triggers, hooks, index, shutdown);
@@ -951,15 +990,8 @@ fn strip_meta<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// The labels of a child known by its metadata that observation and routing read.
-const CHILD_LABELS: [&str; 3] = [
-    LABEL_ENV,
-    LABEL_ENV_NAMESPACE,
-    LABEL_ENDPOINT_SLICE_MANAGED_BY,
-];
-
-/// The annotations of a namespace or a child known by its metadata that observation reads.
-const CHILD_ANNOTATIONS: [&str; 2] = [ANNOTATION_APPLIED_HASH, ANNOTATION_OWNER_UID];
+/// The annotations of a namespace that observation reads.
+const NAMESPACE_ANNOTATIONS: [&str; 2] = [ANNOTATION_APPLIED_HASH, ANNOTATION_OWNER_UID];
 
 fn only(map: Option<BTreeMap<String, String>>, keys: &[&str]) -> Option<BTreeMap<String, String>> {
     let kept: BTreeMap<String, String> = map?
@@ -969,22 +1001,86 @@ fn only(map: Option<BTreeMap<String, String>>, keys: &[&str]) -> Option<BTreeMap
     (!kept.is_empty()).then_some(kept)
 }
 
-/// Keeps of an object watched for its metadata only (Services, Ingresses, network
-/// policies, quotas, a strategy's kinds) what observation and routing read: name,
-/// namespace, deletion, the environment's two labels and the EndpointSlice manager's,
-/// the applied hash and the owner's UID. The other labels, UIDs, versions, times and
-/// owner references were most of each entry, and there are S + 5 of them per
-/// environment.
-pub fn strip_child_meta<K: Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        deletion_timestamp: meta.deletion_timestamp.take(),
-        labels: only(meta.labels.take(), &CHILD_LABELS),
-        annotations: only(meta.annotations.take(), &CHILD_ANNOTATIONS),
-        ..ObjectMeta::default()
-    };
+/// What the cache keeps of an object watched for its metadata only (Services, Ingresses,
+/// network policies, quotas, limit ranges, a strategy's kinds): what observation and
+/// routing read, as plain fields. There are S + 5 such objects per environment; kept as
+/// API objects each cost about 1.8 KB (an object's metadata with two label maps, a
+/// 540-byte node each however few entries, and a cache key carrying the kind's five
+/// names), as this about 0.3 KB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChildMeta {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace` (none: cluster-scoped).
+    pub namespace: Option<String>,
+    /// The environment it belongs to ([`LABEL_ENV`]).
+    pub env: Option<String>,
+    /// The environment's namespace ([`LABEL_ENV_NAMESPACE`]).
+    pub env_namespace: Option<String>,
+    /// Who manages it when it is an EndpointSlice
+    /// ([`LABEL_ENDPOINT_SLICE_MANAGED_BY`]).
+    pub slice_manager: Option<String>,
+    /// What previewd applied ([`ANNOTATION_APPLIED_HASH`]).
+    pub applied_hash: Option<String>,
+    /// The environment's UID it is marked with ([`ANNOTATION_OWNER_UID`]).
+    pub owner_uid: Option<String>,
+    /// Whether it is being deleted.
+    pub deleting: bool,
+}
+
+impl ChildMeta {
+    /// The fields of `meta` observation and routing read.
+    pub fn of(meta: &ObjectMeta) -> ChildMeta {
+        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
+        let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+        ChildMeta {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone(),
+            env: label(LABEL_ENV),
+            env_namespace: label(LABEL_ENV_NAMESPACE),
+            slice_manager: label(LABEL_ENDPOINT_SLICE_MANAGED_BY),
+            applied_hash: annotation(ANNOTATION_APPLIED_HASH),
+            owner_uid: annotation(ANNOTATION_OWNER_UID),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// The cache's key is the name and namespace alone.
+impl Lookup for ChildMeta {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        self.namespace.as_deref().map(Cow::Borrowed)
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
 }
 
 /// Keeps of a namespace what observation reads: its name, labels, deletion, applied hash
@@ -995,29 +1091,30 @@ pub fn strip_namespace(ns: &mut PartialObjectMeta<Namespace>) {
         name: meta.name.take(),
         deletion_timestamp: meta.deletion_timestamp.take(),
         labels: meta.labels.take(),
-        annotations: only(meta.annotations.take(), &CHILD_ANNOTATIONS),
+        annotations: only(meta.annotations.take(), &NAMESPACE_ANNOTATIONS),
         ..ObjectMeta::default()
     };
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spawn_watch<K>(
+fn spawn_watch<K, C>(
     kind: String,
     api: Api<K>,
     config: watcher::Config,
-    mut writer: Writer<K>,
+    mut writer: Writer<C>,
     triggers: Triggers,
-    hooks: Hooks<K>,
+    hooks: Hooks<K, C>,
     index: NamespaceIndex,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+    C: Lookup + Clone + Send + Sync + 'static,
+    C::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
     let Hooks {
         route,
-        strip,
+        convert,
         wakes,
         dyntype,
     } = hooks;
@@ -1032,7 +1129,7 @@ where
                 next = stream.next() => next,
             };
             let Some(event) = next else { return };
-            let mut event = match event {
+            let event = match event {
                 Ok(event) => {
                     triggers.health.watch_ok(&kind);
                     event
@@ -1043,10 +1140,13 @@ where
                     continue;
                 }
             };
-            match &mut event {
-                Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => strip(o),
-                Event::Init | Event::InitDone => {}
-            }
+            let event = match event {
+                Event::Apply(o) => Event::Apply(convert(o)),
+                Event::Delete(o) => Event::Delete(convert(o)),
+                Event::InitApply(o) => Event::InitApply(convert(o)),
+                Event::Init => Event::Init,
+                Event::InitDone => Event::InitDone,
+            };
             match &event {
                 Event::Apply(o) => {
                     let old = reader.get(&ObjectRef::from_obj_with(o, dyntype.clone()));
@@ -1144,17 +1244,6 @@ mod tests {
             }
         }))
         .unwrap()
-    }
-
-    fn containers_of(d: &Deployment) -> &[Container] {
-        &d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers
     }
 
     fn container_of(d: &mut Deployment) -> &mut Container {

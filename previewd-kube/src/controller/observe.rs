@@ -11,7 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::caches::{Caches, KindCache};
+use super::caches::{Caches, ChildMeta, KindCache};
 use previewd_core::checks::RecordedChecks;
 use previewd_core::source_control::RepoRef;
 
@@ -235,13 +235,41 @@ fn namespace_meta(ns: &PartialObjectMeta<Namespace>) -> NamespaceMeta {
 /// makes for previewd's Services carry their Service's labels; another controller
 /// manages them, so they are not children (previewd's own slice names previewd).
 fn belongs<K: Resource>(obj: &K, env: &PreviewEnvironment, namespace: &str) -> bool {
-    let labels = obj.labels();
-    obj.meta().namespace.as_deref() == Some(namespace)
-        && labels.get(LABEL_ENV).map(String::as_str) == Some(env.name_any().as_str())
-        && labels.get(LABEL_ENV_NAMESPACE) == env.namespace().as_ref()
-        && labels
-            .get(LABEL_ENDPOINT_SLICE_MANAGED_BY)
-            .is_none_or(|m| m == ENDPOINT_SLICE_MANAGER)
+    let label = |k: &str| obj.labels().get(k).map(String::as_str);
+    belongs_with(
+        obj.meta().namespace.as_deref(),
+        label(LABEL_ENV),
+        label(LABEL_ENV_NAMESPACE),
+        label(LABEL_ENDPOINT_SLICE_MANAGED_BY),
+        env,
+        namespace,
+    )
+}
+
+/// [`belongs`], for a child cached by its metadata.
+fn belongs_meta(obj: &ChildMeta, env: &PreviewEnvironment, namespace: &str) -> bool {
+    belongs_with(
+        obj.namespace.as_deref(),
+        obj.env.as_deref(),
+        obj.env_namespace.as_deref(),
+        obj.slice_manager.as_deref(),
+        env,
+        namespace,
+    )
+}
+
+fn belongs_with(
+    obj_namespace: Option<&str>,
+    env_label: Option<&str>,
+    env_namespace_label: Option<&str>,
+    slice_manager: Option<&str>,
+    env: &PreviewEnvironment,
+    namespace: &str,
+) -> bool {
+    obj_namespace == Some(namespace)
+        && env_label == Some(env.name_any().as_str())
+        && env_namespace_label == env.namespace().as_deref()
+        && slice_manager.is_none_or(|m| m == ENDPOINT_SLICE_MANAGER)
 }
 
 fn child<K: Resource>(obj: &K, fingerprint: Option<String>) -> ObservedChild {
@@ -249,6 +277,15 @@ fn child<K: Resource>(obj: &K, fingerprint: Option<String>) -> ObservedChild {
         applied_hash: obj.annotations().get(ANNOTATION_APPLIED_HASH).cloned(),
         deleting: obj.meta().deletion_timestamp.is_some(),
         fingerprint,
+    }
+}
+
+/// [`child`], for a child cached by its metadata.
+fn child_meta(obj: &ChildMeta) -> ObservedChild {
+    ObservedChild {
+        applied_hash: obj.applied_hash.clone(),
+        deleting: obj.deleting,
+        fingerprint: None,
     }
 }
 
@@ -263,20 +300,14 @@ pub(crate) fn external_children(
     let Some(uid) = env.uid() else {
         return found;
     };
-    let marked = |meta: &kube::api::ObjectMeta| {
-        let labels = meta.labels.as_ref();
-        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let marked = |meta: &ChildMeta| {
         !meta
             .namespace
             .as_deref()
             .is_some_and(|ns| ns.starts_with(namespace::NAMESPACE_PREFIX))
-            && label(LABEL_ENV) == Some(env.name_any().as_str())
-            && label(LABEL_ENV_NAMESPACE) == env.namespace().as_deref()
-            && meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_OWNER_UID))
-                == Some(&uid)
+            && meta.env.as_deref() == Some(env.name_any().as_str())
+            && meta.env_namespace.as_deref() == env.namespace().as_deref()
+            && meta.owner_uid.as_ref() == Some(&uid)
     };
     for (kind_key, (resource, cache)) in &caches.kinds {
         // Objects outside preview namespaces only, through the namespace index.
@@ -297,7 +328,7 @@ pub(crate) fn external_children(
                     .collect()
             })
             .unwrap_or_default();
-        let mut add = |meta: &kube::api::ObjectMeta, object: Option<Arc<DynamicObject>>| {
+        let mut add = |meta: &ChildMeta, object: Option<Arc<DynamicObject>>| {
             if !marked(meta) {
                 return;
             }
@@ -305,19 +336,11 @@ pub(crate) fn external_children(
                 ChildKey {
                     api_version: resource.api_version.clone(),
                     kind: resource.kind.clone(),
-                    name: meta.name.clone().unwrap_or_default(),
+                    name: meta.name.clone(),
                 },
                 ExternalChild {
                     namespace: meta.namespace.clone().unwrap_or_default(),
-                    child: ObservedChild {
-                        applied_hash: meta
-                            .annotations
-                            .as_ref()
-                            .and_then(|a| a.get(ANNOTATION_APPLIED_HASH))
-                            .cloned(),
-                        deleting: meta.deletion_timestamp.is_some(),
-                        fingerprint: None,
-                    },
+                    child: child_meta(meta),
                     object,
                 },
             );
@@ -326,9 +349,9 @@ pub(crate) fn external_children(
             KindCache::Metadata(store) => {
                 for o in outside
                     .iter()
-                    .filter_map(|(ns, n)| store.get(&dynamic_ref(ns, n, resource)))
+                    .filter_map(|(ns, n)| store.get(&meta_ref(ns, n)))
                 {
-                    add(&o.metadata, None);
+                    add(&o, None);
                 }
             }
             KindCache::Full(store) => {
@@ -336,7 +359,7 @@ pub(crate) fn external_children(
                     .iter()
                     .filter_map(|(ns, n)| store.get(&dynamic_ref(ns, n, resource)))
                 {
-                    add(&o.metadata, Some(o.clone()));
+                    add(&ChildMeta::of(&o.metadata), Some(o.clone()));
                 }
             }
         }
@@ -351,6 +374,17 @@ fn dynamic_ref<K: kube::Resource<DynamicType = kube::core::ApiResource>>(
     resource: &kube::core::ApiResource,
 ) -> ObjectRef<K> {
     let r = ObjectRef::new_with(name, resource.clone());
+    if namespace.is_empty() {
+        r
+    } else {
+        r.within(namespace)
+    }
+}
+
+/// The cache key of an object cached by its metadata (`namespace` empty:
+/// cluster-scoped).
+fn meta_ref(namespace: &str, name: &str) -> ObjectRef<ChildMeta> {
+    let r = ObjectRef::new(name);
     if namespace.is_empty() {
         r
     } else {
@@ -415,11 +449,10 @@ pub(crate) fn namespace_view(
             KindCache::Metadata(store) => {
                 for o in names
                     .iter()
-                    .filter_map(|n| store.get(&dynamic_ref(namespace, n, resource)))
+                    .filter_map(|n| store.get(&meta_ref(namespace, n)))
                 {
-                    if belongs(o.as_ref(), env, namespace) {
-                        view.children
-                            .insert(key(o.name_any()), child(o.as_ref(), None));
+                    if belongs_meta(&o, env, namespace) {
+                        view.children.insert(key(o.name.clone()), child_meta(&o));
                     }
                 }
             }
@@ -486,11 +519,11 @@ mod tests {
     }
 
     /// Every question observation asks of a child known by its metadata, and of a
-    /// namespace, has the same answer on the cached (stripped) form as on the object the
-    /// API server sends.
+    /// namespace, has the same answer on the cached form as on the object the API server
+    /// sends.
     #[test]
-    fn stripped_metadata_answers_what_observation_asks() {
-        use crate::controller::caches::{strip_child_meta, strip_namespace};
+    fn cached_metadata_answers_what_observation_asks() {
+        use crate::controller::caches::strip_namespace;
         use k8s_openapi::api::core::v1::Namespace;
         let env: PreviewEnvironment = serde_json::from_value(json!({
             "apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
@@ -499,7 +532,7 @@ mod tests {
                      "headSHA": "0123456789abcdef0123456789abcdef01234567"}
         }))
         .unwrap();
-        let whole = |namespace: &str, env_name: &str, deleting: bool| {
+        let whole = |namespace: &str, env_name: &str, deleting: bool, manager: &str| {
             let mut meta = json!({
                 "name": "api", "namespace": namespace, "uid": "0f0e",
                 "resourceVersion": "981", "generation": 3,
@@ -509,7 +542,7 @@ mod tests {
                     "previewd.io/env": env_name, "previewd.io/env-namespace": "team",
                     "previewd.io/pr": "7", "previewd.io/repo": "acme.shop",
                     "previewd.io/service": "api",
-                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                    "endpointslice.kubernetes.io/managed-by": manager},
                 "annotations": {"previewd.io/applied-hash": "h-1",
                                 "previewd.io/owner-uid": "u-1",
                                 "kubectl.kubernetes.io/restartedAt": "now"},
@@ -526,35 +559,39 @@ mod tests {
                 .unwrap();
             object
         };
-        for (namespace, env_name, deleting) in [
-            ("preview-7-shop", "shop-pr-7", false),
-            ("preview-7-shop", "shop-pr-7", true),
-            ("preview-7-shop", "other", false),
-            ("argocd", "shop-pr-7", false),
+        for (namespace, env_name, deleting, manager) in [
+            ("preview-7-shop", "shop-pr-7", false, "previewd.io"),
+            ("preview-7-shop", "shop-pr-7", true, "previewd.io"),
+            (
+                "preview-7-shop",
+                "shop-pr-7",
+                false,
+                "endpointslice-controller.k8s.io",
+            ),
+            ("preview-7-shop", "other", false, "previewd.io"),
+            ("argocd", "shop-pr-7", false, "previewd.io"),
         ] {
-            let whole = whole(namespace, env_name, deleting);
-            let mut stripped = whole.clone();
-            strip_child_meta(&mut stripped);
+            let whole = whole(namespace, env_name, deleting, manager);
+            let cached = ChildMeta::of(&whole.metadata);
             for ns in ["preview-7-shop", "argocd"] {
-                assert_eq!(belongs(&stripped, &env, ns), belongs(&whole, &env, ns));
+                assert_eq!(
+                    belongs_meta(&cached, &env, ns),
+                    belongs(&whole, &env, ns),
+                    "{namespace} {env_name} {manager} in {ns}"
+                );
             }
-            let (a, b) = (child(&stripped, None), child(&whole, None));
-            assert_eq!((a.applied_hash, a.deleting), (b.applied_hash, b.deleting));
+            let (a, b) = (child_meta(&cached), child(&whole, None));
             assert_eq!(
-                stripped.labels().get(LABEL_ENV),
-                whole.labels().get(LABEL_ENV)
+                (a.applied_hash, a.deleting, a.fingerprint),
+                (b.applied_hash, b.deleting, b.fingerprint)
             );
+            assert_eq!(cached.env.as_ref(), whole.labels().get(LABEL_ENV));
             assert_eq!(
-                stripped.annotations().get(ANNOTATION_OWNER_UID),
+                cached.owner_uid.as_ref(),
                 whole.annotations().get(ANNOTATION_OWNER_UID)
             );
-            assert_eq!(stripped.name_any(), whole.name_any());
-            assert_eq!(stripped.namespace(), whole.namespace());
-            // What nothing reads is gone.
-            assert_eq!(stripped.labels().len(), 3);
-            assert_eq!(stripped.annotations().len(), 2);
-            assert!(stripped.uid().is_none() && stripped.metadata.owner_references.is_none());
-            assert!(stripped.metadata.managed_fields.is_none());
+            assert_eq!(cached.name, whole.name_any());
+            assert_eq!(cached.namespace, whole.namespace());
         }
 
         let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
