@@ -213,10 +213,13 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
     Ok(value)
 }
 
-/// One write to the API server every 100 ms (a server-side apply of a ConfigMap in the
-/// scenario's namespace) while it runs, through the counting proxy as the operator's
-/// writes go (not counted as the operator's): the latency of a single API write at the
-/// same moment and on the same path as the webhook's.
+/// One write to the API server every 100 ms while it runs, through the counting proxy as
+/// the operator's writes go (not counted as the operator's): the latency of a single API
+/// write at the same moment and on the same path as the webhook's. [`WriteProbe::start`]
+/// applies a ConfigMap in the scenario's namespace; [`WriteProbe::environment`] applies,
+/// in a namespace the operator does not reconcile, a copy of the first environment the
+/// webhook created (the same kind, schema and size as the webhook's own write), with one
+/// annotation changed each time.
 struct WriteProbe {
     latencies: Arc<std::sync::Mutex<Vec<Duration>>>,
     stop: tokio_util::sync::CancellationToken,
@@ -224,10 +227,77 @@ struct WriteProbe {
 
 impl WriteProbe {
     fn start(client: &kube::Client, namespace: &str) -> Self {
-        let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = tokio_util::sync::CancellationToken::new();
         let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
             kube::Api::namespaced(client.clone(), namespace);
+        Self::run(move |i| {
+            let api = api.clone();
+            async move {
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "scenario-write-probe"}, "data": {"n": i.to_string()}});
+                let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
+                api.patch(
+                    "scenario-write-probe",
+                    &params,
+                    &kube::api::Patch::Apply(&body),
+                )
+                .await
+                .is_ok()
+            }
+        })
+    }
+
+    /// Probes with the webhook's own kind of write: `source` is where the webhook creates
+    /// environments, `target` a namespace nothing reconciles.
+    fn environment(client: &kube::Client, source: &str, target: &str) -> Self {
+        use previewd_kube::crd::PreviewEnvironment;
+        let from: kube::Api<PreviewEnvironment> = kube::Api::namespaced(client.clone(), source);
+        let to: kube::Api<PreviewEnvironment> = kube::Api::namespaced(client.clone(), target);
+        let template: Arc<tokio::sync::Mutex<Option<Value>>> = Arc::default();
+        let target = target.to_string();
+        Self::run(move |i| {
+            let (from, to, template, target) =
+                (from.clone(), to.clone(), template.clone(), target.clone());
+            async move {
+                let mut template = template.lock().await;
+                if template.is_none() {
+                    let first = from
+                        .list(&kube::api::ListParams::default().limit(1))
+                        .await
+                        .ok()
+                        .and_then(|l| l.items.into_iter().next());
+                    *template = first.map(|env| {
+                        json!({"apiVersion": "previewd.io/v1alpha1", "kind": "PreviewEnvironment",
+                               "metadata": {"name": "scenario-write-probe", "namespace": target,
+                                            "labels": env.metadata.labels,
+                                            "annotations": env.metadata.annotations},
+                               "spec": env.spec})
+                    });
+                }
+                let Some(mut body) = template.clone() else {
+                    return false;
+                };
+                drop(template);
+                body["metadata"]["annotations"]["previewd.io/delivery"] = json!(i.to_string());
+                let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
+                to.patch(
+                    "scenario-write-probe",
+                    &params,
+                    &kube::api::Patch::Apply(&body),
+                )
+                .await
+                .is_ok()
+            }
+        })
+    }
+
+    /// Calls `write` every 100 ms, keeping the latency of each that succeeds.
+    fn run<F, Fut>(write: F) -> Self
+    where
+        F: Fn(u64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
         let (out, token) = (latencies.clone(), stop.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -236,19 +306,8 @@ impl WriteProbe {
                     _ = tick.tick() => {}
                     _ = token.cancelled() => return,
                 }
-                let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "scenario-write-probe"}, "data": {"n": i.to_string()}});
                 let at = Instant::now();
-                let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
-                if api
-                    .patch(
-                        "scenario-write-probe",
-                        &params,
-                        &kube::api::Patch::Apply(&body),
-                    )
-                    .await
-                    .is_ok()
-                {
+                if write(i).await {
                     out.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(at.elapsed());
@@ -303,6 +362,10 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         kube::Client::try_from(config)?
     };
     let probe = WriteProbe::start(&probe_client, &rig.namespace);
+    let probe_namespace = format!("{}-probe", rig.namespace);
+    crate::cluster::create_namespace(&rig.client, &probe_namespace).await?;
+    let environment_probe =
+        WriteProbe::environment(&probe_client, &rig.namespace, &probe_namespace);
     let url = operator.webhook_url.clone();
     let numbers: Vec<u64> = (1..=n).collect();
     let pull = |number: u64, open: bool, at: u64| PullState {
@@ -378,6 +441,10 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         .map(|t| *t - first_sent)
         .unwrap_or_default();
     let write_latency = probe.finish();
+    let environment_write_latency = environment_probe.finish();
+    let _ = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client.clone())
+        .delete(&probe_namespace, &kube::api::DeleteParams::background())
+        .await;
     let mark_ready = mark();
     rss.enter("all_ready");
     // The operator writes environment history in batches (every 5 s): the batch holding
@@ -674,6 +741,7 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     let mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
     let webhook = percentiles(&webhook_latency);
     let write = percentiles(&write_latency);
+    let environment_write = percentiles(&environment_write_latency);
     let finished = |d: Duration, complete: bool| complete.then_some(d.as_secs_f64());
     let all_ready = finished(batch_ready, to_ready.len() == n as usize);
     let all_gone = finished(batch_gone, to_gone.len() == n as usize);
@@ -695,11 +763,15 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
             "webhook_p95_ms": webhook.p95_ms,
             "api_write_p95_ms": write.p95_ms,
             "webhook_p95_within_write_p95_plus_20ms": webhook.p95_ms <= write.p95_ms + 20.0,
+            "environment_write_p95_ms": environment_write.p95_ms,
+            "webhook_p95_within_environment_write_p95_plus_20ms":
+                webhook.p95_ms <= environment_write.p95_ms + 20.0,
         },
         "floor": floors.iter().map(crate::floor::FloorRun::to_json).collect::<Vec<_>>(),
         "api_writes_provisioning": writes_provisioning,
         "api_writes_teardown": audited(&mark_close, &mark_gone, batch_gone.as_secs_f64()),
         "api_write_latency_ms_provisioning": write,
+        "api_environment_write_latency_ms_provisioning": environment_write,
         "load_average": {"start": load_at_start, "end": load_at_end},
         "operator_rss_mib_by_stage": rss.peaks_mib(),
         "github_reporting": {
