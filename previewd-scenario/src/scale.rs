@@ -225,6 +225,21 @@ struct WriteProbe {
     stop: tokio_util::sync::CancellationToken,
 }
 
+/// One probe write: a forced server-side apply of `body` as `scenario-write-probe`.
+async fn apply_probe<K>(api: &kube::Api<K>, body: &Value) -> bool
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
+    api.patch(
+        "scenario-write-probe",
+        &params,
+        &kube::api::Patch::Apply(body),
+    )
+    .await
+    .is_ok()
+}
+
 impl WriteProbe {
     fn start(client: &kube::Client, namespace: &str) -> Self {
         let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
@@ -234,14 +249,7 @@ impl WriteProbe {
             async move {
                 let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": "scenario-write-probe"}, "data": {"n": i.to_string()}});
-                let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
-                api.patch(
-                    "scenario-write-probe",
-                    &params,
-                    &kube::api::Patch::Apply(&body),
-                )
-                .await
-                .is_ok()
+                apply_probe(&api, &body).await
             }
         })
     }
@@ -278,14 +286,7 @@ impl WriteProbe {
                 };
                 drop(template);
                 body["metadata"]["annotations"]["previewd.io/delivery"] = json!(i.to_string());
-                let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
-                to.patch(
-                    "scenario-write-probe",
-                    &params,
-                    &kube::api::Patch::Apply(&body),
-                )
-                .await
-                .is_ok()
+                apply_probe(&to, &body).await
             }
         })
     }
