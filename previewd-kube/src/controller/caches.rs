@@ -857,11 +857,10 @@ fn pod_signature(p: &Pod) -> PodSignature<'_> {
     }
 }
 
-/// What a watch does with each object: whom it wakes, what it strips before caching,
-/// and whether an update (cached object, new object, both stripped) is worth waking for.
 /// What a watch does with each object it receives (a `K`) before caching it (as a `C`):
-/// `convert` strips or projects it; `wakes` says whether an update of a cached object
-/// concerns the planner; `route` wakes the environment it belongs to.
+/// `convert` strips or projects it; `wakes` says whether an update (cached object, new
+/// object, both converted) is worth waking for; `route` wakes the environment it belongs
+/// to.
 struct Hooks<K, C: Lookup = K> {
     route: fn(&Triggers, &C),
     convert: fn(K) -> C,
