@@ -349,7 +349,7 @@ pub(crate) fn external_children(
             KindCache::Metadata(store) => {
                 for o in outside
                     .iter()
-                    .filter_map(|(ns, n)| store.get(&meta_ref(ns, n)))
+                    .filter_map(|(ns, n)| store.get(&cache_ref(ns, n, ())))
                 {
                     add(&o, None);
                 }
@@ -357,7 +357,7 @@ pub(crate) fn external_children(
             KindCache::Full(store) => {
                 for o in outside
                     .iter()
-                    .filter_map(|(ns, n)| store.get(&dynamic_ref(ns, n, resource)))
+                    .filter_map(|(ns, n)| store.get(&cache_ref(ns, n, resource.clone())))
                 {
                     add(&ChildMeta::of(&o.metadata), Some(o.clone()));
                 }
@@ -367,24 +367,14 @@ pub(crate) fn external_children(
     found
 }
 
-/// The cache key of a dynamic object (`namespace` empty: cluster-scoped).
-fn dynamic_ref<K: kube::Resource<DynamicType = kube::core::ApiResource>>(
+/// The cache key of `namespace/name` (`namespace` empty: cluster-scoped), for a cache
+/// whose objects are of `dyntype`.
+fn cache_ref<K: kube::runtime::reflector::Lookup>(
     namespace: &str,
     name: &str,
-    resource: &kube::core::ApiResource,
+    dyntype: K::DynamicType,
 ) -> ObjectRef<K> {
-    let r = ObjectRef::new_with(name, resource.clone());
-    if namespace.is_empty() {
-        r
-    } else {
-        r.within(namespace)
-    }
-}
-
-/// The cache key of an object cached by its metadata (`namespace` empty:
-/// cluster-scoped).
-fn meta_ref(namespace: &str, name: &str) -> ObjectRef<ChildMeta> {
-    let r = ObjectRef::new(name);
+    let r = ObjectRef::new_with(name, dyntype);
     if namespace.is_empty() {
         r
     } else {
@@ -449,7 +439,7 @@ pub(crate) fn namespace_view(
             KindCache::Metadata(store) => {
                 for o in names
                     .iter()
-                    .filter_map(|n| store.get(&meta_ref(namespace, n)))
+                    .filter_map(|n| store.get(&cache_ref(namespace, n, ())))
                 {
                     if belongs_meta(&o, env, namespace) {
                         view.children.insert(key(o.name.clone()), child_meta(&o));
@@ -459,7 +449,7 @@ pub(crate) fn namespace_view(
             KindCache::Full(store) => {
                 for o in names
                     .iter()
-                    .filter_map(|n| store.get(&dynamic_ref(namespace, n, resource)))
+                    .filter_map(|n| store.get(&cache_ref(namespace, n, resource.clone())))
                 {
                     if belongs(o.as_ref(), env, namespace) {
                         let fp = fingerprint(&resource.kind, &o.data);
