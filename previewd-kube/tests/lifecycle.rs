@@ -674,7 +674,13 @@ async fn a_no_op_reconcile_performs_no_writes() {
     let cached = ctx.environments.get().expect("controller store").state();
     assert_eq!(cached.len(), 1);
     assert!(cached[0].metadata.managed_fields.is_none());
-    let deployments = ctx.caches.deployments.state();
+    let deployments: Vec<_> = ctx
+        .caches
+        .deployments
+        .state()
+        .iter()
+        .map(|d| d.unpack())
+        .collect();
     assert_eq!(deployments.len(), 3);
     for d in &deployments {
         let spec = d.spec.as_ref().unwrap();

@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::runtime::reflector::{Store, store};
 use kube::runtime::watcher;
+use previewd_kube::controller::caches::Packed;
 use previewd_kube::crd::PreviewEnvironment;
 use previewd_operator::dashboard::auth::{AccessReview, AuthMode, ReviewError, User};
 use previewd_operator::dashboard::model::Source;
@@ -52,7 +53,7 @@ impl AccessReview for AllowAll {
 
 fn filled<K>(items: Vec<K>) -> Store<K>
 where
-    K: kube::Resource + Clone + 'static,
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, mut writer) = store();
@@ -197,11 +198,13 @@ async fn main() {
     let deployments = filled(
         (0..n)
             .flat_map(|i| [deployment(i, "web"), deployment(i, "api")])
+            .map(Packed::pack)
             .collect(),
     );
     let pods = filled(
         (0..n)
             .flat_map(|i| [pod(i, "web"), pod(i, "api")])
+            .map(Packed::pack)
             .collect(),
     );
     let controller_rss = rss_kib();

@@ -398,7 +398,8 @@ pub(crate) fn namespace_view(
             caches
                 .deployments
                 .get(&ObjectRef::new(&name).within(namespace))
-        });
+        })
+        .map(|d| Arc::new(d.unpack()));
     for d in deployments {
         if !belongs(d.as_ref(), env, namespace) {
             continue;
@@ -415,6 +416,7 @@ pub(crate) fn namespace_view(
         .names(namespace)
         .into_iter()
         .filter_map(|name| caches.pods.get(&ObjectRef::new(&name).within(namespace)))
+        .map(|p| Arc::new(p.unpack()))
         .filter(|p| belongs(p.as_ref(), env, namespace))
         .collect();
     view.pvcs = caches

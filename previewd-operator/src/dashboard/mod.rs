@@ -206,6 +206,15 @@ fn hash_rv<K: kube::Resource>(hasher: &mut DefaultHasher, obj: &K) {
     obj.meta().resource_version.hash(hasher);
 }
 
+/// [`hash_rv`] for a packed object (cached without its UID).
+fn hash_packed_rv<K>(
+    hasher: &mut DefaultHasher,
+    obj: &previewd_kube::controller::caches::Packed<K>,
+) {
+    obj.name.hash(hasher);
+    obj.resource_version.hash(hasher);
+}
+
 fn global_fingerprint(source: &Source) -> u64 {
     let mut h = DefaultHasher::new();
     if let Some(store) = source.store() {
@@ -217,10 +226,10 @@ fn global_fingerprint(source: &Source) -> u64 {
         hash_rv(&mut h, e.as_ref());
     }
     for p in source.pods().state() {
-        hash_rv(&mut h, p.as_ref());
+        hash_packed_rv(&mut h, p.as_ref());
     }
     for d in source.deployments().state() {
-        hash_rv(&mut h, d.as_ref());
+        hash_packed_rv(&mut h, d.as_ref());
     }
     h.finish()
 }
@@ -257,17 +266,17 @@ fn scoped_fingerprint(source: &Source, visible: &Visible, scope: Option<&(String
                 .pods()
                 .state()
                 .iter()
-                .filter(|p| p.metadata.namespace.is_some() && p.metadata.namespace == preview)
+                .filter(|p| p.namespace.is_some() && p.namespace == preview)
             {
-                hash_rv(&mut h, p.as_ref());
+                hash_packed_rv(&mut h, p.as_ref());
             }
             for d in source
                 .deployments()
                 .state()
                 .iter()
-                .filter(|d| d.metadata.namespace.is_some() && d.metadata.namespace == preview)
+                .filter(|d| d.namespace.is_some() && d.namespace == preview)
             {
-                hash_rv(&mut h, d.as_ref());
+                hash_packed_rv(&mut h, d.as_ref());
             }
         }
     }

@@ -13,10 +13,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use previewd_core::Money;
-use previewd_kube::children::LABEL_ENV_NAMESPACE;
+use previewd_kube::controller::caches::Packed;
 use previewd_kube::crd::{
-    ANNOTATION_PR_TITLE, ANNOTATION_PR_URL, DeployPolicy, LABEL_ENV, LABEL_SERVICE,
-    PreviewEnvironment, condition,
+    ANNOTATION_PR_TITLE, ANNOTATION_PR_URL, DeployPolicy, LABEL_SERVICE, PreviewEnvironment,
+    condition,
 };
 use previewd_kube::plan::expiry;
 use serde::{Deserialize, Serialize};
@@ -31,9 +31,9 @@ pub struct Source {
     /// controller.
     pub environments: Arc<OnceLock<Store<PreviewEnvironment>>>,
     /// The controller's cache of previewd's Deployments.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Packed<Deployment>>,
     /// The controller's cache of previewd's Pods.
-    pub pods: Store<Pod>,
+    pub pods: Store<Packed<Pod>>,
     /// Events about environments.
     pub events: Store<Event>,
     /// The caches of a replica that does not run the controller.
@@ -48,9 +48,9 @@ pub struct StandbyCaches {
     /// Environments.
     pub environments: Store<PreviewEnvironment>,
     /// previewd's Deployments.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Packed<Deployment>>,
     /// previewd's Pods.
-    pub pods: Store<Pod>,
+    pub pods: Store<Packed<Pod>>,
 }
 
 /// Which namespaces a user may see.
@@ -542,7 +542,7 @@ impl Source {
     }
 
     /// previewd's Deployments: the controller's cache, else a standby's own.
-    pub fn deployments(&self) -> &Store<Deployment> {
+    pub fn deployments(&self) -> &Store<Packed<Deployment>> {
         match (self.environments.get(), self.standby.get()) {
             (None, Some(standby)) => &standby.deployments,
             _ => &self.deployments,
@@ -550,7 +550,7 @@ impl Source {
     }
 
     /// previewd's Pods: the controller's cache, else a standby's own.
-    pub fn pods(&self) -> &Store<Pod> {
+    pub fn pods(&self) -> &Store<Packed<Pod>> {
         match (self.environments.get(), self.standby.get()) {
             (None, Some(standby)) => &standby.pods,
             _ => &self.pods,
@@ -736,22 +736,25 @@ impl Source {
         };
         let env_name = env.name_any();
         let env_ns = env.namespace();
-        let ours = |labels: &BTreeMap<String, String>, ns: Option<&str>| {
-            ns == Some(preview_ns.as_str())
-                && labels.get(LABEL_ENV) == Some(&env_name)
-                && labels.get(LABEL_ENV_NAMESPACE) == env_ns.as_ref()
-        };
+        // Only this environment's objects are unpacked.
+        fn ours<K>(o: &Packed<K>, ns: &str, env: &str, env_ns: Option<&String>) -> bool {
+            o.namespace.as_deref() == Some(ns)
+                && o.env.as_deref() == Some(env)
+                && o.env_namespace.as_ref() == env_ns
+        }
         let deployments: Vec<Arc<Deployment>> = self
             .deployments()
             .state()
             .into_iter()
-            .filter(|d| ours(d.labels(), d.metadata.namespace.as_deref()))
+            .filter(|d| ours(d, &preview_ns, &env_name, env_ns.as_ref()))
+            .map(|d| Arc::new(d.unpack()))
             .collect();
         let pods: Vec<Arc<Pod>> = self
             .pods()
             .state()
             .into_iter()
-            .filter(|p| ours(p.labels(), p.metadata.namespace.as_deref()))
+            .filter(|p| ours(p, &preview_ns, &env_name, env_ns.as_ref()))
+            .map(|p| Arc::new(p.unpack()))
             .collect();
         let selected: Option<BTreeSet<&str>> = status
             .selected_services

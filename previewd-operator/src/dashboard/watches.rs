@@ -20,7 +20,9 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use previewd_kube::PreviewEnvironment;
-use previewd_kube::controller::caches::{strip_deployment, strip_environment, strip_pod};
+use previewd_kube::controller::caches::{
+    Packed, convert_event, strip_deployment, strip_environment, strip_pod,
+};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +99,42 @@ where
     reader
 }
 
+/// A cache of `api` filled by a watch with `config`, each object stripped and packed by
+/// `pack` as the controller's caches keep it; the watch runs until `shutdown`.
+fn packed_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    pack: fn(K) -> Packed<K>,
+    shutdown: CancellationToken,
+) -> Store<Packed<K>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, mut writer) = reflector::store::<Packed<K>>();
+    let kind = K::kind(&()).to_string();
+    tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff();
+        futures::pin_mut!(stream);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = stream.next() => match next {
+                    None => return,
+                    Some(Err(e)) => tracing::warn!(kind, error = %e, "web view watch error; retrying with backoff"),
+                    Some(Ok(event)) => writer.apply_watcher_event(&convert_event(event, pack)),
+                },
+            }
+        }
+    });
+    reader
+}
+
 /// Which environments the operator reconciles (the standby's watches select the same).
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
@@ -153,13 +191,24 @@ pub fn keep_standby_caches(
             .any_semantic();
         let caches = StandbyCaches {
             environments: cache(environments, env_config, strip_environment, own.clone()),
-            deployments: cache(
+            deployments: packed_cache(
                 Api::<Deployment>::all(client.clone()),
                 children.clone(),
-                strip_deployment,
+                |mut d| {
+                    strip_deployment(&mut d);
+                    Packed::pack(d)
+                },
                 own.clone(),
             ),
-            pods: cache(Api::<Pod>::all(client), children, strip_pod, own.clone()),
+            pods: packed_cache(
+                Api::<Pod>::all(client),
+                children,
+                |mut p| {
+                    strip_pod(&mut p);
+                    Packed::pack(p)
+                },
+                own.clone(),
+            ),
         };
         let _ = source.standby.set(caches);
         let mut tick = tokio::time::interval(STANDBY_AFTER);
