@@ -36,8 +36,8 @@ use tracing::info;
 use crate::admin::{self, AdminState};
 use crate::cli::RunArgs;
 use crate::run::{
-    ai_config, client_as, controller_config, github_client, kube_config, start_webhook,
-    wait_for_signal,
+    WebhookClient, ai_config, client_as, controller_config, github_client, kube_config,
+    start_webhook, wait_for_signal,
 };
 
 /// Builds and runs the operator.
@@ -152,12 +152,12 @@ impl OperatorBuilder {
         // controller's. The configuration is loaded once. An embedding caller's client
         // is shared.
         let (client, webhook_client) = match self.client {
-            Some(client) => (client.clone(), client),
+            Some(client) => (client.clone(), WebhookClient::Shared(client)),
             None => {
                 let config = kube_config(args.kubeconfig.as_deref()).await?;
                 (
                     client_as(config.clone(), "previewd-controller")?,
-                    client_as(config, "previewd-webhook")?,
+                    WebhookClient::Own(Box::new(config)),
                 )
             }
         };
