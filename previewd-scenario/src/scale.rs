@@ -216,28 +216,27 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
 /// One write to the API server every 100 ms while it runs, through the counting proxy as
 /// the operator's writes go (not counted as the operator's): the latency of a single API
 /// write at the same moment and on the same path as the webhook's. [`WriteProbe::start`]
-/// applies a ConfigMap in the scenario's namespace; [`WriteProbe::environment`] applies,
+/// applies a ConfigMap in the scenario's namespace; [`WriteProbe::environment`] creates,
 /// in a namespace the operator does not reconcile, a copy of the first environment the
-/// webhook created (the same kind, schema and size as the webhook's own write), with one
-/// annotation changed each time.
+/// webhook created under a new name each time: the same kind of write as the webhook's
+/// own (a server-side apply that creates an object of the same schema and size; the
+/// API server takes about twice as long to create a `PreviewEnvironment` as to update
+/// one).
 struct WriteProbe {
     latencies: Arc<std::sync::Mutex<Vec<Duration>>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
-/// One probe write: a forced server-side apply of `body` as `scenario-write-probe`.
+/// One probe write: a forced server-side apply of `body` (named in its metadata).
 async fn apply_probe<K>(api: &kube::Api<K>, body: &Value) -> bool
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let params = kube::api::PatchParams::apply(crate::cluster::MANAGER).force();
-    api.patch(
-        "scenario-write-probe",
-        &params,
-        &kube::api::Patch::Apply(body),
-    )
-    .await
-    .is_ok()
+    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(name, &params, &kube::api::Patch::Apply(body))
+        .await
+        .is_ok()
 }
 
 impl WriteProbe {
@@ -254,8 +253,9 @@ impl WriteProbe {
         })
     }
 
-    /// Probes with the webhook's own kind of write: `source` is where the webhook creates
-    /// environments, `target` a namespace nothing reconciles.
+    /// Probes with the webhook's own kind of write, a create: `source` is where the
+    /// webhook creates environments, `target` a namespace nothing reconciles (deleted
+    /// with what the probe created when the run ends).
     fn environment(client: &kube::Client, source: &str, target: &str) -> Self {
         use previewd_kube::crd::PreviewEnvironment;
         let from: kube::Api<PreviewEnvironment> = kube::Api::namespaced(client.clone(), source);
@@ -285,7 +285,7 @@ impl WriteProbe {
                     return false;
                 };
                 drop(template);
-                body["metadata"]["annotations"]["previewd.io/delivery"] = json!(i.to_string());
+                body["metadata"]["name"] = json!(format!("scenario-write-probe-{i}"));
                 apply_probe(&to, &body).await
             }
         })
