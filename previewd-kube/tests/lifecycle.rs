@@ -679,7 +679,7 @@ async fn a_no_op_reconcile_performs_no_writes() {
         .deployments
         .state()
         .iter()
-        .map(|d| d.unpack())
+        .filter_map(|d| d.unpack())
         .collect();
     assert_eq!(deployments.len(), 3);
     for d in &deployments {

@@ -793,7 +793,11 @@ pub fn strip_deployment(d: &mut Deployment) {
 /// [`pod_wakes`] for packed Pods: an update that changes nothing of what is kept but
 /// the resource version wakes nothing, without unpacking.
 pub fn packed_pod_wakes(old: &Packed<Pod>, new: &Packed<Pod>) -> bool {
-    !old.same_content(new) && pod_wakes(&old.unpack(), &new.unpack())
+    !old.same_content(new)
+        && match (old.unpack(), new.unpack()) {
+            (Some(old), Some(new)) => pod_wakes(&old, &new),
+            _ => true,
+        }
 }
 
 /// Whether a Pod update (`old` as cached, `new` as received, both stripped by
@@ -1123,7 +1127,7 @@ pub struct Packed<K> {
 
 impl<K> Packed<K>
 where
-    K: Resource + serde::Serialize + DeserializeOwned + Default,
+    K: Resource + serde::Serialize + DeserializeOwned,
 {
     /// Packs `obj` (as the cache's hook stripped it).
     pub fn pack(mut obj: K) -> Packed<K> {
@@ -1135,7 +1139,7 @@ where
         let resource_version = meta.resource_version.take();
         let json = serde_json::to_vec(&obj).unwrap_or_else(|e| {
             // Serialising a Kubernetes object to JSON does not fail; should it ever,
-            // the object is kept by its name alone and its readers see it empty.
+            // the object is kept by its name alone, and unpacks empty or not at all.
             warn!(name, error = %e, "an object could not be packed for the cache");
             b"{}".to_vec()
         });
@@ -1150,17 +1154,19 @@ where
         }
     }
 
-    /// The object as it was packed.
-    pub fn unpack(&self) -> K {
-        let mut obj: K = serde_json::from_slice(&self.json).unwrap_or_else(|e| {
-            warn!(name = self.name, error = %e, "a cached object could not be unpacked");
-            K::default()
-        });
+    /// The object as it was packed (`None`, logged, should what was packed from a
+    /// Kubernetes object not read back as one).
+    pub fn unpack(&self) -> Option<K> {
+        let mut obj: K = serde_json::from_slice(&self.json)
+            .inspect_err(|e| {
+                warn!(name = self.name, error = %e, "a cached object could not be unpacked");
+            })
+            .ok()?;
         let meta = obj.meta_mut();
         meta.name = Some(self.name.clone());
         meta.namespace = self.namespace.clone();
         meta.resource_version = self.resource_version.clone();
-        obj
+        Some(obj)
     }
 
     /// Whether `other` holds the same content, its resource version aside.
@@ -1641,7 +1647,12 @@ mod tests {
         pod.metadata.resource_version = Some("4711".into());
         strip_pod(&mut pod);
         let packed = Packed::pack(pod.clone());
-        assert_eq!(packed.unpack(), pod);
+        assert_eq!(packed.unpack(), Some(pod.clone()));
+        let garbled = Packed::<Pod> {
+            json: b"[1, 2".to_vec().into_boxed_slice(),
+            ..packed.clone()
+        };
+        assert_eq!(garbled.unpack(), None);
         // what the key and the routing read, without unpacking
         assert_eq!(packed.name, "api-5d9f-x2");
         assert_eq!(packed.namespace.as_deref(), Some("preview-acme-shop-7"));
@@ -1663,7 +1674,7 @@ mod tests {
         let mut deployment = live_deployment(1);
         strip_deployment(&mut deployment);
         let packed = Packed::pack(deployment.clone());
-        let unpacked = packed.unpack();
+        let unpacked = packed.unpack().unwrap();
         assert_eq!(unpacked, deployment);
         assert_eq!(
             observed_fingerprint(&unpacked),

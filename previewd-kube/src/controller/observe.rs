@@ -399,7 +399,7 @@ pub(crate) fn namespace_view(
                 .deployments
                 .get(&ObjectRef::new(&name).within(namespace))
         })
-        .map(|d| Arc::new(d.unpack()));
+        .filter_map(|d| d.unpack().map(Arc::new));
     for d in deployments {
         if !belongs(d.as_ref(), env, namespace) {
             continue;
@@ -416,7 +416,7 @@ pub(crate) fn namespace_view(
         .names(namespace)
         .into_iter()
         .filter_map(|name| caches.pods.get(&ObjectRef::new(&name).within(namespace)))
-        .map(|p| Arc::new(p.unpack()))
+        .filter_map(|p| p.unpack().map(Arc::new))
         .filter(|p| belongs(p.as_ref(), env, namespace))
         .collect();
     view.pvcs = caches

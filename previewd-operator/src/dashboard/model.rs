@@ -747,14 +747,14 @@ impl Source {
             .state()
             .into_iter()
             .filter(|d| ours(d, &preview_ns, &env_name, env_ns.as_ref()))
-            .map(|d| Arc::new(d.unpack()))
+            .filter_map(|d| d.unpack().map(Arc::new))
             .collect();
         let pods: Vec<Arc<Pod>> = self
             .pods()
             .state()
             .into_iter()
             .filter(|p| ours(p, &preview_ns, &env_name, env_ns.as_ref()))
-            .map(|p| Arc::new(p.unpack()))
+            .filter_map(|p| p.unpack().map(Arc::new))
             .collect();
         let selected: Option<BTreeSet<&str>> = status
             .selected_services
