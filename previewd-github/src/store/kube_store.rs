@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use previewd_core::checks::RecordedChecks;
+use previewd_kube::controller::caches::{Packed, convert_event};
 use previewd_kube::crd::{
     ANNOTATION_CHECKS, COMMAND_FIELD_MANAGER, CONDITION_CLAIMED, ClosedPullRequest, FIELD_MANAGER,
     PreviewEnvironment, PreviewRepository,
@@ -43,7 +44,8 @@ struct RepositoryCache {
     store: Store<PreviewRepository>,
     /// Set once the first list is in, dropped while the watch fails.
     synced: Arc<AtomicBool>,
-    environments: Store<PreviewEnvironment>,
+    /// Environments without status, packed: the webhook reads one at a time.
+    environments: Store<Packed<PreviewEnvironment>>,
     environments_synced: Arc<AtomicBool>,
     /// Environments this store applied or deleted, with the resourceVersion of its
     /// write, until the watch shows that version or a later one.
@@ -62,13 +64,14 @@ fn version(rv: Option<&str>) -> u64 {
     rv.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// Runs a watch into a reflector store, keeping `synced` set while it works.
-fn reflect<K>(
+/// Runs a watch into a reflector store, each object as `convert` keeps it, keeping
+/// `synced` set while it works.
+fn reflect<K, C>(
     api: Api<K>,
-    mut writer: kube::runtime::reflector::store::Writer<K>,
+    mut writer: kube::runtime::reflector::store::Writer<C>,
     synced: Arc<AtomicBool>,
-    strip: fn(&mut K),
-    seen: impl Fn(&watcher::Event<K>) + Send + 'static,
+    convert: fn(K) -> C,
+    seen: impl Fn(&watcher::Event<C>) + Send + 'static,
     shutdown: tokio_util::sync::CancellationToken,
 ) where
     K: kube::Resource
@@ -78,7 +81,8 @@ fn reflect<K>(
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+    C: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
+    C::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
 {
     tokio::spawn(async move {
         let mut events = watcher(api, watcher::Config::default().any_semantic())
@@ -91,7 +95,7 @@ fn reflect<K>(
             };
             match event {
                 Some(Ok(event)) => {
-                    let event = event.modify(strip);
+                    let event = convert_event(event, convert);
                     writer.apply_watcher_event(&event);
                     seen(&event);
                     if matches!(event, watcher::Event::InitDone) {
@@ -114,13 +118,10 @@ fn reflect<K>(
 /// (objects a re-list shows count too).
 fn forget_what_the_watch_shows(
     written: &std::sync::Mutex<HashMap<ObjectKey, Written>>,
-    event: &watcher::Event<PreviewEnvironment>,
+    event: &watcher::Event<Packed<PreviewEnvironment>>,
 ) {
-    let key = |env: &PreviewEnvironment| {
-        (
-            env.metadata.namespace.clone().unwrap_or_default(),
-            env.metadata.name.clone().unwrap_or_default(),
-        )
+    let key = |env: &Packed<PreviewEnvironment>| {
+        (env.namespace.clone().unwrap_or_default(), env.name.clone())
     };
     let mut written = written.lock().unwrap_or_else(|e| e.into_inner());
     if written.is_empty() {
@@ -130,7 +131,7 @@ fn forget_what_the_watch_shows(
         watcher::Event::Apply(env)
         | watcher::Event::InitApply(env)
         | watcher::Event::Delete(env) => {
-            let shown = version(env.metadata.resource_version.as_deref());
+            let shown = version(env.resource_version.as_deref());
             let key = key(env);
             if written.get(&key).is_some_and(|(at, _)| shown >= *at) {
                 written.remove(&key);
@@ -181,11 +182,15 @@ impl KubeStore {
             self.repositories(),
             writer,
             synced.clone(),
-            |repo| repo.metadata.managed_fields = None,
+            |mut repo| {
+                repo.metadata.managed_fields = None;
+                repo
+            },
             |_| {},
             shutdown.clone(),
         );
-        let (environments, writer) = kube::runtime::reflector::store::<PreviewEnvironment>();
+        let (environments, writer) =
+            kube::runtime::reflector::store::<Packed<PreviewEnvironment>>();
         let environments_synced = Arc::new(AtomicBool::new(false));
         let api: Api<PreviewEnvironment> = match &self.settings_namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
@@ -197,9 +202,10 @@ impl KubeStore {
             api,
             writer,
             environments_synced.clone(),
-            |env| {
+            |mut env| {
                 env.metadata.managed_fields = None;
                 env.status = None;
+                Packed::pack(env)
             },
             move |event| forget_what_the_watch_shows(&shown, event),
             shutdown,
@@ -401,7 +407,7 @@ impl EnvironmentStore for KubeStore {
         let cached = cache
             .environments
             .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
-            .map(|env| env.as_ref().clone());
+            .and_then(|env| env.unpack());
         let key = (namespace.to_string(), name.to_string());
         let mut written = cache.written.lock().unwrap_or_else(|e| e.into_inner());
         match written.get(&key) {
@@ -623,16 +629,28 @@ mod tests {
         record(&written, "shop-8", 20, false);
         record(&written, "shop-9", 30, true);
         // an older version of shop-7 (the watch lags): kept
-        forget_what_the_watch_shows(&written, &watcher::Event::Apply(env("shop-7", 9)));
+        forget_what_the_watch_shows(
+            &written,
+            &watcher::Event::Apply(Packed::pack(env("shop-7", 9))),
+        );
         assert_eq!(held(&written), ["shop-7", "shop-8", "shop-9"]);
         // the write itself: gone
-        forget_what_the_watch_shows(&written, &watcher::Event::Apply(env("shop-7", 10)));
+        forget_what_the_watch_shows(
+            &written,
+            &watcher::Event::Apply(Packed::pack(env("shop-7", 10))),
+        );
         assert_eq!(held(&written), ["shop-8", "shop-9"]);
         // a later version seen in a re-list
-        forget_what_the_watch_shows(&written, &watcher::Event::InitApply(env("shop-8", 25)));
+        forget_what_the_watch_shows(
+            &written,
+            &watcher::Event::InitApply(Packed::pack(env("shop-8", 25))),
+        );
         assert_eq!(held(&written), ["shop-9"]);
         // a deletion shown by the watch
-        forget_what_the_watch_shows(&written, &watcher::Event::Delete(env("shop-9", 31)));
+        forget_what_the_watch_shows(
+            &written,
+            &watcher::Event::Delete(Packed::pack(env("shop-9", 31))),
+        );
         assert!(held(&written).is_empty());
     }
 }
