@@ -223,7 +223,8 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<Value> {
 /// API server takes about twice as long to create a `PreviewEnvironment` as to update
 /// one).
 struct WriteProbe {
-    latencies: Arc<std::sync::Mutex<Vec<Duration>>>,
+    /// When each write started, and how long it took.
+    latencies: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -311,14 +312,14 @@ impl WriteProbe {
                 if write(i).await {
                     out.lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(at.elapsed());
+                        .push((at, at.elapsed()));
                 }
             }
         });
         WriteProbe { latencies, stop }
     }
 
-    fn finish(self) -> Vec<Duration> {
+    fn finish(self) -> Vec<(Instant, Duration)> {
         self.stop.cancel();
         std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -441,8 +442,25 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
         .max()
         .map(|t| *t - first_sent)
         .unwrap_or_default();
-    let write_latency = probe.finish();
-    let environment_write_latency = environment_probe.finish();
+    // The probes' writes over the whole of provisioning, and those started while the
+    // webhook's deliveries were being answered (the goal's "at the same time").
+    let answering = first_sent
+        ..opened
+            .iter()
+            .map(|s| s.at + s.first.latency)
+            .max()
+            .unwrap_or(first_sent);
+    let probed = |all: Vec<(Instant, Duration)>| {
+        let during: Vec<Duration> = all
+            .iter()
+            .filter(|(at, _)| answering.contains(at))
+            .map(|(_, d)| *d)
+            .collect();
+        (all.into_iter().map(|(_, d)| d).collect::<Vec<_>>(), during)
+    };
+    let (write_latency, write_latency_answering) = probed(probe.finish());
+    let (environment_write_latency, environment_write_latency_answering) =
+        probed(environment_probe.finish());
     let _ = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(rig.client.clone())
         .delete(&probe_namespace, &kube::api::DeleteParams::background())
         .await;
@@ -743,6 +761,8 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
     let webhook = percentiles(&webhook_latency);
     let write = percentiles(&write_latency);
     let environment_write = percentiles(&environment_write_latency);
+    let write_answering = percentiles(&write_latency_answering);
+    let environment_write_answering = percentiles(&environment_write_latency_answering);
     let finished = |d: Duration, complete: bool| complete.then_some(d.as_secs_f64());
     let all_ready = finished(batch_ready, to_ready.len() == n as usize);
     let all_gone = finished(batch_gone, to_gone.len() == n as usize);
@@ -762,17 +782,21 @@ async fn scenario(rig: &Arc<Rig>, args: &ScaleArgs) -> anyhow::Result<Value> {
             "created_to_all_ready_s": crate::floor::beside(all_ready, &floor_ready),
             "deleted_to_all_namespaces_gone_s": crate::floor::beside(all_gone, &floor_gone),
             "webhook_p95_ms": webhook.p95_ms,
-            "api_write_p95_ms": write.p95_ms,
-            "webhook_p95_within_write_p95_plus_20ms": webhook.p95_ms <= write.p95_ms + 20.0,
-            "environment_write_p95_ms": environment_write.p95_ms,
+            // The probes' writes started while the deliveries were answered.
+            "api_write_p95_ms": write_answering.p95_ms,
+            "webhook_p95_within_write_p95_plus_20ms":
+                webhook.p95_ms <= write_answering.p95_ms + 20.0,
+            "environment_write_p95_ms": environment_write_answering.p95_ms,
             "webhook_p95_within_environment_write_p95_plus_20ms":
-                webhook.p95_ms <= environment_write.p95_ms + 20.0,
+                webhook.p95_ms <= environment_write_answering.p95_ms + 20.0,
         },
         "floor": floors.iter().map(crate::floor::FloorRun::to_json).collect::<Vec<_>>(),
         "api_writes_provisioning": writes_provisioning,
         "api_writes_teardown": audited(&mark_close, &mark_gone, batch_gone.as_secs_f64()),
         "api_write_latency_ms_provisioning": write,
         "api_environment_write_latency_ms_provisioning": environment_write,
+        "api_write_latency_ms_while_answering": write_answering,
+        "api_environment_write_latency_ms_while_answering": environment_write_answering,
         "load_average": {"start": load_at_start, "end": load_at_end},
         "operator_rss_mib_by_stage": rss.peaks_mib(),
         "github_reporting": {
