@@ -13,6 +13,7 @@
 
 pub mod caches;
 mod config;
+pub mod events;
 mod execute;
 mod observe;
 pub mod status;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -53,8 +54,8 @@ pub struct Context {
     pub client: Client,
     /// Settings.
     pub config: ControllerConfig,
-    /// Event recorder (one per process; it deduplicates repeated events).
-    pub recorder: Recorder,
+    /// Event recorder (one per process; it folds repeated events into series).
+    pub recorder: events::EventRecorder,
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Reports phase changes to the source-control system.
@@ -111,13 +112,8 @@ pub const CHECKS_POLL_INTERVAL: Duration = Duration::from_secs(60);
 impl Context {
     /// Creates a context with the system clock and no reporter.
     pub fn new(client: Client, config: ControllerConfig) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "previewd".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let recorder =
+            events::EventRecorder::new(client.clone(), "previewd", std::env::var("POD_NAME").ok());
         let strategies = Strategies::default();
         let (caches, writers) = Caches::new(
             &cached_kinds(&strategies, &[], &config),
