@@ -62,62 +62,34 @@ pub fn watch_events(
     let config = watcher::Config::default()
         .fields(EVENT_SELECTOR)
         .any_semantic();
-    cache(api, config, strip_event, shutdown)
+    cache(
+        api,
+        config,
+        |mut e| {
+            strip_event(&mut e);
+            e
+        },
+        shutdown,
+    )
 }
 
-/// A cache of `api` filled by a watch with `config`, each object passed through `strip`;
-/// the watch runs until `shutdown`.
-fn cache<K>(
+/// A cache of `api` filled by a watch with `config`, each object kept as `convert` makes
+/// it (stripped, or stripped and packed as the controller's caches keep it); the watch
+/// runs until `shutdown`.
+fn cache<K, C>(
     api: Api<K>,
     config: watcher::Config,
-    strip: fn(&mut K),
+    convert: fn(K) -> C,
     shutdown: CancellationToken,
-) -> Store<K>
+) -> Store<C>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
+    K::DynamicType: Default,
+    C: reflector::Lookup + Clone + Send + Sync + 'static,
+    C::DynamicType: Default + Clone + Eq + std::hash::Hash + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
+    let (reader, mut writer) = reflector::store::<C>();
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(strip)
-        .reflect(writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = stream.next() => match next {
-                    None => return,
-                    Some(Err(e)) => tracing::warn!(kind, error = %e, "web view watch error; retrying with backoff"),
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    });
-    reader
-}
-
-/// A cache of `api` filled by a watch with `config`, each object stripped and packed by
-/// `pack` as the controller's caches keep it; the watch runs until `shutdown`.
-fn packed_cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    pack: fn(K) -> Packed<K>,
-    shutdown: CancellationToken,
-) -> Store<Packed<K>>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, mut writer) = reflector::store::<Packed<K>>();
-    let kind = K::kind(&()).to_string();
     tokio::spawn(async move {
         let stream = watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
@@ -127,7 +99,7 @@ where
                 next = stream.next() => match next {
                     None => return,
                     Some(Err(e)) => tracing::warn!(kind, error = %e, "web view watch error; retrying with backoff"),
-                    Some(Ok(event)) => writer.apply_watcher_event(&convert_event(event, pack)),
+                    Some(Ok(event)) => writer.apply_watcher_event(&convert_event(event, convert)),
                 },
             }
         }
@@ -190,8 +162,16 @@ pub fn keep_standby_caches(
             })
             .any_semantic();
         let caches = StandbyCaches {
-            environments: cache(environments, env_config, strip_environment, own.clone()),
-            deployments: packed_cache(
+            environments: cache(
+                environments,
+                env_config,
+                |mut e| {
+                    strip_environment(&mut e);
+                    e
+                },
+                own.clone(),
+            ),
+            deployments: cache(
                 Api::<Deployment>::all(client.clone()),
                 children.clone(),
                 |mut d| {
@@ -200,7 +180,7 @@ pub fn keep_standby_caches(
                 },
                 own.clone(),
             ),
-            pods: packed_cache(
+            pods: cache(
                 Api::<Pod>::all(client),
                 children,
                 |mut p| {
